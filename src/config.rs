@@ -1,0 +1,441 @@
+//! Typed settings and their validation.
+//!
+//! This module owns everything about configuration: the TOML file layout (`[xmpp]`, `[status]`,
+//! `[http]`), environment overrides (`EXTPRESENCE__SECTION__KEY`), rejection of unknown keys, reading
+//! secrets from files, and the validation pass that turns raw values into [`Settings`] with messages an
+//! admin understands. Secrets are wrapped in [`Secret`], whose `Debug` never shows the value.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jid::{BareJid, ResourcePart};
+use serde::Deserialize;
+
+use crate::status::StatusPolicy;
+
+/// A secret string (component secret, API key). `Debug` and `Display` print `MASKED`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value itself; call only where it is really needed (handshake, key comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Which delivery backend turns status changes into stanzas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Directed presence to every subscribed contact via XEP-0356 (Prosody, ejabberd).
+    #[default]
+    Fanout,
+    /// Tigase's USER_STATUS session command (not available yet).
+    Tigase,
+}
+
+/// The file as written: `[xmpp]`, `[status]`, `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The XEP-0114 link and the domains we serve.
+    pub xmpp: RawXmpp,
+    /// Defaults and limits for statuses.
+    #[serde(default)]
+    pub status: RawStatus,
+    /// The HTTP API listener and its keys.
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[xmpp]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawXmpp {
+    /// The component's JID, a bare domain such as `status.example.com`.
+    pub component: String,
+    /// Component listener of the XMPP server, `host:port`.
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// Shared component secret (or use `secret_file`).
+    pub secret: Option<Secret>,
+    /// File holding the component secret (first line, trimmed).
+    pub secret_file: Option<PathBuf>,
+    /// User domains we may set presence for.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Delivery backend.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Seconds of silence on the link before we ping the server.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[serde(default = "default_backoff_max")]
+    pub reconnect_max_secs: u64,
+}
+
+/// `[status]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// Resource used when the request names none.
+    #[serde(default = "default_resource")]
+    pub default_resource: String,
+    /// Priority used when the request names none.
+    #[serde(default = "default_priority")]
+    pub default_priority: i64,
+    /// Whether requests may set a priority of 0 or more (then the synthetic resource may receive messages).
+    #[serde(default)]
+    pub allow_non_negative_priority: bool,
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        RawStatus {
+            default_resource: default_resource(),
+            default_priority: default_priority(),
+            allow_non_negative_priority: false,
+        }
+    }
+}
+
+/// `[http]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address the HTTP API listens on, `ip:port`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Accepted API keys.
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+    /// Files each holding one API key (first line, trimmed).
+    #[serde(default)]
+    pub api_key_files: Vec<PathBuf>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: default_listen(),
+            api_keys: Vec::new(),
+            api_key_files: Vec::new(),
+        }
+    }
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_backoff_max() -> u64 {
+    30
+}
+fn default_resource() -> String {
+    "tigase-external".into()
+}
+fn default_priority() -> i64 {
+    -1
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// Validated settings: what the rest of the program runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The component's own JID (a domain).
+    pub component: BareJid,
+    /// `host:port` of the component listener (resolved at every connect).
+    pub server: String,
+    /// Component secret.
+    pub secret: Secret,
+    /// Normalised user domains we serve.
+    pub domains: BTreeSet<String>,
+    /// Delivery backend.
+    pub backend: BackendKind,
+    /// Silence before a keepalive ping.
+    pub keepalive: Duration,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Defaults and limits for statuses.
+    pub policy: StatusPolicy,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Accepted API keys.
+    pub api_keys: Vec<Secret>,
+}
+
+/// Why a configuration was refused; every message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or has unknown keys.
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    /// A value is wrong.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The offending key, e.g. `xmpp.component`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Load `path` with environment overrides (`EXTPRESENCE__XMPP__SECRET=…`) and validate it.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Load(format!(
+            "configuration file {} does not exist",
+            path.display()
+        )));
+    }
+    let env = config::Environment::with_prefix("EXTPRESENCE")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("xmpp.domains")
+        .with_list_parse_key("http.api_keys")
+        .with_list_parse_key("http.api_key_files");
+    let raw: RawConfig = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    validate(raw)
+}
+
+fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let value = text.lines().next().unwrap_or("").trim().to_string();
+    if value.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(Secret(value))
+}
+
+/// Turn raw values into [`Settings`], or say what is wrong.
+pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let x = raw.xmpp;
+    let component = BareJid::new(&x.component)
+        .ok()
+        .filter(|j| j.node().is_none())
+        .ok_or_else(|| {
+            invalid(
+                "xmpp.component",
+                format!(
+                    "{:?} is not a component domain (expected something like \"status.example.com\")",
+                    x.component
+                ),
+            )
+        })?;
+    if x.server.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(invalid(
+            "xmpp.server",
+            format!("{:?} is not host:port (e.g. \"127.0.0.1:5347\")", x.server),
+        ));
+    }
+    let secret = match (x.secret, x.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("xmpp.secret", "set either secret or secret_file, not both"))
+        }
+        (Some(s), None) if s.expose().is_empty() => {
+            return Err(invalid("xmpp.secret", "the component secret is empty"))
+        }
+        (Some(s), None) => s,
+        (None, Some(path)) => read_secret_file("xmpp.secret_file", &path)?,
+        (None, None) => {
+            return Err(invalid(
+                "xmpp.secret",
+                "missing: set secret (or secret_file) to the server's component secret",
+            ))
+        }
+    };
+    if x.domains.is_empty() {
+        return Err(invalid(
+            "xmpp.domains",
+            "list at least one user domain, e.g. domains = [\"example.com\"]",
+        ));
+    }
+    let mut domains = BTreeSet::new();
+    for d in &x.domains {
+        let jid = BareJid::new(d)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .ok_or_else(|| invalid("xmpp.domains", format!("{d:?} is not a domain")))?;
+        domains.insert(jid.domain().as_str().to_string());
+    }
+    if x.backend == BackendKind::Tigase {
+        return Err(invalid(
+            "xmpp.backend",
+            "\"tigase\" is not available in this version; use \"fanout\" (Prosody, ejabberd)",
+        ));
+    }
+    if x.keepalive_secs == 0 {
+        return Err(invalid("xmpp.keepalive_secs", "must be at least 1"));
+    }
+    if x.reconnect_max_secs == 0 {
+        return Err(invalid("xmpp.reconnect_max_secs", "must be at least 1"));
+    }
+
+    let s = raw.status;
+    let default_resource = ResourcePart::new(&s.default_resource)
+        .map_err(|e| {
+            invalid(
+                "status.default_resource",
+                format!("{:?} is not a valid resource: {e}", s.default_resource),
+            )
+        })?
+        .into_owned();
+    let default_priority = i8::try_from(s.default_priority).map_err(|_| {
+        invalid(
+            "status.default_priority",
+            format!("{} is outside -128..127", s.default_priority),
+        )
+    })?;
+    if default_priority >= 0 && !s.allow_non_negative_priority {
+        return Err(invalid(
+            "status.default_priority",
+            "must be negative (a synthetic resource with priority >= 0 would receive messages); \
+             set allow_non_negative_priority = true if you really want that",
+        ));
+    }
+
+    let h = raw.http;
+    let listen: SocketAddr = h.listen.parse().map_err(|_| {
+        invalid(
+            "http.listen",
+            format!("{:?} is not ip:port (e.g. \"127.0.0.1:8080\")", h.listen),
+        )
+    })?;
+    let mut api_keys = h.api_keys;
+    for path in &h.api_key_files {
+        api_keys.push(read_secret_file("http.api_key_files", path)?);
+    }
+    if api_keys.iter().any(|k| k.expose().trim().is_empty()) {
+        return Err(invalid("http.api_keys", "an API key is empty"));
+    }
+    if api_keys.is_empty() {
+        return Err(invalid(
+            "http.api_keys",
+            "no API key configured: set api_keys or api_key_files",
+        ));
+    }
+
+    Ok(Settings {
+        component,
+        server: x.server,
+        secret,
+        domains,
+        backend: x.backend,
+        keepalive: Duration::from_secs(x.keepalive_secs),
+        reconnect_max: Duration::from_secs(x.reconnect_max_secs),
+        policy: StatusPolicy {
+            default_resource,
+            default_priority,
+            allow_non_negative_priority: s.allow_non_negative_priority,
+        },
+        listen,
+        api_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        validate(raw)
+    }
+
+    const GOOD: &str = r#"
+        [xmpp]
+        component = "status.example.com"
+        server = "127.0.0.1:5347"
+        secret = "s3cret"
+        domains = ["Example.COM"]
+        [http]
+        listen = "127.0.0.1:0"
+        api_keys = ["k1"]
+    "#;
+
+    #[test]
+    fn good_config_and_defaults() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.component.as_str(), "status.example.com");
+        assert!(s.domains.contains("example.com"));
+        assert_eq!(s.policy.default_resource.as_str(), "tigase-external");
+        assert_eq!(s.policy.default_priority, -1);
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("k1\""), "{dbg}");
+    }
+
+    #[test]
+    fn unknown_key_rejected() {
+        let e = parse(&GOOD.replace("[http]", "[http]\nlisten_addr = \"x\"")).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_named() {
+        let cases = [
+            (GOOD.replace("status.example.com", "a@b"), "xmpp.component"),
+            (GOOD.replace("[\"Example.COM\"]", "[]"), "xmpp.domains"),
+            (GOOD.replace("secret = \"s3cret\"", ""), "xmpp.secret"),
+            (GOOD.replace("api_keys = [\"k1\"]", ""), "http.api_keys"),
+            (GOOD.replace("127.0.0.1:0", "nowhere"), "http.listen"),
+            (
+                format!("{GOOD}\n[status]\ndefault_priority = 0\n"),
+                "status.default_priority",
+            ),
+            (
+                GOOD.replace("domains", "backend = \"tigase\"\ndomains"),
+                "xmpp.backend",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "expected {key}, got {e}");
+        }
+    }
+}

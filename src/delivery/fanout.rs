@@ -1,0 +1,451 @@
+//! Fan-out delivery for Prosody and ejabberd (XEP-0356).
+//!
+//! This task owns what the server tells us about users and contacts: the roster cache (who
+//! receives a user's presence: subscription `from` or `both`), its reverse index (whose presence a
+//! contact receives), and which contact resources are online (from the presence the server forwards
+//! under the XEP-0356 presence permission). It turns table changes into one directed presence per
+//! subscribed contact, re-sends held presences to a contact resource that comes online, replays
+//! everything after every (re)connect, and sends `unavailable` for every held resource on shutdown.
+//!
+//! Rosters are cached for immediate delivery, but every change of a user also refreshes that
+//! user's roster (at most one request in flight per user): a contact added since the last fetch is
+//! sent the held presences when the fresh roster arrives, and a contact removed gets `unavailable`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use jid::{BareJid, FullJid, Jid};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::stanza::Stanza;
+
+use crate::status::{Change, Held, StatusTable};
+use crate::xmpp::stanzas::{self, Privileges};
+use crate::xmpp::{LinkEvent, LinkHandle};
+
+/// How long to wait for the privilege advertisement after the handshake before warning and going on.
+const PRIVILEGE_WAIT: Duration = Duration::from_secs(5);
+/// A roster request without an answer for this long is given up and may be sent again.
+const ROSTER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most roster requests in flight at once (replays of many users queue behind this).
+const MAX_ROSTER_INFLIGHT: usize = 256;
+
+/// Requests to the fan-out task.
+#[derive(Debug)]
+pub enum Control {
+    /// Send `unavailable` for every held resource, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What the fan-out task needs.
+pub struct FanoutConfig {
+    /// The component's JID (sender of roster requests).
+    pub component: BareJid,
+}
+
+#[derive(Default)]
+struct RosterRequests {
+    /// iq id → user.
+    by_id: HashMap<String, (BareJid, Instant)>,
+    /// Users with a request in flight.
+    inflight: HashSet<BareJid>,
+    /// Users whose roster must be fetched again once the request in flight is answered.
+    again: HashSet<BareJid>,
+    /// Users waiting for a free slot.
+    queue: VecDeque<BareJid>,
+    queued: HashSet<BareJid>,
+    next_id: u64,
+}
+
+struct Fanout {
+    cfg: FanoutConfig,
+    table: StatusTable,
+    link: LinkHandle,
+    /// Link is up (handshake done).
+    up: bool,
+    /// Ready to send: link up and privileges advertised (or the wait for them is over).
+    ready: bool,
+    /// End of the wait for the privilege advertisement after the last connect.
+    privilege_deadline: Option<Instant>,
+    /// Warned once already that no advertisement arrived.
+    warned_no_privilege: bool,
+    /// user → contacts receiving the user's presence.
+    rosters: HashMap<BareJid, HashSet<BareJid>>,
+    /// contact → users whose presence the contact receives.
+    followers: HashMap<BareJid, HashSet<BareJid>>,
+    /// contact → online resources, from forwarded presence.
+    online: HashMap<BareJid, HashSet<String>>,
+    /// Users to replay in full when their roster arrives (after a (re)connect).
+    replay: HashSet<BareJid>,
+    requests: RosterRequests,
+}
+
+/// Run the fan-out task until shutdown.
+pub async fn run(
+    cfg: FanoutConfig,
+    table: StatusTable,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    link: LinkHandle,
+    mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    mut control: mpsc::Receiver<Control>,
+) {
+    let mut f = Fanout {
+        cfg,
+        table,
+        link,
+        up: false,
+        ready: false,
+        privilege_deadline: None,
+        warned_no_privilege: false,
+        rosters: HashMap::new(),
+        followers: HashMap::new(),
+        online: HashMap::new(),
+        replay: HashSet::new(),
+        requests: RosterRequests::default(),
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let deadline = f.privilege_deadline;
+        tokio::select! {
+            Some(user) = changes.recv() => f.on_change(user).await,
+            Some(ev) = events.recv() => f.on_link(ev).await,
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                f.privilege_deadline = None;
+                if !f.warned_no_privilege {
+                    f.warned_no_privilege = true;
+                    warn!(
+                        "no XEP-0356 privilege advertisement from the server within {PRIVILEGE_WAIT:?}: \
+                         rosters and contacts' presence are unavailable. Prosody: load \"privilege\" \
+                         globally and on the Component, and set privileged_entities = {{ [\"{c}\"] = \
+                         {{ roster = \"get\"; presence = \"managed_entity\" }} }} on the VirtualHost. \
+                         ejabberd: mod_privilege with roster: {{get: …}} and presence: \
+                         {{managed_entity: …}} for {c}",
+                        c = f.cfg.component
+                    );
+                }
+                f.become_ready().await;
+            }
+            _ = sweep.tick() => f.expire_requests().await,
+            Some(ctl) = control.recv() => match ctl {
+                Control::Shutdown(done) => {
+                    f.shutdown().await;
+                    let _ = done.send(());
+                    return;
+                }
+            },
+            else => return,
+        }
+    }
+}
+
+impl Fanout {
+    async fn send(&self, stanza: stanzas::Outbound) {
+        self.link.send(stanza).await;
+    }
+
+    fn full(user: &BareJid, held: &Held) -> FullJid {
+        user.with_resource(&held.resource)
+    }
+
+    /// Send one entry of `user` to `to`: its presence, or `unavailable` for a tombstone.
+    async fn send_entry(&self, user: &BareJid, held: &Held, to: Jid) {
+        let from = Self::full(user, held);
+        match &held.status {
+            Some(status) => self.send(stanzas::presence(&from, to, status)).await,
+            None => self.send(stanzas::unavailable(&from, to)).await,
+        }
+    }
+
+    /// Deliver the entries of `user` changed since their last delivery (all of them with `all`)
+    /// to the cached contacts, and mark them delivered.
+    async fn deliver(&self, user: &BareJid, all: bool) {
+        let Some(contacts) = self.rosters.get(user) else {
+            return;
+        };
+        for held in self.table.entries(user) {
+            if !all && held.delivered == held.seq {
+                continue;
+            }
+            for contact in contacts {
+                self.send_entry(user, &held, contact.clone().into()).await;
+            }
+            self.table.mark_delivered(user, &held.resource, held.seq);
+        }
+    }
+
+    async fn on_change(&mut self, user: BareJid) {
+        if !self.ready {
+            return; // replayed when ready
+        }
+        self.deliver(&user, false).await;
+        self.request_roster(user).await;
+    }
+
+    async fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up => {
+                self.up = true;
+                self.ready = false;
+                self.privilege_deadline = Some(Instant::now() + PRIVILEGE_WAIT);
+            }
+            LinkEvent::Down => {
+                self.up = false;
+                self.ready = false;
+                self.privilege_deadline = None;
+                // The server re-announces who is online after reconnect (Prosody), and answers
+                // to requests of the old stream never come.
+                self.online.clear();
+                self.requests = RosterRequests::default();
+            }
+            LinkEvent::Stanza(stanza) => self.on_stanza(stanza).await,
+        }
+    }
+
+    /// Start delivering: replay everything held.
+    async fn become_ready(&mut self) {
+        if self.ready || !self.up {
+            return;
+        }
+        self.ready = true;
+        self.privilege_deadline = None;
+        let users = self.table.users();
+        info!(users = users.len(), "replaying held statuses");
+        for user in users {
+            self.replay.insert(user.clone());
+            self.request_roster(user).await;
+        }
+    }
+
+    async fn on_stanza(&mut self, stanza: Stanza) {
+        match stanza {
+            Stanza::Message(m) => {
+                if let Some(p) = stanzas::parse_privileges(&m) {
+                    self.on_privileges(m.from.as_ref(), p).await;
+                }
+            }
+            Stanza::Presence(p) => self.on_presence(p).await,
+            Stanza::Iq(iq) => self.on_iq(iq).await,
+        }
+    }
+
+    async fn on_privileges(&mut self, from: Option<&Jid>, p: Privileges) {
+        let from = from.map(|j| j.to_string()).unwrap_or_default();
+        info!(%from, namespace = p.namespace, roster = ?p.roster, presence = ?p.presence, "XEP-0356 privileges granted");
+        if !p.can_get_roster() {
+            warn!(%from, "the server does not let us read rosters: grant roster = \"get\" (Prosody privileged_entities) or mod_privilege roster: {{get: …}} (ejabberd)");
+        }
+        if !p.gets_presence() {
+            warn!(%from, "the server does not forward users' presence: contacts who log in later will not see held statuses; grant presence = \"managed_entity\"");
+        }
+        self.become_ready().await;
+    }
+
+    async fn on_presence(&mut self, p: Presence) {
+        let Some(Ok(from)) = p.from.as_ref().map(Jid::try_as_full) else {
+            return;
+        };
+        let from = from.clone();
+        let contact = from.to_bare();
+        let resource = from.resource().as_str().to_string();
+        if self.table.contains(&contact, &resource) {
+            return; // an echo of our own synthetic presence
+        }
+        match p.type_ {
+            PresenceType::None => {
+                let newly = self
+                    .online
+                    .entry(contact.clone())
+                    .or_default()
+                    .insert(resource);
+                if newly {
+                    self.greet(&from).await;
+                }
+            }
+            PresenceType::Unavailable => {
+                if let Some(set) = self.online.get_mut(&contact) {
+                    set.remove(&resource);
+                    if set.is_empty() {
+                        self.online.remove(&contact);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A contact resource came online: send it every held presence of users it follows.
+    async fn greet(&self, contact: &FullJid) {
+        if !self.ready {
+            return; // the replay after connect reaches it through its bare JID
+        }
+        let Some(users) = self.followers.get(&contact.to_bare()) else {
+            return;
+        };
+        for user in users {
+            for held in self.table.entries(user) {
+                if let Some(status) = &held.status {
+                    let from = Self::full(user, &held);
+                    self.send(stanzas::presence(&from, contact.clone().into(), status))
+                        .await;
+                }
+            }
+        }
+        debug!(%contact, users = users.len(), "contact online: held presences sent");
+    }
+
+    async fn on_iq(&mut self, iq: Iq) {
+        match &iq {
+            Iq::Get { .. } | Iq::Set { .. } => {
+                if let Some(answer) = stanzas::answer_request(&self.cfg.component, &iq) {
+                    self.send(answer).await;
+                }
+            }
+            Iq::Result { id, payload, .. } => {
+                let Some((user, _)) = self.requests.by_id.remove(id) else {
+                    return;
+                };
+                match stanzas::presence_subscribers(payload.as_ref()) {
+                    Ok(contacts) => self.on_roster(user.clone(), contacts).await,
+                    Err(e) => warn!(%user, error = %e, "unparseable roster result"),
+                }
+                self.request_done(user).await;
+            }
+            Iq::Error { id, error, .. } => {
+                let Some((user, _)) = self.requests.by_id.remove(id) else {
+                    return;
+                };
+                warn!(
+                    %user,
+                    condition = ?error.defined_condition,
+                    text = ?error.texts.values().next(),
+                    "the server refused the roster request; check the roster privilege \
+                     (Prosody: privileged_entities roster = \"get\" and \"privilege\" in the \
+                     Component's modules_enabled; ejabberd: mod_privilege roster: {{get: …}})"
+                );
+                self.requests.again.remove(&user);
+                self.request_done(user).await;
+            }
+        }
+    }
+
+    async fn on_roster(&mut self, user: BareJid, contacts: Vec<BareJid>) {
+        let new: HashSet<BareJid> = contacts.into_iter().collect();
+        let old = self.rosters.remove(&user);
+        let replay = self.replay.remove(&user);
+        for c in old.iter().flatten().filter(|c| !new.contains(*c)) {
+            if let Some(f) = self.followers.get_mut(c) {
+                f.remove(&user);
+                if f.is_empty() {
+                    self.followers.remove(c);
+                }
+            }
+        }
+        for c in &new {
+            self.followers
+                .entry(c.clone())
+                .or_default()
+                .insert(user.clone());
+        }
+        let entries = self.table.entries(&user);
+        if let Some(old) = &old {
+            if !replay {
+                // Contacts gone since the last fetch no longer see us; new ones get everything.
+                for gone in old.difference(&new) {
+                    for held in entries.iter().filter(|h| h.status.is_some()) {
+                        let from = Self::full(&user, held);
+                        self.send(stanzas::unavailable(&from, gone.clone().into()))
+                            .await;
+                    }
+                }
+                for added in new.difference(old) {
+                    for held in &entries {
+                        if held.delivered == held.seq && held.status.is_some() {
+                            self.send_entry(&user, held, added.clone().into()).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.rosters.insert(user.clone(), new);
+        // Whatever is not yet delivered goes to everyone now (everything on replay).
+        self.deliver(&user, replay).await;
+    }
+
+    async fn request_roster(&mut self, user: BareJid) {
+        let r = &mut self.requests;
+        if r.inflight.contains(&user) {
+            r.again.insert(user);
+            return;
+        }
+        if r.inflight.len() >= MAX_ROSTER_INFLIGHT {
+            if r.queued.insert(user.clone()) {
+                r.queue.push_back(user);
+            }
+            return;
+        }
+        r.next_id += 1;
+        let id = format!("roster-{}", r.next_id);
+        r.inflight.insert(user.clone());
+        r.by_id.insert(id.clone(), (user.clone(), Instant::now()));
+        let iq = stanzas::roster_get(&self.cfg.component, &user, id);
+        self.send(iq).await;
+    }
+
+    /// A request for `user` finished: fetch again if asked, and let a queued user go.
+    async fn request_done(&mut self, user: BareJid) {
+        self.requests.inflight.remove(&user);
+        if self.requests.again.remove(&user) {
+            self.request_roster(user).await;
+        }
+        while self.requests.inflight.len() < MAX_ROSTER_INFLIGHT {
+            let Some(next) = self.requests.queue.pop_front() else {
+                break;
+            };
+            self.requests.queued.remove(&next);
+            self.request_roster(next).await;
+        }
+    }
+
+    async fn expire_requests(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<(String, BareJid)> = self
+            .requests
+            .by_id
+            .iter()
+            .filter(|(_, (_, t))| now.duration_since(*t) > ROSTER_TIMEOUT)
+            .map(|(id, (u, _))| (id.clone(), u.clone()))
+            .collect();
+        for (id, user) in expired {
+            warn!(%user, "no answer to the roster request; retrying");
+            self.requests.by_id.remove(&id);
+            self.requests.again.insert(user.clone());
+            self.request_done(user).await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if !self.up {
+            warn!("XMPP link is down: contacts keep seeing held statuses until the server notices");
+            return;
+        }
+        let mut sent = 0usize;
+        for user in self.table.users() {
+            let Some(contacts) = self.rosters.get(&user) else {
+                continue;
+            };
+            for held in self.table.entries(&user) {
+                if held.status.is_some() {
+                    let from = Self::full(&user, &held);
+                    for c in contacts {
+                        self.send(stanzas::unavailable(&from, c.clone().into())).await;
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        info!(sent, "sent unavailable for held resources");
+    }
+}

@@ -1,0 +1,106 @@
+//! API key checks.
+//!
+//! A key may come as `?api-key=`, an `Api-Key` header or `Authorization: Bearer`. Keys are compared
+//! in constant time: both sides are hashed (SHA-1, so lengths do not leak) and compared with
+//! `subtle`, against every configured key without an early exit.
+
+use axum::http::HeaderMap;
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::config::Secret;
+
+/// The configured keys, kept only as digests.
+#[derive(Clone)]
+pub struct ApiKeys {
+    digests: Vec<[u8; 20]>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys, MASKED)", self.digests.len())
+    }
+}
+
+fn digest(s: &str) -> [u8; 20] {
+    Sha1::digest(s.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// Keep the digests of `keys`.
+    pub fn new(keys: &[Secret]) -> ApiKeys {
+        ApiKeys {
+            digests: keys.iter().map(|k| digest(k.expose())).collect(),
+        }
+    }
+
+    /// Whether `given` is one of the keys (constant time in the key's content).
+    pub fn accepts(&self, given: &str) -> bool {
+        let d = digest(given);
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
+            .into()
+    }
+
+    /// Check the request's key: 401 when none is given, 403 when it is wrong.
+    pub fn check(&self, query: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+        let given = query
+            .and_then(key_from_query)
+            .or_else(|| {
+                headers
+                    .get("api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (scheme, token) = v.trim().split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_string())
+                    })
+            });
+        match given {
+            None => Err(ApiError::MissingKey),
+            Some(k) if k.is_empty() => Err(ApiError::MissingKey),
+            Some(k) if self.accepts(&k) => Ok(()),
+            Some(_) => Err(ApiError::WrongKey),
+        }
+    }
+}
+
+fn key_from_query(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "api-key")
+        .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn sources_and_outcomes() {
+        let keys = ApiKeys::new(&[Secret::new("k1"), Secret::new("second key")]);
+        let none = HeaderMap::new();
+        assert!(keys.check(Some("api-key=k1"), &none).is_ok());
+        assert!(keys.check(Some("x=1&api-key=second%20key"), &none).is_ok());
+        assert!(matches!(keys.check(Some("api-key=k2"), &none), Err(ApiError::WrongKey)));
+        assert!(matches!(keys.check(None, &none), Err(ApiError::MissingKey)));
+        let mut h = HeaderMap::new();
+        h.insert("Api-Key", HeaderValue::from_static("k1"));
+        assert!(keys.check(None, &h).is_ok());
+        let mut h = HeaderMap::new();
+        h.insert("Authorization", HeaderValue::from_static("Bearer second key"));
+        assert!(keys.check(None, &h).is_ok());
+        h.insert("Authorization", HeaderValue::from_static("Basic azE="));
+        assert!(matches!(keys.check(None, &h), Err(ApiError::MissingKey)));
+        assert!(!format!("{keys:?}").contains("k1"));
+    }
+}

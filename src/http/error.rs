@@ -1,0 +1,204 @@
+//! The one place where API errors become HTTP responses.
+//!
+//! Every refusal is an [`ApiError`]; [`ApiError::into_response`] maps it to a status code and a
+//! machine-readable body in the request's format ([`Format`]): JSON
+//! `{"error":{"status":400,"code":"invalid_show","message":"…"}}` or XML
+//! `<error><status>400</status><code>invalid_show</code><message>…</message></error>`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::status::InvalidStatus;
+
+/// Body format of a request and its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/json`
+    Json,
+    /// `application/xml`
+    Xml,
+}
+
+impl Format {
+    /// The response Content-Type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Xml => "application/xml; charset=utf-8",
+        }
+    }
+
+    /// The format named by a Content-Type or Accept value, if it is one of ours.
+    pub fn from_media_type(value: &str) -> Option<Format> {
+        let mut best = None;
+        for part in value.split(',') {
+            let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let f = match media.as_str() {
+                "application/json" => Some(Format::Json),
+                "application/xml" | "text/xml" => Some(Format::Xml),
+                m if m.ends_with("+json") => Some(Format::Json),
+                m if m.ends_with("+xml") => Some(Format::Xml),
+                _ => None,
+            };
+            if f.is_some() {
+                best = f;
+                break;
+            }
+        }
+        best
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No API key given.
+    #[error("an API key is required (?api-key=, Api-Key header or Authorization: Bearer)")]
+    MissingKey,
+    /// The API key is not one of ours.
+    #[error("the API key is not valid")]
+    WrongKey,
+    /// Method other than the ones the endpoint serves.
+    #[error("method {0} is not allowed here; use POST")]
+    Method(String),
+    /// Content-Type is not JSON or XML.
+    #[error("Content-Type {0:?} is not supported; use application/json or application/xml")]
+    MediaType(String),
+    /// Body larger than the limit.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Body could not be read.
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    /// The user JID does not parse or names no user.
+    #[error("{0:?} is not a valid user JID (expected user@domain)")]
+    Jid(String),
+    /// The user's domain is not one we serve.
+    #[error("domain {0:?} is not served by this extpresence")]
+    Domain(String),
+    /// Malformed body.
+    #[error("malformed {format} body: {message}")]
+    Malformed {
+        /// `JSON` or `XML`.
+        format: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has a wrong value.
+    #[error("{0}")]
+    Invalid(#[from] InvalidStatus),
+    /// No such endpoint.
+    #[error("no such endpoint")]
+    NotFound,
+}
+
+impl ApiError {
+    /// HTTP status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingKey => StatusCode::UNAUTHORIZED,
+            ApiError::WrongKey | ApiError::Domain(_) => StatusCode::FORBIDDEN,
+            ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BodyRead(_)
+            | ApiError::Jid(_)
+            | ApiError::Malformed { .. }
+            | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingKey => "missing_api_key",
+            ApiError::WrongKey => "invalid_api_key",
+            ApiError::Method(_) => "method_not_allowed",
+            ApiError::MediaType(_) => "unsupported_media_type",
+            ApiError::TooLarge(_) => "body_too_large",
+            ApiError::BodyRead(_) => "body_unreadable",
+            ApiError::Jid(_) => "invalid_jid",
+            ApiError::Domain(_) => "domain_not_served",
+            ApiError::Malformed { .. } => "malformed_body",
+            ApiError::Invalid(InvalidStatus::Show(_)) => "invalid_show",
+            ApiError::Invalid(InvalidStatus::Priority(_))
+            | ApiError::Invalid(InvalidStatus::NonNegativePriority(_)) => "invalid_priority",
+            ApiError::Invalid(InvalidStatus::ControlCharacter(_))
+            | ApiError::Invalid(InvalidStatus::TooLong(_)) => "invalid_status",
+            ApiError::Invalid(InvalidStatus::Resource(_)) => "invalid_resource",
+            ApiError::NotFound => "not_found",
+        }
+    }
+
+    /// The response in `format`.
+    pub fn into_response(self, format: Format) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        let body = match format {
+            Format::Json => serde_json::json!({
+                "error": { "status": status.as_u16(), "code": self.code(), "message": message }
+            })
+            .to_string(),
+            Format::Xml => format!(
+                "<error><status>{}</status><code>{}</code><message>{}</message></error>",
+                status.as_u16(),
+                self.code(),
+                xml_escape(&message)
+            ),
+        };
+        let mut resp = (status, body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        match self {
+            ApiError::Method(_) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            ApiError::MissingKey => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Escape text for XML content.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Never echo characters XML cannot carry.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        assert_eq!(Format::from_media_type("application/json; charset=utf-8"), Some(Format::Json));
+        assert_eq!(Format::from_media_type("text/xml"), Some(Format::Xml));
+        assert_eq!(Format::from_media_type("application/atom+xml"), Some(Format::Xml));
+        assert_eq!(Format::from_media_type("text/plain"), None);
+        assert_eq!(Format::from_media_type("text/html, application/xml;q=0.9"), Some(Format::Xml));
+    }
+
+    #[test]
+    fn escape() {
+        assert_eq!(xml_escape("a<b>&\"'\u{7}"), "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}");
+    }
+}

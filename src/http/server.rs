@@ -1,0 +1,176 @@
+//! The HTTP listener: routing, the request pipeline (method → key → media type → size → path →
+//! body → fields → table), request spans, and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use std::collections::BTreeSet;
+use tracing::{debug, info, Instrument};
+
+use super::auth::ApiKeys;
+use super::error::{ApiError, Format};
+use super::tigase::{self, Request};
+use crate::status::{StatusPolicy, StatusTable};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What request handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The held statuses.
+    pub table: StatusTable,
+    /// Defaults and limits.
+    pub policy: StatusPolicy,
+    /// Served user domains.
+    pub domains: BTreeSet<String>,
+    /// Accepted API keys.
+    pub keys: ApiKeys,
+}
+
+/// The API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/rest/user/{user}/status", any(status_default))
+        .route("/rest/user/{user}/status/{resource}", any(status_resource))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    ApiError::NotFound.into_response(reply_format(&headers))
+}
+
+/// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.
+fn reply_format(headers: &HeaderMap) -> Format {
+    let get = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    get(header::CONTENT_TYPE)
+        .and_then(Format::from_media_type)
+        .or_else(|| get(header::ACCEPT).and_then(Format::from_media_type))
+        .unwrap_or(Format::Json)
+}
+
+async fn status_default(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(user): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, method, user, None, query, headers, body).await
+}
+
+async fn status_resource(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path((user, resource)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, method, user, Some(resource), query, headers, body).await
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    method: Method,
+    user: String,
+    resource: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    // The query is never logged: it may hold the API key.
+    let span = tracing::info_span!("request", %method, user = %user.chars().take(128).collect::<String>());
+    async move {
+        let format = reply_format(&headers);
+        let resp = match set_status(&state, &method, &user, resource, query.as_deref(), &headers, body).await {
+            Ok((format, body)) => {
+                let mut r = (StatusCode::OK, body).into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                r
+            }
+            Err(e) => {
+                info!(status = e.status().as_u16(), error = %e, "request refused");
+                e.into_response(format)
+            }
+        };
+        debug!(status = resp.status().as_u16(), elapsed = ?started.elapsed(), "request done");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        // `to_bytes` reports the limit as a length error somewhere in the source chain.
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(MAX_BODY_BYTES);
+            }
+            src = s.source();
+        }
+        ApiError::BodyRead(e.to_string())
+    })
+}
+
+async fn set_status(
+    state: &AppState,
+    method: &Method,
+    user: &str,
+    resource: Option<String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Format, String), ApiError> {
+    if method != Method::POST {
+        return Err(ApiError::Method(method.to_string()));
+    }
+    state.keys.check(query, headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let format = Format::from_media_type(&content_type)
+        .ok_or_else(|| ApiError::MediaType(content_type.chars().take(128).collect()))?;
+    let body = read_body(headers, body).await?;
+
+    let (user, jid_resource) = tigase::parse_user(user)?;
+    if !state.domains.contains(user.domain().as_str()) {
+        return Err(ApiError::Domain(user.domain().as_str().to_string()));
+    }
+    let resource = state
+        .policy
+        .resource(resource.as_deref().or(jid_resource.as_deref()))?;
+
+    let command = match format {
+        Format::Json => tigase::parse_json(&body)?,
+        Format::Xml => tigase::parse_xml(&body)?,
+    };
+    let request = tigase::validate(&command, &state.policy)?;
+    match &request {
+        Request::Set(status) => state.table.set(&user, &resource, status.clone()),
+        Request::Clear => state.table.clear(&user, &resource),
+    };
+    let full = user.with_resource(&resource);
+    info!(jid = %full, available = matches!(request, Request::Set(_)), "status held");
+    Ok((format, tigase::response(format, full.as_str(), &request)))
+}

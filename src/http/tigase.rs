@@ -1,0 +1,313 @@
+//! The Tigase dialect: `POST /rest/user/{user-jid}/status[/{resource}]`, as Tigase's
+//! UserStatusEndpoint documents it.
+//!
+//! Request bodies: XML `<command><available/><priority/><show/><status/></command>` or the JSON
+//! object with the same fields (strings as in Tigase's documentation; JSON booleans and numbers are
+//! accepted too). Responses: `{"status":{"user":…,"available":"true","priority":"-1","show":…,
+//! "status":…,"success":true}}` or the same as XML `<status>…</status>`.
+
+use jid::{BareJid, Jid};
+use minidom::Element;
+use serde_json::Value;
+
+use super::error::{xml_escape, ApiError, Format};
+use crate::status::{validate_text, Show, Status, StatusPolicy};
+
+/// The fields of a request, as given (strings), before validation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Command {
+    /// `true`/`false`; absent means `true`.
+    pub available: Option<String>,
+    /// An integer; absent means the configured default.
+    pub priority: Option<String>,
+    /// chat/away/xa/dnd.
+    pub show: Option<String>,
+    /// Status text.
+    pub status: Option<String>,
+}
+
+/// What a valid request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Hold this status.
+    Set(Status),
+    /// Clear the resource (`available=false`).
+    Clear,
+}
+
+const FIELDS: [&str; 4] = ["available", "priority", "show", "status"];
+/// Namespace given to the (namespace-less) request XML so minidom accepts it.
+const NS_BODY: &str = "urn:extpresence:tigase-command";
+
+fn malformed(format: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::Malformed {
+        format,
+        message: message.into(),
+    }
+}
+
+/// Parse an XML body.
+pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| malformed("XML", "not UTF-8"))?;
+    if text.contains("<!") {
+        return Err(malformed(
+            "XML",
+            "DOCTYPE, entity declarations, CDATA and comments are not allowed",
+        ));
+    }
+    let root = Element::from_reader_with_prefixes(body, NS_BODY.to_string())
+        .map_err(|e| malformed("XML", e.to_string()))?;
+    if root.name() != "command" || root.ns() != NS_BODY {
+        return Err(malformed(
+            "XML",
+            format!("the root element must be <command>, not <{}>", root.name()),
+        ));
+    }
+    let mut cmd = Command::default();
+    for child in root.children() {
+        if child.ns() != NS_BODY {
+            return Err(malformed("XML", format!("unexpected namespace on <{}>", child.name())));
+        }
+        if child.children().next().is_some() {
+            return Err(malformed("XML", format!("<{}> must hold text only", child.name())));
+        }
+        let slot = match child.name() {
+            "available" => &mut cmd.available,
+            "priority" => &mut cmd.priority,
+            "show" => &mut cmd.show,
+            "status" => &mut cmd.status,
+            other => {
+                return Err(malformed(
+                    "XML",
+                    format!("unknown element <{other}>; expected one of {FIELDS:?}"),
+                ))
+            }
+        };
+        if slot.is_some() {
+            return Err(malformed("XML", format!("<{}> given twice", child.name())));
+        }
+        *slot = Some(child.text());
+    }
+    Ok(cmd)
+}
+
+/// Parse a JSON body.
+pub fn parse_json(body: &[u8]) -> Result<Command, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| malformed("JSON", e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(malformed("JSON", "the body must be a JSON object"));
+    };
+    let mut cmd = Command::default();
+    for (key, v) in map {
+        let slot = match key.as_str() {
+            "available" => &mut cmd.available,
+            "priority" => &mut cmd.priority,
+            "show" => &mut cmd.show,
+            "status" => &mut cmd.status,
+            other => {
+                return Err(malformed(
+                    "JSON",
+                    format!("unknown field {other:?}; expected one of {FIELDS:?}"),
+                ))
+            }
+        };
+        *slot = match v {
+            Value::Null => None,
+            Value::String(s) => Some(s),
+            Value::Bool(b) if key == "available" => Some(b.to_string()),
+            Value::Number(n) if key == "priority" => Some(n.to_string()),
+            other => {
+                return Err(malformed(
+                    "JSON",
+                    format!("field {key:?} must be a string, not {other}"),
+                ))
+            }
+        };
+    }
+    Ok(cmd)
+}
+
+/// Validate a command against the policy.
+pub fn validate(cmd: &Command, policy: &StatusPolicy) -> Result<Request, ApiError> {
+    let available = match cmd.available.as_deref().map(str::trim) {
+        None | Some("") => true,
+        Some(s) if s.eq_ignore_ascii_case("true") => true,
+        Some(s) if s.eq_ignore_ascii_case("false") => false,
+        Some(other) => {
+            return Err(malformed(
+                "request",
+                format!(
+                    "available {:?} must be true or false",
+                    other.chars().take(64).collect::<String>()
+                ),
+            ))
+        }
+    };
+    // Validate every field even for a clear, so a bad request never half-succeeds.
+    let priority = policy.priority(cmd.priority.as_deref())?;
+    let show = match cmd.show.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(Show::parse(s)?),
+    };
+    let text = match cmd.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => {
+            validate_text(s)?;
+            Some(s.to_string())
+        }
+    };
+    if !available {
+        return Ok(Request::Clear);
+    }
+    Ok(Request::Set(Status {
+        show,
+        text,
+        priority,
+    }))
+}
+
+/// Parse the `{user-jid}` path segment: a user JID (`user@domain`, optionally with a resource).
+pub fn parse_user(raw: &str) -> Result<(BareJid, Option<String>), ApiError> {
+    let bad = || ApiError::Jid(raw.chars().take(128).collect());
+    if raw.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    let jid = Jid::new(raw).map_err(|_| bad())?;
+    if jid.node().is_none() {
+        return Err(bad());
+    }
+    let resource = jid.resource().map(|r| r.as_str().to_string());
+    Ok((jid.to_bare(), resource))
+}
+
+/// The success response.
+pub fn response(format: Format, user: &str, request: &Request) -> String {
+    let (available, status) = match request {
+        Request::Set(s) => ("true", Some(s)),
+        Request::Clear => ("false", None),
+    };
+    let priority = status.map(|s| s.priority.to_string());
+    let show = status.and_then(|s| s.show.map(Show::as_str));
+    let text = status.and_then(|s| s.text.as_deref());
+    match format {
+        Format::Json => {
+            let mut o = serde_json::Map::new();
+            o.insert("user".into(), user.into());
+            o.insert("available".into(), available.into());
+            if let Some(p) = priority {
+                o.insert("priority".into(), p.into());
+            }
+            if let Some(s) = show {
+                o.insert("show".into(), s.into());
+            }
+            if let Some(t) = text {
+                o.insert("status".into(), t.into());
+            }
+            o.insert("success".into(), true.into());
+            serde_json::json!({ "status": o }).to_string()
+        }
+        Format::Xml => {
+            let mut x = format!(
+                "<status><user>{}</user><available>{available}</available>",
+                xml_escape(user)
+            );
+            if let Some(p) = priority {
+                x.push_str(&format!("<priority>{p}</priority>"));
+            }
+            if let Some(s) = show {
+                x.push_str(&format!("<show>{s}</show>"));
+            }
+            if let Some(t) = text {
+                x.push_str(&format!("<status>{}</status>", xml_escape(t)));
+            }
+            x.push_str("<success>true</success></status>");
+            x
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jid::ResourcePart;
+
+    fn policy() -> StatusPolicy {
+        StatusPolicy {
+            default_resource: ResourcePart::new("tigase-external").unwrap().into_owned(),
+            default_priority: -1,
+            allow_non_negative_priority: false,
+        }
+    }
+
+    #[test]
+    fn seed_xml_and_json_agree() {
+        let xml = b"<command>\n  <available>true</available>\n  <priority>-1</priority>\n  <show>xa</show>\n  <status>On the phone</status>\n</command>";
+        let json = br#"{"available": "true", "priority": "-1", "show": "xa", "status": "On the phone"}"#;
+        let a = parse_xml(xml).unwrap();
+        let b = parse_json(json).unwrap();
+        assert_eq!(a, b);
+        let r = validate(&a, &policy()).unwrap();
+        assert_eq!(
+            r,
+            Request::Set(Status {
+                show: Some(Show::Xa),
+                text: Some("On the phone".into()),
+                priority: -1
+            })
+        );
+        let body = response(Format::Json, "test@domain.com/tigase-external", &r);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status":{"user":"test@domain.com/tigase-external","available":"true",
+                "priority":"-1","show":"xa","status":"On the phone","success":true}})
+        );
+        assert_eq!(
+            response(Format::Xml, "test@domain.com/tigase-external", &r),
+            "<status><user>test@domain.com/tigase-external</user><available>true</available>\
+             <priority>-1</priority><show>xa</show><status>On the phone</status><success>true</success></status>"
+        );
+    }
+
+    #[test]
+    fn json_native_types_and_defaults() {
+        let c = parse_json(br#"{"available": true, "priority": -5}"#).unwrap();
+        assert_eq!(c.priority.as_deref(), Some("-5"));
+        assert!(matches!(validate(&c, &policy()).unwrap(), Request::Set(s) if s.priority == -5));
+        let c = parse_json(br#"{"available": false}"#).unwrap();
+        assert_eq!(validate(&c, &policy()).unwrap(), Request::Clear);
+        let c = parse_json(b"{}").unwrap();
+        assert!(matches!(validate(&c, &policy()).unwrap(), Request::Set(s) if s.priority == -1 && s.show.is_none()));
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        for bad in [
+            &b"<command><show>xa</command>"[..],
+            b"<!DOCTYPE x [<!ENTITY a 'b'>]><command/>",
+            b"<cmd/>",
+            b"<command><colour>red</colour></command>",
+            b"<command><show><b/></show></command>",
+            b"",
+        ] {
+            assert!(matches!(parse_xml(bad), Err(ApiError::Malformed { .. })), "{bad:?}");
+        }
+        for bad in [&b"{"[..], b"[]", br#"{"show": 1}"#, br#"{"mood": "x"}"#] {
+            assert!(matches!(parse_json(bad), Err(ApiError::Malformed { .. })), "{bad:?}");
+        }
+        let c = parse_json(br#"{"available": "maybe"}"#).unwrap();
+        assert!(validate(&c, &policy()).is_err());
+    }
+
+    #[test]
+    fn users() {
+        let (u, r) = parse_user("Alice@Example.COM").unwrap();
+        assert_eq!((u.as_str(), r), ("alice@example.com", None));
+        let (_, r) = parse_user("alice@example.com/phone").unwrap();
+        assert_eq!(r.as_deref(), Some("phone"));
+        for bad in ["example.com", "@example.com", "a@b@c", "", "al\u{1}ice@example.com"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
+    }
+}

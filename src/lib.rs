@@ -1,0 +1,127 @@
+//! extpresence: set and read the presence of XMPP users over HTTP.
+//!
+//! An external system says "alice@example.com is away: On the phone" over HTTP; extpresence holds
+//! that status and, connected to the XMPP server as a XEP-0114 component, makes alice's contacts
+//! see a synthetic resource (`alice@example.com/tigase-external`) with that show and status.
+//!
+//! # Layout
+//! ```text
+//! HTTP request ─► http/      server.rs (routing, pipeline), tigase.rs (dialect), auth.rs, error.rs
+//!              ─► status/    the model (Status, Show, StatusPolicy) and StatusTable (dashmap handle)
+//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact
+//!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
+//! inbound stanzas ◄─ xmpp/link.rs ─► delivery/fanout.rs (roster results, contact presence, iqs)
+//! config.rs: typed settings and validation. main.rs: CLI, tracing, signals.
+//! ```
+//! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
+
+pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod status;
+pub mod xmpp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jid::Jid;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use config::Settings;
+use delivery::fanout::{self, Control, FanoutConfig};
+use status::StatusTable;
+use xmpp::LinkConfig;
+
+/// Longest wait for in-flight HTTP requests at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// Longest wait for the `unavailable` fan-out and the stream close at shutdown.
+const XMPP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Run extpresence until `shutdown` is cancelled, then stop taking requests, send `unavailable`
+/// for every held resource, close the XMPP stream and return.
+pub async fn run(
+    settings: Settings,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (table, changes) = StatusTable::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let ping_to: Jid = jid::BareJid::new(
+        settings
+            .domains
+            .iter()
+            .next()
+            .expect("validated: at least one domain"),
+    )
+    .expect("validated domain")
+    .into();
+    let (link, link_task) = xmpp::link::spawn(
+        LinkConfig {
+            component: settings.component.clone(),
+            server: settings.server.clone(),
+            secret: settings.secret.clone(),
+            keepalive: settings.keepalive,
+            reconnect_max: settings.reconnect_max,
+            ping_to,
+        },
+        events_tx,
+    );
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let fanout_task = tokio::spawn(fanout::run(
+        FanoutConfig {
+            component: settings.component.clone(),
+        },
+        table.clone(),
+        changes,
+        link.clone(),
+        events_rx,
+        control_rx,
+    ));
+
+    let state = Arc::new(http::AppState {
+        table,
+        policy: settings.policy.clone(),
+        domains: settings.domains.clone(),
+        keys: http::auth::ApiKeys::new(&settings.api_keys),
+    });
+    let addr = http.local_addr()?;
+    info!(%addr, "HTTP API listening");
+    let server = axum::serve(http, http::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server_task = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        r = &mut server_task => {
+            // The server only ends by itself on an accept error.
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "HTTP server failed");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            info!("shutting down: no new requests");
+            if tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
+                warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
+                server_task.abort();
+            }
+        }
+    }
+
+    let (done_tx, done_rx) = oneshot::channel();
+    let drained = tokio::time::timeout(XMPP_DRAIN, async {
+        if control_tx.send(Control::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+        link.close().await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!("XMPP shutdown did not finish in {XMPP_DRAIN:?}");
+    }
+    fanout_task.abort();
+    link_task.abort();
+    info!("stopped");
+    Ok(())
+}

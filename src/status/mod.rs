@@ -1,0 +1,203 @@
+//! The model: what a status is, what makes one valid, and the table that holds them.
+//!
+//! This is the ground floor: it uses nothing else of ours. [`Show`], [`Status`] and [`StatusPolicy`]
+//! define and validate a status; [`StatusTable`] is the one shared handle over the held statuses.
+
+mod table;
+
+use std::fmt;
+
+use jid::ResourcePart;
+
+pub use table::{Change, Held, StatusTable};
+
+/// Longest accepted status text, in characters.
+pub const MAX_STATUS_CHARS: usize = 1024;
+
+/// The `<show/>` values of RFC 6121.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Show {
+    /// Free for chat.
+    Chat,
+    /// Away.
+    Away,
+    /// Extended away.
+    Xa,
+    /// Do not disturb.
+    Dnd,
+}
+
+impl Show {
+    /// Parse the wire value (`chat`, `away`, `xa`, `dnd`).
+    pub fn parse(s: &str) -> Result<Show, InvalidStatus> {
+        match s {
+            "chat" => Ok(Show::Chat),
+            "away" => Ok(Show::Away),
+            "xa" => Ok(Show::Xa),
+            "dnd" => Ok(Show::Dnd),
+            other => Err(InvalidStatus::Show(other.chars().take(64).collect())),
+        }
+    }
+
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Show::Chat => "chat",
+            Show::Away => "away",
+            Show::Xa => "xa",
+            Show::Dnd => "dnd",
+        }
+    }
+}
+
+impl fmt::Display for Show {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An available status of one synthetic resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `<show/>`, absent for plain "available".
+    pub show: Option<Show>,
+    /// `<status/>` text, validated by [`validate_text`].
+    pub text: Option<String>,
+    /// `<priority/>`.
+    pub priority: i8,
+}
+
+/// Why a requested status is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidStatus {
+    /// Show is not chat/away/xa/dnd.
+    #[error("show {0:?} is not one of chat, away, xa, dnd")]
+    Show(String),
+    /// Priority is not an integer in -128..127.
+    #[error("priority {0:?} is not an integer in -128..127")]
+    Priority(String),
+    /// Priority is 0 or more while that is not allowed.
+    #[error("priority {0} is not negative; a synthetic resource must have a negative priority so it never receives messages")]
+    NonNegativePriority(i64),
+    /// Status text contains a control character.
+    #[error("status contains a control character (U+{0:04X})")]
+    ControlCharacter(u32),
+    /// Status text is too long.
+    #[error("status is {0} characters long; the limit is {MAX_STATUS_CHARS}")]
+    TooLong(usize),
+    /// The resource is not a valid XMPP resource.
+    #[error("resource {0:?} is not a valid XMPP resource")]
+    Resource(String),
+}
+
+/// Check status text: at most [`MAX_STATUS_CHARS`] characters, no control characters other than
+/// tab, line feed and carriage return (others are not allowed in XML or corrupt the stream), no
+/// non-characters U+FFFE/U+FFFF.
+pub fn validate_text(text: &str) -> Result<(), InvalidStatus> {
+    let mut count = 0usize;
+    for c in text.chars() {
+        count += 1;
+        let bad = matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}');
+        if bad {
+            return Err(InvalidStatus::ControlCharacter(c as u32));
+        }
+    }
+    if count > MAX_STATUS_CHARS {
+        return Err(InvalidStatus::TooLong(count));
+    }
+    Ok(())
+}
+
+/// Defaults and limits that apply to every requested status (from `[status]`).
+#[derive(Debug, Clone)]
+pub struct StatusPolicy {
+    /// Resource used when a request names none.
+    pub default_resource: ResourcePart,
+    /// Priority used when a request names none.
+    pub default_priority: i8,
+    /// Whether priorities of 0 or more are accepted.
+    pub allow_non_negative_priority: bool,
+}
+
+impl StatusPolicy {
+    /// Parse and check a priority given as text (e.g. `"-1"`), or take the default when absent.
+    pub fn priority(&self, given: Option<&str>) -> Result<i8, InvalidStatus> {
+        let Some(given) = given.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(self.default_priority);
+        };
+        let value: i64 = given
+            .parse()
+            .map_err(|_| InvalidStatus::Priority(given.chars().take(64).collect()))?;
+        let p = i8::try_from(value).map_err(|_| InvalidStatus::Priority(given.to_string()))?;
+        if p >= 0 && !self.allow_non_negative_priority {
+            return Err(InvalidStatus::NonNegativePriority(value));
+        }
+        Ok(p)
+    }
+
+    /// Parse a resource, or take the default when absent.
+    pub fn resource(&self, given: Option<&str>) -> Result<ResourcePart, InvalidStatus> {
+        match given {
+            None => Ok(self.default_resource.clone()),
+            Some(r) => {
+                let bad = || InvalidStatus::Resource(r.chars().take(64).collect());
+                if r.chars().any(char::is_control) {
+                    return Err(bad());
+                }
+                ResourcePart::new(r).map(|r| r.into_owned()).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: bool) -> StatusPolicy {
+        StatusPolicy {
+            default_resource: ResourcePart::new("tigase-external").unwrap().into_owned(),
+            default_priority: -1,
+            allow_non_negative_priority: allow,
+        }
+    }
+
+    #[test]
+    fn show_values() {
+        for s in ["chat", "away", "xa", "dnd"] {
+            assert_eq!(Show::parse(s).unwrap().as_str(), s);
+        }
+        assert!(Show::parse("busy").is_err());
+        assert!(Show::parse("XA").is_err());
+    }
+
+    #[test]
+    fn priorities() {
+        let p = policy(false);
+        assert_eq!(p.priority(None).unwrap(), -1);
+        assert_eq!(p.priority(Some("-128")).unwrap(), -128);
+        assert!(matches!(p.priority(Some("-129")), Err(InvalidStatus::Priority(_))));
+        assert!(matches!(p.priority(Some("0")), Err(InvalidStatus::NonNegativePriority(0))));
+        assert!(matches!(p.priority(Some("1.5")), Err(InvalidStatus::Priority(_))));
+        assert_eq!(policy(true).priority(Some("127")).unwrap(), 127);
+        assert!(policy(true).priority(Some("128")).is_err());
+    }
+
+    #[test]
+    fn texts() {
+        assert!(validate_text("On the phone\nline 2\ttab").is_ok());
+        assert_eq!(validate_text("bell\u{7}"), Err(InvalidStatus::ControlCharacter(7)));
+        assert!(validate_text("\u{85}").is_err());
+        assert!(validate_text(&"é".repeat(1024)).is_ok());
+        assert_eq!(validate_text(&"a".repeat(1025)), Err(InvalidStatus::TooLong(1025)));
+    }
+
+    #[test]
+    fn resources() {
+        let p = policy(false);
+        assert_eq!(p.resource(None).unwrap().as_str(), "tigase-external");
+        assert_eq!(p.resource(Some("phone")).unwrap().as_str(), "phone");
+        assert!(p.resource(Some("")).is_err());
+        assert!(p.resource(Some("a\u{1}b")).is_err());
+    }
+}

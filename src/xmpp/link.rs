@@ -1,0 +1,510 @@
+//! The one supervised component connection (XEP-0114).
+//!
+//! [`spawn`] starts a task that connects, performs the handshake, then pumps stanzas both ways:
+//! inbound ones become [`LinkEvent::Stanza`], outbound ones come from the [`LinkHandle`]. Silence
+//! longer than the keepalive interval makes it ping the server; no answer within the response
+//! timeout counts as a dead link. Every failure is classified ([`LinkError`]), logged with the
+//! server's own text and the fix where we know it, and followed by a reconnect after a jittered,
+//! capped exponential backoff (reset after a healthy period). After every successful handshake it
+//! announces [`LinkEvent::Up`], and the delivery backend replays what is held.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use jid::{BareJid, Jid};
+use rand::Rng;
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout, Instant};
+use tokio_xmpp::xmlstream::{
+    initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmppStream,
+    XmppStreamElement,
+};
+use tracing::{debug, error, info, trace, warn};
+use xmpp_parsers::component::Handshake;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stream_error::StreamError;
+
+use super::stanzas::{self, Outbound};
+use crate::config::Secret;
+
+/// How long a TCP connect plus stream header exchange plus handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// A session that lasted this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// Id prefix of our keepalive pings, so their answers are not passed on.
+const PING_PREFIX: &str = "extpresence-ping-";
+
+/// What the link needs to know.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The component's JID.
+    pub component: BareJid,
+    /// `host:port` of the component listener, resolved at every connect.
+    pub server: String,
+    /// Shared secret for the handshake.
+    pub secret: Secret,
+    /// Silence before a keepalive ping.
+    pub keepalive: Duration,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Where keepalive pings go (a served domain: the server answers them).
+    pub ping_to: Jid,
+}
+
+/// What the link reports to the delivery backend.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The handshake succeeded; stanzas can flow.
+    Up,
+    /// The connection is gone; a reconnect is under way.
+    Down,
+    /// A stanza from the server.
+    Stanza(Stanza),
+}
+
+/// Whether the link is established (for readiness and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connecting or waiting to reconnect.
+    Down,
+    /// Handshake done.
+    Up,
+}
+
+/// Why a connection attempt or session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// TCP connect or name resolution failed.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// The configured server.
+        server: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The server refused our handshake.
+    #[error("the server refused the component handshake: {0}")]
+    Auth(String),
+    /// The server sent a stream error.
+    #[error("stream error from server: {condition}{text}")]
+    Stream {
+        /// The defined condition, e.g. `invalid-from`.
+        condition: String,
+        /// The server's text, formatted as ` ("…")` or empty.
+        text: String,
+    },
+    /// Nothing arrived in time (connect, handshake or keepalive).
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The server closed the stream or the connection.
+    #[error("connection closed by the server: {0}")]
+    Closed(String),
+    /// Any other I/O failure.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl LinkError {
+    /// The fix for this error, where we know it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            LinkError::Auth(_) => Some(
+                "wrong component secret: [xmpp] secret must equal the component_secret of the \
+                 Component (Prosody) or the password of the ejabberd_service host (ejabberd)",
+            ),
+            LinkError::Stream { condition, .. } => match condition.as_str() {
+                "invalid-from" => Some(
+                    "the server does not let the component send as users: set \
+                     validate_from_addresses = false on the Component (Prosody) or \
+                     check_from: false on the ejabberd_service listener (ejabberd)",
+                ),
+                "not-authorized" => Some(
+                    "wrong component secret: [xmpp] secret must equal the component_secret \
+                     (Prosody) or the ejabberd_service password (ejabberd)",
+                ),
+                "host-unknown" => Some(
+                    "the server has no component by this name: [xmpp] component must match a \
+                     Component block (Prosody) or an ejabberd_service host (ejabberd)",
+                ),
+                "conflict" => Some(
+                    "another connection already uses this component name (a second extpresence?)",
+                ),
+                "improper-addressing" => Some("a stanza without 'to' was sent (a bug: please report it)"),
+                _ => None,
+            },
+            LinkError::Connect { .. } => Some(
+                "is the server's component listener running on [xmpp] server (Prosody: \
+                 component_ports, ejabberd: ejabberd_service)?",
+            ),
+            _ => None,
+        }
+    }
+}
+
+enum Command {
+    Send(Outbound),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the link task: send stanzas, close the stream.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<LinkState>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Send(o) => write!(f, "Send({})", stanzas::to_xml(o.stanza())),
+            Command::Close(_) => f.write_str("Close"),
+        }
+    }
+}
+
+impl LinkHandle {
+    /// Queue a stanza. Stanzas queued while the link is down are dropped: the delivery backend
+    /// replays everything held after the next [`LinkEvent::Up`].
+    pub async fn send(&self, stanza: Outbound) {
+        // Fails only when the link task is gone (shutdown): nothing left to do with the stanza.
+        let _ = self.commands.send(Command::Send(stanza)).await;
+    }
+
+    /// Send the stream footer and stop the link task; returns when done.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The current link state.
+    pub fn state(&self) -> LinkState {
+        *self.state.borrow()
+    }
+
+    /// A receiver of link state changes.
+    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+}
+
+/// Start the link task. Events go to `events`.
+pub fn spawn(
+    cfg: LinkConfig,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> (LinkHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let (state_tx, state_rx) = watch::channel(LinkState::Down);
+    let task = tokio::spawn(supervise(cfg, rx, events, state_tx));
+    (
+        LinkHandle {
+            commands: tx,
+            state: state_rx,
+        },
+        task,
+    )
+}
+
+type Stream = XmppStream<BufStream<TcpStream>>;
+
+fn timeouts(cfg: &LinkConfig) -> Timeouts {
+    Timeouts {
+        read_timeout: cfg.keepalive,
+        response_timeout: cfg.keepalive.clamp(Duration::from_secs(2), Duration::from_secs(30)),
+    }
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, LinkError> {
+    let connect_err = |source| LinkError::Connect {
+        server: server.to_string(),
+        source,
+    };
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(connect_err)?
+        .next()
+        .ok_or_else(|| connect_err(io::Error::new(io::ErrorKind::NotFound, "no address")))
+}
+
+fn stream_error(e: &StreamError) -> LinkError {
+    let condition = e.condition.to_string();
+    let text = e
+        .texts
+        .values()
+        .next()
+        .map(|t| format!(" ({t:?})"))
+        .unwrap_or_default();
+    LinkError::Stream { condition, text }
+}
+
+/// Connect, exchange stream headers and perform the XEP-0114 handshake.
+pub async fn connect(cfg: &LinkConfig) -> Result<Stream, LinkError> {
+    let addr = resolve(&cfg.server).await?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| LinkError::Connect {
+            server: cfg.server.clone(),
+            source,
+        })?;
+    tcp.set_nodelay(true)?;
+    let mut pending = initiate_stream(
+        BufStream::new(tcp),
+        xmpp_parsers::ns::COMPONENT,
+        StreamHeader {
+            to: Some(cfg.component.as_str().to_string().into()),
+            from: None,
+            id: None,
+        },
+        timeouts(cfg),
+    )
+    .await?;
+    let header = pending.take_header();
+    let mut stream: Stream = pending.skip_features();
+    let Some(id) = header.id else {
+        // Usually followed by a stream error (e.g. host-unknown); read it for a better message.
+        return Err(read_error_after_refusal(&mut stream, "no stream id").await);
+    };
+    let handshake = Handshake::from_stream_id_and_password(id.into_owned(), cfg.secret.expose());
+    stream
+        .send(&XmppStreamElement::ComponentHandshake(handshake))
+        .await?;
+    loop {
+        match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
+                return Ok(stream)
+            }
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                let err = stream_error(&e.0);
+                return Err(match err {
+                    LinkError::Stream { condition, text } if condition == "not-authorized" => {
+                        LinkError::Auth(format!("{condition}{text}"))
+                    }
+                    other => other,
+                });
+            }
+            Some(Ok(other)) => {
+                debug!(?other, "unexpected element during handshake");
+            }
+            Some(Err(ReadError::SoftTimeout)) => return Err(LinkError::Timeout("handshake")),
+            Some(Err(ReadError::ParseError(e))) => debug!(%e, "unparseable element during handshake"),
+            Some(Err(ReadError::HardError(e))) => return Err(e.into()),
+            Some(Err(ReadError::StreamFooterReceived)) | None => {
+                return Err(LinkError::Auth(
+                    "the server closed the stream after our handshake".into(),
+                ))
+            }
+        }
+    }
+}
+
+async fn read_error_after_refusal(stream: &mut Stream, what: &str) -> LinkError {
+    let wait = timeout(Duration::from_secs(2), async {
+        while let Some(item) = stream.next().await {
+            if let Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e))) = item {
+                return Some(stream_error(&e.0));
+            }
+            if matches!(item, Err(ReadError::HardError(_) | ReadError::StreamFooterReceived)) {
+                return None;
+            }
+        }
+        None
+    });
+    match wait.await {
+        Ok(Some(e)) => e,
+        _ => LinkError::Closed(what.to_string()),
+    }
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let ms = delay.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+fn log_failure(err: &LinkError, attempt: u32, retry_in: Duration) {
+    let hint = err.hint().unwrap_or("");
+    if attempt <= 1 || matches!(err, LinkError::Auth(_) | LinkError::Stream { .. }) {
+        error!(error = %err, hint, ?retry_in, attempt, "XMPP component link failed");
+    } else {
+        warn!(error = %err, hint, ?retry_in, attempt, "XMPP component link still down");
+    }
+}
+
+async fn supervise(
+    cfg: LinkConfig,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    state: watch::Sender<LinkState>,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let connected = tokio::select! {
+            r = timeout(CONNECT_TIMEOUT, connect(&cfg)) => r.unwrap_or(Err(LinkError::Timeout("connect"))),
+            done = wait_close(&mut commands) => { let _ = done.send(()); return; }
+        };
+        let err = match connected {
+            Ok(stream) => {
+                info!(server = %cfg.server, component = %cfg.component, "XMPP component link up");
+                let _ = state.send(LinkState::Up);
+                let _ = events.send(LinkEvent::Up);
+                let started = Instant::now();
+                let outcome = session(&cfg, stream, &mut commands, &events).await;
+                let _ = state.send(LinkState::Down);
+                let _ = events.send(LinkEvent::Down);
+                match outcome {
+                    SessionEnd::Closed(done) => {
+                        info!("XMPP component link closed");
+                        let _ = done.send(());
+                        return;
+                    }
+                    SessionEnd::Failed(e) => {
+                        if started.elapsed() >= HEALTHY_AFTER {
+                            attempt = 1;
+                        }
+                        e
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << (attempt - 1).min(16));
+        let delay = jittered(exp.min(cfg.reconnect_max));
+        log_failure(&err, attempt, delay);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        tokio::select! {
+            _ = &mut sleep => {}
+            done = wait_close(&mut commands) => { let _ = done.send(()); return; }
+        }
+    }
+}
+
+/// While the link is down: drop queued stanzas (they are replayed after reconnect) until a
+/// close request arrives. Never returns otherwise.
+async fn wait_close(commands: &mut mpsc::Receiver<Command>) -> oneshot::Sender<()> {
+    loop {
+        match commands.recv().await {
+            Some(Command::Send(o)) => trace!(stanza = %stanzas::to_xml(o.stanza()), "link down: dropped"),
+            Some(Command::Close(done)) => return done,
+            None => {
+                // Every handle is gone: treat as a close request with nobody waiting.
+                let (tx, _rx) = oneshot::channel();
+                return tx;
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Closed(oneshot::Sender<()>),
+    Failed(LinkError),
+}
+
+async fn write(stream: &mut Stream, stanza: Outbound) -> Result<(), io::Error> {
+    let stanza = stanza.into_stanza();
+    trace!(stanza = %stanzas::to_xml(&stanza), "send");
+    stream.feed(&XmppStreamElement::Stanza(stanza)).await
+}
+
+async fn flush(stream: &mut Stream) -> Result<(), io::Error> {
+    SinkExt::<&XmppStreamElement>::flush(stream).await
+}
+
+async fn session(
+    cfg: &LinkConfig,
+    mut stream: Stream,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+) -> SessionEnd {
+    let mut ping_seq: u64 = 0;
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let mut cmd = cmd;
+                // Write everything queued, then flush once.
+                loop {
+                    match cmd {
+                        Some(Command::Send(o)) => {
+                            if let Err(e) = write(&mut stream, o).await {
+                                return SessionEnd::Failed(e.into());
+                            }
+                        }
+                        Some(Command::Close(done)) => {
+                            close(&mut stream).await;
+                            return SessionEnd::Closed(done);
+                        }
+                        None => {
+                            close(&mut stream).await;
+                            let (tx, _rx) = oneshot::channel();
+                            return SessionEnd::Closed(tx);
+                        }
+                    }
+                    match commands.try_recv() {
+                        Ok(next) => cmd = Some(next),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = flush(&mut stream).await {
+                    return SessionEnd::Failed(e.into());
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
+                    trace!(stanza = %stanzas::to_xml(&stanza), "recv");
+                    if let Stanza::Iq(Iq::Result { id, .. } | Iq::Error { id, .. }) = &stanza {
+                        if id.starts_with(PING_PREFIX) {
+                            continue;
+                        }
+                    }
+                    let _ = events.send(LinkEvent::Stanza(stanza));
+                }
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                    return SessionEnd::Failed(stream_error(&e.0));
+                }
+                Some(Ok(FallibleStreamElement::Ok(other))) => debug!(?other, "ignored stream element"),
+                Some(Ok(FallibleStreamElement::Err(e))) => warn!(error = %e, "ignored an invalid stanza from the server"),
+                Some(Err(ReadError::SoftTimeout)) => {
+                    ping_seq += 1;
+                    let ping = stanzas::ping(&cfg.component, cfg.ping_to.clone(), format!("{PING_PREFIX}{ping_seq}"));
+                    debug!("link idle: sending keepalive ping");
+                    if let Err(e) = write(&mut stream, ping).await.and(flush(&mut stream).await) {
+                        return SessionEnd::Failed(e.into());
+                    }
+                }
+                Some(Err(ReadError::ParseError(e))) => warn!(error = %e, "ignored an unparseable element from the server"),
+                Some(Err(ReadError::HardError(e))) if e.kind() == io::ErrorKind::TimedOut => {
+                    return SessionEnd::Failed(LinkError::Timeout("no answer to keepalive ping"));
+                }
+                Some(Err(ReadError::HardError(e))) => return SessionEnd::Failed(e.into()),
+                Some(Err(ReadError::StreamFooterReceived)) => return SessionEnd::Failed(LinkError::Closed("stream closed".into())),
+                None => return SessionEnd::Failed(LinkError::Closed("connection closed".into())),
+            }
+        }
+    }
+}
+
+async fn close(stream: &mut Stream) {
+    let _ = flush(stream).await;
+    let _ = timeout(Duration::from_secs(2), async {
+        if stream.shutdown().await.is_ok() {
+            // Wait for the server's footer so everything we sent is processed.
+            while let Some(item) = stream.next().await {
+                if matches!(
+                    item,
+                    Err(ReadError::StreamFooterReceived | ReadError::HardError(_))
+                ) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
