@@ -264,7 +264,11 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 ),
             )
         })?;
-    if x.server.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+    if x.server
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
         return Err(invalid(
             "xmpp.server",
             format!("{:?} is not host:port (e.g. \"127.0.0.1:5347\")", x.server),
@@ -272,7 +276,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     }
     let secret = match (x.secret, x.secret_file) {
         (Some(_), Some(_)) => {
-            return Err(invalid("xmpp.secret", "set either secret or secret_file, not both"))
+            return Err(invalid(
+                "xmpp.secret",
+                "set either secret or secret_file, not both",
+            ))
         }
         (Some(s), None) if s.expose().is_empty() => {
             return Err(invalid("xmpp.secret", "the component secret is empty"))

@@ -13,7 +13,11 @@ use tracing::{error, info};
 #[command(version, about)]
 struct Cli {
     /// Configuration file (TOML); EXTPRESENCE__SECTION__KEY variables override it.
-    #[arg(long, global = true, default_value = "/etc/extpresence/extpresence.toml")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/extpresence/extpresence.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,16 +38,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let settings = match extpresence::config::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("extpresence: invalid configuration {}: {e}", cli.config.display());
+            eprintln!(
+                "extpresence: invalid configuration {}: {e}",
+                cli.config.display()
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };

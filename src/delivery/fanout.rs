@@ -200,7 +200,7 @@ impl Fanout {
                 self.online.clear();
                 self.requests = RosterRequests::default();
             }
-            LinkEvent::Stanza(stanza) => self.on_stanza(stanza).await,
+            LinkEvent::Stanza(stanza) => self.on_stanza(*stanza).await,
         }
     }
 
@@ -440,7 +440,8 @@ impl Fanout {
                 if held.status.is_some() {
                     let from = Self::full(&user, &held);
                     for c in contacts {
-                        self.send(stanzas::unavailable(&from, c.clone().into())).await;
+                        self.send(stanzas::unavailable(&from, c.clone().into()))
+                            .await;
                         sent += 1;
                     }
                 }

@@ -91,13 +91,19 @@ mod tests {
         let none = HeaderMap::new();
         assert!(keys.check(Some("api-key=k1"), &none).is_ok());
         assert!(keys.check(Some("x=1&api-key=second%20key"), &none).is_ok());
-        assert!(matches!(keys.check(Some("api-key=k2"), &none), Err(ApiError::WrongKey)));
+        assert!(matches!(
+            keys.check(Some("api-key=k2"), &none),
+            Err(ApiError::WrongKey)
+        ));
         assert!(matches!(keys.check(None, &none), Err(ApiError::MissingKey)));
         let mut h = HeaderMap::new();
         h.insert("Api-Key", HeaderValue::from_static("k1"));
         assert!(keys.check(None, &h).is_ok());
         let mut h = HeaderMap::new();
-        h.insert("Authorization", HeaderValue::from_static("Bearer second key"));
+        h.insert(
+            "Authorization",
+            HeaderValue::from_static("Bearer second key"),
+        );
         assert!(keys.check(None, &h).is_ok());
         h.insert("Authorization", HeaderValue::from_static("Basic azE="));
         assert!(matches!(keys.check(None, &h), Err(ApiError::MissingKey)));

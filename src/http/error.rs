@@ -32,7 +32,12 @@ impl Format {
     pub fn from_media_type(value: &str) -> Option<Format> {
         let mut best = None;
         for part in value.split(',') {
-            let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let f = match media.as_str() {
                 "application/json" => Some(Format::Json),
                 "application/xml" | "text/xml" => Some(Format::Xml),
@@ -190,15 +195,27 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(Format::from_media_type("application/json; charset=utf-8"), Some(Format::Json));
+        assert_eq!(
+            Format::from_media_type("application/json; charset=utf-8"),
+            Some(Format::Json)
+        );
         assert_eq!(Format::from_media_type("text/xml"), Some(Format::Xml));
-        assert_eq!(Format::from_media_type("application/atom+xml"), Some(Format::Xml));
+        assert_eq!(
+            Format::from_media_type("application/atom+xml"),
+            Some(Format::Xml)
+        );
         assert_eq!(Format::from_media_type("text/plain"), None);
-        assert_eq!(Format::from_media_type("text/html, application/xml;q=0.9"), Some(Format::Xml));
+        assert_eq!(
+            Format::from_media_type("text/html, application/xml;q=0.9"),
+            Some(Format::Xml)
+        );
     }
 
     #[test]
     fn escape() {
-        assert_eq!(xml_escape("a<b>&\"'\u{7}"), "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}");
+        assert_eq!(
+            xml_escape("a<b>&\"'\u{7}"),
+            "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}"
+        );
     }
 }

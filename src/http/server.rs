@@ -89,14 +89,27 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     // The query is never logged: it may hold the API key.
-    let span = tracing::info_span!("request", %method, user = %user.chars().take(128).collect::<String>());
+    let span =
+        tracing::info_span!("request", %method, user = %user.chars().take(128).collect::<String>());
     async move {
         let format = reply_format(&headers);
-        let resp = match set_status(&state, &method, &user, resource, query.as_deref(), &headers, body).await {
+        let resp = match set_status(
+            &state,
+            &method,
+            &user,
+            resource,
+            query.as_deref(),
+            &headers,
+            body,
+        )
+        .await
+        {
             Ok((format, body)) => {
                 let mut r = (StatusCode::OK, body).into_response();
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                );
                 r
             }
             Err(e) => {
@@ -119,17 +132,19 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::TooLarge(MAX_BODY_BYTES));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        // `to_bytes` reports the limit as a length error somewhere in the source chain.
-        let mut src: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = src {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return ApiError::TooLarge(MAX_BODY_BYTES);
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            // `to_bytes` reports the limit as a length error somewhere in the source chain.
+            let mut src: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::TooLarge(MAX_BODY_BYTES);
+                }
+                src = s.source();
             }
-            src = s.source();
-        }
-        ApiError::BodyRead(e.to_string())
-    })
+            ApiError::BodyRead(e.to_string())
+        })
 }
 
 async fn set_status(

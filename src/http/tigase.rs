@@ -66,10 +66,16 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
     let mut cmd = Command::default();
     for child in root.children() {
         if child.ns() != NS_BODY {
-            return Err(malformed("XML", format!("unexpected namespace on <{}>", child.name())));
+            return Err(malformed(
+                "XML",
+                format!("unexpected namespace on <{}>", child.name()),
+            ));
         }
         if child.children().next().is_some() {
-            return Err(malformed("XML", format!("<{}> must hold text only", child.name())));
+            return Err(malformed(
+                "XML",
+                format!("<{}> must hold text only", child.name()),
+            ));
         }
         let slot = match child.name() {
             "available" => &mut cmd.available,
@@ -243,7 +249,8 @@ mod tests {
     #[test]
     fn seed_xml_and_json_agree() {
         let xml = b"<command>\n  <available>true</available>\n  <priority>-1</priority>\n  <show>xa</show>\n  <status>On the phone</status>\n</command>";
-        let json = br#"{"available": "true", "priority": "-1", "show": "xa", "status": "On the phone"}"#;
+        let json =
+            br#"{"available": "true", "priority": "-1", "show": "xa", "status": "On the phone"}"#;
         let a = parse_xml(xml).unwrap();
         let b = parse_json(json).unwrap();
         assert_eq!(a, b);
@@ -278,7 +285,9 @@ mod tests {
         let c = parse_json(br#"{"available": false}"#).unwrap();
         assert_eq!(validate(&c, &policy()).unwrap(), Request::Clear);
         let c = parse_json(b"{}").unwrap();
-        assert!(matches!(validate(&c, &policy()).unwrap(), Request::Set(s) if s.priority == -1 && s.show.is_none()));
+        assert!(
+            matches!(validate(&c, &policy()).unwrap(), Request::Set(s) if s.priority == -1 && s.show.is_none())
+        );
     }
 
     #[test]
@@ -291,10 +300,16 @@ mod tests {
             b"<command><show><b/></show></command>",
             b"",
         ] {
-            assert!(matches!(parse_xml(bad), Err(ApiError::Malformed { .. })), "{bad:?}");
+            assert!(
+                matches!(parse_xml(bad), Err(ApiError::Malformed { .. })),
+                "{bad:?}"
+            );
         }
         for bad in [&b"{"[..], b"[]", br#"{"show": 1}"#, br#"{"mood": "x"}"#] {
-            assert!(matches!(parse_json(bad), Err(ApiError::Malformed { .. })), "{bad:?}");
+            assert!(
+                matches!(parse_json(bad), Err(ApiError::Malformed { .. })),
+                "{bad:?}"
+            );
         }
         let c = parse_json(br#"{"available": "maybe"}"#).unwrap();
         assert!(validate(&c, &policy()).is_err());
@@ -306,7 +321,13 @@ mod tests {
         assert_eq!((u.as_str(), r), ("alice@example.com", None));
         let (_, r) = parse_user("alice@example.com/phone").unwrap();
         assert_eq!(r.as_deref(), Some("phone"));
-        for bad in ["example.com", "@example.com", "a@b@c", "", "al\u{1}ice@example.com"] {
+        for bad in [
+            "example.com",
+            "@example.com",
+            "a@b@c",
+            "",
+            "al\u{1}ice@example.com",
+        ] {
             assert!(parse_user(bad).is_err(), "{bad}");
         }
     }

@@ -144,7 +144,9 @@ impl StatusPolicy {
                 if r.chars().any(char::is_control) {
                     return Err(bad());
                 }
-                ResourcePart::new(r).map(|r| r.into_owned()).map_err(|_| bad())
+                ResourcePart::new(r)
+                    .map(|r| r.into_owned())
+                    .map_err(|_| bad())
             }
         }
     }
@@ -176,9 +178,18 @@ mod tests {
         let p = policy(false);
         assert_eq!(p.priority(None).unwrap(), -1);
         assert_eq!(p.priority(Some("-128")).unwrap(), -128);
-        assert!(matches!(p.priority(Some("-129")), Err(InvalidStatus::Priority(_))));
-        assert!(matches!(p.priority(Some("0")), Err(InvalidStatus::NonNegativePriority(0))));
-        assert!(matches!(p.priority(Some("1.5")), Err(InvalidStatus::Priority(_))));
+        assert!(matches!(
+            p.priority(Some("-129")),
+            Err(InvalidStatus::Priority(_))
+        ));
+        assert!(matches!(
+            p.priority(Some("0")),
+            Err(InvalidStatus::NonNegativePriority(0))
+        ));
+        assert!(matches!(
+            p.priority(Some("1.5")),
+            Err(InvalidStatus::Priority(_))
+        ));
         assert_eq!(policy(true).priority(Some("127")).unwrap(), 127);
         assert!(policy(true).priority(Some("128")).is_err());
     }
@@ -186,10 +197,16 @@ mod tests {
     #[test]
     fn texts() {
         assert!(validate_text("On the phone\nline 2\ttab").is_ok());
-        assert_eq!(validate_text("bell\u{7}"), Err(InvalidStatus::ControlCharacter(7)));
+        assert_eq!(
+            validate_text("bell\u{7}"),
+            Err(InvalidStatus::ControlCharacter(7))
+        );
         assert!(validate_text("\u{85}").is_err());
         assert!(validate_text(&"é".repeat(1024)).is_ok());
-        assert_eq!(validate_text(&"a".repeat(1025)), Err(InvalidStatus::TooLong(1025)));
+        assert_eq!(
+            validate_text(&"a".repeat(1025)),
+            Err(InvalidStatus::TooLong(1025))
+        );
     }
 
     #[test]

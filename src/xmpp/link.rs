@@ -66,7 +66,7 @@ pub enum LinkEvent {
     /// The connection is gone; a reconnect is under way.
     Down,
     /// A stanza from the server.
-    Stanza(Stanza),
+    Stanza(Box<Stanza>),
 }
 
 /// Whether the link is established (for readiness and metrics).
@@ -136,7 +136,9 @@ impl LinkError {
                 "conflict" => Some(
                     "another connection already uses this component name (a second extpresence?)",
                 ),
-                "improper-addressing" => Some("a stanza without 'to' was sent (a bug: please report it)"),
+                "improper-addressing" => {
+                    Some("a stanza without 'to' was sent (a bug: please report it)")
+                }
                 _ => None,
             },
             LinkError::Connect { .. } => Some(
@@ -218,7 +220,9 @@ type Stream = XmppStream<BufStream<TcpStream>>;
 fn timeouts(cfg: &LinkConfig) -> Timeouts {
     Timeouts {
         read_timeout: cfg.keepalive,
-        response_timeout: cfg.keepalive.clamp(Duration::from_secs(2), Duration::from_secs(30)),
+        response_timeout: cfg
+            .keepalive
+            .clamp(Duration::from_secs(2), Duration::from_secs(30)),
     }
 }
 
@@ -294,7 +298,9 @@ pub async fn connect(cfg: &LinkConfig) -> Result<Stream, LinkError> {
                 debug!(?other, "unexpected element during handshake");
             }
             Some(Err(ReadError::SoftTimeout)) => return Err(LinkError::Timeout("handshake")),
-            Some(Err(ReadError::ParseError(e))) => debug!(%e, "unparseable element during handshake"),
+            Some(Err(ReadError::ParseError(e))) => {
+                debug!(%e, "unparseable element during handshake")
+            }
             Some(Err(ReadError::HardError(e))) => return Err(e.into()),
             Some(Err(ReadError::StreamFooterReceived)) | None => {
                 return Err(LinkError::Auth(
@@ -311,7 +317,10 @@ async fn read_error_after_refusal(stream: &mut Stream, what: &str) -> LinkError 
             if let Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e))) = item {
                 return Some(stream_error(&e.0));
             }
-            if matches!(item, Err(ReadError::HardError(_) | ReadError::StreamFooterReceived)) {
+            if matches!(
+                item,
+                Err(ReadError::HardError(_) | ReadError::StreamFooterReceived)
+            ) {
                 return None;
             }
         }
@@ -392,7 +401,9 @@ async fn supervise(
 async fn wait_close(commands: &mut mpsc::Receiver<Command>) -> oneshot::Sender<()> {
     loop {
         match commands.recv().await {
-            Some(Command::Send(o)) => trace!(stanza = %stanzas::to_xml(o.stanza()), "link down: dropped"),
+            Some(Command::Send(o)) => {
+                trace!(stanza = %stanzas::to_xml(o.stanza()), "link down: dropped")
+            }
             Some(Command::Close(done)) => return done,
             None => {
                 // Every handle is gone: treat as a close request with nobody waiting.
@@ -464,7 +475,7 @@ async fn session(
                             continue;
                         }
                     }
-                    let _ = events.send(LinkEvent::Stanza(stanza));
+                    let _ = events.send(LinkEvent::Stanza(Box::new(stanza)));
                 }
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                     return SessionEnd::Failed(stream_error(&e.0));

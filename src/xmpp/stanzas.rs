@@ -30,7 +30,7 @@ const DISCO_INFO: &str = "<query xmlns='http://jabber.org/protocol/disco#info'>\
 
 /// A stanza ready to go on the wire. It always has a `to`.
 #[derive(Debug)]
-pub struct Outbound(Stanza);
+pub struct Outbound(Box<Stanza>);
 
 impl Outbound {
     /// The stanza.
@@ -40,7 +40,7 @@ impl Outbound {
 
     /// Unwrap into the stanza.
     pub fn into_stanza(self) -> Stanza {
-        self.0
+        *self.0
     }
 }
 
@@ -63,22 +63,22 @@ pub fn presence(from: &FullJid, to: Jid, status: &Status) -> Outbound {
     if let Some(text) = &status.text {
         p.statuses = BTreeMap::from([(Lang::from(""), text.clone())]);
     }
-    Outbound(p.into())
+    Outbound(Box::new(p.into()))
 }
 
 /// `unavailable` presence of `from` directed to `to`.
 pub fn unavailable(from: &FullJid, to: Jid) -> Outbound {
-    Outbound(
+    Outbound(Box::new(
         Presence::new(PresenceType::Unavailable)
             .with_from(from.clone())
             .with_to(to)
             .into(),
-    )
+    ))
 }
 
 /// Privileged roster get (XEP-0356) for `user`, sent from the component.
 pub fn roster_get(component: &BareJid, user: &BareJid, id: String) -> Outbound {
-    Outbound(
+    Outbound(Box::new(
         Iq::Get {
             from: Some(component.clone().into()),
             to: Some(user.clone().into()),
@@ -86,12 +86,12 @@ pub fn roster_get(component: &BareJid, user: &BareJid, id: String) -> Outbound {
             payload: Element::builder("query", NS_ROSTER).build(),
         }
         .into(),
-    )
+    ))
 }
 
 /// XMPP ping (XEP-0199) from the component to `to`, used as keepalive.
 pub fn ping(component: &BareJid, to: Jid, id: String) -> Outbound {
-    Outbound(
+    Outbound(Box::new(
         Iq::Get {
             from: Some(component.clone().into()),
             to: Some(to),
@@ -99,7 +99,7 @@ pub fn ping(component: &BareJid, to: Jid, id: String) -> Outbound {
             payload: Element::builder("ping", NS_PING).build(),
         }
         .into(),
-    )
+    ))
 }
 
 /// Our answer to an iq request addressed to the component, or `None` when `iq` is not a request
@@ -145,7 +145,7 @@ pub fn answer_request(component: &BareJid, iq: &Iq) -> Option<Outbound> {
             ),
         }
     };
-    Some(Outbound(reply.into()))
+    Some(Outbound(Box::new(reply.into())))
 }
 
 /// What the server granted us in a XEP-0356 advertisement.
@@ -299,7 +299,10 @@ mod tests {
         )
         .unwrap();
         let xml = to_xml(answer_request(&me, &iq).unwrap().stanza());
-        assert!(xml.contains("type='result'") && xml.contains("to='example.com'"), "{xml}");
+        assert!(
+            xml.contains("type='result'") && xml.contains("to='example.com'"),
+            "{xml}"
+        );
         let iq: Iq = Iq::try_from(
             "<iq xmlns='jabber:component:accept' type='set' id='x' from='bob@example.com/r' to='status.example.com'><foo xmlns='urn:x'/></iq>"
                 .parse::<Element>()

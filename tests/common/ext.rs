@@ -1,0 +1,232 @@
+//! Running the real `extpresence` binary against a test server, and a minimal HTTP/1.1 client.
+//!
+//! [`Ext::start`] writes a config into a temp dir (HTTP on `127.0.0.1:0`), starts the built binary,
+//! and waits for its "HTTP API listening" log line to learn the bound address. The client is raw
+//! HTTP over a `TcpStream`, so tests can also send what a polite client would not (chunked bodies
+//! without Content-Length, odd methods).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// The API key the test config accepts.
+pub const API_KEY: &str = "test-api-key";
+
+/// A running `extpresence` process.
+pub struct Ext {
+    /// Bound HTTP address.
+    pub http: SocketAddr,
+    child: Option<Child>,
+    /// Everything the process logged so far.
+    log: Arc<Mutex<String>>,
+    /// Config file path (kept for restarts).
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+    link_up: watch::Receiver<usize>,
+}
+
+impl Ext {
+    /// Start the binary against a component listener at `component_port`, serving `domain`.
+    pub async fn start(component_port: u16, domain: &str, component: &str, secret: &str) -> Ext {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("extpresence.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[xmpp]
+component = "{component}"
+server = "127.0.0.1:{component_port}"
+secret = "{secret}"
+domains = ["{domain}"]
+keepalive_secs = 10
+reconnect_max_secs = 2
+
+[status]
+default_resource = "tigase-external"
+default_priority = -1
+
+[http]
+listen = "127.0.0.1:0"
+api_keys = ["{API_KEY}"]
+"#
+            ),
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_extpresence"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,extpresence=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start extpresence");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, mut addr_rx) = watch::channel(None::<SocketAddr>);
+        let (up_tx, up_rx) = watch::channel(0usize);
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("HTTP API listening") {
+                    if let Some(a) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse().ok())
+                    {
+                        let _ = addr_tx.send(Some(a));
+                    }
+                }
+                if line.contains("XEP-0356 privileges granted") {
+                    up_tx.send_modify(|n| *n += 1);
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let http = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let Some(a) = *addr_rx.borrow_and_update() {
+                    return a;
+                }
+                if addr_rx.changed().await.is_err() {
+                    panic!("extpresence exited before listening");
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("extpresence did not start listening; log:\n{}", log.lock().unwrap()));
+        Ext {
+            http,
+            child: Some(child),
+            log,
+            config,
+            _dir: dir,
+            link_up: up_rx,
+        }
+    }
+
+    /// Wait until the link has been up (privileges granted) `n` times in total.
+    pub async fn wait_privileged(&mut self, n: usize) {
+        let ok = tokio::time::timeout(Duration::from_secs(30), async {
+            while *self.link_up.borrow_and_update() < n {
+                if self.link_up.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(
+            matches!(ok, Ok(true)),
+            "extpresence link not privileged {n} time(s); log:\n{}",
+            self.log()
+        );
+    }
+
+    /// What the process logged.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let pid = child.id()? as i32;
+        // SAFETY-free: kill(1) via the command line keeps this test free of unsafe code.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("extpresence did not exit within 15 s of SIGTERM")
+            .expect("wait");
+        self.child = None;
+        status.code()
+    }
+
+    /// POST a body to `path` (relative to the HTTP root) with the given content type and the
+    /// API key in the query.
+    pub async fn post(&self, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        request(
+            self.http,
+            "POST",
+            &format!("{path}{sep}api-key={API_KEY}"),
+            &[("Content-Type", content_type)],
+            body.as_bytes(),
+        )
+        .await
+    }
+}
+
+/// Send one HTTP/1.1 request with a Content-Length body and return (status, body).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    raw_request(addr, &raw).await
+}
+
+/// Send raw bytes as a request and return (status, body) of the response.
+pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = TcpStream::connect(addr).await.expect("connect to HTTP");
+        s.write_all(raw).await.expect("write request");
+        let mut buf = Vec::new();
+        // The server may answer before reading all of a large body and then close.
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in response: {text:?}"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    })
+    .await
+    .expect("HTTP request timed out")
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,391 @@
+//! Black-box tests: the real `extpresence` binary against a real Prosody (Debian package), with
+//! real XMPP clients as contacts.
+//!
+//! Users: alice and bob are mutual contacts (`both`); carol has no relation to alice; dave is
+//! subscribed to alice (`from` on alice's side) and logs in late.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ext::{raw_request, request, Ext, API_KEY};
+use common::{subscribe_mutual, subscribe_one_way, Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
+use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
+
+const WAIT: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_secs(2);
+
+/// A Prosody with the four users and their rosters, and extpresence connected to it.
+struct World {
+    prosody: Prosody,
+    ext: Ext,
+}
+
+async fn world() -> World {
+    let prosody = Prosody::start().await;
+    prosody.register(&["alice", "bob", "carol", "dave"]).await;
+    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
+    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
+    let mut dave = TestClient::connect(prosody.c2s_port, "dave", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    subscribe_one_way(&mut dave, &mut alice).await;
+    dave.disconnect().await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    World { prosody, ext }
+}
+
+fn alice(resource: &str) -> String {
+    format!("alice@{DOMAIN}/{resource}")
+}
+
+fn from_is(p: &Presence, jid: &str) -> bool {
+    p.from.as_ref().map(|j| j.to_string()).as_deref() == Some(jid)
+}
+
+fn status_text(p: &Presence) -> Option<&str> {
+    p.statuses.values().next().map(String::as_str)
+}
+
+fn available_from(jid: String) -> impl Fn(&Presence) -> bool {
+    move |p| from_is(p, &jid) && p.type_ == PresenceType::None
+}
+
+fn unavailable_from(jid: String) -> impl Fn(&Presence) -> bool {
+    move |p| from_is(p, &jid) && p.type_ == PresenceType::Unavailable
+}
+
+const XML_ON_PHONE: &str = "<command>\n  <available>true</available>\n  <priority>-1</priority>\n  <show>xa</show>\n  <status>On the phone</status>\n</command>";
+
+/// (a) XML POST: bob gets show, status and priority -1; carol gets nothing. The response has the
+/// seed's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_set_reaches_contact_not_stranger() {
+    let w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let mut carol = TestClient::connect(w.prosody.c2s_port, "carol", true).await;
+    let (code, body) = w
+        .ext
+        .post(&format!("/rest/user/alice@{DOMAIN}/status"), "application/xml", XML_ON_PHONE)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        format!(
+            "<status><user>{}</user><available>true</available><priority>-1</priority>\
+             <show>xa</show><status>On the phone</status><success>true</success></status>",
+            alice("tigase-external")
+        )
+    );
+    let p = bob
+        .expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    assert_eq!(p.show, Some(Show::Xa));
+    assert_eq!(status_text(&p), Some("On the phone"));
+    assert_eq!(p.priority.0, -1);
+    let seen = carol.presences_within(QUIET).await;
+    assert!(
+        !seen.iter().any(|p| p
+            .from
+            .as_ref()
+            .is_some_and(|j| j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        "carol must not see alice: {seen:?}"
+    );
+}
+
+/// (b) JSON POST to `/status/phone`: bob sees `alice@…/phone`; the response is the seed's JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_set_with_resource() {
+    let w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let (code, body) = w
+        .ext
+        .post(
+            &format!("/rest/user/alice@{DOMAIN}/status/phone"),
+            "application/json",
+            r#"{"available": "true", "priority": "-1", "show": "dnd", "status": "In a call"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"status": {"user": alice("phone"), "available": "true",
+            "priority": "-1", "show": "dnd", "status": "In a call", "success": true}})
+    );
+    let p = bob.expect_presence(WAIT, available_from(alice("phone"))).await;
+    assert_eq!(p.show, Some(Show::Dnd));
+    assert_eq!(status_text(&p), Some("In a call"));
+    // JSON booleans and numbers work too.
+    let (code, body) = w
+        .ext
+        .post(
+            &format!("/rest/user/alice@{DOMAIN}/status/phone"),
+            "application/json",
+            r#"{"available": true, "priority": -7, "show": "away"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let p = bob
+        .expect_presence(WAIT, |p| {
+            from_is(p, &alice("phone")) && p.show == Some(Show::Away)
+        })
+        .await;
+    assert_eq!(p.priority.0, -7);
+}
+
+/// (c) dave logs in after the POST and receives alice's held presence at his full JID, after
+/// Prosody's own "alice is unavailable" answer to his probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_login_receives_held_presence() {
+    let w = world().await;
+    let (code, body) = w
+        .ext
+        .post(&format!("/rest/user/alice@{DOMAIN}/status"), "application/xml", XML_ON_PHONE)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut dave = TestClient::connect(w.prosody.c2s_port, "dave", true).await;
+    let p = dave
+        .expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    assert_eq!(p.to.as_ref().map(|j| j.to_string()), Some(dave.jid.to_string()));
+    assert_eq!(status_text(&p), Some("On the phone"));
+    // Nothing after it says alice is gone.
+    let later = dave.presences_within(QUIET).await;
+    assert!(
+        !later.iter().any(|p| p.type_ == PresenceType::Unavailable
+            && p.from.as_ref().is_some_and(|j| j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        "an unavailable for alice came after the held presence: {later:?}"
+    );
+}
+
+/// (d) `available=false`: bob receives `unavailable` for that resource, and the entry is forgotten
+/// (a contact logging in later gets nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_sends_unavailable_and_forgets() {
+    let w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let path = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(w.ext.post(&path, "application/xml", XML_ON_PHONE).await.0, 200);
+    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    let (code, body) = w
+        .ext
+        .post(&path, "application/json", r#"{"available": "false"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"]["available"], "false");
+    assert_eq!(v["status"]["success"], true);
+    bob.expect_presence(WAIT, unavailable_from(alice("tigase-external")))
+        .await;
+    let mut dave = TestClient::connect(w.prosody.c2s_port, "dave", true).await;
+    let seen = dave.presences_within(QUIET).await;
+    assert!(
+        !seen.iter().any(available_from(alice("tigase-external"))),
+        "a cleared status was re-sent: {seen:?}"
+    );
+}
+
+/// (e) Prosody restarts while a status is held, and another is set during the outage: extpresence
+/// reconnects and bob, logged in again, sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_replays_everything() {
+    let mut w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0, 200);
+    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    drop(bob);
+
+    w.prosody.stop().await;
+    let (code, body) = w
+        .ext
+        .post(
+            &format!("{base}/desk"),
+            "application/json",
+            r#"{"show": "away", "status": "Set during the outage"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "a status set while the link is down is held: {body}");
+    assert!(body.contains("\"success\":true"), "{body}");
+    w.prosody.start_again().await;
+    w.ext.wait_privileged(2).await;
+
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let p = bob
+        .expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    assert_eq!(status_text(&p), Some("On the phone"));
+    let p = bob.expect_presence(WAIT, available_from(alice("desk"))).await;
+    assert_eq!(status_text(&p), Some("Set during the outage"));
+    assert!(
+        w.ext.log().contains("XMPP component link failed")
+            || w.ext.log().contains("XMPP component link still down"),
+        "the outage was not noticed:\n{}",
+        w.ext.log()
+    );
+}
+
+/// (f) SIGTERM: bob receives `unavailable` for every held resource; the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_unavailable_for_every_resource() {
+    let mut w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0, 200);
+    assert_eq!(
+        w.ext
+            .post(&format!("{base}/phone"), "application/json", r#"{"show": "dnd"}"#)
+            .await
+            .0,
+        200
+    );
+    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    bob.expect_presence(WAIT, available_from(alice("phone"))).await;
+    let code = w.ext.terminate().await;
+    assert_eq!(code, Some(0), "exit status; log:\n{}", w.ext.log());
+    bob.expect_presence(WAIT, unavailable_from(alice("tigase-external")))
+        .await;
+    bob.expect_presence(WAIT, unavailable_from(alice("phone"))).await;
+}
+
+/// A contact added to alice's roster after her first update is reached by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_contact_reached_by_next_update() {
+    let w = world().await;
+    let mut carol = TestClient::connect(w.prosody.c2s_port, "carol", true).await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0, 200);
+    // alice logs in with a real client and accepts carol's subscription.
+    let mut alice_client = TestClient::connect(w.prosody.c2s_port, "alice", true).await;
+    subscribe_one_way(&mut carol, &mut alice_client).await;
+    alice_client.disconnect().await;
+    carol.drain();
+    assert_eq!(
+        w.ext
+            .post(&base, "application/json", r#"{"show": "chat", "status": "Back"}"#)
+            .await
+            .0,
+        200
+    );
+    let p = carol
+        .expect_presence(WAIT, |p| {
+            from_is(p, &alice("tigase-external")) && p.show == Some(Show::Chat)
+        })
+        .await;
+    assert_eq!(status_text(&p), Some("Back"));
+}
+
+/// (g) Every bad input gets its status code and a body in the request's format; afterwards a good
+/// request still works and reaches bob (the XMPP stream is undisturbed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_refused_cleanly() {
+    let w = world().await;
+    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let addr = w.ext.http;
+    let user = format!("/rest/user/alice@{DOMAIN}/status");
+    let keyed = format!("{user}?api-key={API_KEY}");
+    let json = [("Content-Type", "application/json")];
+    let xml = [("Content-Type", "application/xml")];
+
+    struct Case<'a> {
+        name: &'a str,
+        method: &'a str,
+        path: String,
+        headers: Vec<(&'a str, &'a str)>,
+        body: Vec<u8>,
+        want: u16,
+        code: &'a str,
+    }
+    let case = |name, method, path: &str, headers: &[(&'static str, &'static str)], body: &str, want, code| Case {
+        name,
+        method,
+        path: path.to_string(),
+        headers: headers.to_vec(),
+        body: body.as_bytes().to_vec(),
+        want,
+        code,
+    };
+    let long = "x".repeat(1025);
+    let big = format!("{{\"status\": \"{}\"}}", "y".repeat(17 * 1024));
+    let cases = vec![
+        case("no key", "POST", &user, &json, "{}", 401, "missing_api_key"),
+        case("wrong key", "POST", &format!("{user}?api-key=nope"), &json, "{}", 403, "invalid_api_key"),
+        case("wrong bearer", "POST", &user, &[("Content-Type", "application/json"), ("Authorization", "Bearer nope")], "{}", 403, "invalid_api_key"),
+        case("bad jid", "POST", &format!("/rest/user/not-a-jid/status?api-key={API_KEY}"), &json, "{}", 400, "invalid_jid"),
+        case("bad jid 2", "POST", &format!("/rest/user/a@b@c/status?api-key={API_KEY}"), &json, "{}", 400, "invalid_jid"),
+        case("foreign domain", "POST", &format!("/rest/user/alice@elsewhere.org/status?api-key={API_KEY}"), &json, "{}", 403, "domain_not_served"),
+        case("bad show", "POST", &keyed, &json, r#"{"show": "busy"}"#, 400, "invalid_show"),
+        case("bad show xml", "POST", &keyed, &xml, "<command><show>sleeping</show></command>", 400, "invalid_show"),
+        case("priority not int", "POST", &keyed, &json, r#"{"priority": "high"}"#, 400, "invalid_priority"),
+        case("priority float", "POST", &keyed, &json, r#"{"priority": -1.5}"#, 400, "invalid_priority"),
+        case("priority range", "POST", &keyed, &json, r#"{"priority": "-129"}"#, 400, "invalid_priority"),
+        case("priority non-negative", "POST", &keyed, &json, r#"{"priority": "0"}"#, 400, "invalid_priority"),
+        case("control char", "POST", &keyed, &json, r#"{"status": "ring\u0007ring"}"#, 400, "invalid_status"),
+        case("control char xml", "POST", &keyed, &xml, "<command><status>ring\u{1b}ring</status></command>", 400, "malformed_body"),
+        case("status too long", "POST", &keyed, &json, &format!("{{\"status\": \"{long}\"}}"), 400, "invalid_status"),
+        case("body too large", "POST", &keyed, &json, &big, 413, "body_too_large"),
+        case("malformed xml", "POST", &keyed, &xml, "<command><show>xa</command>", 400, "malformed_body"),
+        case("malformed json", "POST", &keyed, &json, r#"{"show": "xa""#, 400, "malformed_body"),
+        case("doctype", "POST", &keyed, &xml, "<?xml version='1.0'?><!DOCTYPE command [<!ENTITY x 'xa'>]><command><show>&x;</show></command>", 400, "malformed_body"),
+        case("entity ref", "POST", &keyed, &xml, "<command><show>&x;</show></command>", 400, "malformed_body"),
+        case("wrong root", "POST", &keyed, &xml, "<presence><show>xa</show></presence>", 400, "malformed_body"),
+        case("text/plain", "POST", &keyed, &[("Content-Type", "text/plain")], "xa", 415, "unsupported_media_type"),
+        case("no content type", "POST", &keyed, &[], "{}", 415, "unsupported_media_type"),
+        case("GET", "GET", &keyed, &json, "", 405, "method_not_allowed"),
+        case("PUT", "PUT", &keyed, &json, "{}", 405, "method_not_allowed"),
+        case("DELETE", "DELETE", &keyed, &json, "", 405, "method_not_allowed"),
+    ];
+    for c in &cases {
+        let (status, body) = request(addr, c.method, &c.path, &c.headers, &c.body).await;
+        assert_eq!(status, c.want, "{}: {body}", c.name);
+        let is_xml = c.headers.iter().any(|(_, v)| v.contains("xml"));
+        if is_xml {
+            assert!(
+                body.starts_with("<error>") && body.contains(&format!("<code>{}</code>", c.code)),
+                "{}: {body}",
+                c.name
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}): {body}", c.name));
+            assert_eq!(v["error"]["code"], c.code, "{}: {body}", c.name);
+            assert_eq!(v["error"]["status"], c.want, "{}: {body}", c.name);
+        }
+    }
+    // Too large without Content-Length (chunked).
+    let chunk = "z".repeat(8192);
+    let mut raw = format!(
+        "POST {keyed} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for _ in 0..3 {
+        raw.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    raw.push_str("0\r\n\r\n");
+    let (status, body) = raw_request(addr, raw.as_bytes()).await;
+    assert_eq!(status, 413, "chunked: {body}");
+
+    // Nothing of the refused requests reached bob, and a good request still works.
+    let seen = bob.presences_within(Duration::from_millis(500)).await;
+    assert!(
+        !seen.iter().any(|p| p.from.as_ref().is_some_and(|j| j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        "a refused request reached bob: {seen:?}"
+    );
+    let (code, body) = w.ext.post(&user, "application/xml", XML_ON_PHONE).await;
+    assert_eq!(code, 200, "{body}");
+    let p = bob
+        .expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    assert_eq!(status_text(&p), Some("On the phone"));
+    assert!(
+        !w.ext.log().contains("XMPP component link failed"),
+        "the XMPP link was disturbed:\n{}",
+        w.ext.log()
+    );
+}
