@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+cargo build --quiet --bin extpresence --example demo
 cargo run --quiet --example demo

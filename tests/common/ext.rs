@@ -59,7 +59,7 @@ api_keys = ["{API_KEY}"]
             ),
         )
         .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extpresence"))
+        let mut child = Command::new(binary())
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info,extpresence=debug")
@@ -104,7 +104,12 @@ api_keys = ["{API_KEY}"]
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("extpresence did not start listening; log:\n{}", log.lock().unwrap()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "extpresence did not start listening; log:\n{}",
+                log.lock().unwrap()
+            )
+        });
         Ext {
             http,
             child: Some(child),
@@ -171,6 +176,26 @@ api_keys = ["{API_KEY}"]
     }
 }
 
+/// The `extpresence` binary: Cargo names it for tests; an example (the demo) finds it beside its
+/// own directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
+fn binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_extpresence") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("extpresence"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} not found: build it first (cargo build --bin extpresence)",
+        path.display()
+    );
+    path
+}
+
 /// Send one HTTP/1.1 request with a Content-Length body and return (status, body).
 pub async fn request(
     addr: SocketAddr,
@@ -207,7 +232,10 @@ pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no HTTP status in response: {text:?}"));
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_string()
