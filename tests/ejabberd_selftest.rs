@@ -7,126 +7,28 @@
 //!
 //! This file owns only these checks; the harness itself lives in `tests/common/ejabberd.rs`.
 
-#[path = "common/ejabberd.rs"]
-mod ejabberd;
+mod common;
 
 use std::time::Duration;
 
-use ejabberd::Ejabberd;
+use common::ejabberd::Ejabberd;
+use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, PASSWORD, SECRET};
 use extpresence::config::Secret;
 use extpresence::xmpp::link::connect;
 use extpresence::xmpp::stanzas::{self, NS_PRIVILEGE_1};
 use extpresence::xmpp::LinkConfig;
 use futures::{SinkExt, StreamExt};
-use jid::{BareJid, Jid};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::{TcpListener, TcpStream};
+use jid::BareJid;
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_xmpp::connect::DnsConfig;
-use tokio_xmpp::xmlstream::{FallibleStreamElement, Timeouts, XmppStream, XmppStreamElement};
-use tokio_xmpp::{Client, Event};
+use tokio_xmpp::xmlstream::{FallibleStreamElement, XmppStream, XmppStreamElement};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::message::Message;
-use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::presence::Presence;
 use xmpp_parsers::stanza::Stanza;
 
-const DOMAIN: &str = "localhost";
-const COMPONENT: &str = "status.localhost";
-const SECRET: &str = "selftest-secret";
-const PASSWORD: &str = "pass";
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The server's stream header declares `jabber:client`; this build of xmpp-parsers (the crate
-/// enables its `component` feature, and Cargo unifies features, so tests get it too) only parses
-/// stanzas in `jabber:component:accept`, and `tokio_xmpp::Client` then fails on the resource
-/// binding result and reconnects forever. This loopback proxy rewrites the default namespace the
-/// server declares (server to client only); ejabberd accepts the client's stanzas as they are.
-async fn ns_proxy(upstream: u16) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let port = listener.local_addr().expect("proxy addr").port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                continue;
-            };
-            let (mut client_r, mut client_w) = client.into_split();
-            let (mut server_r, mut server_w) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
-                let _ = server_w.shutdown().await;
-            });
-            tokio::spawn(async move {
-                let mut pending: Vec<u8> = Vec::new();
-                let mut chunk = vec![0u8; 16384];
-                while let Ok(n) = server_r.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    pending.extend_from_slice(&chunk[..n]);
-                    let (out, keep) = rewrite_ns(&pending);
-                    pending = keep;
-                    if client_w.write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = client_w.write_all(&pending).await;
-                let _ = client_w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-/// Replace the `jabber:client` default namespace declarations; returns (bytes to send, a tail
-/// held back because it may be the start of a declaration split across reads).
-fn rewrite_ns(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    const FROM: [&str; 2] = ["xmlns='jabber:client'", "xmlns=\"jabber:client\""];
-    const TO: &str = "xmlns='jabber:component:accept'";
-    let mut text = String::from_utf8_lossy(data).into_owned();
-    for from in FROM {
-        text = text.replace(from, TO);
-    }
-    let bytes = text.into_bytes();
-    let keep = (1..FROM[0].len())
-        .rev()
-        .find(|&k| {
-            k <= bytes.len()
-                && FROM
-                    .iter()
-                    .any(|f| f.as_bytes().starts_with(&bytes[bytes.len() - k..]))
-        })
-        .unwrap_or(0);
-    let split = bytes.len() - keep;
-    (bytes[..split].to_vec(), bytes[split..].to_vec())
-}
-
-/// Log `user` in over plaintext c2s (through [`ns_proxy`]) and wait for `Event::Online`.
-async fn login(server: &Ejabberd, user: &str) -> Client {
-    let jid: Jid = format!("{user}@{DOMAIN}/selftest").parse().expect("jid");
-    let port = ns_proxy(server.c2s_port).await;
-    let mut client = Client::new_plaintext(
-        jid,
-        PASSWORD,
-        DnsConfig::addr(&format!("127.0.0.1:{port}")),
-        Timeouts::tight(),
-    );
-    let online = timeout(WAIT, async {
-        while let Some(event) = client.next().await {
-            match event {
-                Event::Online { bound_jid, .. } => return bound_jid,
-                Event::Disconnected(e) => panic!("{user} disconnected during login: {e}"),
-                Event::Stanza(_) => {}
-            }
-        }
-        panic!("{user}: client stream ended during login");
-    })
-    .await;
-    match online {
-        Ok(bound) => eprintln!("{user} online as {bound}"),
-        Err(_) => panic!("{user} not online within {WAIT:?}\n{}", server.log_tail()),
-    }
-    client
-}
 
 fn link_config(server: &Ejabberd) -> LinkConfig {
     LinkConfig {
@@ -250,51 +152,10 @@ async fn assert_alice_has_bob(server: &Ejabberd, stream: &mut ComponentStream) {
     }
 }
 
-/// Wait for a presence on a client that matches `pred`.
-async fn expect_presence(client: &mut Client, what: &str, pred: impl Fn(&Presence) -> bool) {
-    let found = timeout(WAIT, async {
-        while let Some(event) = client.next().await {
-            match event {
-                Event::Stanza(Stanza::Presence(p)) if pred(&p) => return,
-                Event::Disconnected(e) => panic!("client disconnected waiting for {what}: {e}"),
-                _ => {}
-            }
-        }
-        panic!("client stream ended waiting for {what}");
-    })
-    .await;
-    assert!(found.is_ok(), "no {what} within {WAIT:?}");
-}
-
 fn from(p: &Presence, bare: &str) -> bool {
     p.from
         .as_ref()
         .is_some_and(|f| f.to_bare().as_str() == bare)
-}
-
-async fn send(client: &mut Client, presence: Presence) {
-    client
-        .send_stanza(presence.into())
-        .await
-        .expect("client send");
-}
-
-/// Real clients make alice and bob mutual contacts (subscribe / subscribed both ways).
-async fn subscribe_mutual(alice: &mut Client, bob: &mut Client) {
-    let alice_jid = BareJid::new(&format!("alice@{DOMAIN}")).expect("jid");
-    let bob_jid = BareJid::new(&format!("bob@{DOMAIN}")).expect("jid");
-    send(alice, Presence::subscribe().with_to(bob_jid.clone())).await;
-    expect_presence(bob, "subscribe from alice", |p| {
-        p.type_ == PresenceType::Subscribe && from(p, alice_jid.as_str())
-    })
-    .await;
-    send(bob, Presence::subscribed().with_to(alice_jid.clone())).await;
-    send(bob, Presence::subscribe().with_to(alice_jid.clone())).await;
-    expect_presence(alice, "subscribe from bob", |p| {
-        p.type_ == PresenceType::Subscribe && from(p, bob_jid.as_str())
-    })
-    .await;
-    send(alice, Presence::subscribed().with_to(bob_jid)).await;
 }
 
 /// Whether a pid still runs (zombies count as gone).
@@ -354,10 +215,8 @@ async fn start_register_login_component_restart() {
 
     // alice and bob become contacts and stay online (initial presence sent) before the
     // component connects.
-    let mut alice = login(&server, "alice").await;
-    let mut bob = login(&server, "bob").await;
-    send(&mut alice, Presence::available()).await;
-    send(&mut bob, Presence::available()).await;
+    let mut alice = TestClient::connect(server.c2s_port, "alice", true).await;
+    let mut bob = TestClient::connect(server.c2s_port, "bob", true).await;
     subscribe_mutual(&mut alice, &mut bob).await;
 
     let (mut stream, unprompted) = component(&server, Duration::from_millis(1500)).await;
@@ -370,8 +229,7 @@ async fn start_register_login_component_restart() {
 
     // A login after the component connected: its initial presence reaches the component
     // (presence: managed_entity).
-    let mut carol = login(&server, "carol").await;
-    send(&mut carol, Presence::available()).await;
+    let carol = TestClient::connect(server.c2s_port, "carol", true).await;
     let t = Instant::now();
     let forwarded = loop {
         match next_stanza(&mut stream, WAIT).await {
@@ -407,8 +265,8 @@ async fn start_register_login_component_restart() {
     server.start_again().await;
     eprintln!("started again in {:?}", t3.elapsed());
     // Users and rosters survived in the spool; clients and the component get in again.
-    let _bob = login(&server, "bob").await;
-    let _alice = login(&server, "alice").await;
+    let _bob = TestClient::connect(server.c2s_port, "bob", false).await;
+    let _alice = TestClient::connect(server.c2s_port, "alice", false).await;
     let (mut stream, _) = component(&server, Duration::ZERO).await;
     assert_alice_has_bob(&server, &mut stream).await;
 
@@ -446,8 +304,8 @@ async fn two_servers_side_by_side() {
         users_b.contains("carol") && !users_b.contains("bob"),
         "{users_b}"
     );
-    let _alice_a = login(&a, "alice").await;
-    let _alice_b = login(&b, "alice").await;
+    let _alice_a = TestClient::connect(a.c2s_port, "alice", false).await;
+    let _alice_b = TestClient::connect(b.c2s_port, "alice", false).await;
     for server in [&a, &b] {
         let (mut stream, _) = component(server, Duration::ZERO).await;
         let iq = roster(server, &mut stream, "alice", "roster").await;
@@ -458,7 +316,7 @@ async fn two_servers_side_by_side() {
     drop(a);
     wait_gone(&pids_a).await;
     // The other one is unaffected.
-    let _bob_b = login(&b, "carol").await;
+    let _bob_b = TestClient::connect(b.c2s_port, "carol", false).await;
     let pids_b = b.processes();
     drop(b);
     wait_gone(&pids_b).await;

@@ -138,6 +138,21 @@ api_keys = ["{API_KEY}"]
         );
     }
 
+    /// Wait (bounded) until the process has logged a line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            while !self.log().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "extpresence never logged {needle:?}; log:\n{}",
+            self.log()
+        );
+    }
+
     /// What the process logged.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

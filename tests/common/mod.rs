@@ -4,7 +4,10 @@
 //! - `prosody.rs`: a throwaway Prosody 0.12 server ([`Prosody`]);
 //! - `client.rs`: real XMPP users ([`TestClient`]) and roster helpers ([`subscribe_mutual`],
 //!   [`subscribe_one_way`]);
-//! - `ext.rs`: the `extpresence` binary under test and a raw HTTP client (owned by its author).
+//! - `ejabberd.rs`: a throwaway ejabberd 23.01 server;
+//! - `server.rs`: one handle over both, so the suite runs every scenario on each;
+//! - `ext.rs`: the `extpresence` binary under test and a raw HTTP client;
+//! - `proxy.rs`: a TCP proxy on the component link, to cut it while the server stays up.
 //!
 //! Each test crate (and the demo example) uses a different subset of this module, hence
 //! `dead_code` and `unused_imports` are allowed here.
@@ -12,8 +15,11 @@
 #![allow(dead_code, unused_imports)]
 
 mod client;
+pub mod ejabberd;
 pub mod ext;
 mod prosody;
+pub mod proxy;
+pub mod server;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};

@@ -1,5 +1,7 @@
-//! Black-box tests: the real `extpresence` binary against a real Prosody (Debian package), with
-//! real XMPP clients as contacts.
+//! Black-box tests: the real `extpresence` binary against real Prosody 0.12 and ejabberd 23.01
+//! (Debian packages), with real XMPP clients as contacts. Every scenario is one `async fn` taking
+//! the server [`Kind`]; the `scenarios!` macro at the end runs each on both servers
+//! (`prosody::…` and `ejabberd::…` test names).
 //!
 //! Users: alice and bob are mutual contacts (`both`); carol has no relation to alice; dave is
 //! subscribed to alice (`from` on alice's side) and logs in late.
@@ -9,32 +11,44 @@ mod common;
 use std::time::Duration;
 
 use common::ext::{raw_request, request, Ext, API_KEY};
-use common::{subscribe_mutual, subscribe_one_way, Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
+use common::proxy::LinkProxy;
+use common::server::{Kind, Server};
+use common::{subscribe_mutual, subscribe_one_way, TestClient, COMPONENT, DOMAIN, SECRET};
 use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_secs(2);
 
-/// A Prosody with the four users and their rosters, and extpresence connected to it.
+/// A server with the four users and their rosters, and extpresence connected to it.
 struct World {
-    prosody: Prosody,
+    server: Server,
     ext: Ext,
+    /// extpresence reaches the server's component port through this proxy.
+    link: LinkProxy,
 }
 
-async fn world() -> World {
-    let prosody = Prosody::start().await;
-    prosody.register(&["alice", "bob", "carol", "dave"]).await;
-    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
-    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
-    let mut dave = TestClient::connect(prosody.c2s_port, "dave", true).await;
+impl World {
+    async fn client(&self, user: &str) -> TestClient {
+        TestClient::connect(self.server.c2s_port(), user, true).await
+    }
+}
+
+async fn world(kind: Kind) -> World {
+    let server = Server::start(kind).await;
+    server.register(&["alice", "bob", "carol", "dave"]).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    let mut dave = TestClient::connect(port, "dave", true).await;
     subscribe_mutual(&mut alice, &mut bob).await;
     subscribe_one_way(&mut dave, &mut alice).await;
     dave.disconnect().await;
     alice.disconnect().await;
     bob.disconnect().await;
-    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    let link = LinkProxy::start(server.component_port()).await;
+    let mut ext = Ext::start(link.port, DOMAIN, COMPONENT, SECRET).await;
     ext.wait_privileged(1).await;
-    World { prosody, ext }
+    World { server, ext, link }
 }
 
 fn alice(resource: &str) -> String {
@@ -61,11 +75,10 @@ const XML_ON_PHONE: &str = "<command>\n  <available>true</available>\n  <priorit
 
 /// (a) XML POST: bob gets show, status and priority -1; carol gets nothing. The response has the
 /// seed's shape.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xml_set_reaches_contact_not_stranger() {
-    let w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
-    let mut carol = TestClient::connect(w.prosody.c2s_port, "carol", true).await;
+async fn xml_set_reaches_contact_not_stranger(kind: Kind) {
+    let w = world(kind).await;
+    let mut bob = w.client("bob").await;
+    let mut carol = w.client("carol").await;
     let (code, body) = w
         .ext
         .post(
@@ -100,10 +113,9 @@ async fn xml_set_reaches_contact_not_stranger() {
 }
 
 /// (b) JSON POST to `/status/phone`: bob sees `alice@…/phone`; the response is the seed's JSON.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_set_with_resource() {
-    let w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+async fn json_set_with_resource(kind: Kind) {
+    let w = world(kind).await;
+    let mut bob = w.client("bob").await;
     let (code, body) = w
         .ext
         .post(
@@ -144,9 +156,8 @@ async fn json_set_with_resource() {
 
 /// (c) dave logs in after the POST and receives alice's held presence at his full JID, after
 /// Prosody's own "alice is unavailable" answer to his probe.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_login_receives_held_presence() {
-    let w = world().await;
+async fn late_login_receives_held_presence(kind: Kind) {
+    let w = world(kind).await;
     let (code, body) = w
         .ext
         .post(
@@ -157,7 +168,7 @@ async fn late_login_receives_held_presence() {
         .await;
     assert_eq!(code, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut dave = TestClient::connect(w.prosody.c2s_port, "dave", true).await;
+    let mut dave = w.client("dave").await;
     let p = dave
         .expect_presence(WAIT, available_from(alice("tigase-external")))
         .await;
@@ -179,10 +190,9 @@ async fn late_login_receives_held_presence() {
 
 /// (d) `available=false`: bob receives `unavailable` for that resource, and the entry is forgotten
 /// (a contact logging in later gets nothing).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clear_sends_unavailable_and_forgets() {
-    let w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+async fn clear_sends_unavailable_and_forgets(kind: Kind) {
+    let w = world(kind).await;
+    let mut bob = w.client("bob").await;
     let path = format!("/rest/user/alice@{DOMAIN}/status");
     assert_eq!(
         w.ext.post(&path, "application/xml", XML_ON_PHONE).await.0,
@@ -200,7 +210,7 @@ async fn clear_sends_unavailable_and_forgets() {
     assert_eq!(v["status"]["success"], true);
     bob.expect_presence(WAIT, unavailable_from(alice("tigase-external")))
         .await;
-    let mut dave = TestClient::connect(w.prosody.c2s_port, "dave", true).await;
+    let mut dave = w.client("dave").await;
     let seen = dave.presences_within(QUIET).await;
     assert!(
         !seen.iter().any(available_from(alice("tigase-external"))),
@@ -210,10 +220,9 @@ async fn clear_sends_unavailable_and_forgets() {
 
 /// (e) Prosody restarts while a status is held, and another is set during the outage: extpresence
 /// reconnects and bob, logged in again, sees both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restart_replays_everything() {
-    let mut w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+async fn server_restart_replays_everything(kind: Kind) {
+    let mut w = world(kind).await;
+    let mut bob = w.client("bob").await;
     let base = format!("/rest/user/alice@{DOMAIN}/status");
     assert_eq!(
         w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
@@ -223,7 +232,7 @@ async fn server_restart_replays_everything() {
         .await;
     drop(bob);
 
-    w.prosody.stop().await;
+    w.server.stop().await;
     let (code, body) = w
         .ext
         .post(
@@ -237,10 +246,10 @@ async fn server_restart_replays_everything() {
         "a status set while the link is down is held: {body}"
     );
     assert!(body.contains("\"success\":true"), "{body}");
-    w.prosody.start_again().await;
+    w.server.start_again().await;
     w.ext.wait_privileged(2).await;
 
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+    let mut bob = w.client("bob").await;
     let p = bob
         .expect_presence(WAIT, available_from(alice("tigase-external")))
         .await;
@@ -258,10 +267,9 @@ async fn server_restart_replays_everything() {
 }
 
 /// (f) SIGTERM: bob receives `unavailable` for every held resource; the process exits 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_sends_unavailable_for_every_resource() {
-    let mut w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+async fn sigterm_sends_unavailable_for_every_resource(kind: Kind) {
+    let mut w = world(kind).await;
+    let mut bob = w.client("bob").await;
     let base = format!("/rest/user/alice@{DOMAIN}/status");
     assert_eq!(
         w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
@@ -291,17 +299,16 @@ async fn sigterm_sends_unavailable_for_every_resource() {
 }
 
 /// A contact added to alice's roster after her first update is reached by the next one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_contact_reached_by_next_update() {
-    let w = world().await;
-    let mut carol = TestClient::connect(w.prosody.c2s_port, "carol", true).await;
+async fn new_contact_reached_by_next_update(kind: Kind) {
+    let w = world(kind).await;
+    let mut carol = w.client("carol").await;
     let base = format!("/rest/user/alice@{DOMAIN}/status");
     assert_eq!(
         w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
         200
     );
     // alice logs in with a real client and accepts carol's subscription.
-    let mut alice_client = TestClient::connect(w.prosody.c2s_port, "alice", true).await;
+    let mut alice_client = w.client("alice").await;
     subscribe_one_way(&mut carol, &mut alice_client).await;
     alice_client.disconnect().await;
     carol.drain();
@@ -326,10 +333,9 @@ async fn new_contact_reached_by_next_update() {
 
 /// (g) Every bad input gets its status code and a body in the request's format; afterwards a good
 /// request still works and reaches bob (the XMPP stream is undisturbed).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_inputs_are_refused_cleanly() {
-    let w = world().await;
-    let mut bob = TestClient::connect(w.prosody.c2s_port, "bob", true).await;
+async fn bad_inputs_are_refused_cleanly(kind: Kind) {
+    let w = world(kind).await;
+    let mut bob = w.client("bob").await;
     let addr = w.ext.http;
     let user = format!("/rest/user/alice@{DOMAIN}/status");
     let keyed = format!("{user}?api-key={API_KEY}");
@@ -441,3 +447,105 @@ async fn bad_inputs_are_refused_cleanly() {
         w.ext.log()
     );
 }
+
+/// The component link drops while the server and bob stay up. A status updated and another
+/// cleared during the outage are answered 2xx, reach nobody while the link is down, and reach bob
+/// after the reconnect — on ejabberd, which announces no online users to a reconnecting
+/// component, only through the replay to contacts' bare JIDs.
+async fn link_drop_replays_to_online_contacts(kind: Kind) {
+    let mut w = world(kind).await;
+    let mut bob = w.client("bob").await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(
+        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
+        200
+    );
+    assert_eq!(
+        w.ext
+            .post(
+                &format!("{base}/phone"),
+                "application/json",
+                r#"{"show": "dnd"}"#
+            )
+            .await
+            .0,
+        200
+    );
+    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    bob.expect_presence(WAIT, available_from(alice("phone")))
+        .await;
+
+    w.link.cut();
+    w.ext.wait_log("XMPP component link failed").await;
+    let (code, body) = w
+        .ext
+        .post(
+            &base,
+            "application/json",
+            r#"{"show": "chat", "status": "Back at my desk"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = w
+        .ext
+        .post(
+            &format!("{base}/phone"),
+            "application/json",
+            r#"{"available": false}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let during = bob.presences_within(Duration::from_millis(500)).await;
+    assert!(
+        !during
+            .iter()
+            .any(|p| from_is(p, &alice("tigase-external")) || from_is(p, &alice("phone"))),
+        "something was delivered while the link was cut: {during:?}"
+    );
+
+    w.link.restore();
+    w.ext.wait_privileged(2).await;
+    let p = bob
+        .expect_presence(WAIT, |p| {
+            from_is(p, &alice("tigase-external")) && p.show == Some(Show::Chat)
+        })
+        .await;
+    assert_eq!(status_text(&p), Some("Back at my desk"));
+    bob.expect_presence(WAIT, unavailable_from(alice("phone")))
+        .await;
+}
+
+/// Run every scenario on each server: `prosody::<scenario>` and `ejabberd::<scenario>`.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod prosody {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Prosody).await
+                }
+            )*
+        }
+        mod ejabberd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Ejabberd).await
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    xml_set_reaches_contact_not_stranger,
+    json_set_with_resource,
+    late_login_receives_held_presence,
+    clear_sends_unavailable_and_forgets,
+    server_restart_replays_everything,
+    sigterm_sends_unavailable_for_every_resource,
+    new_contact_reached_by_next_update,
+    bad_inputs_are_refused_cleanly,
+    link_drop_replays_to_online_contacts,
+);
