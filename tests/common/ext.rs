@@ -35,11 +35,22 @@ pub struct Ext {
 impl Ext {
     /// Start the binary against a component listener at `component_port`, serving `domain`.
     pub async fn start(component_port: u16, domain: &str, component: &str, secret: &str) -> Ext {
+        Ext::start_with(component_port, domain, component, secret, |c| c).await
+    }
+
+    /// Like [`start`](Self::start), with the generated config passed through `tweak` first.
+    pub async fn start_with(
+        component_port: u16,
+        domain: &str,
+        component: &str,
+        secret: &str,
+        tweak: impl FnOnce(String) -> String,
+    ) -> Ext {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("extpresence.toml");
         std::fs::write(
             &config,
-            format!(
+            tweak(format!(
                 r#"[xmpp]
 component = "{component}"
 server = "127.0.0.1:{component_port}"
@@ -56,7 +67,7 @@ default_priority = -1
 listen = "127.0.0.1:0"
 api_keys = ["{API_KEY}"]
 "#
-            ),
+            )),
         )
         .expect("write config");
         let mut child = Command::new(binary())

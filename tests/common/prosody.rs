@@ -48,6 +48,8 @@ pub struct Prosody {
     pub dir: tempfile::TempDir,
     /// The generated config file (inside `dir`).
     pub config: PathBuf,
+    /// Applied to the generated config text (tests of misconfigurations).
+    tweak: fn(String) -> String,
     child: Option<Child>,
 }
 
@@ -63,6 +65,12 @@ impl Prosody {
     /// Start a throwaway Prosody on free loopback ports and wait until both the c2s and the
     /// component listener are up (bounded). Panics, never skips, when Prosody is missing.
     pub async fn start() -> Prosody {
+        Prosody::start_with(|config| config).await
+    }
+
+    /// Like [`start`](Self::start), with the generated config passed through `tweak` first
+    /// (e.g. to leave out a line an admin might forget).
+    pub async fn start_with(tweak: fn(String) -> String) -> Prosody {
         assert!(
             Path::new(PROSODY).exists() && Path::new(PROSODYCTL).exists(),
             "Prosody is not installed ({PROSODY}, {PROSODYCTL}); these tests need it: \
@@ -84,6 +92,7 @@ impl Prosody {
             component_port: 0,
             dir,
             config,
+            tweak,
             child: None,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -263,7 +272,7 @@ log = {{ info = "{d}/prosody.log"; debug = "{d}/debug.log" }}
 "#,
             c2s = self.c2s_port,
         );
-        fs::write(&self.config, config).expect("write prosody.cfg.lua");
+        fs::write(&self.config, (self.tweak)(config)).expect("write prosody.cfg.lua");
     }
 
     /// Spawn `prosody -F` and wait until the log of this run shows both listeners activated on

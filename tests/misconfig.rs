@@ -1,0 +1,99 @@
+//! What an admin sees when the server side is set up wrong, and that an idle link stays up: the
+//! real binary against a real Prosody whose config lacks one line, checking the log names the fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ext::Ext;
+use common::{subscribe_mutual, Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
+
+/// alice and bob are mutual contacts on `prosody`; extpresence runs against it.
+async fn with_contacts(prosody: &Prosody) {
+    prosody.register(&["alice", "bob"]).await;
+    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
+    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+}
+
+/// Without `validate_from_addresses = false` Prosody closes the stream with `invalid-from` on the
+/// first presence; extpresence logs the server's text and the fix, and keeps the status held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_from_names_the_fix() {
+    let prosody = Prosody::start_with(|c| c.replace("validate_from_addresses = false", "")).await;
+    with_contacts(&prosody).await;
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    let (code, body) = ext
+        .post(
+            &format!("/rest/user/alice@{DOMAIN}/status"),
+            "application/json",
+            r#"{"show": "away"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    ext.wait_log("invalid-from").await;
+    let log = ext.log();
+    assert!(
+        log.contains("validate_from_addresses = false"),
+        "no fix named:\n{log}"
+    );
+}
+
+/// A wrong secret is reported as such, with where to look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_is_reported() {
+    let prosody = Prosody::start().await;
+    let ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, "not-the-secret").await;
+    ext.wait_log("refused the component handshake").await;
+    let log = ext.log();
+    assert!(log.contains("wrong component secret"), "{log}");
+    assert!(
+        !log.contains("not-the-secret"),
+        "the secret was logged:\n{log}"
+    );
+}
+
+/// Without `privileged_entities` no advertisement comes: one warning naming the config to add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_privileges_warned_once() {
+    let prosody = Prosody::start_with(|c| {
+        let start = c
+            .find("    privileged_entities")
+            .expect("snippet has privileged_entities");
+        let end = start + c[start..].find("    }\n").expect("end of the table") + 6;
+        format!("{}{}", &c[..start], &c[end..])
+    })
+    .await;
+    let ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_log("no XEP-0356 privilege advertisement").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let log = ext.log();
+    assert_eq!(
+        log.matches("no XEP-0356 privilege advertisement").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("privileged_entities"), "{log}");
+}
+
+/// With a 1 s keepalive the idle link is pinged and answered, and never mistaken for dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_link_stays_up() {
+    let prosody = Prosody::start().await;
+    let mut ext = Ext::start_with(prosody.component_port, DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace("keepalive_secs = 10", "keepalive_secs = 1")
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = ext.log();
+    assert!(
+        log.matches("sending keepalive ping").count() >= 3,
+        "no keepalive pings:\n{log}"
+    );
+    assert!(!log.contains("link failed"), "idle link dropped:\n{log}");
+    assert_eq!(log.matches("XMPP component link up").count(), 1, "{log}");
+}
