@@ -68,6 +68,43 @@ pub struct RawConfig {
     /// The HTTP API listener and its keys.
     #[serde(default)]
     pub http: RawHttp,
+    /// The durable status store.
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// The redb file holding every acknowledged status.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    // systemd's StateDirectory=extpresence
+    PathBuf::from("/var/lib/extpresence/statuses.redb")
+}
+
+/// What to do with held statuses when extpresence stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// Send `unavailable` for every held resource (contacts see them go).
+    #[default]
+    Unavailable,
+    /// Send nothing: contacts keep seeing the statuses during a quick restart, and the replay
+    /// after it fixes anything that changed.
+    Keep,
 }
 
 /// `[xmpp]` as written.
@@ -110,6 +147,9 @@ pub struct RawStatus {
     /// Whether requests may set a priority of 0 or more (then the synthetic resource may receive messages).
     #[serde(default)]
     pub allow_non_negative_priority: bool,
+    /// What contacts see when extpresence stops.
+    #[serde(default)]
+    pub on_shutdown: OnShutdown,
 }
 
 impl Default for RawStatus {
@@ -118,6 +158,7 @@ impl Default for RawStatus {
             default_resource: default_resource(),
             default_priority: default_priority(),
             allow_non_negative_priority: false,
+            on_shutdown: OnShutdown::default(),
         }
     }
 }
@@ -189,6 +230,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Accepted API keys.
     pub api_keys: Vec<Secret>,
+    /// The durable store file.
+    pub store_path: PathBuf,
+    /// What contacts see when extpresence stops.
+    pub on_shutdown: OnShutdown,
 }
 
 /// Why a configuration was refused; every message names the key and the fix.
@@ -364,6 +409,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
 
+    if raw.store.path.as_os_str().is_empty() {
+        return Err(invalid("store.path", "must name the status store file"));
+    }
+
     Ok(Settings {
         component,
         server: x.server,
@@ -379,6 +428,8 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         },
         listen,
         api_keys,
+        store_path: raw.store.path,
+        on_shutdown: s.on_shutdown,
     })
 }
 
@@ -439,6 +490,7 @@ mod tests {
                 GOOD.replace("domains", "backend = \"tigase\"\ndomains"),
                 "xmpp.backend",
             ),
+            (format!("{GOOD}\n[store]\npath = \"\"\n"), "store.path"),
         ];
         for (text, key) in cases {
             let e = parse(&text).unwrap_err().to_string();

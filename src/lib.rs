@@ -6,19 +6,24 @@
 //!
 //! # Layout
 //! ```text
-//! HTTP request ─► http/      server.rs (routing, pipeline), tigase.rs (dialect), auth.rs, error.rs
+//! HTTP request ─► http/      server.rs (routing, pipeline, ops endpoints), tigase.rs (dialect), auth.rs, error.rs
 //!              ─► status/    the model (Status, Show, StatusPolicy) and StatusTable (dashmap handle)
+//!              ─► store/     the durable copy (redb, group commit); reloaded at start
 //!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact
 //!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
 //! inbound stanzas ◄─ xmpp/link.rs ─► delivery/fanout.rs (roster results, contact presence, iqs)
-//! config.rs: typed settings and validation. main.rs: CLI, tracing, signals.
+//! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
+//! sdnotify.rs: systemd READY/STOPPING. main.rs: CLI, tracing, signals.
 //! ```
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
 
 pub mod config;
 pub mod delivery;
 pub mod http;
+pub mod metrics;
+pub mod sdnotify;
 pub mod status;
+pub mod store;
 pub mod xmpp;
 
 use std::sync::Arc;
@@ -30,9 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use config::Settings;
+use config::{OnShutdown, Settings};
 use delivery::fanout::{self, Control, FanoutConfig};
+use metrics::Metrics;
 use status::StatusTable;
+use store::Store;
 use xmpp::LinkConfig;
 
 /// Longest wait for in-flight HTTP requests at shutdown.
@@ -41,13 +48,21 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 const XMPP_DRAIN: Duration = Duration::from_secs(5);
 
 /// Run extpresence until `shutdown` is cancelled, then stop taking requests, send `unavailable`
-/// for every held resource, close the XMPP stream and return.
+/// for every held resource (unless `on_shutdown = "keep"`), close the XMPP stream and return.
+///
+/// The store is opened and reloaded first; an error there is returned before anything starts.
 pub async fn run(
     settings: Settings,
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (table, changes) = StatusTable::new();
+    let path = settings.store_path.clone();
+    let (store, records) = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    let (table, changes) = StatusTable::new(Some(store), records);
+    let metrics = Arc::new(Metrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ping_to: Jid = jid::BareJid::new(
         settings
@@ -66,6 +81,7 @@ pub async fn run(
             keepalive: settings.keepalive,
             reconnect_max: settings.reconnect_max,
             ping_to,
+            metrics: metrics.clone(),
         },
         events_tx,
     );
@@ -73,6 +89,7 @@ pub async fn run(
     let fanout_task = tokio::spawn(fanout::run(
         FanoutConfig {
             component: settings.component.clone(),
+            metrics: metrics.clone(),
         },
         table.clone(),
         changes,
@@ -86,9 +103,12 @@ pub async fn run(
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(&settings.api_keys),
+        metrics,
+        link: link.clone(),
     });
     let addr = http.local_addr()?;
     info!(%addr, "HTTP API listening");
+    sdnotify::notify("READY=1");
     let server = axum::serve(http, http::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server_task = tokio::spawn(async move { server.await });
@@ -102,6 +122,7 @@ pub async fn run(
         }
         _ = shutdown.cancelled() => {
             info!("shutting down: no new requests");
+            sdnotify::notify("STOPPING=1");
             if tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
                 warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
                 server_task.abort();
@@ -110,8 +131,11 @@ pub async fn run(
     }
 
     let (done_tx, done_rx) = oneshot::channel();
+    let on_shutdown = settings.on_shutdown;
     let drained = tokio::time::timeout(XMPP_DRAIN, async {
-        if control_tx.send(Control::Shutdown(done_tx)).await.is_ok() {
+        if on_shutdown == OnShutdown::Unavailable
+            && control_tx.send(Control::Shutdown(done_tx)).await.is_ok()
+        {
             let _ = done_rx.await;
         }
         link.close().await;

@@ -22,6 +22,7 @@ use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
+use crate::metrics::Metrics;
 use crate::status::{Change, Held, StatusTable};
 use crate::xmpp::stanzas::{self, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
@@ -44,6 +45,8 @@ pub enum Control {
 pub struct FanoutConfig {
     /// The component's JID (sender of roster requests).
     pub component: BareJid,
+    /// Roster cache counters.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -179,6 +182,11 @@ impl Fanout {
     async fn on_change(&mut self, user: BareJid) {
         if !self.ready {
             return; // replayed when ready
+        }
+        if self.rosters.contains_key(&user) {
+            Metrics::inc(&self.cfg.metrics.roster_hits);
+        } else {
+            Metrics::inc(&self.cfg.metrics.roster_misses);
         }
         self.deliver(&user, false).await;
         self.request_roster(user).await;

@@ -95,6 +95,9 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     NotFound,
+    /// The status could not be made durable; it is not acknowledged.
+    #[error("the status could not be stored: {0}")]
+    Storage(String),
 }
 
 impl ApiError {
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyRead(_)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
@@ -133,6 +137,7 @@ impl ApiError {
             | ApiError::Invalid(InvalidStatus::TooLong(_)) => "invalid_status",
             ApiError::Invalid(InvalidStatus::Resource(_)) => "invalid_resource",
             ApiError::NotFound => "not_found",
+            ApiError::Storage(_) => "storage_unavailable",
         }
     }
 

@@ -1,5 +1,6 @@
 //! The HTTP listener: routing, the request pipeline (method → key → media type → size → path →
-//! body → fields → table), request spans, and graceful shutdown.
+//! body → fields → table), request spans and metrics, and the operations endpoints (`/healthz`,
+//! `/readyz`, `/metrics`, no API key).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,15 +9,17 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::Router;
 use std::collections::BTreeSet;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::auth::ApiKeys;
 use super::error::{ApiError, Format};
 use super::tigase::{self, Request};
+use crate::metrics::{Metrics, Outcome};
 use crate::status::{StatusPolicy, StatusTable};
+use crate::xmpp::{LinkHandle, LinkState};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -32,6 +35,10 @@ pub struct AppState {
     pub domains: BTreeSet<String>,
     /// Accepted API keys.
     pub keys: ApiKeys,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The XMPP link, for `/readyz` and `/metrics`.
+    pub link: LinkHandle,
 }
 
 /// The API router.
@@ -39,8 +46,38 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/rest/user/{user}/status", any(status_default))
         .route("/rest/user/{user}/status/{resource}", any(status_resource))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the store is open (it is, once requests are served) and the XMPP link is up.
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    match state.link.state() {
+        LinkState::Up => (StatusCode::OK, "ready\n"),
+        LinkState::Down => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the XMPP component link is down\n",
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state
+        .metrics
+        .render(state.table.len(), state.link.state() == LinkState::Up);
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 async fn not_found(headers: HeaderMap) -> Response {
@@ -93,7 +130,7 @@ async fn handle(
         tracing::info_span!("request", %method, user = %user.chars().take(128).collect::<String>());
     async move {
         let format = reply_format(&headers);
-        let resp = match set_status(
+        let result = set_status(
             &state,
             &method,
             &user,
@@ -102,9 +139,15 @@ async fn handle(
             &headers,
             body,
         )
-        .await
-        {
-            Ok((format, body)) => {
+        .await;
+        state.metrics.update(match &result {
+            Ok((_, _, true)) => Outcome::Set,
+            Ok((_, _, false)) => Outcome::Cleared,
+            Err(e) if e.status().is_server_error() => Outcome::Failed,
+            Err(_) => Outcome::Rejected,
+        });
+        let resp = match result {
+            Ok((format, body, _)) => {
                 let mut r = (StatusCode::OK, body).into_response();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -112,12 +155,18 @@ async fn handle(
                 );
                 r
             }
+            Err(e) if e.status().is_server_error() => {
+                warn!(status = e.status().as_u16(), error = %e, "request failed");
+                e.into_response(format)
+            }
             Err(e) => {
                 info!(status = e.status().as_u16(), error = %e, "request refused");
                 e.into_response(format)
             }
         };
-        debug!(status = resp.status().as_u16(), elapsed = ?started.elapsed(), "request done");
+        let elapsed = started.elapsed();
+        state.metrics.http_latency(elapsed);
+        debug!(status = resp.status().as_u16(), ?elapsed, "request done");
         resp
     }
     .instrument(span)
@@ -155,7 +204,7 @@ async fn set_status(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Format, String), ApiError> {
+) -> Result<(Format, String, bool), ApiError> {
     if method != Method::POST {
         return Err(ApiError::Method(method.to_string()));
     }
@@ -181,11 +230,17 @@ async fn set_status(
         Format::Xml => tigase::parse_xml(&body)?,
     };
     let request = tigase::validate(&command, &state.policy)?;
-    match &request {
-        Request::Set(status) => state.table.set(&user, &resource, status.clone()),
-        Request::Clear => state.table.clear(&user, &resource),
+    let stored = match &request {
+        Request::Set(status) => state.table.set(&user, &resource, status.clone()).await,
+        Request::Clear => state.table.clear(&user, &resource).await,
     };
+    stored.map_err(|e| ApiError::Storage(e.to_string()))?;
     let full = user.with_resource(&resource);
-    info!(jid = %full, available = matches!(request, Request::Set(_)), "status held");
-    Ok((format, tigase::response(format, full.as_str(), &request)))
+    let available = matches!(request, Request::Set(_));
+    info!(jid = %full, available, "status held");
+    Ok((
+        format,
+        tigase::response(format, full.as_str(), &request),
+        available,
+    ))
 }

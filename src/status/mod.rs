@@ -1,6 +1,7 @@
 //! The model: what a status is, what makes one valid, and the table that holds them.
 //!
-//! This is the ground floor: it uses nothing else of ours. [`Show`], [`Status`] and [`StatusPolicy`]
+//! This is the ground floor: apart from the table writing through to the store, it uses nothing
+//! else of ours. [`Show`], [`Status`] and [`StatusPolicy`]
 //! define and validate a status; [`StatusTable`] is the one shared handle over the held statuses.
 
 mod table;

@@ -3,9 +3,11 @@
 //! A dashmap keyed by the user's bare JID, holding that user's synthetic resources. Each entry
 //! carries a sequence number (bumped on every change) and the sequence number last delivered, so the
 //! delivery backend can coalesce bursts and know what still has to go out. A cleared resource stays
-//! as a tombstone (`status: None`) until its `unavailable` has been delivered. Every change is
-//! announced on a channel the delivery backend listens to. No guard is ever held across `.await`:
-//! every method is synchronous.
+//! as a tombstone (`status: None`) until its `unavailable` has been delivered. The table is the
+//! only writer to the durable [`Store`]: a change is queued to the store while the entry is locked
+//! (so the store sees changes of one resource in the order the table made them), and `set`/`clear`
+//! return only once it is committed; then the change is announced on the channel the delivery
+//! backend listens to. No map guard is ever held across `.await`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use jid::{BareJid, ResourcePart};
 use tokio::sync::mpsc;
 
 use super::Status;
+use crate::store::{Pending, Record, Store, StoreError};
 
 /// One synthetic resource of a user as held by the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,8 @@ struct Inner {
     map: DashMap<BareJid, Vec<Held>>,
     seq: AtomicU64,
     changes: mpsc::UnboundedSender<Change>,
+    /// The durable copy; `None` keeps statuses in memory only (unit tests, benchmarks' sink).
+    store: Option<Store>,
 }
 
 /// Cheap-to-clone handle over the held statuses.
@@ -46,23 +51,54 @@ pub struct StatusTable {
 }
 
 impl StatusTable {
-    /// A new empty table and the receiver of its change notifications.
-    pub fn new() -> (StatusTable, mpsc::UnboundedReceiver<Change>) {
+    /// A table holding `records` (reloaded from `store`), and the receiver of its change
+    /// notifications. Reloaded entries count as never delivered, so they are replayed.
+    pub fn new(
+        store: Option<Store>,
+        records: Vec<Record>,
+    ) -> (StatusTable, mpsc::UnboundedReceiver<Change>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let map: DashMap<BareJid, Vec<Held>> = DashMap::with_capacity(records.len());
+        let mut seq = 0;
+        for (jid, status) in records {
+            seq += 1;
+            let resource = jid.resource().to_owned();
+            map.entry(jid.into_bare()).or_default().push(Held {
+                resource,
+                status,
+                seq,
+                delivered: 0,
+            });
+        }
         let table = StatusTable {
             inner: Arc::new(Inner {
-                map: DashMap::new(),
-                seq: AtomicU64::new(0),
+                map,
+                seq: AtomicU64::new(seq),
                 changes: tx,
+                store,
             }),
         };
         (table, rx)
     }
 
-    fn write(&self, user: &BareJid, resource: &ResourcePart, status: Option<Status>) -> u64 {
+    /// A table in memory only, without a store.
+    pub fn in_memory() -> (StatusTable, mpsc::UnboundedReceiver<Change>) {
+        StatusTable::new(None, Vec::new())
+    }
+
+    async fn write(
+        &self,
+        user: &BareJid,
+        resource: &ResourcePart,
+        status: Option<Status>,
+    ) -> Result<u64, StoreError> {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        {
+        let pending = {
             let mut entries = self.inner.map.entry(user.clone()).or_default();
+            let pending = match &self.inner.store {
+                Some(store) => store.put(&user.with_resource(resource), status.as_ref()),
+                None => Pending::done(),
+            };
             match entries.iter_mut().find(|h| &h.resource == resource) {
                 Some(h) => {
                     h.status = status;
@@ -75,20 +111,29 @@ impl StatusTable {
                     delivered: 0,
                 }),
             }
-        }
+            pending
+        };
+        pending.durable().await?;
         // The receiver only goes away at shutdown; then nothing needs to be announced.
         let _ = self.inner.changes.send(user.clone());
-        seq
+        Ok(seq)
     }
 
-    /// Hold `status` for `user/resource`, replacing any previous one. Returns the change's sequence number.
-    pub fn set(&self, user: &BareJid, resource: &ResourcePart, status: Status) -> u64 {
-        self.write(user, resource, Some(status))
+    /// Hold `status` for `user/resource`, replacing any previous one; returns once the change is
+    /// durable, with its sequence number.
+    pub async fn set(
+        &self,
+        user: &BareJid,
+        resource: &ResourcePart,
+        status: Status,
+    ) -> Result<u64, StoreError> {
+        self.write(user, resource, Some(status)).await
     }
 
-    /// Clear `user/resource`: it stays as a tombstone until its `unavailable` is delivered.
-    pub fn clear(&self, user: &BareJid, resource: &ResourcePart) -> u64 {
-        self.write(user, resource, None)
+    /// Clear `user/resource`: it stays (also in the store) as a tombstone until its
+    /// `unavailable` is delivered; returns once the change is durable.
+    pub async fn clear(&self, user: &BareJid, resource: &ResourcePart) -> Result<u64, StoreError> {
+        self.write(user, resource, None).await
     }
 
     /// Every entry of `user` (available ones and tombstones).
@@ -128,6 +173,9 @@ impl StatusTable {
                 let h = &mut entries[pos];
                 if h.seq == seq {
                     if h.status.is_none() {
+                        if let Some(store) = &self.inner.store {
+                            store.delete(&user.with_resource(resource));
+                        }
                         entries.remove(pos);
                         forget_user = entries.is_empty();
                     } else {
@@ -165,13 +213,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn set_clear_deliver() {
-        let (t, mut rx) = StatusTable::new();
+    #[tokio::test]
+    async fn set_clear_deliver() {
+        let (t, mut rx) = StatusTable::in_memory();
         let alice = BareJid::new("alice@example.com").unwrap();
         let r = ResourcePart::new("tigase-external").unwrap().into_owned();
-        let s1 = t.set(&alice, &r, st("a"));
-        let s2 = t.set(&alice, &r, st("b"));
+        let s1 = t.set(&alice, &r, st("a")).await.unwrap();
+        let s2 = t.set(&alice, &r, st("b")).await.unwrap();
         assert!(s2 > s1);
         assert_eq!(rx.try_recv().unwrap(), alice);
         assert_eq!(t.get(&alice, &r).unwrap().status, Some(st("b")));
@@ -180,11 +228,40 @@ mod tests {
         assert_eq!(t.get(&alice, &r).unwrap().delivered, 0);
         t.mark_delivered(&alice, &r, s2);
         assert_eq!(t.get(&alice, &r).unwrap().delivered, s2);
-        let s3 = t.clear(&alice, &r);
+        let s3 = t.clear(&alice, &r).await.unwrap();
         assert!(t.contains(&alice, "tigase-external"));
         assert_eq!(t.len(), 1);
         t.mark_delivered(&alice, &r, s3);
         assert!(t.get(&alice, &r).is_none());
         assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reload_from_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let alice = BareJid::new("alice@example.com").unwrap();
+        let r1 = ResourcePart::new("tigase-external").unwrap().into_owned();
+        let r2 = ResourcePart::new("phone").unwrap().into_owned();
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            let (t, _rx) = StatusTable::new(Some(store), Vec::new());
+            t.set(&alice, &r1, st("kept")).await.unwrap();
+            let seq = t.clear(&alice, &r2).await.unwrap();
+            t.set(&alice, &r2, st("x")).await.unwrap();
+            // An outdated delivery mark does not drop the newer value.
+            t.mark_delivered(&alice, &r2, seq);
+            t.clear(&alice, &r2).await.unwrap();
+        }
+        let records = loop {
+            if let Ok((_, r)) = Store::open(&path) {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let (t, _rx) = StatusTable::new(None, records);
+        assert_eq!(t.get(&alice, &r1).unwrap().status, Some(st("kept")));
+        let tomb = t.get(&alice, &r2).unwrap();
+        assert_eq!((tomb.status, tomb.delivered), (None, 0));
     }
 }

@@ -31,6 +31,7 @@ use xmpp_parsers::stream_error::StreamError;
 
 use super::stanzas::{self, Outbound};
 use crate::config::Secret;
+use crate::metrics::Metrics;
 
 /// How long a TCP connect plus stream header exchange plus handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +57,8 @@ pub struct LinkConfig {
     pub reconnect_max: Duration,
     /// Where keepalive pings go (a served domain: the server answers them).
     pub ping_to: Jid,
+    /// Stanza and reconnect counters.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 /// What the link reports to the delivery backend.
@@ -353,6 +356,7 @@ async fn supervise(
     state: watch::Sender<LinkState>,
 ) {
     let mut attempt: u32 = 0;
+    let mut connected_before = false;
     loop {
         attempt += 1;
         let connected = tokio::select! {
@@ -362,6 +366,10 @@ async fn supervise(
         let err = match connected {
             Ok(stream) => {
                 info!(server = %cfg.server, component = %cfg.component, "XMPP component link up");
+                if connected_before {
+                    Metrics::inc(&cfg.metrics.reconnects);
+                }
+                connected_before = true;
                 let _ = state.send(LinkState::Up);
                 let _ = events.send(LinkEvent::Up);
                 let started = Instant::now();
@@ -419,8 +427,9 @@ enum SessionEnd {
     Failed(LinkError),
 }
 
-async fn write(stream: &mut Stream, stanza: Outbound) -> Result<(), io::Error> {
+async fn write(stream: &mut Stream, stanza: Outbound, metrics: &Metrics) -> Result<(), io::Error> {
     let stanza = stanza.into_stanza();
+    Metrics::inc(&metrics.stanzas_sent);
     trace!(stanza = %stanzas::to_xml(&stanza), "send");
     stream.feed(&XmppStreamElement::Stanza(stanza)).await
 }
@@ -444,7 +453,7 @@ async fn session(
                 loop {
                     match cmd {
                         Some(Command::Send(o)) => {
-                            if let Err(e) = write(&mut stream, o).await {
+                            if let Err(e) = write(&mut stream, o, &cfg.metrics).await {
                                 return SessionEnd::Failed(e.into());
                             }
                         }
@@ -470,6 +479,7 @@ async fn session(
             item = stream.next() => match item {
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
                     trace!(stanza = %stanzas::to_xml(&stanza), "recv");
+                    Metrics::inc(&cfg.metrics.stanzas_received);
                     if let Stanza::Iq(Iq::Result { id, .. } | Iq::Error { id, .. }) = &stanza {
                         if id.starts_with(PING_PREFIX) {
                             continue;
@@ -486,7 +496,7 @@ async fn session(
                     ping_seq += 1;
                     let ping = stanzas::ping(&cfg.component, cfg.ping_to.clone(), format!("{PING_PREFIX}{ping_seq}"));
                     debug!("link idle: sending keepalive ping");
-                    if let Err(e) = write(&mut stream, ping).await.and(flush(&mut stream).await) {
+                    if let Err(e) = write(&mut stream, ping, &cfg.metrics).await.and(flush(&mut stream).await) {
                         return SessionEnd::Failed(e.into());
                     }
                 }

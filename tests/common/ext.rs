@@ -48,6 +48,8 @@ impl Ext {
     ) -> Ext {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("extpresence.toml");
+        let store = dir.path().join("state/statuses.redb");
+        let store = store.display();
         std::fs::write(
             &config,
             tweak(format!(
@@ -66,13 +68,31 @@ default_priority = -1
 [http]
 listen = "127.0.0.1:0"
 api_keys = ["{API_KEY}"]
+
+[store]
+path = "{store}"
 "#
             )),
         )
         .expect("write config");
+        let mut ext = Ext {
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            log: Arc::default(),
+            config,
+            _dir: dir,
+            link_up: watch::channel(0).1,
+        };
+        ext.spawn().await;
+        ext
+    }
+
+    /// Start the process with the config file, and wait until it listens. The log and the
+    /// privileged-link count start afresh.
+    async fn spawn(&mut self) {
         let mut child = Command::new(binary())
             .arg("--config")
-            .arg(&config)
+            .arg(&self.config)
             .env("RUST_LOG", "info,extpresence=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,7 +124,7 @@ api_keys = ["{API_KEY}"]
                 l.push('\n');
             }
         });
-        let http = tokio::time::timeout(Duration::from_secs(15), async {
+        let http = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Some(a) = *addr_rx.borrow_and_update() {
                     return a;
@@ -121,14 +141,27 @@ api_keys = ["{API_KEY}"]
                 log.lock().unwrap()
             )
         });
-        Ext {
-            http,
-            child: Some(child),
-            log,
-            config,
-            _dir: dir,
-            link_up: up_rx,
+        self.http = http;
+        self.child = Some(child);
+        self.log = log;
+        self.link_up = up_rx;
+    }
+
+    /// Kill the process with SIGKILL (no shutdown of any kind) and reap it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("SIGKILL");
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("killed extpresence did not exit");
         }
+    }
+
+    /// Start the process again with the same config and store (after [`kill`](Self::kill) or
+    /// [`terminate`](Self::terminate)).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "extpresence is still running");
+        self.spawn().await;
     }
 
     /// Wait until the link has been up (privileges granted) `n` times in total.

@@ -1,0 +1,302 @@
+//! The durable copy of the status table (redb, crash-safe, one file under `[store] path`).
+//!
+//! The store keeps model values and knows nothing of HTTP or XMPP; the [`StatusTable`] is its only
+//! writer. Writes go to one writer thread through a channel in the order the table made them; the
+//! thread commits whatever has queued up in one transaction (group commit, fsync'd by redb's
+//! default durability) and only then acknowledges each write, so a caller that awaited its
+//! acknowledgement knows the change survives a crash. [`Store::open`] returns everything held, for
+//! the table to reload at start.
+//!
+//! Record: key = the full JID `user@domain/resource`; value = `[kind][priority][show][status…]`
+//! with kind 1 = available, 2 = cleared (a tombstone kept until its `unavailable` went out).
+//!
+//! [`StatusTable`]: crate::status::StatusTable
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+
+use jid::FullJid;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use crate::status::{Show, Status};
+
+const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or reading the database failed.
+    #[error("cannot open the status store {path}: {message}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A commit failed; the write is not durable.
+    #[error("the status store could not commit: {0}")]
+    Commit(String),
+    /// The writer thread is gone (shutting down).
+    #[error("the status store is closed")]
+    Closed,
+}
+
+/// One held record as stored: `None` is a tombstone.
+pub type Record = (FullJid, Option<Status>);
+
+enum Op {
+    Put(
+        String,
+        Vec<u8>,
+        Option<oneshot::Sender<Result<(), StoreError>>>,
+    ),
+    Delete(String),
+}
+
+/// Handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Store {
+    ops: std_mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put(k, ..) => write!(f, "Put({k})"),
+            Op::Delete(k) => write!(f, "Delete({k})"),
+        }
+    }
+}
+
+/// A pending durable write: await it before acknowledging the change.
+pub struct Pending(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Pending {
+    /// A write that needs no waiting (no store configured).
+    pub fn done() -> Pending {
+        Pending(None)
+    }
+
+    /// Wait until the write is committed.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+}
+
+fn encode(status: Option<&Status>) -> Vec<u8> {
+    match status {
+        None => vec![2, 0, 0],
+        Some(s) => {
+            let show = match s.show {
+                None => 0,
+                Some(Show::Chat) => 1,
+                Some(Show::Away) => 2,
+                Some(Show::Xa) => 3,
+                Some(Show::Dnd) => 4,
+            };
+            let text = s.text.as_deref().unwrap_or("");
+            let mut v = Vec::with_capacity(3 + text.len());
+            v.extend_from_slice(&[1, s.priority as u8, show]);
+            v.extend_from_slice(text.as_bytes());
+            v
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Option<Status>, String> {
+    match bytes {
+        [2, ..] => Ok(None),
+        [1, priority, show, text @ ..] => {
+            let show = match show {
+                0 => None,
+                1 => Some(Show::Chat),
+                2 => Some(Show::Away),
+                3 => Some(Show::Xa),
+                4 => Some(Show::Dnd),
+                other => return Err(format!("unknown show code {other}")),
+            };
+            let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
+            Ok(Some(Status {
+                show,
+                text: (!text.is_empty()).then(|| text.to_string()),
+                priority: *priority as i8,
+            }))
+        }
+        _ => Err("unknown record kind".into()),
+    }
+}
+
+impl Store {
+    /// Open (or create) the store at `path`, read every record, and start the writer thread.
+    pub fn open(path: &Path) -> Result<(Store, Vec<Record>), StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // Make sure the table exists so reads of a fresh store work.
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        txn.open_table(STATUSES)
+            .map_err(|e| open_err(e.to_string()))?;
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+
+        let mut records = Vec::new();
+        {
+            let read = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            let table = read
+                .open_table(STATUSES)
+                .map_err(|e| open_err(e.to_string()))?;
+            for row in table.iter().map_err(|e| open_err(e.to_string()))? {
+                let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
+                let key = k.value();
+                let jid =
+                    FullJid::new(key).map_err(|e| open_err(format!("bad key {key:?}: {e}")))?;
+                let status =
+                    decode(v.value()).map_err(|e| open_err(format!("bad record {key:?}: {e}")))?;
+                records.push((jid, status));
+            }
+        }
+        info!(path = %path.display(), records = records.len(), "status store open");
+
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("extpresence-store".into())
+            .spawn(move || writer(db, rx))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok((Store { ops: tx }, records))
+    }
+
+    /// Queue `jid` ← `status` (`None`: tombstone). Ordering of queued writes is kept.
+    pub fn put(&self, jid: &FullJid, status: Option<&Status>) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .ops
+            .send(Op::Put(jid.to_string(), encode(status), Some(tx)))
+            .is_err()
+        {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(StoreError::Closed));
+            return Pending(Some(rx));
+        }
+        Pending(Some(rx))
+    }
+
+    /// Queue the removal of `jid` (a delivered tombstone); nobody waits for it.
+    pub fn delete(&self, jid: &FullJid) {
+        let _ = self.ops.send(Op::Delete(jid.to_string()));
+    }
+}
+
+fn writer(db: Database, rx: std_mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &batch);
+        if let Err(e) = &result {
+            error!(error = %e, writes = batch.len(), "status store commit failed");
+        }
+        for op in batch {
+            if let Op::Put(_, _, Some(ack)) = op {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Commit(e.clone())),
+                });
+            }
+        }
+    }
+    // Every Store handle is gone: the database is closed on drop.
+}
+
+fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+        for op in batch {
+            match op {
+                Op::Put(k, v, _) => {
+                    table
+                        .insert(k.as_str(), v.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                Op::Delete(k) => {
+                    table.remove(k.as_str()).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_roundtrip() {
+        for s in [
+            None,
+            Some(Status {
+                show: Some(Show::Dnd),
+                text: Some("Im Gespräch".into()),
+                priority: -128,
+            }),
+            Some(Status {
+                show: None,
+                text: None,
+                priority: 5,
+            }),
+        ] {
+            assert_eq!(decode(&encode(s.as_ref())).unwrap(), s);
+        }
+        assert!(decode(&[9]).is_err());
+        assert!(decode(&[1, 0, 7]).is_err());
+    }
+
+    #[tokio::test]
+    async fn durable_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let a = FullJid::new("alice@example.com/tigase-external").unwrap();
+        let b = FullJid::new("bob@example.com/phone").unwrap();
+        let st = Status {
+            show: Some(Show::Xa),
+            text: Some("On the phone".into()),
+            priority: -1,
+        };
+        {
+            let (store, records) = Store::open(&path).unwrap();
+            assert!(records.is_empty());
+            store.put(&a, Some(&st)).durable().await.unwrap();
+            store.put(&b, None).durable().await.unwrap();
+            store.delete(&b);
+            store.put(&a, Some(&st)).durable().await.unwrap(); // orders after the delete
+        }
+        // The writer thread closes the database when the last handle is gone.
+        let mut records = None;
+        for _ in 0..100 {
+            match Store::open(&path) {
+                Ok((_, r)) => {
+                    records = Some(r);
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        assert_eq!(records.unwrap(), vec![(a, Some(st))]);
+    }
+}
