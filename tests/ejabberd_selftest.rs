@@ -38,6 +38,7 @@ fn link_config(server: &Ejabberd) -> LinkConfig {
         keepalive: Duration::from_secs(60),
         reconnect_max: Duration::from_secs(5),
         ping_to: BareJid::new(DOMAIN).expect("domain jid").into(),
+        metrics: Default::default(),
     }
 }
 
