@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need (Debian): Prosody with prosody-modules (mod_privilege),
-# and ejabberd.
+# ejabberd, and systemd-analyze (to verify the unit file).
 # Does nothing when everything is there already. Needs root (or sudo) when something is missing.
 set -euo pipefail
 need=()
@@ -8,6 +8,7 @@ command -v prosody >/dev/null 2>&1 || need+=(prosody)
 [ -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ] || need+=(prosody-modules)
 command -v ejabberdctl >/dev/null 2>&1 || [ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

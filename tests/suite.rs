@@ -63,12 +63,35 @@ fn status_text(p: &Presence) -> Option<&str> {
     p.statuses.values().next().map(String::as_str)
 }
 
-fn available_from(jid: String) -> impl Fn(&Presence) -> bool {
-    move |p| from_is(p, &jid) && p.type_ == PresenceType::None
+fn available_from(jid: String) -> Box<dyn Fn(&Presence) -> bool + Send> {
+    Box::new(move |p| from_is(p, &jid) && p.type_ == PresenceType::None)
 }
 
-fn unavailable_from(jid: String) -> impl Fn(&Presence) -> bool {
-    move |p| from_is(p, &jid) && p.type_ == PresenceType::Unavailable
+fn unavailable_from(jid: String) -> Box<dyn Fn(&Presence) -> bool + Send> {
+    Box::new(move |p| from_is(p, &jid) && p.type_ == PresenceType::Unavailable)
+}
+
+/// Wait until a presence matching each predicate has arrived, in any order.
+async fn expect_each<const N: usize>(
+    client: &mut TestClient,
+    preds: [Box<dyn Fn(&Presence) -> bool + Send>; N],
+) -> [Presence; N] {
+    let mut found: [Option<Presence>; N] = std::array::from_fn(|_| None);
+    while found.iter().any(Option::is_none) {
+        let p = client
+            .expect_presence(WAIT, |p| {
+                preds
+                    .iter()
+                    .zip(&found)
+                    .any(|(pred, f)| f.is_none() && pred(p))
+            })
+            .await;
+        let i = (0..N)
+            .find(|&i| found[i].is_none() && preds[i](&p))
+            .expect("matched one");
+        found[i] = Some(p);
+    }
+    found.map(Option::unwrap)
 }
 
 const XML_ON_PHONE: &str = "<command>\n  <available>true</available>\n  <priority>-1</priority>\n  <show>xa</show>\n  <status>On the phone</status>\n</command>";
@@ -250,14 +273,16 @@ async fn server_restart_replays_everything(kind: Kind) {
     w.ext.wait_privileged(2).await;
 
     let mut bob = w.client("bob").await;
-    let p = bob
-        .expect_presence(WAIT, available_from(alice("tigase-external")))
-        .await;
-    assert_eq!(status_text(&p), Some("On the phone"));
-    let p = bob
-        .expect_presence(WAIT, available_from(alice("desk")))
-        .await;
-    assert_eq!(status_text(&p), Some("Set during the outage"));
+    let [external, desk] = expect_each(
+        &mut bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("desk")),
+        ],
+    )
+    .await;
+    assert_eq!(status_text(&external), Some("On the phone"));
+    assert_eq!(status_text(&desk), Some("Set during the outage"));
     assert!(
         w.ext.log().contains("XMPP component link failed")
             || w.ext.log().contains("XMPP component link still down"),
@@ -286,16 +311,24 @@ async fn sigterm_sends_unavailable_for_every_resource(kind: Kind) {
             .0,
         200
     );
-    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
-        .await;
-    bob.expect_presence(WAIT, available_from(alice("phone")))
-        .await;
+    expect_each(
+        &mut bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("phone")),
+        ],
+    )
+    .await;
     let code = w.ext.terminate().await;
     assert_eq!(code, Some(0), "exit status; log:\n{}", w.ext.log());
-    bob.expect_presence(WAIT, unavailable_from(alice("tigase-external")))
-        .await;
-    bob.expect_presence(WAIT, unavailable_from(alice("phone")))
-        .await;
+    expect_each(
+        &mut bob,
+        [
+            unavailable_from(alice("tigase-external")),
+            unavailable_from(alice("phone")),
+        ],
+    )
+    .await;
 }
 
 /// A contact added to alice's roster after her first update is reached by the next one.
@@ -471,10 +504,14 @@ async fn link_drop_replays_to_online_contacts(kind: Kind) {
             .0,
         200
     );
-    bob.expect_presence(WAIT, available_from(alice("tigase-external")))
-        .await;
-    bob.expect_presence(WAIT, available_from(alice("phone")))
-        .await;
+    expect_each(
+        &mut bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("phone")),
+        ],
+    )
+    .await;
 
     w.link.cut();
     w.ext.wait_log("XMPP component link failed").await;
@@ -506,14 +543,89 @@ async fn link_drop_replays_to_online_contacts(kind: Kind) {
 
     w.link.restore();
     w.ext.wait_privileged(2).await;
-    let p = bob
-        .expect_presence(WAIT, |p| {
-            from_is(p, &alice("tigase-external")) && p.show == Some(Show::Chat)
-        })
+    let [external, _] = expect_each(
+        &mut bob,
+        [
+            Box::new(|p: &Presence| {
+                from_is(p, &alice("tigase-external")) && p.show == Some(Show::Chat)
+            }),
+            unavailable_from(alice("phone")),
+        ],
+    )
+    .await;
+    assert_eq!(status_text(&external), Some("Back at my desk"));
+}
+
+/// extpresence is killed (SIGKILL) and restarted: every acknowledged status comes back from the
+/// store and reaches bob again; a resource cleared while the link was down, just before the kill,
+/// still gets its `unavailable` out after the restart.
+async fn crash_restart_replays_from_store(kind: Kind) {
+    let mut w = world(kind).await;
+    let mut bob = w.client("bob").await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(
+        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
+        200
+    );
+    assert_eq!(
+        w.ext
+            .post(
+                &format!("{base}/phone"),
+                "application/json",
+                r#"{"show": "dnd"}"#
+            )
+            .await
+            .0,
+        200
+    );
+    expect_each(
+        &mut bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("phone")),
+        ],
+    )
+    .await;
+    bob.drain();
+
+    w.ext.kill().await;
+    w.ext.restart().await;
+    w.ext.wait_privileged(1).await;
+    let [external, phone] = expect_each(
+        &mut bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("phone")),
+        ],
+    )
+    .await;
+    assert_eq!(status_text(&external), Some("On the phone"));
+    assert_eq!(phone.show, Some(Show::Dnd));
+
+    w.link.cut();
+    w.ext.wait_log("XMPP component link failed").await;
+    let (code, body) = w
+        .ext
+        .post(
+            &format!("{base}/phone"),
+            "application/json",
+            r#"{"available": false}"#,
+        )
         .await;
-    assert_eq!(status_text(&p), Some("Back at my desk"));
-    bob.expect_presence(WAIT, unavailable_from(alice("phone")))
-        .await;
+    assert_eq!(code, 200, "{body}");
+    w.ext.kill().await;
+    w.link.restore();
+    bob.drain();
+    w.ext.restart().await;
+    let [_, external] = expect_each(
+        &mut bob,
+        [
+            unavailable_from(alice("phone")),
+            available_from(alice("tigase-external")),
+        ],
+    )
+    .await;
+    assert_eq!(status_text(&external), Some("On the phone"));
 }
 
 /// Run every scenario on each server: `prosody::<scenario>` and `ejabberd::<scenario>`.
@@ -548,4 +660,5 @@ scenarios!(
     new_contact_reached_by_next_update,
     bad_inputs_are_refused_cleanly,
     link_drop_replays_to_online_contacts,
+    crash_restart_replays_from_store,
 );

@@ -30,6 +30,8 @@ pub struct Ext {
     pub config: PathBuf,
     _dir: tempfile::TempDir,
     link_up: watch::Receiver<usize>,
+    /// Extra environment for the next (re)start.
+    pub env: Vec<(String, String)>,
 }
 
 impl Ext {
@@ -82,6 +84,7 @@ path = "{store}"
             config,
             _dir: dir,
             link_up: watch::channel(0).1,
+            env: Vec::new(),
         };
         ext.spawn().await;
         ext
@@ -94,6 +97,7 @@ path = "{store}"
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,extpresence=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
