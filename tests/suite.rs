@@ -63,18 +63,21 @@ fn status_text(p: &Presence) -> Option<&str> {
     p.statuses.values().next().map(String::as_str)
 }
 
-fn available_from(jid: String) -> Box<dyn Fn(&Presence) -> bool + Send> {
+fn available_from(jid: String) -> Matcher {
     Box::new(move |p| from_is(p, &jid) && p.type_ == PresenceType::None)
 }
 
-fn unavailable_from(jid: String) -> Box<dyn Fn(&Presence) -> bool + Send> {
+fn unavailable_from(jid: String) -> Matcher {
     Box::new(move |p| from_is(p, &jid) && p.type_ == PresenceType::Unavailable)
 }
+
+/// A test on a received presence.
+type Matcher = Box<dyn Fn(&Presence) -> bool + Send>;
 
 /// Wait until a presence matching each predicate has arrived, in any order.
 async fn expect_each<const N: usize>(
     client: &mut TestClient,
-    preds: [Box<dyn Fn(&Presence) -> bool + Send>; N],
+    preds: [Matcher; N],
 ) -> [Presence; N] {
     let mut found: [Option<Presence>; N] = std::array::from_fn(|_| None);
     while found.iter().any(Option::is_none) {
