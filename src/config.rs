@@ -469,6 +469,22 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../etc/extpresence.toml")
+            .replace(
+                "secret_file = \"/etc/extpresence/component-secret\"",
+                "secret = \"x\"",
+            )
+            .replace(
+                "api_key_files = [\"/etc/extpresence/api-key\"]",
+                "api_keys = [\"k\"]",
+            );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.component.as_str(), "status.example.com");
+        assert_eq!(s.on_shutdown, OnShutdown::Unavailable);
+    }
+
+    #[test]
     fn unknown_key_rejected() {
         let e = parse(&GOOD.replace("[http]", "[http]\nlisten_addr = \"x\"")).unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
