@@ -195,3 +195,66 @@ async fn on_shutdown_keep() {
         .await;
     assert_eq!(p.statuses.values().next().map(String::as_str), Some("kept"));
 }
+
+/// `check-config`: 0 and a summary for a good file; 64 and a message naming the key for a bad
+/// one; environment overrides apply (lists comma-separated) and unknown ones are refused.
+#[test]
+fn check_config_and_environment_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("extpresence.toml");
+    std::fs::write(
+        &path,
+        r#"[xmpp]
+component = "status.example.com"
+secret = "s3cret-value"
+domains = ["example.com"]
+[http]
+api_keys = ["key-value"]
+[store]
+path = "/tmp/unused.redb"
+"#,
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_extpresence"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains("s3cret-value") && !text.contains("key-value"),
+            "{text}"
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("is valid"), "{text}");
+
+    let (code, text) = run(&[("EXTPRESENCE__XMPP__DOMAINS", "a.org,b.org")]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("\"a.org\"") && text.contains("\"b.org\""),
+        "{text}"
+    );
+    assert!(!text.contains("example.com\""), "{text}");
+
+    let (code, text) = run(&[("EXTPRESENCE__XMPP__COMPONENT", "alice@example.com")]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("xmpp.component"), "{text}");
+
+    let (code, text) = run(&[("EXTPRESENCE__HTTP__LISTEN_ADDR", "x")]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("listen_addr"), "{text}");
+
+    let (code, text) = run(&[("EXTPRESENCE__STATUS__DEFAULT_PRIORITY", "3")]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("status.default_priority"), "{text}");
+}
