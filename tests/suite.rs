@@ -71,6 +71,31 @@ fn unavailable_from(jid: String) -> Matcher {
     Box::new(move |p| from_is(p, &jid) && p.type_ == PresenceType::Unavailable)
 }
 
+/// alice gets `tigase-external` (xa, "On the phone") and `phone` (dnd); bob sees both.
+async fn hold_two_resources(w: &World, bob: &mut TestClient) {
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    assert_eq!(
+        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
+        200
+    );
+    let phone = format!("{base}/phone");
+    assert_eq!(
+        w.ext
+            .post(&phone, "application/json", r#"{"show": "dnd"}"#)
+            .await
+            .0,
+        200
+    );
+    expect_each(
+        bob,
+        [
+            available_from(alice("tigase-external")),
+            available_from(alice("phone")),
+        ],
+    )
+    .await;
+}
+
 /// A test on a received presence.
 type Matcher = Box<dyn Fn(&Presence) -> bool + Send>;
 
@@ -298,30 +323,7 @@ async fn server_restart_replays_everything(kind: Kind) {
 async fn sigterm_sends_unavailable_for_every_resource(kind: Kind) {
     let mut w = world(kind).await;
     let mut bob = w.client("bob").await;
-    let base = format!("/rest/user/alice@{DOMAIN}/status");
-    assert_eq!(
-        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
-        200
-    );
-    assert_eq!(
-        w.ext
-            .post(
-                &format!("{base}/phone"),
-                "application/json",
-                r#"{"show": "dnd"}"#
-            )
-            .await
-            .0,
-        200
-    );
-    expect_each(
-        &mut bob,
-        [
-            available_from(alice("tigase-external")),
-            available_from(alice("phone")),
-        ],
-    )
-    .await;
+    hold_two_resources(&w, &mut bob).await;
     let code = w.ext.terminate().await;
     assert_eq!(code, Some(0), "exit status; log:\n{}", w.ext.log());
     expect_each(
@@ -492,29 +494,7 @@ async fn link_drop_replays_to_online_contacts(kind: Kind) {
     let mut w = world(kind).await;
     let mut bob = w.client("bob").await;
     let base = format!("/rest/user/alice@{DOMAIN}/status");
-    assert_eq!(
-        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
-        200
-    );
-    assert_eq!(
-        w.ext
-            .post(
-                &format!("{base}/phone"),
-                "application/json",
-                r#"{"show": "dnd"}"#
-            )
-            .await
-            .0,
-        200
-    );
-    expect_each(
-        &mut bob,
-        [
-            available_from(alice("tigase-external")),
-            available_from(alice("phone")),
-        ],
-    )
-    .await;
+    hold_two_resources(&w, &mut bob).await;
 
     w.link.cut();
     w.ext.wait_log("XMPP component link failed").await;
@@ -566,29 +546,7 @@ async fn crash_restart_replays_from_store(kind: Kind) {
     let mut w = world(kind).await;
     let mut bob = w.client("bob").await;
     let base = format!("/rest/user/alice@{DOMAIN}/status");
-    assert_eq!(
-        w.ext.post(&base, "application/xml", XML_ON_PHONE).await.0,
-        200
-    );
-    assert_eq!(
-        w.ext
-            .post(
-                &format!("{base}/phone"),
-                "application/json",
-                r#"{"show": "dnd"}"#
-            )
-            .await
-            .0,
-        200
-    );
-    expect_each(
-        &mut bob,
-        [
-            available_from(alice("tigase-external")),
-            available_from(alice("phone")),
-        ],
-    )
-    .await;
+    hold_two_resources(&w, &mut bob).await;
     bob.drain();
 
     w.ext.kill().await;

@@ -26,6 +26,19 @@ pub struct Command {
     pub status: Option<String>,
 }
 
+impl Command {
+    /// The slot of field `name`, if it is one of [`FIELDS`].
+    fn field(&mut self, name: &str) -> Option<&mut Option<String>> {
+        match name {
+            "available" => Some(&mut self.available),
+            "priority" => Some(&mut self.priority),
+            "show" => Some(&mut self.show),
+            "status" => Some(&mut self.status),
+            _ => None,
+        }
+    }
+}
+
 /// What a valid request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -77,17 +90,14 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
                 format!("<{}> must hold text only", child.name()),
             ));
         }
-        let slot = match child.name() {
-            "available" => &mut cmd.available,
-            "priority" => &mut cmd.priority,
-            "show" => &mut cmd.show,
-            "status" => &mut cmd.status,
-            other => {
-                return Err(malformed(
-                    "XML",
-                    format!("unknown element <{other}>; expected one of {FIELDS:?}"),
-                ))
-            }
+        let Some(slot) = cmd.field(child.name()) else {
+            return Err(malformed(
+                "XML",
+                format!(
+                    "unknown element <{}>; expected one of {FIELDS:?}",
+                    child.name()
+                ),
+            ));
         };
         if slot.is_some() {
             return Err(malformed("XML", format!("<{}> given twice", child.name())));
@@ -106,17 +116,11 @@ pub fn parse_json(body: &[u8]) -> Result<Command, ApiError> {
     };
     let mut cmd = Command::default();
     for (key, v) in map {
-        let slot = match key.as_str() {
-            "available" => &mut cmd.available,
-            "priority" => &mut cmd.priority,
-            "show" => &mut cmd.show,
-            "status" => &mut cmd.status,
-            other => {
-                return Err(malformed(
-                    "JSON",
-                    format!("unknown field {other:?}; expected one of {FIELDS:?}"),
-                ))
-            }
+        let Some(slot) = cmd.field(&key) else {
+            return Err(malformed(
+                "JSON",
+                format!("unknown field {key:?}; expected one of {FIELDS:?}"),
+            ));
         };
         *slot = match v {
             Value::Null => None,
