@@ -1,7 +1,7 @@
 //! Typed settings and their validation.
 //!
 //! This module owns everything about configuration: the TOML file layout (`[xmpp]`, `[status]`,
-//! `[http]`), environment overrides (`EXTPRESENCE__SECTION__KEY`), rejection of unknown keys, reading
+//! `[http]`, `[tigase]`), environment overrides (`EXTPRESENCE__SECTION__KEY`), rejection of unknown keys, reading
 //! secrets from files, and the validation pass that turns raw values into [`Settings`] with messages an
 //! admin understands. Secrets are wrapped in [`Secret`], whose `Debug` never shows the value.
 
@@ -52,11 +52,11 @@ pub enum BackendKind {
     /// Directed presence to every subscribed contact via XEP-0356 (Prosody, ejabberd).
     #[default]
     Fanout,
-    /// Tigase's USER_STATUS session command (not available yet).
+    /// Tigase's USER_STATUS session command: the server holds a synthetic session.
     Tigase,
 }
 
-/// The file as written: `[xmpp]`, `[status]`, `[http]`.
+/// The file as written: `[xmpp]`, `[status]`, `[http]`, `[tigase]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -68,6 +68,9 @@ pub struct RawConfig {
     /// The HTTP API listener and its keys.
     #[serde(default)]
     pub http: RawHttp,
+    /// Tigase session mode (`backend = "tigase"`).
+    #[serde(default)]
+    pub tigase: RawTigase,
 }
 
 /// `[xmpp]` as written.
@@ -147,6 +150,26 @@ impl Default for RawHttp {
     }
 }
 
+/// `[tigase]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTigase {
+    /// Seconds Tigase may take to answer a USER_STATUS command before the request fails.
+    #[serde(default = "default_tigase_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for RawTigase {
+    fn default() -> Self {
+        RawTigase {
+            timeout_secs: default_tigase_timeout(),
+        }
+    }
+}
+
+fn default_tigase_timeout() -> u64 {
+    5
+}
 fn default_server() -> String {
     "127.0.0.1:5347".into()
 }
@@ -179,6 +202,8 @@ pub struct Settings {
     pub domains: BTreeSet<String>,
     /// Delivery backend.
     pub backend: BackendKind,
+    /// How long Tigase may take to answer a USER_STATUS command (`backend = "tigase"`).
+    pub tigase_timeout: Duration,
     /// Silence before a keepalive ping.
     pub keepalive: Duration,
     /// Cap of the reconnect backoff.
@@ -307,10 +332,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             .ok_or_else(|| invalid("xmpp.domains", format!("{d:?} is not a domain")))?;
         domains.insert(jid.domain().as_str().to_string());
     }
-    if x.backend == BackendKind::Tigase {
+    if raw.tigase.timeout_secs == 0 || raw.tigase.timeout_secs > 300 {
         return Err(invalid(
-            "xmpp.backend",
-            "\"tigase\" is not available in this version; use \"fanout\" (Prosody, ejabberd)",
+            "tigase.timeout_secs",
+            format!("{} is not between 1 and 300", raw.tigase.timeout_secs),
         ));
     }
     if x.keepalive_secs == 0 {
@@ -370,6 +395,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         secret,
         domains,
         backend: x.backend,
+        tigase_timeout: Duration::from_secs(raw.tigase.timeout_secs),
         keepalive: Duration::from_secs(x.keepalive_secs),
         reconnect_max: Duration::from_secs(x.reconnect_max_secs),
         policy: StatusPolicy {
@@ -418,6 +444,17 @@ mod tests {
     }
 
     #[test]
+    fn tigase_backend() {
+        let s = parse(&GOOD.replace("domains", "backend = \"tigase\"\ndomains")).unwrap();
+        assert_eq!(s.backend, BackendKind::Tigase);
+        assert_eq!(s.tigase_timeout, Duration::from_secs(5));
+        let s = parse(&format!("{GOOD}\n[tigase]\ntimeout_secs = 2\n")).unwrap();
+        assert_eq!(s.tigase_timeout, Duration::from_secs(2));
+        let e = parse(&format!("{GOOD}\n[tigase]\ntimeout = 2\n")).unwrap_err();
+        assert!(e.to_string().contains("timeout"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_rejected() {
         let e = parse(&GOOD.replace("[http]", "[http]\nlisten_addr = \"x\"")).unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
@@ -436,8 +473,12 @@ mod tests {
                 "status.default_priority",
             ),
             (
-                GOOD.replace("domains", "backend = \"tigase\"\ndomains"),
-                "xmpp.backend",
+                GOOD.replace("domains", "backend = \"prosody\"\ndomains"),
+                "cannot load",
+            ),
+            (
+                format!("{GOOD}\n[tigase]\ntimeout_secs = 0\n"),
+                "tigase.timeout_secs",
             ),
         ];
         for (text, key) in cases {

@@ -8,9 +8,13 @@
 //! ```text
 //! HTTP request ─► http/      server.rs (routing, pipeline), tigase.rs (dialect), auth.rs, error.rs
 //!              ─► status/    the model (Status, Show, StatusPolicy) and StatusTable (dashmap handle)
-//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact
+//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
+//!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
+//!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)
 //!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
-//! inbound stanzas ◄─ xmpp/link.rs ─► delivery/fanout.rs (roster results, contact presence, iqs)
+//! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout.rs (roster results, contact
+//!                                    presence, iqs) or delivery/tigase.rs (command answers,
+//!                                    CHECK_USER_CONNECTION, iqs)
 //! config.rs: typed settings and validation. main.rs: CLI, tracing, signals.
 //! ```
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
@@ -30,8 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use config::Settings;
+use config::{BackendKind, Settings};
 use delivery::fanout::{self, Control, FanoutConfig};
+use delivery::tigase::{self, TigaseConfig};
+use delivery::Delivery;
 use status::StatusTable;
 use xmpp::LinkConfig;
 
@@ -70,22 +76,44 @@ pub async fn run(
         events_tx,
     );
     let (control_tx, control_rx) = mpsc::channel(4);
-    let fanout_task = tokio::spawn(fanout::run(
-        FanoutConfig {
-            component: settings.component.clone(),
-        },
-        table.clone(),
-        changes,
-        link.clone(),
-        events_rx,
-        control_rx,
-    ));
+    let (delivery, delivery_task) = match settings.backend {
+        BackendKind::Fanout => (
+            Delivery::Fanout,
+            tokio::spawn(fanout::run(
+                FanoutConfig {
+                    component: settings.component.clone(),
+                },
+                table.clone(),
+                changes,
+                link.clone(),
+                events_rx,
+                control_rx,
+            )),
+        ),
+        BackendKind::Tigase => {
+            let handle = tigase::Handle::new(settings.tigase_timeout, &link);
+            let task = tokio::spawn(tigase::run(
+                TigaseConfig {
+                    component: settings.component.clone(),
+                    timeout: settings.tigase_timeout,
+                    handle: handle.clone(),
+                },
+                table.clone(),
+                changes,
+                link.clone(),
+                events_rx,
+                control_rx,
+            ));
+            (Delivery::Tigase(handle), task)
+        }
+    };
 
     let state = Arc::new(http::AppState {
         table,
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(&settings.api_keys),
+        delivery,
     });
     let addr = http.local_addr()?;
     info!(%addr, "HTTP API listening");
@@ -120,7 +148,7 @@ pub async fn run(
     if drained.is_err() {
         warn!("XMPP shutdown did not finish in {XMPP_DRAIN:?}");
     }
-    fanout_task.abort();
+    delivery_task.abort();
     link_task.abort();
     info!("stopped");
     Ok(())

@@ -1,5 +1,5 @@
 //! The HTTP listener: routing, the request pipeline (method → key → media type → size → path →
-//! body → fields → table), request spans, and graceful shutdown.
+//! body → fields → table → delivery outcome), request spans, and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use std::collections::BTreeSet;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::auth::ApiKeys;
-use super::error::{ApiError, Format};
+use super::error::{self, ApiError, Format};
 use super::tigase::{self, Request};
+use crate::delivery::Delivery;
 use crate::status::{StatusPolicy, StatusTable};
 
 /// Largest accepted request body.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub domains: BTreeSet<String>,
     /// Accepted API keys.
     pub keys: ApiKeys,
+    /// What became of a change on the server (Tigase answers; fan-out holds).
+    pub delivery: Delivery,
 }
 
 /// The API router.
@@ -104,8 +107,8 @@ async fn handle(
         )
         .await
         {
-            Ok((format, body)) => {
-                let mut r = (StatusCode::OK, body).into_response();
+            Ok((format, code, body)) => {
+                let mut r = (code, body).into_response();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(format.content_type()),
@@ -155,7 +158,7 @@ async fn set_status(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Format, String), ApiError> {
+) -> Result<(Format, StatusCode, String), ApiError> {
     if method != Method::POST {
         return Err(ApiError::Method(method.to_string()));
     }
@@ -181,11 +184,19 @@ async fn set_status(
         Format::Xml => tigase::parse_xml(&body)?,
     };
     let request = tigase::validate(&command, &state.policy)?;
-    match &request {
+    let seq = match &request {
         Request::Set(status) => state.table.set(&user, &resource, status.clone()),
         Request::Clear => state.table.clear(&user, &resource),
     };
     let full = user.with_resource(&resource);
     info!(jid = %full, available = matches!(request, Request::Set(_)), "status held");
-    Ok((format, tigase::response(format, full.as_str(), &request)))
+    let (code, failure) = match state.delivery.confirm(&user, &resource, seq).await {
+        Ok(()) => (StatusCode::OK, None),
+        Err(e) => {
+            warn!(jid = %full, error = %e, "the server did not take the change");
+            (error::delivery_status(&e), Some(e.to_string()))
+        }
+    };
+    let body = tigase::response(format, full.as_str(), &request, failure.as_deref());
+    Ok((format, code, body))
 }
