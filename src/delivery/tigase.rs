@@ -414,6 +414,10 @@ impl Backend {
             }
             LinkEvent::Down => {
                 self.up = false;
+                info!(
+                    pending = self.pending.len(),
+                    "Tigase session mode: link down; changes wait for the link"
+                );
                 // Tigase keeps its sessions when only our link drops, and loses them when it
                 // restarts: we cannot tell which, so everything is asserted again on Up.
                 for session in self.sessions.values_mut() {
@@ -569,13 +573,16 @@ impl Backend {
         let condition = reason.split(':').next().unwrap_or(reason).to_string();
         if self.warned.insert(condition.clone()) {
             let hint = if condition == "forbidden" {
-                "Tigase accepts USER_STATUS only from trusted senders: add the component to the \
-                 top-level `trusted` list of config.tdsl (trusted = [ 'status.example.com' ]) and \
-                 restart Tigase; held statuses are sent again when the link reconnects"
+                format!(
+                    "Tigase accepts USER_STATUS only from trusted senders: add the component to \
+                     the top-level `trusted` list of config.tdsl (trusted = [ '{}' ]) and restart \
+                     Tigase; held statuses are sent again when the link reconnects",
+                    self.cfg.component
+                )
             } else {
-                ""
+                String::new()
             };
-            warn!(%jid, reason, hint, "Tigase refused the status");
+            warn!(%jid, reason, %hint, "Tigase refused the status");
         } else {
             debug!(%jid, reason, "Tigase refused the status");
         }
