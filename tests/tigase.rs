@@ -353,6 +353,54 @@ async fn leftover_session_of_a_killed_instance_is_released() {
     no_violations(&double);
 }
 
+/// The same leftover, met by a new status for the same resource before any check: Tigase takes
+/// the open as a silent update of the leftover, so the request times out; extpresence then closes
+/// the session from the same sender (a result: there was one) and opens it again, after which
+/// the resource behaves normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_session_met_by_an_open_is_recovered() {
+    let (double, ext) = setup(1, |_| {}).await;
+    let path = format!("/rest/user/alice@{DOMAIN}/status");
+    let (code, body) = ext.post(&path, "application/xml", XML_ON_PHONE).await;
+    assert_eq!(code, 200, "{body}");
+    drop(ext); // SIGKILL: the session stays in Tigase
+    let ext = start_ext(&double, 1).await;
+    let before = double.core().commands.len();
+
+    let (code, body) = ext
+        .post(&path, "application/json", r#"{"show": "dnd"}"#)
+        .await;
+    assert_eq!(code, 504, "{body}");
+    double
+        .wait_until("closed and opened again", WAIT, |c| {
+            let replies: Vec<(Option<&str>, &Reply)> = c.commands[before..]
+                .iter()
+                .map(|k| (k.available.as_deref(), &k.reply))
+                .collect();
+            replies
+                == [
+                    (Some("true"), &Reply::Nothing),
+                    (Some("false"), &Reply::Result),
+                    (Some("true"), &Reply::Result),
+                ]
+        })
+        .await;
+    assert_eq!(
+        double
+            .core()
+            .session(&alice(), "tigase-external")
+            .map(|s| s.presence.show),
+        Some(Some("dnd".to_string()))
+    );
+    let started = Instant::now();
+    let (code, body) = ext
+        .post(&path, "application/json", r#"{"show": "away"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    no_violations(&double);
+}
+
 /// Tigase keeps no session across its restart: every held status is asserted again. A drop of
 /// only the link keeps them, and the assertion is a silent update. A change made while the
 /// link is down answers 503 and is asserted when the link is back.
@@ -486,7 +534,10 @@ async fn wrong_secret_is_reported() {
     wait_log_count(&ext, "refused the component handshake", 2).await;
     assert_eq!(double.handshakes(), 0);
     let log = ext.log();
-    assert!(!log.contains("not-the-secret"), "the secret was logged:\n{log}");
+    assert!(
+        !log.contains("not-the-secret"),
+        "the secret was logged:\n{log}"
+    );
     assert!(!log.contains(READY), "{log}");
 }
 

@@ -22,6 +22,12 @@
 //!   remove does not exist.";
 //! - from an untrusted sender: `forbidden` "Only trusted entity can do it.".
 //!
+//! Silence after an open is ambiguous: Tigase may be stuck, or it may already hold a session for
+//! this sender (left behind by a process that was killed) and have applied the open as a silent
+//! update. So an open without answer is followed by a close from the same sender: a result says
+//! there was a session (closed now, and opened again at once), `item-not-found` that there was
+//! none; either way the next change starts from a known state.
+//!
 //! Sessions live in Tigase's memory: they survive a drop of our link but not a Tigase restart.
 //! After every connect each held status is sent again: as an update where Tigase may still hold
 //! the session (it creates it again if not, and answers), as a creation where it never accepted
@@ -191,6 +197,8 @@ struct Session {
     inflight: Option<String>,
     /// A newer change arrived while `inflight` was pending.
     dirty: bool,
+    /// Change whose open went unanswered and was followed by a probe (at most one per change).
+    probed: u64,
 }
 
 impl Session {
@@ -200,6 +208,7 @@ impl Session {
             processed: 0,
             inflight: None,
             dirty: false,
+            probed: 0,
         }
     }
 }
@@ -219,6 +228,8 @@ enum Kind {
     LateOpen,
     /// A `Close` past its deadline.
     LateClose,
+    /// A close sent because an `Open` got no answer: does Tigase hold a session for the sender?
+    Probe,
 }
 
 #[derive(Debug)]
@@ -365,23 +376,14 @@ impl Backend {
             return;
         }
         session.processed = held.seq;
-        let known = session.known;
-        let sender = self.sender(user, &held.resource);
-        let sess_man = BareJid::new(&format!("sess-man@{}", user.domain()))
-            .expect("sess-man@<a valid domain> is a valid JID");
-        let full = user.with_resource(&held.resource);
-        let id = self.next_id();
-        let timeout = self.cfg.timeout;
-        let stanza =
-            stanzas::user_status(&sender, &sess_man, id.clone(), &full, held.status.as_ref());
-        let kind = match (&held.status, known) {
+        let kind = match (&held.status, session.known) {
             (Some(_), Known::Live | Known::Stale) => Kind::Update,
             (Some(_), Known::Absent) => Kind::Open,
             (None, _) => Kind::Close,
         };
-        debug!(jid = %full, %sender, ?kind, seq = held.seq, "USER_STATUS");
-        self.link.send(stanza).await;
-        self.track(id.clone(), key.clone(), held.seq, kind, timeout);
+        let id = self
+            .send_command(&key, held.status.as_ref(), kind, held.seq)
+            .await;
         let session = self.sessions.get_mut(&key).expect("inserted above");
         match kind {
             Kind::Update => {
@@ -392,6 +394,34 @@ impl Backend {
             }
             _ => session.inflight = Some(id),
         }
+    }
+
+    /// Send USER_STATUS for `key` (`status` `None`: close) from its sender and track the answer.
+    async fn send_command(
+        &mut self,
+        key: &Key,
+        status: Option<&crate::status::Status>,
+        kind: Kind,
+        seq: u64,
+    ) -> String {
+        let (user, resource) = key;
+        let sender = self.sender(user, resource);
+        let sess_man = BareJid::new(&format!("sess-man@{}", user.domain()))
+            .expect("sess-man@<a valid domain> is a valid JID");
+        let full = user.with_resource(resource);
+        let id = self.next_id();
+        debug!(jid = %full, %sender, ?kind, seq, "USER_STATUS");
+        self.link
+            .send(stanzas::user_status(
+                &sender,
+                &sess_man,
+                id.clone(),
+                &full,
+                status,
+            ))
+            .await;
+        self.track(id.clone(), key.clone(), seq, kind, self.cfg.timeout);
+        id
     }
 
     async fn on_link(&mut self, ev: LinkEvent) {
@@ -537,6 +567,19 @@ impl Backend {
                 session.known = Known::Absent;
                 self.table.mark_delivered(&user, &resource, p.seq);
             }
+            (Kind::Probe, answer) => {
+                session.known = Known::Absent;
+                session.inflight = None;
+                if answer.is_ok() {
+                    // Tigase held a session for this sender and took the open as a silent
+                    // update: it is closed now; open it again so Tigase answers.
+                    info!(%jid, "Tigase held a session left from before; opening it again");
+                    session.dirty = true;
+                    session.processed = 0;
+                } else {
+                    debug!(%jid, "Tigase holds no session for this sender");
+                }
+            }
         }
         if settled && session.inflight.as_deref() == Some(id) {
             session.inflight = None;
@@ -608,6 +651,15 @@ impl Backend {
             let late = match p.kind {
                 Kind::Open => Kind::LateOpen,
                 Kind::Close => Kind::LateClose,
+                Kind::Probe => {
+                    if let Some(session) = self.sessions.get_mut(&p.key) {
+                        if session.inflight.as_deref() == Some(id.as_str()) {
+                            session.inflight = None;
+                        }
+                    }
+                    touched.push(p.key);
+                    continue;
+                }
                 Kind::Update | Kind::LateOpen | Kind::LateClose => continue,
             };
             let jid = p.key.0.with_resource(&p.key.1);
@@ -627,6 +679,19 @@ impl Backend {
                 }
             }
             self.track(id, p.key.clone(), p.seq, late, LATE_WINDOW);
+            let probe = late == Kind::LateOpen
+                && self.up
+                && self
+                    .sessions
+                    .get(&p.key)
+                    .is_some_and(|s| s.inflight.is_none() && s.probed < p.seq);
+            if probe {
+                let probe_id = self.send_command(&p.key, None, Kind::Probe, p.seq).await;
+                if let Some(session) = self.sessions.get_mut(&p.key) {
+                    session.probed = p.seq;
+                    session.inflight = Some(probe_id);
+                }
+            }
             touched.push(p.key);
         }
         for key in touched {
