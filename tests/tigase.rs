@@ -489,6 +489,39 @@ async fn reconnect_reasserts_everything_held() {
     no_violations(&double);
 }
 
+/// A clear posted while Tigase restarts waits for the link and is sent when it is back; Tigase
+/// has lost the session by then (`item-not-found`), which is what was asked: success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_during_a_tigase_restart_succeeds() {
+    let (double, ext) = setup(3, |_| {}).await;
+    let path = format!("/rest/user/alice@{DOMAIN}/status");
+    let (code, body) = ext.post(&path, "application/xml", XML_ON_PHONE).await;
+    assert_eq!(code, 200, "{body}");
+    double.set_refusing(true);
+    double.restart();
+    wait_log_count(&ext, "Tigase session mode: link down", 1).await;
+    let commands = double.core().commands.len();
+    let (answer, ()) = tokio::join!(
+        ext.post(&path, "application/json", r#"{"available": false}"#),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            double.set_refusing(false);
+        }
+    );
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let core = double.core();
+    assert!(core.sessions().is_empty());
+    let sent: Vec<_> = core.commands[commands..]
+        .iter()
+        .map(|c| (c.available.as_deref(), c.reply.clone()))
+        .collect();
+    assert_eq!(
+        sent,
+        [(Some("false"), Reply::Error("item-not-found".into()))]
+    );
+    assert!(core.violations.is_empty(), "{:?}", core.violations);
+}
+
 /// SIGTERM closes every session (available=false from each session's own sender), then exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_session() {

@@ -534,11 +534,21 @@ impl Backend {
                 refusal = Some(reason);
             }
             (Kind::Close, answer) => {
+                // A session we opened that Tigase no longer holds (it restarted, or closed it
+                // after a failed check) is closed as asked: success. `item-not-found` for one
+                // we never opened is reported.
+                let opened = session.known != Known::Absent;
                 session.known = Known::Absent;
                 // Closed, or there was nothing to close (`item-not-found`), or refused: either
                 // way nothing is left to do, so the tombstone goes.
                 self.table.mark_delivered(&user, &resource, p.seq);
-                let outcome = answer.map_err(DeliveryError::Refused);
+                let outcome = match answer {
+                    Err(reason) if opened && reason.starts_with("item-not-found") => {
+                        debug!(%jid, "Tigase no longer held the session: closed already");
+                        Ok(())
+                    }
+                    answer => answer.map_err(DeliveryError::Refused),
+                };
                 if let Err(e) = &outcome {
                     info!(%jid, error = %e, "Tigase did not close the session");
                 }
