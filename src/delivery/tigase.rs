@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::stanza::Stanza;
 
+// The same control messages as the fan-out task (lib.rs sends Shutdown to whichever runs).
 use super::fanout::Control;
 use super::DeliveryError;
 use crate::status::{Change, Held, StatusTable};
