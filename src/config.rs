@@ -1,7 +1,7 @@
 //! Typed settings and their validation.
 //!
 //! This module owns everything about configuration: the TOML file layout (`[xmpp]`, `[status]`,
-//! `[http]`), environment overrides (`EXTPRESENCE__SECTION__KEY`), rejection of unknown keys, reading
+//! `[http]`, `[tigase]`), environment overrides (`EXTPRESENCE__SECTION__KEY`), rejection of unknown keys, reading
 //! secrets from files, and the validation pass that turns raw values into [`Settings`] with messages an
 //! admin understands. Secrets are wrapped in [`Secret`], whose `Debug` never shows the value.
 
@@ -52,11 +52,11 @@ pub enum BackendKind {
     /// Directed presence to every subscribed contact via XEP-0356 (Prosody, ejabberd).
     #[default]
     Fanout,
-    /// Tigase's USER_STATUS session command (not available yet).
+    /// Tigase's USER_STATUS session command: the server holds a synthetic session.
     Tigase,
 }
 
-/// The file as written: `[xmpp]`, `[status]`, `[http]`.
+/// The file as written: `[xmpp]`, `[status]`, `[http]`, `[tigase]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -71,6 +71,9 @@ pub struct RawConfig {
     /// The durable status store.
     #[serde(default)]
     pub store: RawStore,
+    /// Tigase session mode (`backend = "tigase"`).
+    #[serde(default)]
+    pub tigase: RawTigase,
 }
 
 /// `[store]` as written.
@@ -188,6 +191,26 @@ impl Default for RawHttp {
     }
 }
 
+/// `[tigase]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTigase {
+    /// Seconds Tigase may take to answer a USER_STATUS command before the request fails.
+    #[serde(default = "default_tigase_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for RawTigase {
+    fn default() -> Self {
+        RawTigase {
+            timeout_secs: default_tigase_timeout(),
+        }
+    }
+}
+
+fn default_tigase_timeout() -> u64 {
+    5
+}
 fn default_server() -> String {
     "127.0.0.1:5347".into()
 }
@@ -220,6 +243,8 @@ pub struct Settings {
     pub domains: BTreeSet<String>,
     /// Delivery backend.
     pub backend: BackendKind,
+    /// How long Tigase may take to answer a USER_STATUS command (`backend = "tigase"`).
+    pub tigase_timeout: Duration,
     /// Silence before a keepalive ping.
     pub keepalive: Duration,
     /// Cap of the reconnect backoff.
@@ -352,10 +377,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             .ok_or_else(|| invalid("xmpp.domains", format!("{d:?} is not a domain")))?;
         domains.insert(jid.domain().as_str().to_string());
     }
-    if x.backend == BackendKind::Tigase {
+    if raw.tigase.timeout_secs == 0 || raw.tigase.timeout_secs > 300 {
         return Err(invalid(
-            "xmpp.backend",
-            "\"tigase\" is not available in this version; use \"fanout\" (Prosody, ejabberd)",
+            "tigase.timeout_secs",
+            format!("{} is not between 1 and 300", raw.tigase.timeout_secs),
         ));
     }
     if x.keepalive_secs == 0 {
@@ -419,6 +444,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         secret,
         domains,
         backend: x.backend,
+        tigase_timeout: Duration::from_secs(raw.tigase.timeout_secs),
         keepalive: Duration::from_secs(x.keepalive_secs),
         reconnect_max: Duration::from_secs(x.reconnect_max_secs),
         policy: StatusPolicy {
@@ -482,6 +508,18 @@ mod tests {
         let s = parse(&text).unwrap();
         assert_eq!(s.component.as_str(), "status.example.com");
         assert_eq!(s.on_shutdown, OnShutdown::Unavailable);
+        assert_eq!(s.tigase_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tigase_backend() {
+        let s = parse(&GOOD.replace("domains", "backend = \"tigase\"\ndomains")).unwrap();
+        assert_eq!(s.backend, BackendKind::Tigase);
+        assert_eq!(s.tigase_timeout, Duration::from_secs(5));
+        let s = parse(&format!("{GOOD}\n[tigase]\ntimeout_secs = 2\n")).unwrap();
+        assert_eq!(s.tigase_timeout, Duration::from_secs(2));
+        let e = parse(&format!("{GOOD}\n[tigase]\ntimeout = 2\n")).unwrap_err();
+        assert!(e.to_string().contains("timeout"), "{e}");
     }
 
     #[test]
@@ -503,8 +541,12 @@ mod tests {
                 "status.default_priority",
             ),
             (
-                GOOD.replace("domains", "backend = \"tigase\"\ndomains"),
-                "xmpp.backend",
+                GOOD.replace("domains", "backend = \"prosody\"\ndomains"),
+                "cannot load",
+            ),
+            (
+                format!("{GOOD}\n[tigase]\ntimeout_secs = 0\n"),
+                "tigase.timeout_secs",
             ),
             (format!("{GOOD}\n[store]\npath = \"\"\n"), "store.path"),
         ];

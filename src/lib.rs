@@ -9,9 +9,13 @@
 //! HTTP request ─► http/      server.rs (routing, pipeline, ops endpoints), tigase.rs (dialect), auth.rs, error.rs
 //!              ─► status/    the model (Status, Show, StatusPolicy) and StatusTable (dashmap handle)
 //!              ─► store/     the durable copy (redb, group commit); reloaded at start
-//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact
+//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
+//!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
+//!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)
 //!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
-//! inbound stanzas ◄─ xmpp/link.rs ─► delivery/fanout.rs (roster results, contact presence, iqs)
+//! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout.rs (roster results, contact
+//!                                    presence, iqs) or delivery/tigase.rs (command answers,
+//!                                    CHECK_USER_CONNECTION, iqs)
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: CLI, tracing, signals.
 //! ```
@@ -35,8 +39,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use config::{OnShutdown, Settings};
+use config::{BackendKind, OnShutdown, Settings};
 use delivery::fanout::{self, Control, FanoutConfig};
+use delivery::tigase::{self, TigaseConfig};
+use delivery::Delivery;
 use metrics::Metrics;
 use status::StatusTable;
 use store::Store;
@@ -86,23 +92,45 @@ pub async fn run(
         events_tx,
     );
     let (control_tx, control_rx) = mpsc::channel(4);
-    let fanout_task = tokio::spawn(fanout::run(
-        FanoutConfig {
-            component: settings.component.clone(),
-            metrics: metrics.clone(),
-        },
-        table.clone(),
-        changes,
-        link.clone(),
-        events_rx,
-        control_rx,
-    ));
+    let (delivery, delivery_task) = match settings.backend {
+        BackendKind::Fanout => (
+            Delivery::Fanout,
+            tokio::spawn(fanout::run(
+                FanoutConfig {
+                    component: settings.component.clone(),
+                    metrics: metrics.clone(),
+                },
+                table.clone(),
+                changes,
+                link.clone(),
+                events_rx,
+                control_rx,
+            )),
+        ),
+        BackendKind::Tigase => {
+            let handle = tigase::Handle::new(settings.tigase_timeout, &link);
+            let task = tokio::spawn(tigase::run(
+                TigaseConfig {
+                    component: settings.component.clone(),
+                    timeout: settings.tigase_timeout,
+                    handle: handle.clone(),
+                },
+                table.clone(),
+                changes,
+                link.clone(),
+                events_rx,
+                control_rx,
+            ));
+            (Delivery::Tigase(handle), task)
+        }
+    };
 
     let state = Arc::new(http::AppState {
         table,
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(&settings.api_keys),
+        delivery,
         metrics,
         link: link.clone(),
     });
@@ -113,21 +141,23 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server_task = tokio::spawn(async move { server.await });
 
+    // The server ends by itself only on an accept error; otherwise we wait for the signal (with
+    // graceful shutdown on the same token, it may also end first when the signal comes).
+    let mut server_done = false;
     tokio::select! {
         r = &mut server_task => {
-            // The server only ends by itself on an accept error.
+            server_done = true;
             if let Ok(Err(e)) = r {
                 warn!(error = %e, "HTTP server failed");
             }
         }
-        _ = shutdown.cancelled() => {
-            info!("shutting down: no new requests");
-            sdnotify::notify("STOPPING=1");
-            if tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
-                warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
-                server_task.abort();
-            }
-        }
+        _ = shutdown.cancelled() => {}
+    }
+    info!("shutting down: no new requests");
+    sdnotify::notify("STOPPING=1");
+    if !server_done && tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
+        warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
+        server_task.abort();
     }
 
     let (done_tx, done_rx) = oneshot::channel();
@@ -144,7 +174,7 @@ pub async fn run(
     if drained.is_err() {
         warn!("XMPP shutdown did not finish in {XMPP_DRAIN:?}");
     }
-    fanout_task.abort();
+    delivery_task.abort();
     link_task.abort();
     info!("stopped");
     Ok(())

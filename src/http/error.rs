@@ -8,6 +8,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::delivery::DeliveryError;
 use crate::status::InvalidStatus;
 
 /// Body format of a request and its response.
@@ -173,6 +174,17 @@ impl ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+/// HTTP status of a status response whose change did not take effect on the server (the body is
+/// the usual status object with `success: false` and the reason): 502 when the server refused it,
+/// 504 when it did not answer in time, 503 while the link is down.
+pub fn delivery_status(error: &DeliveryError) -> StatusCode {
+    match error {
+        DeliveryError::Refused(_) => StatusCode::BAD_GATEWAY,
+        DeliveryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        DeliveryError::LinkDown => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The HTTP listener: routing, the request pipeline (method → key → media type → size → path →
-//! body → fields → table), request spans and metrics, and the operations endpoints (`/healthz`,
-//! `/readyz`, `/metrics`, no API key).
+//! body → fields → table → delivery outcome), request spans and metrics, and the operations
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, no API key).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +15,9 @@ use std::collections::BTreeSet;
 use tracing::{debug, info, warn, Instrument};
 
 use super::auth::ApiKeys;
-use super::error::{ApiError, Format};
+use super::error::{self, ApiError, Format};
 use super::tigase::{self, Request};
+use crate::delivery::Delivery;
 use crate::metrics::{Metrics, Outcome};
 use crate::status::{StatusPolicy, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub domains: BTreeSet<String>,
     /// Accepted API keys.
     pub keys: ApiKeys,
+    /// What became of a change on the server (Tigase answers; fan-out holds).
+    pub delivery: Delivery,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The XMPP link, for `/readyz` and `/metrics`.
@@ -141,14 +144,15 @@ async fn handle(
         )
         .await;
         state.metrics.update(match &result {
-            Ok((_, _, true)) => Outcome::Set,
-            Ok((_, _, false)) => Outcome::Cleared,
+            Ok((_, code, _, _)) if *code != StatusCode::OK => Outcome::Failed,
+            Ok((_, _, _, true)) => Outcome::Set,
+            Ok((_, _, _, false)) => Outcome::Cleared,
             Err(e) if e.status().is_server_error() => Outcome::Failed,
             Err(_) => Outcome::Rejected,
         });
         let resp = match result {
-            Ok((format, body, _)) => {
-                let mut r = (StatusCode::OK, body).into_response();
+            Ok((format, code, body, _)) => {
+                let mut r = (code, body).into_response();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(format.content_type()),
@@ -204,7 +208,7 @@ async fn set_status(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Format, String, bool), ApiError> {
+) -> Result<(Format, StatusCode, String, bool), ApiError> {
     if method != Method::POST {
         return Err(ApiError::Method(method.to_string()));
     }
@@ -234,13 +238,17 @@ async fn set_status(
         Request::Set(status) => state.table.set(&user, &resource, status.clone()).await,
         Request::Clear => state.table.clear(&user, &resource).await,
     };
-    stored.map_err(|e| ApiError::Storage(e.to_string()))?;
+    let seq = stored.map_err(|e| ApiError::Storage(e.to_string()))?;
     let full = user.with_resource(&resource);
     let available = matches!(request, Request::Set(_));
     info!(jid = %full, available, "status held");
-    Ok((
-        format,
-        tigase::response(format, full.as_str(), &request),
-        available,
-    ))
+    let (code, failure) = match state.delivery.confirm(&user, &resource, seq).await {
+        Ok(()) => (StatusCode::OK, None),
+        Err(e) => {
+            warn!(jid = %full, error = %e, "the server did not take the change");
+            (error::delivery_status(&e), Some(e.to_string()))
+        }
+    };
+    let body = tigase::response(format, full.as_str(), &request, failure.as_deref());
+    Ok((format, code, body, available))
 }

@@ -4,7 +4,8 @@
 //! Request bodies: XML `<command><available/><priority/><show/><status/></command>` or the JSON
 //! object with the same fields (strings as in Tigase's documentation; JSON booleans and numbers are
 //! accepted too). Responses: `{"status":{"user":…,"available":"true","priority":"-1","show":…,
-//! "status":…,"success":true}}` or the same as XML `<status>…</status>`.
+//! "status":…,"success":true}}` or the same as XML `<status>…</status>`; when the server did not
+//! take the change, `"success":false` and a `"reason"` (XML `<success>false</success><reason>…`).
 
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -191,8 +192,8 @@ pub fn parse_user(raw: &str) -> Result<(BareJid, Option<String>), ApiError> {
     Ok((jid.to_bare(), resource))
 }
 
-/// The success response.
-pub fn response(format: Format, user: &str, request: &Request) -> String {
+/// The response: `failure` is `None` when the change took effect, else why not.
+pub fn response(format: Format, user: &str, request: &Request, failure: Option<&str>) -> String {
     let (available, status) = match request {
         Request::Set(s) => ("true", Some(s)),
         Request::Clear => ("false", None),
@@ -214,7 +215,10 @@ pub fn response(format: Format, user: &str, request: &Request) -> String {
             if let Some(t) = text {
                 o.insert("status".into(), t.into());
             }
-            o.insert("success".into(), true.into());
+            o.insert("success".into(), failure.is_none().into());
+            if let Some(reason) = failure {
+                o.insert("reason".into(), reason.into());
+            }
             serde_json::json!({ "status": o }).to_string()
         }
         Format::Xml => {
@@ -231,7 +235,14 @@ pub fn response(format: Format, user: &str, request: &Request) -> String {
             if let Some(t) = text {
                 x.push_str(&format!("<status>{}</status>", xml_escape(t)));
             }
-            x.push_str("<success>true</success></status>");
+            match failure {
+                None => x.push_str("<success>true</success>"),
+                Some(reason) => x.push_str(&format!(
+                    "<success>false</success><reason>{}</reason>",
+                    xml_escape(reason)
+                )),
+            }
+            x.push_str("</status>");
             x
         }
     }
@@ -267,7 +278,7 @@ mod tests {
                 priority: -1
             })
         );
-        let body = response(Format::Json, "test@domain.com/tigase-external", &r);
+        let body = response(Format::Json, "test@domain.com/tigase-external", &r, None);
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             v,
@@ -275,9 +286,25 @@ mod tests {
                 "priority":"-1","show":"xa","status":"On the phone","success":true}})
         );
         assert_eq!(
-            response(Format::Xml, "test@domain.com/tigase-external", &r),
+            response(Format::Xml, "test@domain.com/tigase-external", &r, None),
             "<status><user>test@domain.com/tigase-external</user><available>true</available>\
              <priority>-1</priority><show>xa</show><status>On the phone</status><success>true</success></status>"
+        );
+    }
+
+    #[test]
+    fn failure_has_success_false_and_reason() {
+        let why = "the XMPP server refused it: forbidden: Only trusted entity can do it.";
+        let body = response(Format::Json, "a@b.c/r", &Request::Clear, Some(why));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status":{"user":"a@b.c/r","available":"false","success":false,"reason":why}})
+        );
+        assert_eq!(
+            response(Format::Xml, "a@b.c/r", &Request::Clear, Some("no <answer>")),
+            "<status><user>a@b.c/r</user><available>false</available>\
+             <success>false</success><reason>no &lt;answer&gt;</reason></status>"
         );
     }
 

@@ -120,7 +120,8 @@ impl LinkError {
         match self {
             LinkError::Auth(_) => Some(
                 "wrong component secret: [xmpp] secret must equal the component_secret of the \
-                 Component (Prosody) or the password of the ejabberd_service host (ejabberd)",
+                 Component (Prosody), the password of the ejabberd_service host (ejabberd) or the \
+                 secret of the component's externalComponentItems line (Tigase)",
             ),
             LinkError::Stream { condition, .. } => match condition.as_str() {
                 "invalid-from" => Some(
@@ -146,7 +147,8 @@ impl LinkError {
             },
             LinkError::Connect { .. } => Some(
                 "is the server's component listener running on [xmpp] server (Prosody: \
-                 component_ports, ejabberd: ejabberd_service)?",
+                 component_ports, ejabberd: ejabberd_service, Tigase: the port of the \
+                 externalComponentItems line)?",
             ),
             _ => None,
         }

@@ -3,10 +3,14 @@
 //! Outgoing stanzas are [`Outbound`] values, which can only be built here and always carry a `to`
 //! (ejabberd drops a component that sends a stanza without one). Parsing covers XEP-0356 privilege
 //! advertisements and roster results; xmpp-parsers has no XEP-0356 types, so those are minidom.
+//! Tigase's session-manager commands (`USER_STATUS`, `CHECK_USER_CONNECTION`) are XEP-0050
+//! `<command/>`s with a XEP-0004 form, also built and read as minidom elements (xmpp-parsers 0.23
+//! has no XEP-0050 types).
 
 use std::collections::BTreeMap;
 
 use jid::{BareJid, FullJid, Jid};
+use minidom::rxml::xml_ncname;
 use minidom::Element;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::message::{Lang, Message};
@@ -22,6 +26,16 @@ pub const NS_PRIVILEGE_1: &str = "urn:xmpp:privilege:1";
 /// XEP-0356 version 2 (Prosody's mod_privilege).
 pub const NS_PRIVILEGE_2: &str = "urn:xmpp:privilege:2";
 const NS_ROSTER: &str = "jabber:iq:roster";
+/// XEP-0050 ad-hoc commands: Tigase's session-manager commands use this element.
+pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+const NS_DATA: &str = "jabber:x:data";
+/// Tigase re-namespaces the `<presence/>` of a USER_STATUS command to `jabber:client`
+/// (SessionManager.java); we send it that way.
+const NS_CLIENT: &str = "jabber:client";
+/// Tigase's command creating, updating or closing a synthetic session.
+pub const NODE_USER_STATUS: &str = "USER_STATUS";
+/// Tigase's command asking a session's owner whether the session is still alive.
+pub const NODE_CHECK_USER_CONNECTION: &str = "CHECK_USER_CONNECTION";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const DISCO_INFO: &str = "<query xmlns='http://jabber.org/protocol/disco#info'>\
@@ -100,6 +114,160 @@ pub fn ping(component: &BareJid, to: Jid, id: String) -> Outbound {
         }
         .into(),
     ))
+}
+
+fn data_field(var: &str, value: &str) -> Element {
+    Element::builder("field", NS_DATA)
+        .attr(xml_ncname!("var").into(), var)
+        .append(Element::builder("value", NS_DATA).append(value))
+        .build()
+}
+
+fn text_child(name: &str, text: impl Into<String>) -> Element {
+    Element::builder(name, NS_CLIENT)
+        .append(text.into())
+        .build()
+}
+
+/// Tigase's `USER_STATUS` command (SessionManager.java, as UserStatus.groovy sends it): from
+/// `sender`, the synthetic session's own address (the component with a resource per
+/// user+resource), to the session manager `sess_man`, for `user`. `Some(status)` opens the
+/// session or updates its presence (`available=true` and a `<presence/>` with priority, show and
+/// status); `None` closes it (`available=false`, no presence).
+pub fn user_status(
+    sender: &FullJid,
+    sess_man: &BareJid,
+    id: String,
+    user: &FullJid,
+    status: Option<&Status>,
+) -> Outbound {
+    let form = Element::builder("x", NS_DATA)
+        .attr(xml_ncname!("type").into(), "submit")
+        .append(data_field("jid", user.as_str()))
+        .append(data_field(
+            "available",
+            if status.is_some() { "true" } else { "false" },
+        ))
+        .build();
+    let mut command = Element::builder("command", NS_COMMANDS)
+        .attr(xml_ncname!("node").into(), NODE_USER_STATUS)
+        .append(form);
+    if let Some(status) = status {
+        let mut presence = Element::builder("presence", NS_CLIENT)
+            .append(text_child("priority", status.priority.to_string()));
+        if let Some(show) = status.show {
+            presence = presence.append(text_child("show", show.as_str()));
+        }
+        if let Some(text) = &status.text {
+            presence = presence.append(text_child("status", text.clone()));
+        }
+        command = command.append(presence.build());
+    }
+    Outbound(Box::new(
+        Iq::Set {
+            from: Some(sender.clone().into()),
+            to: Some(sess_man.clone().into()),
+            id,
+            payload: command.build(),
+        }
+        .into(),
+    ))
+}
+
+/// A `CHECK_USER_CONNECTION` request: Tigase's session manager asks the owner of a session
+/// (`to`, one of our synthetic session addresses) whether it is alive; no result within 30 s,
+/// or an error, closes the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionCheck {
+    /// The request's id, echoed in the answer.
+    pub id: String,
+    /// The session manager asking (`sess-man@domain`); the answer goes there.
+    pub from: Jid,
+    /// The session address asked about.
+    pub to: FullJid,
+    /// The `user-jid` field: the user whose session is checked.
+    pub user: Option<BareJid>,
+}
+
+/// The value of the form field `var` in the XEP-0004 form of a `<command/>`.
+fn command_field(command: &Element, var: &str) -> Option<String> {
+    command
+        .get_child("x", NS_DATA)?
+        .children()
+        .find(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))?
+        .get_child("value", NS_DATA)
+        .map(Element::text)
+}
+
+/// `iq` as a `CHECK_USER_CONNECTION` request to a full JID, if it is one.
+pub fn connection_check(iq: &Iq) -> Option<ConnectionCheck> {
+    let (from, to, id, payload) = match iq {
+        Iq::Get {
+            from,
+            to,
+            id,
+            payload,
+        }
+        | Iq::Set {
+            from,
+            to,
+            id,
+            payload,
+        } => (from.as_ref()?, to.as_ref()?, id, payload),
+        _ => return None,
+    };
+    if !payload.is("command", NS_COMMANDS)
+        || payload.attr("node") != Some(NODE_CHECK_USER_CONNECTION)
+    {
+        return None;
+    }
+    Some(ConnectionCheck {
+        id: id.clone(),
+        from: from.clone(),
+        to: to.try_as_full().ok()?.clone(),
+        user: command_field(payload, "user-jid").and_then(|u| BareJid::new(u.trim()).ok()),
+    })
+}
+
+/// Our answer to a [`ConnectionCheck`]: an empty result ("alive") or `item-not-found` ("no such
+/// session here", which makes Tigase close it), sent from the address that was asked.
+pub fn connection_check_answer(check: &ConnectionCheck, alive: bool) -> Outbound {
+    let from = Some(Jid::from(check.to.clone()));
+    let to = Some(check.from.clone());
+    let iq = if alive {
+        Iq::Result {
+            from,
+            to,
+            id: check.id.clone(),
+            payload: None,
+        }
+    } else {
+        Iq::Error {
+            from,
+            to,
+            id: check.id.clone(),
+            payload: None,
+            error: StanzaError::new(
+                ErrorType::Cancel,
+                DefinedCondition::ItemNotFound,
+                "en",
+                "extpresence holds no status for this session",
+            ),
+        }
+    };
+    Outbound(Box::new(iq.into()))
+}
+
+/// An error reply as text an admin can act on: the defined condition, then the server's text
+/// (`forbidden: Only trusted entity can do it.`).
+pub fn error_reason(error: &StanzaError) -> String {
+    let condition = Element::from(error.defined_condition.clone())
+        .name()
+        .to_string();
+    match error.texts.values().next() {
+        Some(text) if !text.trim().is_empty() => format!("{condition}: {}", text.trim()),
+        _ => condition,
+    }
 }
 
 /// Our answer to an iq request addressed to the component, or `None` when `iq` is not a request
@@ -311,5 +479,142 @@ mod tests {
         .unwrap();
         let xml = to_xml(answer_request(&me, &iq).unwrap().stanza());
         assert!(xml.contains("service-unavailable"), "{xml}");
+    }
+
+    fn parse_iq(xml: &str) -> Iq {
+        Iq::try_from(xml.parse::<Element>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn user_status_set_and_clear() {
+        let sender = FullJid::new("status.example.com/0123abcd").unwrap();
+        let sm = BareJid::new("sess-man@example.com").unwrap();
+        let user = FullJid::new("alice@example.com/tigase-external").unwrap();
+        let st = Status {
+            show: Some(Show::Xa),
+            text: Some("On the <phone>".into()),
+            priority: -1,
+        };
+        let el = Element::from(
+            match user_status(&sender, &sm, "us-1".into(), &user, Some(&st)).into_stanza() {
+                Stanza::Iq(iq) => iq,
+                other => panic!("not an iq: {other:?}"),
+            },
+        );
+        assert_eq!(el.attr("type"), Some("set"));
+        assert_eq!(el.attr("from"), Some("status.example.com/0123abcd"));
+        assert_eq!(el.attr("to"), Some("sess-man@example.com"));
+        let command = el.get_child("command", NS_COMMANDS).expect("command");
+        assert_eq!(command.attr("node"), Some("USER_STATUS"));
+        assert_eq!(
+            command.get_child("x", NS_DATA).unwrap().attr("type"),
+            Some("submit")
+        );
+        assert_eq!(
+            command_field(command, "jid").as_deref(),
+            Some("alice@example.com/tigase-external")
+        );
+        assert_eq!(command_field(command, "available").as_deref(), Some("true"));
+        let p = command.get_child("presence", NS_CLIENT).expect("presence");
+        assert_eq!(p.get_child("priority", NS_CLIENT).unwrap().text(), "-1");
+        assert_eq!(p.get_child("show", NS_CLIENT).unwrap().text(), "xa");
+        assert_eq!(
+            p.get_child("status", NS_CLIENT).unwrap().text(),
+            "On the <phone>"
+        );
+
+        let plain = Status {
+            show: None,
+            text: None,
+            priority: -5,
+        };
+        let el = Element::from(
+            match user_status(&sender, &sm, "us-2".into(), &user, Some(&plain)).into_stanza() {
+                Stanza::Iq(iq) => iq,
+                other => panic!("not an iq: {other:?}"),
+            },
+        );
+        let p = el
+            .get_child("command", NS_COMMANDS)
+            .unwrap()
+            .get_child("presence", NS_CLIENT)
+            .unwrap();
+        assert_eq!(
+            p.children()
+                .map(|c| c.name().to_string())
+                .collect::<Vec<_>>(),
+            ["priority"]
+        );
+
+        let xml = to_xml(user_status(&sender, &sm, "us-3".into(), &user, None).stanza());
+        let el: Element = xml.parse().unwrap();
+        let command = el.get_child("command", NS_COMMANDS).unwrap();
+        assert_eq!(
+            command_field(command, "available").as_deref(),
+            Some("false")
+        );
+        assert!(command.get_child("presence", NS_CLIENT).is_none(), "{xml}");
+    }
+
+    #[test]
+    fn connection_checks() {
+        // As Tigase's SessionManager builds it (Command.CHECK_USER_CONNECTION.getPacket, type get).
+        let iq = parse_iq(
+            "<iq xmlns='jabber:component:accept' type='get' id='c-1' from='sess-man@example.com' to='status.example.com/0123abcd'>\
+             <command xmlns='http://jabber.org/protocol/commands' node='CHECK_USER_CONNECTION'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='user-jid'><value>alice@example.com</value></field></x>\
+             </command></iq>",
+        );
+        let check = connection_check(&iq).expect("a check");
+        assert_eq!(check.id, "c-1");
+        assert_eq!(check.to.as_str(), "status.example.com/0123abcd");
+        assert_eq!(
+            check.user.as_ref().map(|u| u.as_str()),
+            Some("alice@example.com")
+        );
+        let xml = to_xml(connection_check_answer(&check, true).stanza());
+        for part in [
+            "type='result'",
+            "id='c-1'",
+            "from='status.example.com/0123abcd'",
+            "to='sess-man@example.com'",
+        ] {
+            assert!(xml.contains(part), "{part} missing in {xml}");
+        }
+        let xml = to_xml(connection_check_answer(&check, false).stanza());
+        assert!(
+            xml.contains("type='error'") && xml.contains("item-not-found"),
+            "{xml}"
+        );
+        // Other commands and other iqs are not checks.
+        let other = parse_iq(
+            "<iq xmlns='jabber:component:accept' type='set' id='c-2' from='sess-man@example.com' to='status.example.com/x'>\
+             <command xmlns='http://jabber.org/protocol/commands' node='CLOSE'/></iq>",
+        );
+        assert!(connection_check(&other).is_none());
+        let ping = parse_iq(
+            "<iq xmlns='jabber:component:accept' type='get' id='p' from='example.com' to='status.example.com/x'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert!(connection_check(&ping).is_none());
+    }
+
+    #[test]
+    fn error_reasons() {
+        // Tigase's error replies carry the original command and a legacy `code`.
+        let iq = parse_iq(
+            "<iq xmlns='jabber:component:accept' type='error' id='us-1' from='sess-man@example.com' to='status.example.com/x'>\
+             <command xmlns='http://jabber.org/protocol/commands' node='USER_STATUS'/>\
+             <error type='auth' code='403'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Only trusted entity can do it.</text></error></iq>",
+        );
+        let Iq::Error { error, .. } = iq else {
+            panic!("not an error")
+        };
+        assert_eq!(
+            error_reason(&error),
+            "forbidden: Only trusted entity can do it."
+        );
+        let bare = StanzaError::new(ErrorType::Cancel, DefinedCondition::ItemNotFound, "en", "");
+        assert_eq!(error_reason(&bare), "item-not-found");
     }
 }

@@ -7,7 +7,9 @@
 //! - `ejabberd.rs`: a throwaway ejabberd 23.01 server;
 //! - `server.rs`: one handle over both, so the suite runs every scenario on each;
 //! - `ext.rs`: the `extpresence` binary under test and a raw HTTP client;
-//! - `proxy.rs`: a TCP proxy on the component link, to cut it while the server stays up.
+//! - `proxy.rs`: a TCP proxy on the component link, to cut it while the server stays up;
+//! - `tigase_double.rs`: a double of Tigase's component listener and session manager (Tigase
+//!   cannot be installed here), for `backend = "tigase"`.
 //!
 //! Each test crate (and the demo example) uses a different subset of this module, hence
 //! `dead_code` and `unused_imports` are allowed here.
@@ -20,6 +22,7 @@ pub mod ext;
 mod prosody;
 pub mod proxy;
 pub mod server;
+pub mod tigase_double;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
