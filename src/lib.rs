@@ -155,7 +155,11 @@ pub async fn run(
     }
     info!("shutting down: no new requests");
     sdnotify::notify("STOPPING=1");
-    if !server_done && tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
+    if !server_done
+        && tokio::time::timeout(HTTP_DRAIN, &mut server_task)
+            .await
+            .is_err()
+    {
         warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
         server_task.abort();
     }

@@ -478,10 +478,9 @@ impl Backend {
             Iq::Get { .. } | Iq::Set { .. } => {
                 if let Some(check) = stanzas::connection_check(&iq) {
                     if check.to.to_bare() == self.cfg.component {
-                        let alive = self.holds(&check);
-                        debug!(session = %check.to, alive, "CHECK_USER_CONNECTION answered");
+                        debug!(session = %check.to, "CHECK_USER_CONNECTION answered");
                         self.link
-                            .send(stanzas::connection_check_answer(&check, alive))
+                            .send(stanzas::connection_check_answer(&check))
                             .await;
                         return;
                     }
@@ -491,22 +490,6 @@ impl Backend {
                 }
             }
         }
-    }
-
-    /// Whether the session asked about is one of ours: a held, available resource.
-    fn holds(&self, check: &stanzas::ConnectionCheck) -> bool {
-        let id = check.to.resource().as_str();
-        let key = match &check.user {
-            Some(user) => self
-                .table
-                .entries(user)
-                .into_iter()
-                .find(|h| session_id(&user.with_resource(&h.resource)) == id)
-                .map(|h| (user.clone(), h.resource)),
-            None => self.senders.get(id).cloned(),
-        };
-        key.and_then(|(u, r)| self.table.get(&u, &r))
-            .is_some_and(|h| h.status.is_some())
     }
 
     async fn on_answer(&mut self, id: &str, answer: Result<(), String>) {

@@ -229,33 +229,19 @@ pub fn connection_check(iq: &Iq) -> Option<ConnectionCheck> {
     })
 }
 
-/// Our answer to a [`ConnectionCheck`]: an empty result ("alive") or `item-not-found` ("no such
-/// session here", which makes Tigase close it), sent from the address that was asked.
-pub fn connection_check_answer(check: &ConnectionCheck, alive: bool) -> Outbound {
-    let from = Some(Jid::from(check.to.clone()));
-    let to = Some(check.from.clone());
-    let iq = if alive {
+/// Our answer to a [`ConnectionCheck`]: an empty result ("the session is alive"), sent from the
+/// address that was asked. Every check addressed to us is answered so: Tigase closes a session
+/// whose check goes unanswered or is refused.
+pub fn connection_check_answer(check: &ConnectionCheck) -> Outbound {
+    Outbound(Box::new(
         Iq::Result {
-            from,
-            to,
+            from: Some(Jid::from(check.to.clone())),
+            to: Some(check.from.clone()),
             id: check.id.clone(),
             payload: None,
         }
-    } else {
-        Iq::Error {
-            from,
-            to,
-            id: check.id.clone(),
-            payload: None,
-            error: StanzaError::new(
-                ErrorType::Cancel,
-                DefinedCondition::ItemNotFound,
-                "en",
-                "extpresence holds no status for this session",
-            ),
-        }
-    };
-    Outbound(Box::new(iq.into()))
+        .into(),
+    ))
 }
 
 /// An error reply as text an admin can act on: the defined condition, then the server's text
@@ -572,7 +558,7 @@ mod tests {
             check.user.as_ref().map(|u| u.as_str()),
             Some("alice@example.com")
         );
-        let xml = to_xml(connection_check_answer(&check, true).stanza());
+        let xml = to_xml(connection_check_answer(&check).stanza());
         for part in [
             "type='result'",
             "id='c-1'",
@@ -581,11 +567,6 @@ mod tests {
         ] {
             assert!(xml.contains(part), "{part} missing in {xml}");
         }
-        let xml = to_xml(connection_check_answer(&check, false).stanza());
-        assert!(
-            xml.contains("type='error'") && xml.contains("item-not-found"),
-            "{xml}"
-        );
         // Other commands and other iqs are not checks.
         let other = parse_iq(
             "<iq xmlns='jabber:component:accept' type='set' id='c-2' from='sess-man@example.com' to='status.example.com/x'>\
