@@ -97,3 +97,23 @@ async fn idle_link_stays_up() {
     assert!(!log.contains("link failed"), "idle link dropped:\n{log}");
     assert_eq!(log.matches("XMPP component link up").count(), 1, "{log}");
 }
+
+/// `[xmpp] server` may name a host: it is resolved at every connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_host_name_is_resolved() {
+    let prosody = Prosody::start().await;
+    let port = prosody.component_port;
+    let mut ext = Ext::start_with(port, DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace(
+            &format!("server = \"127.0.0.1:{port}\""),
+            &format!("server = \"localhost:{port}\""),
+        )
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    assert!(
+        ext.log().contains(&format!("server=localhost:{port}")),
+        "{}",
+        ext.log()
+    );
+}

@@ -9,7 +9,6 @@
 //! announces [`LinkEvent::Up`], and the delivery backend replays what is held.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -231,16 +230,21 @@ fn timeouts(cfg: &LinkConfig) -> Timeouts {
     }
 }
 
-async fn resolve(server: &str) -> Result<SocketAddr, LinkError> {
+/// Resolve `server` (a host name or an IP, with port) and connect to the first address that
+/// accepts, in the resolver's order (e.g. `localhost` may yield ::1 before 127.0.0.1).
+async fn connect_tcp(server: &str) -> Result<TcpStream, LinkError> {
     let connect_err = |source| LinkError::Connect {
         server: server.to_string(),
         source,
     };
-    tokio::net::lookup_host(server)
-        .await
-        .map_err(connect_err)?
-        .next()
-        .ok_or_else(|| connect_err(io::Error::new(io::ErrorKind::NotFound, "no address")))
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    for addr in tokio::net::lookup_host(server).await.map_err(connect_err)? {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(connect_err(last))
 }
 
 fn stream_error(e: &StreamError) -> LinkError {
@@ -256,13 +260,7 @@ fn stream_error(e: &StreamError) -> LinkError {
 
 /// Connect, exchange stream headers and perform the XEP-0114 handshake.
 pub async fn connect(cfg: &LinkConfig) -> Result<Stream, LinkError> {
-    let addr = resolve(&cfg.server).await?;
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| LinkError::Connect {
-            server: cfg.server.clone(),
-            source,
-        })?;
+    let tcp = connect_tcp(&cfg.server).await?;
     tcp.set_nodelay(true)?;
     let mut pending = initiate_stream(
         BufStream::new(tcp),
