@@ -114,7 +114,10 @@ fn machine() -> String {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let mem = read("/proc/meminfo")
         .lines()
@@ -351,8 +354,12 @@ async fn prosody_setup() -> (Prosody, Contacts) {
     let contacts = names("c", CONTACTS);
     let all: Vec<&str> = users.iter().chain(&contacts).map(String::as_str).collect();
     for chunk in all.chunks(4) {
-        futures::future::join_all(chunk.iter().map(|u| prosody.register(std::slice::from_ref(u))))
-            .await;
+        futures::future::join_all(
+            chunk
+                .iter()
+                .map(|u| prosody.register(std::slice::from_ref(u))),
+        )
+        .await;
     }
     let mut followers = Vec::new();
     for c in &contacts {
@@ -417,7 +424,9 @@ async fn p1(rows: &mut Vec<Row>) {
     );
     let ratio = through.rate() / limit.rate();
     rows.push(Row {
-        metric: format!("P1 limit: presences/s to real contacts (Prosody, {USERS} users × {CONTACTS})"),
+        metric: format!(
+            "P1 limit: presences/s to real contacts (Prosody, {USERS} users × {CONTACTS})"
+        ),
         ext: format!("{:.0}", through.rate()),
         base: format!("{:.0} (raw XEP-0114 blaster)", limit.rate()),
         ratio: Some(ratio),
@@ -621,7 +630,9 @@ async fn p2(rows: &mut Vec<Row>) {
     );
     let ratio = ext_rate / alt_rate;
     rows.push(Row {
-        metric: format!("P2 alternative: updates/s fully delivered to {CONTACTS} contacts (ejabberd)"),
+        metric: format!(
+            "P2 alternative: updates/s fully delivered to {CONTACTS} contacts (ejabberd)"
+        ),
         ext: format!("{ext_rate:.0}"),
         base: format!("{alt_rate:.0} (HTTP API send_stanza ×{CONTACTS})"),
         ratio: Some(ratio),
@@ -630,7 +641,9 @@ async fn p2(rows: &mut Vec<Row>) {
     });
     let ratio = through.rate() / limit.rate();
     rows.push(Row {
-        metric: format!("P1 limit on ejabberd (reference): presences/s, {USERS} users × {CONTACTS}"),
+        metric: format!(
+            "P1 limit on ejabberd (reference): presences/s, {USERS} users × {CONTACTS}"
+        ),
         ext: format!("{:.0}", through.rate()),
         base: format!("{:.0} (raw XEP-0114 blaster)", limit.rate()),
         ratio: Some(ratio),
@@ -820,7 +833,11 @@ async fn smoke() {
     let mut ext = start_ext(sink.port, |c| c).await;
     ext.wait_privileged(1).await;
     let through = load::run(plan(ext.http), make).await;
-    assert_eq!((through.ok, through.failed), (200, 0), "extpresence: {through:?}");
+    assert_eq!(
+        (through.ok, through.failed),
+        (200, 0),
+        "extpresence: {through:?}"
+    );
     ext.terminate().await;
     println!(
         "extpresence-bench smoke check: 1 passed, 0 failed (run the benchmark with \

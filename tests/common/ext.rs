@@ -257,9 +257,13 @@ path = "{store}"
     }
 }
 
-/// The `extpresence` binary: Cargo names it for tests; an example (the demo) finds it beside its
-/// own directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
+/// The `extpresence` binary: `EXTPRESENCE_BIN` when set (benchmarks compare builds or wrap it in
+/// a profiler); else Cargo names it for tests; an example (the demo) finds it beside its own
+/// directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
 fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EXTPRESENCE_BIN") {
+        return PathBuf::from(path);
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_extpresence") {
         return PathBuf::from(path);
     }
