@@ -198,20 +198,24 @@ pub fn response(format: Format, user: &str, request: &Request) -> String {
     let text = status.and_then(|s| s.text.as_deref());
     match format {
         Format::Json => {
-            let mut o = serde_json::Map::new();
-            o.insert("user".into(), user.into());
-            o.insert("available".into(), available.into());
+            // Written directly (in the documented field order) rather than through a
+            // serde_json::Value tree: that was ~5% of the CPU per request (benchmark P3).
+            let quoted = |t: &str| serde_json::to_string(t).expect("a string serialises");
+            let mut j = format!(
+                r#"{{"status":{{"user":{},"available":"{available}""#,
+                quoted(user)
+            );
             if let Some(p) = priority {
-                o.insert("priority".into(), p.into());
+                j.push_str(&format!(r#","priority":"{p}""#));
             }
             if let Some(s) = show {
-                o.insert("show".into(), s.into());
+                j.push_str(&format!(r#","show":"{s}""#));
             }
             if let Some(t) = text {
-                o.insert("status".into(), t.into());
+                j.push_str(&format!(r#","status":{}"#, quoted(t)));
             }
-            o.insert("success".into(), true.into());
-            serde_json::json!({ "status": o }).to_string()
+            j.push_str(r#","success":true}}"#);
+            j
         }
         Format::Xml => {
             let mut x = format!(
