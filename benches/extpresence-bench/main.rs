@@ -292,13 +292,16 @@ async fn blast(port: u16, contacts: &Contacts, first_marker: u64, updates: u64) 
     d
 }
 
-/// Send `updates` status updates to extpresence at `http` (user `i % USERS`, marker
-/// `first_marker + i`) as fast as it answers; returns the delivery and the HTTP outcome.
+/// Send status updates to extpresence at `http` (user `i % USERS`, marker `first_marker + i`)
+/// as fast as it answers, `updates` of them or for `time`; returns the delivery and the HTTP
+/// outcome. Updates of a user that come faster than they can be delivered are coalesced by
+/// extpresence (only the latest goes out), so what counts is presences delivered per second.
 async fn storm(
     http: SocketAddr,
     contacts: &Contacts,
     first_marker: u64,
     updates: u64,
+    time: Duration,
 ) -> (Delivery, load::Outcome) {
     let from = contacts.count();
     let started = Instant::now();
@@ -307,7 +310,7 @@ async fn storm(
             addr: http,
             connections: CONNECTIONS,
             total: updates,
-            max_time: MAX_DELIVERY_WAIT,
+            max_time: time,
             rate: None,
             record: false,
         },
@@ -404,11 +407,24 @@ async fn p1(rows: &mut Vec<Row>) {
     ext.wait_privileged(1).await;
     let pid = ext.pid().expect("extpresence pid");
     // Warm-up: every user once (rosters fetched and cached), then a short storm.
-    storm(ext.http, &contacts, 2_000_000, USERS as u64).await;
-    let (warm, _) = storm(ext.http, &contacts, 2_100_000, 1_000).await;
-    let updates = sized(warm.rate() / k as f64, 2_000, 50_000);
+    storm(
+        ext.http,
+        &contacts,
+        2_000_000,
+        USERS as u64,
+        MAX_DELIVERY_WAIT,
+    )
+    .await;
+    storm(
+        ext.http,
+        &contacts,
+        2_100_000,
+        u64::MAX,
+        Duration::from_secs(1),
+    )
+    .await;
     let cpu = cpu_secs(pid);
-    let (through, http) = storm(ext.http, &contacts, 3_000_000, updates).await;
+    let (through, http) = storm(ext.http, &contacts, 3_000_000, u64::MAX, PHASE).await;
     let cpu = cpu_secs(pid) - cpu;
     eprintln!(
         "p1: extpresence: {} updates acknowledged at {:.0}/s, {} presences delivered in {:.2} s = \
@@ -551,7 +567,7 @@ async fn p2(rows: &mut Vec<Row>) {
     let k = CONTACTS as u64;
 
     // The alternative: one send_stanza call per contact and update, CONNECTIONS at a time.
-    let alternative = |first_marker: u64, updates: u64| {
+    let alternative = |first_marker: u64, time: Duration| {
         let contacts = &contacts;
         async move {
             let from = contacts.count();
@@ -560,8 +576,8 @@ async fn p2(rows: &mut Vec<Row>) {
                 load::Plan {
                     addr: api_addr,
                     connections: CONNECTIONS,
-                    total: updates * k,
-                    max_time: MAX_DELIVERY_WAIT,
+                    total: u64::MAX,
+                    max_time: time,
                     rate: None,
                     record: false,
                 },
@@ -588,9 +604,8 @@ async fn p2(rows: &mut Vec<Row>) {
             (d, outcome)
         }
     };
-    let (warm, _) = alternative(0, 200).await;
-    let updates = sized(warm.rate() / k as f64, 500, 20_000);
-    let (alt, alt_http) = alternative(1_000_000, updates).await;
+    alternative(0, Duration::from_secs(1)).await;
+    let (alt, alt_http) = alternative(1_000_000, PHASE).await;
     let alt_rate = alt.rate() / k as f64;
     eprintln!(
         "p2: send_stanza: {} calls at {:.0}/s, {} presences in {:.2} s = {alt_rate:.0} updates/s (load {})",
@@ -614,10 +629,23 @@ async fn p2(rows: &mut Vec<Row>) {
 
     let mut ext = start_ext(ejabberd.component_port, |c| c).await;
     ext.wait_privileged(1).await;
-    storm(ext.http, &contacts, 2_000_000, USERS as u64).await;
-    let (warm, _) = storm(ext.http, &contacts, 2_100_000, 1_000).await;
-    let updates = sized(warm.rate() / k as f64, 2_000, 50_000);
-    let (through, http) = storm(ext.http, &contacts, 3_000_000, updates).await;
+    storm(
+        ext.http,
+        &contacts,
+        2_000_000,
+        USERS as u64,
+        MAX_DELIVERY_WAIT,
+    )
+    .await;
+    storm(
+        ext.http,
+        &contacts,
+        2_100_000,
+        u64::MAX,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (through, http) = storm(ext.http, &contacts, 3_000_000, u64::MAX, PHASE).await;
     let ext_rate = through.rate() / k as f64;
     eprintln!(
         "p2: extpresence: {} updates acknowledged at {:.0}/s, {} presences in {:.2} s = \

@@ -87,7 +87,8 @@ impl Ejabberd {
 
     /// Like [`start`](Self::start), plus an `ejabberd_http` listener on a free loopback port
     /// ([`Ejabberd::api_port`]) with mod_http_api at `/api` and `api_permissions` allowing every
-    /// command from 127.0.0.1 (benchmarks use `send_stanza`, `register`, `add_rosteritem`).
+    /// command from 127.0.0.1 (benchmarks use `send_stanza`, `register`, `add_rosteritem`; the
+    /// last needs mod_admin_extra, loaded too).
     pub async fn start_with_api(domain: &str, component: &str, secret: &str) -> Ejabberd {
         Ejabberd::start_opts(domain, component, secret, true).await
     }
@@ -431,7 +432,8 @@ api_permissions:
       ip: 127.0.0.1/8
     what: "*"
 "#,
-            "  mod_http_api: {}\n",
+            // mod_admin_extra has the roster commands (add_rosteritem, …).
+            "  mod_http_api: {}\n  mod_admin_extra: {}\n",
         ),
     };
     format!(
