@@ -114,18 +114,21 @@ pub async fn run(
     let mut server_task = tokio::spawn(async move { server.await });
 
     tokio::select! {
-        r = &mut server_task => {
-            // The server only ends by itself on an accept error.
-            if let Ok(Err(e)) = r {
-                warn!(error = %e, "HTTP server failed");
-            }
-        }
+        // Shutdown first: the graceful server ends as soon as the token is cancelled, and an
+        // unbiased select could then take the branch below and skip STOPPING=1.
+        biased;
         _ = shutdown.cancelled() => {
             info!("shutting down: no new requests");
             sdnotify::notify("STOPPING=1");
             if tokio::time::timeout(HTTP_DRAIN, &mut server_task).await.is_err() {
                 warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
                 server_task.abort();
+            }
+        }
+        r = &mut server_task => {
+            // The server only ends by itself on an accept error.
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "HTTP server failed");
             }
         }
     }
