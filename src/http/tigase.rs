@@ -203,23 +203,30 @@ pub fn response(format: Format, user: &str, request: &Request, failure: Option<&
     let text = status.and_then(|s| s.text.as_deref());
     match format {
         Format::Json => {
-            let mut o = serde_json::Map::new();
-            o.insert("user".into(), user.into());
-            o.insert("available".into(), available.into());
+            // Written directly (in the documented field order) rather than through a
+            // serde_json::Value tree: that was ~5% of the CPU per request (benchmark P3).
+            let quoted = |t: &str| serde_json::to_string(t).expect("a string serialises");
+            let mut j = format!(
+                r#"{{"status":{{"user":{},"available":"{available}""#,
+                quoted(user)
+            );
             if let Some(p) = priority {
-                o.insert("priority".into(), p.into());
+                j.push_str(&format!(r#","priority":"{p}""#));
             }
             if let Some(s) = show {
-                o.insert("show".into(), s.into());
+                j.push_str(&format!(r#","show":"{s}""#));
             }
             if let Some(t) = text {
-                o.insert("status".into(), t.into());
+                j.push_str(&format!(r#","status":{}"#, quoted(t)));
             }
-            o.insert("success".into(), failure.is_none().into());
-            if let Some(reason) = failure {
-                o.insert("reason".into(), reason.into());
+            match failure {
+                None => j.push_str(r#","success":true}}"#),
+                Some(reason) => j.push_str(&format!(
+                    r#","success":false,"reason":{}}}}}"#,
+                    quoted(reason)
+                )),
             }
-            serde_json::json!({ "status": o }).to_string()
+            j
         }
         Format::Xml => {
             let mut x = format!(

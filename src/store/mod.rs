@@ -23,6 +23,9 @@ use tracing::{error, info};
 use crate::status::{Show, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
+/// redb's page cache. Its default (1 GiB) kept every page read at start in memory: 134 MB of
+/// RSS with 1,000,000 records, for pages that are read once (the whole table is in memory anyway).
+const CACHE_BYTES: usize = 16 << 20;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -143,7 +146,10 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         // Make sure the table exists so reads of a fresh store work.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(STATUSES)

@@ -270,6 +270,21 @@ impl TestClient {
     }
 }
 
+/// Log in `user@DOMAIN` like [`TestClient::connect`] (SASL PLAIN, resource binding; no initial
+/// presence), but hand back the raw byte stream instead of a parsing client: for load tests whose
+/// contacts only count what arrives. Panics when the login fails or takes too long.
+pub async fn login_stream(port: u16, user: &str) -> (BufStream<TcpStream>, FullJid) {
+    let bare: BareJid = format!("{user}@{DOMAIN}")
+        .parse()
+        .unwrap_or_else(|e| panic!("bad test user {user:?}: {e}"));
+    match timeout(LOGIN_TIMEOUT, login(port, &bare)).await {
+        // Nothing is in flight after the bind result, so no buffered XML is lost here.
+        Ok(Ok((stream, jid))) => (stream.into_inner(), jid),
+        Ok(Err(e)) => panic!("{bare} could not log in on 127.0.0.1:{port}: {e}"),
+        Err(_) => panic!("{bare} not logged in on 127.0.0.1:{port} within {LOGIN_TIMEOUT:?}"),
+    }
+}
+
 /// Connect, authenticate with SASL PLAIN and bind a resource; returns the stream and bound JID.
 async fn login(port: u16, user: &BareJid) -> Result<(C2s, FullJid), String> {
     let header = || StreamHeader {

@@ -48,6 +48,19 @@ impl Ext {
         secret: &str,
         tweak: impl FnOnce(String) -> String,
     ) -> Ext {
+        Ext::start_with_env(component_port, domain, component, secret, tweak, Vec::new()).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with extra environment for the process (e.g. a
+    /// `RUST_LOG` of the operator's default, for benchmarks), kept for restarts.
+    pub async fn start_with_env(
+        component_port: u16,
+        domain: &str,
+        component: &str,
+        secret: &str,
+        tweak: impl FnOnce(String) -> String,
+        env: Vec<(String, String)>,
+    ) -> Ext {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("extpresence.toml");
         let store = dir.path().join("state/statuses.redb");
@@ -84,7 +97,7 @@ path = "{store}"
             config,
             _dir: dir,
             link_up: watch::channel(0).1,
-            env: Vec::new(),
+            env,
         };
         ext.spawn().await;
         ext
@@ -149,6 +162,11 @@ path = "{store}"
         self.child = Some(child);
         self.log = log;
         self.link_up = up_rx;
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Kill the process with SIGKILL (no shutdown of any kind) and reap it.
@@ -239,9 +257,13 @@ path = "{store}"
     }
 }
 
-/// The `extpresence` binary: Cargo names it for tests; an example (the demo) finds it beside its
-/// own directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
+/// The `extpresence` binary: `EXTPRESENCE_BIN` when set (benchmarks compare builds or wrap it in
+/// a profiler); else Cargo names it for tests; an example (the demo) finds it beside its own
+/// directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
 fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EXTPRESENCE_BIN") {
+        return PathBuf::from(path);
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_extpresence") {
         return PathBuf::from(path);
     }

@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
-pub use client::{subscribe_mutual, subscribe_one_way, TestClient};
+pub use client::{login_stream, subscribe_mutual, subscribe_one_way, TestClient};
 pub use prosody::Prosody;
 
 /// The VirtualHost every test user lives on.
