@@ -59,6 +59,12 @@ fn from_is(p: &Presence, jid: &str) -> bool {
     p.from.as_ref().map(|j| j.to_string()).as_deref() == Some(jid)
 }
 
+/// `Some(is_full)` when `p` comes from alice (any resource, or her bare JID).
+fn from_alice(p: &Presence) -> Option<bool> {
+    let from = p.from.as_ref()?;
+    (from.to_bare().as_str() == format!("alice@{DOMAIN}")).then(|| from.is_full())
+}
+
 fn status_text(p: &Presence) -> Option<&str> {
     p.statuses.values().next().map(String::as_str)
 }
@@ -155,10 +161,7 @@ async fn xml_set_reaches_contact_not_stranger(kind: Kind) {
     assert_eq!(p.priority.0, -1);
     let seen = carol.presences_within(QUIET).await;
     assert!(
-        !seen.iter().any(|p| p
-            .from
-            .as_ref()
-            .is_some_and(|j| j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        !seen.iter().any(|p| from_alice(p).is_some()),
         "carol must not see alice: {seen:?}"
     );
 }
@@ -231,10 +234,9 @@ async fn late_login_receives_held_presence(kind: Kind) {
     // Nothing after it says alice is gone.
     let later = dave.presences_within(QUIET).await;
     assert!(
-        !later.iter().any(|p| p.type_ == PresenceType::Unavailable
-            && p.from
-                .as_ref()
-                .is_some_and(|j| j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        !later
+            .iter()
+            .any(|p| p.type_ == PresenceType::Unavailable && from_alice(p).is_some()),
         "an unavailable for alice came after the held presence: {later:?}"
     );
 }
@@ -467,10 +469,7 @@ async fn bad_inputs_are_refused_cleanly(kind: Kind) {
     // (Prosody's own answer to bob's login probe, a bare `alice unavailable`, does not count.)
     let seen = bob.presences_within(Duration::from_millis(500)).await;
     assert!(
-        !seen.iter().any(|p| p
-            .from
-            .as_ref()
-            .is_some_and(|j| j.is_full() && j.to_bare().as_str() == format!("alice@{DOMAIN}"))),
+        !seen.iter().any(|p| from_alice(p) == Some(true)),
         "a refused request reached bob: {seen:?}"
     );
     let (code, body) = w.ext.post(&user, "application/xml", XML_ON_PHONE).await;
