@@ -133,7 +133,6 @@ async fn handle(
     // user themselves.
     let span = tracing::debug_span!("request", %method, user = %Short(&user));
     async move {
-        let format = reply_format(&headers);
         let result = set_status(
             &state,
             &method,
@@ -162,11 +161,11 @@ async fn handle(
             }
             Err(e) if e.status().is_server_error() => {
                 warn!(status = e.status().as_u16(), %method, user = %Short(&user), error = %e, "request failed");
-                e.into_response(format)
+                e.into_response(reply_format(&headers))
             }
             Err(e) => {
                 info!(status = e.status().as_u16(), %method, user = %Short(&user), error = %e, "request refused");
-                e.into_response(format)
+                e.into_response(reply_format(&headers))
             }
         };
         let elapsed = started.elapsed();
@@ -226,9 +225,10 @@ async fn set_status(
         return Err(ApiError::Method(method.to_string()));
     }
     state.keys.check(query, headers)?;
+    // Borrowed unless the header is not UTF-8 (no copy per request).
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .unwrap_or_default();
     let format = Format::from_media_type(&content_type)
         .ok_or_else(|| ApiError::MediaType(content_type.chars().take(128).collect()))?;

@@ -187,7 +187,7 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         if self
             .ops
-            .send(Op::Put(jid.to_string(), encode(status), Some(tx)))
+            .send(Op::Put(jid.as_str().to_owned(), encode(status), Some(tx)))
             .is_err()
         {
             let (tx, rx) = oneshot::channel();
@@ -199,7 +199,7 @@ impl Store {
 
     /// Queue the removal of `jid` (a delivered tombstone); nobody waits for it.
     pub fn delete(&self, jid: &FullJid) {
-        let _ = self.ops.send(Op::Delete(jid.to_string()));
+        let _ = self.ops.send(Op::Delete(jid.as_str().to_owned()));
     }
 }
 
