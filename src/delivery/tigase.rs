@@ -405,13 +405,21 @@ impl Backend {
         kind: Kind,
         seq: u64,
     ) -> String {
+        debug!(user = %key.0, resource = %key.1, ?kind, seq, "USER_STATUS");
+        let id = self.command(key, status).await;
+        self.track(id.clone(), key.clone(), seq, kind, self.cfg.timeout);
+        id
+    }
+
+    /// Send USER_STATUS for `key` (`status` `None`: close) from its own sender to the session
+    /// manager of the user's domain; returns the iq id.
+    async fn command(&mut self, key: &Key, status: Option<&crate::status::Status>) -> String {
         let (user, resource) = key;
         let sender = self.sender(user, resource);
         let sess_man = BareJid::new(&format!("sess-man@{}", user.domain()))
             .expect("sess-man@<a valid domain> is a valid JID");
         let full = user.with_resource(resource);
         let id = self.next_id();
-        debug!(jid = %full, %sender, ?kind, seq, "USER_STATUS");
         self.link
             .send(stanzas::user_status(
                 &sender,
@@ -421,7 +429,6 @@ impl Backend {
                 status,
             ))
             .await;
-        self.track(id.clone(), key.clone(), seq, kind, self.cfg.timeout);
         id
     }
 
@@ -706,21 +713,8 @@ impl Backend {
             .map(|(k, _)| k.clone())
             .collect();
         let mut waiting = HashSet::new();
-        for (user, resource) in keys {
-            let sender = self.sender(&user, &resource);
-            let sess_man = BareJid::new(&format!("sess-man@{}", user.domain()))
-                .expect("sess-man@<a valid domain> is a valid JID");
-            let id = self.next_id();
-            let full = user.with_resource(&resource);
-            self.link
-                .send(stanzas::user_status(
-                    &sender,
-                    &sess_man,
-                    id.clone(),
-                    &full,
-                    None,
-                ))
-                .await;
+        for key in keys {
+            let id = self.command(&key, None).await;
             waiting.insert(id);
         }
         let sent = waiting.len();
