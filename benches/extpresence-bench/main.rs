@@ -340,6 +340,19 @@ fn offered(limit: f64) -> Option<f64> {
     Some(1.1 * limit / CONTACTS as f64)
 }
 
+/// Before a measured phase: every user once (rosters fetched and cached), then 1 s at `rate`.
+async fn warm_up(http: SocketAddr, contacts: &Contacts, rate: Option<f64>) {
+    let every_user = (USERS as u64, MAX_DELIVERY_WAIT, None);
+    storm(http, contacts, 2_000_000, every_user).await;
+    storm(
+        http,
+        contacts,
+        2_100_000,
+        (u64::MAX, Duration::from_secs(1), rate),
+    )
+    .await;
+}
+
 /// Size a phase so it lasts about [`PHASE`] at `rate` (per second), within bounds.
 fn sized(rate: f64, min: u64, max: u64) -> u64 {
     ((rate * PHASE.as_secs_f64()) as u64).clamp(min, max)
@@ -413,17 +426,8 @@ async fn p1(rows: &mut Vec<Row>) {
     let mut ext = start_ext(prosody.component_port, |c| c).await;
     ext.wait_privileged(1).await;
     let pid = ext.pid().expect("extpresence pid");
-    // Warm-up: every user once (rosters fetched and cached), then a short storm.
     let rate = offered(limit.rate());
-    let warm = (u64::MAX, Duration::from_secs(1), rate);
-    storm(
-        ext.http,
-        &contacts,
-        2_000_000,
-        (USERS as u64, MAX_DELIVERY_WAIT, None),
-    )
-    .await;
-    storm(ext.http, &contacts, 2_100_000, warm).await;
+    warm_up(ext.http, &contacts, rate).await;
     let cpu = cpu_secs(pid);
     let (through, http) = storm(ext.http, &contacts, 3_000_000, (u64::MAX, PHASE, rate)).await;
     let cpu = cpu_secs(pid) - cpu;
@@ -632,15 +636,7 @@ async fn p2(rows: &mut Vec<Row>) {
     let mut ext = start_ext(ejabberd.component_port, |c| c).await;
     ext.wait_privileged(1).await;
     let rate = offered(limit.rate());
-    let warm = (u64::MAX, Duration::from_secs(1), rate);
-    storm(
-        ext.http,
-        &contacts,
-        2_000_000,
-        (USERS as u64, MAX_DELIVERY_WAIT, None),
-    )
-    .await;
-    storm(ext.http, &contacts, 2_100_000, warm).await;
+    warm_up(ext.http, &contacts, rate).await;
     let (through, http) = storm(ext.http, &contacts, 3_000_000, (u64::MAX, PHASE, rate)).await;
     let ext_rate = through.rate() / k as f64;
     eprintln!(
