@@ -7,7 +7,7 @@ bash scripts/install-deps.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --all-targets "$@" -- --test-threads=2 2>&1 | tee "$log"
+cargo test --all-targets --no-fail-fast "$@" -- --test-threads=2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

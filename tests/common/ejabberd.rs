@@ -354,7 +354,13 @@ impl Ejabberd {
                     self.log_tail()
                 );
             }
-            if accepts(self.c2s_port).await && accepts(self.component_port).await {
+            // Listeners accept before every module and Mnesia table is ready (CI once saw
+            // `register` fail with `{no_exists,passwd,storage_type}` right after the ports
+            // opened), so also wait for `ejabberdctl status` to say the application runs.
+            if accepts(self.c2s_port).await
+                && accepts(self.component_port).await
+                && self.ctl(&["status"]).await.0
+            {
                 return;
             }
             if Instant::now() >= deadline {
