@@ -42,6 +42,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a broken pipe: journald restarted, or the
+        // parent that read it died) is lost, nothing more. By default tracing-subscriber reports
+        // that with `eprintln!`, which panics on the same broken stderr: the task that logged
+        // died, e.g. the signal handler, and SIGTERM no longer stopped the daemon (seen in a
+        // benchmark run whose parent was killed).
+        .log_internal_errors(false)
         .init();
 
     let settings = match extpresence::config::load(&cli.config) {

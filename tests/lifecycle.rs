@@ -258,3 +258,100 @@ path = "/tmp/unused.redb"
     assert_eq!(code, Some(64), "{text}");
     assert!(text.contains("status.default_priority"), "{text}");
 }
+
+/// Nobody reads stderr any more (journald restarted, the parent that read it died): log lines
+/// are lost, nothing else. The link still comes up (its "connected" line is written into the
+/// broken pipe), requests are served, and SIGTERM still stops the daemon cleanly. (With
+/// tracing-subscriber's defaults, a failed write was reported with `eprintln!`, which panicked
+/// the logging task: the signal handler died and SIGTERM was ignored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_stderr_is_survived() {
+    let prosody = Prosody::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("extpresence.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[xmpp]
+component = "{COMPONENT}"
+server = "127.0.0.1:{}"
+secret = "{SECRET}"
+domains = ["{DOMAIN}"]
+[http]
+listen = "127.0.0.1:{port}"
+api_keys = ["{}"]
+[store]
+path = "{}"
+"#,
+            prosody.component_port,
+            common::ext::API_KEY,
+            dir.path().join("statuses.redb").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extpresence"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Close the only read end of the stderr pipe.
+    drop(child.stderr.take());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let listening = tokio::net::TcpStream::connect(addr).await.is_ok();
+        if listening && request(addr, "GET", "/readyz", &[], b"").await.0 == 200 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "extpresence exited with stderr closed"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz not 200 within {WAIT:?} with stderr closed (listening: {listening})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = format!("/rest/user/alice@{DOMAIN}/status");
+    let (code, body) = request(
+        addr,
+        "POST",
+        &path,
+        &[
+            ("Api-Key", common::ext::API_KEY),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"show": "away", "status": "On the phone"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("extpresence did not stop within 15 s of SIGTERM with stderr closed")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Send SIGTERM to `child`.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
