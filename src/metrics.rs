@@ -68,6 +68,11 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Add `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
     /// The Prometheus text format, with the scrape-time gauges.
     pub fn render(&self, held: usize, link_up: bool) -> String {
         let mut out = String::with_capacity(2048);

@@ -27,7 +27,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::metrics::Metrics;
 use crate::status::{Change, Held, StatusTable};
-use crate::xmpp::stanzas::{self, Privileges};
+use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 
 /// How long to wait for the privilege advertisement after the handshake before warning and going on.
@@ -170,13 +170,27 @@ impl Fanout {
         user.with_resource(&held.resource)
     }
 
-    /// Send one entry of `user` to `to`: its presence, or `unavailable` for a tombstone.
-    async fn send_entry(&self, user: &BareJid, held: &Held, to: Jid) {
-        let from = Self::full(user, held);
-        match &held.status {
-            Some(status) => self.send(stanzas::presence(&from, to, status)).await,
-            None => self.send(stanzas::unavailable(&from, to)).await,
+    /// One entry of `user`, rendered once: its presence, or `unavailable` for a tombstone.
+    fn template(user: &BareJid, held: &Held) -> PresenceTemplate {
+        PresenceTemplate::new(&Self::full(user, held), held.status.as_ref())
+    }
+
+    /// `unavailable` of one entry of `user`, whatever its status.
+    fn unavailable(user: &BareJid, held: &Held) -> PresenceTemplate {
+        PresenceTemplate::new(&Self::full(user, held), None)
+    }
+
+    /// Send `template` to each of `to`, as one batch.
+    async fn send_to<'a>(
+        &self,
+        template: &PresenceTemplate,
+        to: impl IntoIterator<Item = &'a BareJid>,
+    ) {
+        let mut batch = PresenceBatch::new();
+        for jid in to {
+            template.push_to(&mut batch, jid.as_str());
         }
+        self.link.send_batch(batch).await;
     }
 
     /// Deliver the entries of `user` changed since their last delivery to the cached contacts,
@@ -189,9 +203,8 @@ impl Fanout {
             if held.delivered == held.seq {
                 continue;
             }
-            for contact in contacts.iter() {
-                self.send_entry(user, &held, contact.clone().into()).await;
-            }
+            self.send_to(&Self::template(user, &held), contacts.iter())
+                .await;
             self.table.mark_delivered(user, &held.resource, held.seq);
         }
     }
@@ -321,15 +334,15 @@ impl Fanout {
         let Some(users) = self.followers.get(&contact.to_bare()) else {
             return;
         };
+        let mut batch = PresenceBatch::new();
         for user in users {
             for held in self.table.entries(user) {
-                if let Some(status) = &held.status {
-                    let from = Self::full(user, &held);
-                    self.send(stanzas::presence(&from, contact.clone().into(), status))
-                        .await;
+                if held.status.is_some() {
+                    Self::template(user, &held).push_to(&mut batch, contact.as_str());
                 }
             }
         }
+        self.link.send_batch(batch).await;
         debug!(%contact, users = users.len(), "contact online: held presences sent");
     }
 
@@ -397,18 +410,12 @@ impl Fanout {
         if let Some(old) = &old {
             // Contacts gone since the last fetch no longer see us; new ones get what the others
             // already have (after a reconnect nothing counts as delivered: all goes below).
-            for gone in old.difference(&new) {
-                for held in entries.iter().filter(|h| h.status.is_some()) {
-                    let from = Self::full(&user, held);
-                    self.send(stanzas::unavailable(&from, gone.clone().into()))
+            for held in entries.iter().filter(|h| h.status.is_some()) {
+                self.send_to(&Self::unavailable(&user, held), old.difference(&new))
+                    .await;
+                if held.delivered == held.seq {
+                    self.send_to(&Self::template(&user, held), new.difference(old))
                         .await;
-                }
-            }
-            for added in new.difference(old) {
-                for held in &entries {
-                    if held.delivered == held.seq && held.status.is_some() {
-                        self.send_entry(&user, held, added.clone().into()).await;
-                    }
                 }
             }
         }
@@ -497,12 +504,9 @@ impl Fanout {
             };
             for held in self.table.entries(&user) {
                 if held.status.is_some() {
-                    let from = Self::full(&user, &held);
-                    for c in contacts.iter() {
-                        self.send(stanzas::unavailable(&from, c.clone().into()))
-                            .await;
-                        sent += 1;
-                    }
+                    self.send_to(&Self::unavailable(&user, &held), contacts.iter())
+                        .await;
+                    sent += contacts.len();
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! Building and parsing the stanzas extpresence exchanges with the server.
 //!
-//! Outgoing stanzas are [`Outbound`] values, which can only be built here and always carry a `to`
-//! (ejabberd drops a component that sends a stanza without one). Parsing covers XEP-0356 privilege
+//! Outgoing stanzas are [`Outbound`] values, or for a fan-out a [`PresenceBatch`] of presences
+//! rendered once by a [`PresenceTemplate`]; both can only be built here and every stanza in them
+//! carries a `to` (ejabberd drops a component that sends a stanza without one). Parsing covers XEP-0356 privilege
 //! advertisements and roster results; xmpp-parsers has no XEP-0356 types, so those are minidom.
 //! Tigase's session-manager commands (`USER_STATUS`, `CHECK_USER_CONNECTION`) are XEP-0050
 //! `<command/>`s with a XEP-0004 form, also built and read as minidom elements (xmpp-parsers 0.23
@@ -88,6 +89,114 @@ pub fn unavailable(from: &FullJid, to: Jid) -> Outbound {
             .with_to(to)
             .into(),
     ))
+}
+
+/// The presence of one synthetic resource (available with its status, or `unavailable`),
+/// rendered as XML text once and then addressed to any number of recipients: a fan-out sends the
+/// same stanza to every contact with only `to` changed. Rendering it through xmpp-parsers and
+/// the stream's XML writer once per contact was ~40% of extpresence's CPU when fanning out on
+/// ejabberd (benchmark P1/P2, `perf`); see BENCHMARKS.md. The text is what [`presence`] and
+/// [`unavailable`] put on the wire (a unit test parses both and compares).
+#[derive(Debug, Clone)]
+pub struct PresenceTemplate {
+    /// `<presence xmlns='jabber:component:accept' from='…' to='`
+    head: String,
+    /// `'>…</presence>` or `' type='unavailable'/>`
+    tail: String,
+}
+
+impl PresenceTemplate {
+    /// `from`'s presence: available with `status`, or `unavailable` for `None`.
+    pub fn new(from: &FullJid, status: Option<&Status>) -> PresenceTemplate {
+        let mut head = String::with_capacity(80 + from.as_str().len());
+        head.push_str("<presence xmlns='jabber:component:accept' from='");
+        escape_into(&mut head, from.as_str(), true);
+        head.push_str("' to='");
+        let tail = match status {
+            None => "' type='unavailable'/>".to_string(),
+            Some(s) => {
+                let mut t = String::with_capacity(64 + s.text.as_deref().map_or(0, str::len));
+                t.push_str("'>");
+                if let Some(show) = s.show {
+                    t.push_str("<show>");
+                    t.push_str(show.as_str());
+                    t.push_str("</show>");
+                }
+                if let Some(text) = s.text.as_deref().filter(|t| !t.is_empty()) {
+                    t.push_str("<status>");
+                    escape_into(&mut t, text, false);
+                    t.push_str("</status>");
+                }
+                t.push_str("<priority>");
+                t.push_str(&s.priority.to_string());
+                t.push_str("</priority></presence>");
+                t
+            }
+        };
+        PresenceTemplate { head, tail }
+    }
+
+    /// Append this presence, addressed to `to`, to `batch`.
+    pub fn push_to(&self, batch: &mut PresenceBatch, to: &str) {
+        batch.xml.push_str(&self.head);
+        escape_into(&mut batch.xml, to, true);
+        batch.xml.push_str(&self.tail);
+        batch.count += 1;
+    }
+}
+
+/// Presences rendered by [`PresenceTemplate`], each with a `to`, written to the stream as they
+/// are, in order, in one piece.
+#[derive(Debug, Default)]
+pub struct PresenceBatch {
+    xml: String,
+    count: usize,
+}
+
+impl PresenceBatch {
+    /// An empty batch.
+    pub fn new() -> PresenceBatch {
+        PresenceBatch::default()
+    }
+
+    /// How many presences it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The XML text of every presence, one after the other.
+    pub fn xml(&self) -> &str {
+        &self.xml
+    }
+}
+
+/// XML-escape `s` into `out`: `&`, `<`, `>` always; quotes and whitespace other than a space too
+/// in an attribute value (where a parser would normalise them); `\r` also in text.
+fn escape_into(out: &mut String, s: &str, attribute: bool) {
+    let mut rest = s;
+    while let Some(i) = rest.find(|c: char| {
+        matches!(c, '&' | '<' | '>' | '\r') || (attribute && matches!(c, '\'' | '"' | '\n' | '\t'))
+    }) {
+        out.push_str(&rest[..i]);
+        let c = rest[i..].chars().next().expect("found above");
+        out.push_str(match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            '\'' => "&apos;",
+            '"' => "&quot;",
+            '\n' => "&#xA;",
+            '\t' => "&#x9;",
+            _ => "&#xD;",
+        });
+        rest = &rest[i + c.len_utf8()..];
+    }
+    out.push_str(rest);
 }
 
 /// Privileged roster get (XEP-0356) for `user`, sent from the component.
@@ -405,6 +514,84 @@ mod tests {
         }
         let xml = to_xml(unavailable(&from, jid("bob@example.com")).stanza());
         assert!(xml.contains("type='unavailable'") && xml.contains("to='bob@example.com'"));
+    }
+
+    /// Parse every presence of a batch's text (as the server would) into xmpp-parsers values.
+    fn parse_batch(batch: &PresenceBatch) -> Vec<Presence> {
+        let wrapped = format!(
+            "<stream xmlns='jabber:component:accept'>{}</stream>",
+            batch.xml()
+        );
+        let root: Element = wrapped.parse().expect("well-formed XML");
+        root.children()
+            .map(|e| Presence::try_from(e.clone()).expect("a valid presence"))
+            .collect()
+    }
+
+    fn as_presence(o: Outbound) -> Presence {
+        match o.into_stanza() {
+            Stanza::Presence(p) => p,
+            other => panic!("not a presence: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn template_renders_what_the_builders_build() {
+        let froms = [
+            FullJid::new("alice@example.com/tigase-external").unwrap(),
+            FullJid::new("alice@example.com/ph'o\"ne <&> x").unwrap(),
+        ];
+        let statuses = [
+            None,
+            Some(Status {
+                show: Some(Show::Dnd),
+                text: Some("Im Gespräch <&> 'quoted' \"too\"\nline\r\ttab ]]>".into()),
+                priority: -128,
+            }),
+            Some(Status {
+                show: None,
+                text: None,
+                priority: 0,
+            }),
+            Some(Status {
+                show: Some(Show::Chat),
+                text: Some(String::new()),
+                priority: 127,
+            }),
+        ];
+        let tos = [
+            jid("bob@example.com"),
+            jid("bob@example.com/phone 'x' \"y\" <z> &"),
+            jid("example.net"),
+        ];
+        for from in &froms {
+            for status in &statuses {
+                let template = PresenceTemplate::new(from, status.as_ref());
+                let mut batch = PresenceBatch::new();
+                for to in &tos {
+                    template.push_to(&mut batch, to.as_str());
+                }
+                assert_eq!(batch.len(), tos.len());
+                let parsed = parse_batch(&batch);
+                for (to, got) in tos.iter().zip(parsed) {
+                    let want = as_presence(match status {
+                        Some(st) => presence(from, to.clone(), st),
+                        None => unavailable(from, to.clone()),
+                    });
+                    assert_eq!(got.from, want.from, "{}", batch.xml());
+                    assert_eq!(got.to, want.to, "{}", batch.xml());
+                    assert_eq!(got.type_, want.type_, "{}", batch.xml());
+                    assert_eq!(got.show, want.show, "{}", batch.xml());
+                    assert_eq!(got.priority, want.priority, "{}", batch.xml());
+                    // An empty status text carries nothing (the template leaves it out).
+                    let text = |p: &Presence| p.statuses.values().find(|t| !t.is_empty()).cloned();
+                    assert_eq!(text(&got), text(&want), "{}", batch.xml());
+                    if status.is_none() {
+                        assert!(got.statuses.is_empty() && got.show.is_none());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
