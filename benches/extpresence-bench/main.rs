@@ -15,7 +15,8 @@
 //! real c2s sessions that count the presences they receive ([`contacts`]). Numbers go to stdout as
 //! one table, never into assertions.
 //!
-//! Options: `--only p1,p2,p3,p4` runs a subset (latency belongs to p1). Without `--bench` (i.e.
+//! Options: `--only p1,p2,p3,p4` runs a subset (latency belongs to p1); `--p3-connections N`
+//! runs P3 (both sides) with N keep-alive connections instead of 32. Without `--bench` (i.e.
 //! under `cargo test --all-targets`) only a short smoke check of the harness pieces runs.
 
 #[path = "../../tests/common/mod.rs"]
@@ -84,12 +85,20 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(|p| p.trim().to_lowercase()).collect());
     let wants = |p: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == p));
+    let p3_connections = match args.iter().position(|a| a == "--p3-connections") {
+        None => CONNECTIONS,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .expect("--p3-connections needs a positive number"),
+    };
     runtime.block_on(async {
         let started = Instant::now();
         println!("{}", machine());
         let mut rows = Vec::new();
         if wants("p3") {
-            p3(&mut rows).await;
+            p3(&mut rows, p3_connections).await;
         }
         if wants("p1") {
             p1(&mut rows).await;
@@ -677,10 +686,15 @@ async fn p2(rows: &mut Vec<Row>) {
 }
 
 /// Requests per second of `addr` for `time` after a one-second warm-up, with `make`.
-async fn throughput(addr: SocketAddr, time: Duration, make: load::MakeRequest) -> load::Outcome {
+async fn throughput(
+    addr: SocketAddr,
+    connections: usize,
+    time: Duration,
+    make: load::MakeRequest,
+) -> load::Outcome {
     let plan = |max_time| load::Plan {
         addr,
-        connections: CONNECTIONS,
+        connections,
         total: u64::MAX,
         max_time,
         rate: None,
@@ -690,14 +704,14 @@ async fn throughput(addr: SocketAddr, time: Duration, make: load::MakeRequest) -
     load::run(plan(time), make).await
 }
 
-/// P3: the status endpoint (XMPP side a sink) against a bare hyper handler.
-async fn p3(rows: &mut Vec<Row>) {
+/// P3: the status endpoint (XMPP side a sink) against a bare hyper handler, `connections` each.
+async fn p3(rows: &mut Vec<Row>, connections: usize) {
     let time = Duration::from_secs(5);
     let make: load::MakeRequest = Arc::new(|i| status_request(i as usize % 1000, i));
 
     let bare = bare::Bare::start().await;
     let cpu = cpu_secs(bare.pid);
-    let base = throughput(bare.addr, time, make.clone()).await;
+    let base = throughput(bare.addr, connections, time, make.clone()).await;
     let base_cpu = (cpu_secs(bare.pid) - cpu) * 1e6 / base.ok.max(1) as f64;
     check("bare hyper", &base);
     drop(bare);
@@ -707,7 +721,7 @@ async fn p3(rows: &mut Vec<Row>) {
     ext.wait_privileged(1).await;
     let pid = ext.pid().expect("pid");
     let cpu = cpu_secs(pid);
-    let through = throughput(ext.http, time, make).await;
+    let through = throughput(ext.http, connections, time, make).await;
     let ext_cpu = (cpu_secs(pid) - cpu) * 1e6 / through.ok.max(1) as f64;
     check("extpresence (sink)", &through);
     eprintln!(
@@ -721,7 +735,7 @@ async fn p3(rows: &mut Vec<Row>) {
     ext.terminate().await;
     let ratio = through.rate() / base.rate();
     rows.push(Row {
-        metric: format!("P3 HTTP overhead: requests/s, {CONNECTIONS} keep-alive connections"),
+        metric: format!("P3 HTTP overhead: requests/s, {connections} keep-alive connections"),
         ext: format!("{:.0} (XMPP side: sink)", through.rate()),
         base: format!("{:.0} (bare hyper, fixed body)", base.rate()),
         ratio: Some(ratio),

@@ -34,10 +34,9 @@ use super::stanzas::{self, Outbound, PresenceBatch};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 
-/// Rendered presences gathered beyond this many bytes are written at once (see `write_text`);
-/// tokio-xmpp's own writer uses the same threshold. Gathering 64 KiB instead held back whole
-/// bursts from the server: on Prosody, P1 fell from 0.95 to 0.85 and the p99 latency rose from 5
-/// to 16–21 ms (BENCHMARKS.md).
+/// Rendered presences gathered beyond this many bytes are written at once (see `write_text`),
+/// the threshold tokio-xmpp's own writer uses: the server gets a burst as it is produced rather
+/// than in large pieces later (BENCHMARKS.md, fan-out).
 const TEXT_HIGH_WATER: usize = 2048;
 /// The write buffer is given back when a large batch (a replay, a user with many contacts) made
 /// it grow beyond this.
