@@ -2,8 +2,9 @@
 //!
 //! Outgoing stanzas are [`Outbound`] values, or for a fan-out a [`PresenceBatch`] of presences
 //! rendered once by a [`PresenceTemplate`]; both can only be built here and every stanza in them
-//! carries a `to` (ejabberd drops a component that sends a stanza without one). Parsing covers XEP-0356 privilege
-//! advertisements and roster results; xmpp-parsers has no XEP-0356 types, so those are minidom.
+//! carries a `to` (ejabberd drops a component that sends a stanza without one). Parsing covers
+//! XEP-0356 privilege advertisements and roster results; xmpp-parsers has no XEP-0356 types, so
+//! those are minidom.
 //! Tigase's session-manager commands (`USER_STATUS`, `CHECK_USER_CONNECTION`) are XEP-0050
 //! `<command/>`s with a XEP-0004 form, also built and read as minidom elements (xmpp-parsers 0.23
 //! has no XEP-0050 types).
@@ -95,8 +96,8 @@ pub fn unavailable(from: &FullJid, to: Jid) -> Outbound {
 /// rendered as XML text once and then addressed to any number of recipients: a fan-out sends the
 /// same stanza to every contact with only `to` changed. Rendering it through xmpp-parsers and
 /// the stream's XML writer once per contact was ~40% of extpresence's CPU when fanning out on
-/// ejabberd (benchmark P1/P2, `perf`); see BENCHMARKS.md. The text is what [`presence`] and
-/// [`unavailable`] put on the wire (a unit test parses both and compares).
+/// ejabberd (benchmark P1/P2, `perf`); see BENCHMARKS.md. The text parses to what [`presence`]
+/// and [`unavailable`] build (a unit test compares them).
 #[derive(Debug, Clone)]
 pub struct PresenceTemplate {
     /// `<presence xmlns='jabber:component:accept' from='…' to='`
