@@ -30,6 +30,9 @@ use crate::status::{Change, Held, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 
+/// Most presences in one batch to the link. The link's queue is bounded in commands, so this
+/// bounds what it can hold (a user with thousands of contacts, a replay against a slow server).
+const BATCH_MAX: usize = 32;
 /// How long to wait for the privilege advertisement after the handshake before warning and going on.
 const PRIVILEGE_WAIT: Duration = Duration::from_secs(5);
 /// A roster request without an answer for this long is given up and may be sent again.
@@ -180,7 +183,7 @@ impl Fanout {
         PresenceTemplate::new(&Self::full(user, held), None)
     }
 
-    /// Send `template` to each of `to`, as one batch.
+    /// Send `template` to each of `to`, in batches of at most [`BATCH_MAX`].
     async fn send_to<'a>(
         &self,
         template: &PresenceTemplate,
@@ -189,6 +192,9 @@ impl Fanout {
         let mut batch = PresenceBatch::new();
         for jid in to {
             template.push_to(&mut batch, jid.as_str());
+            if batch.len() >= BATCH_MAX {
+                self.link.send_batch(std::mem::take(&mut batch)).await;
+            }
         }
         self.link.send_batch(batch).await;
     }
@@ -339,6 +345,9 @@ impl Fanout {
             for held in self.table.entries(user) {
                 if held.status.is_some() {
                     Self::template(user, &held).push_to(&mut batch, contact.as_str());
+                    if batch.len() >= BATCH_MAX {
+                        self.link.send_batch(std::mem::take(&mut batch)).await;
+                    }
                 }
             }
         }

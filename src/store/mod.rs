@@ -126,6 +126,9 @@ fn decode(bytes: &[u8]) -> Result<Option<Status>, String> {
                 other => return Err(format!("unknown show code {other}")),
             };
             let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
+            // Only checked text is ever stored; a record that fails the check is damaged, and
+            // its text would corrupt the XML stream every time it is replayed.
+            crate::status::validate_text(text).map_err(|e| e.to_string())?;
             Ok(Some(Status {
                 show,
                 text: (!text.is_empty()).then(|| text.to_string()),
@@ -271,6 +274,10 @@ mod tests {
         }
         assert!(decode(&[9]).is_err());
         assert!(decode(&[1, 0, 7]).is_err());
+        assert!(
+            decode(&[1, 0, 0, b'a', 1, b'b']).is_err(),
+            "control character"
+        );
     }
 
     #[tokio::test]
