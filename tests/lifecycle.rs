@@ -337,21 +337,5 @@ path = "{}"
     .await;
     assert_eq!(code, 200, "{body}");
 
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("extpresence did not stop within 15 s of SIGTERM with stderr closed")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-}
-
-/// Send SIGTERM to `child`.
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM {pid}");
+    assert_eq!(common::ext::terminate_child(&mut child).await, Some(0));
 }

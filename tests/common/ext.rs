@@ -226,20 +226,9 @@ path = "{store}"
 
     /// Send SIGTERM and wait (bounded) for the exit status code.
     pub async fn terminate(&mut self) -> Option<i32> {
-        let child = self.child.as_mut()?;
-        let pid = child.id()? as i32;
-        // SAFETY-free: kill(1) via the command line keeps this test free of unsafe code.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-            .await
-            .expect("extpresence did not exit within 15 s of SIGTERM")
-            .expect("wait");
+        let code = terminate_child(self.child.as_mut()?).await;
         self.child = None;
-        status.code()
+        code
     }
 
     /// POST a body to `path` (relative to the HTTP root) with the given content type and the
@@ -279,6 +268,23 @@ fn binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Send SIGTERM to an `extpresence` process and wait (at most 15 s, else panic) for its exit
+/// status code.
+pub async fn terminate_child(child: &mut Child) -> Option<i32> {
+    let pid = child.id()?;
+    // kill(1) via the command line keeps the tests free of unsafe code.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("extpresence did not exit within 15 s of SIGTERM")
+        .expect("wait");
+    status.code()
 }
 
 /// Send one HTTP/1.1 request with a Content-Length body and return (status, body).
