@@ -97,12 +97,8 @@ async fn operations_endpoints() {
     assert_eq!(get("/readyz").await.0, 200);
 
     let path = format!("/rest/user/alice@{DOMAIN}/status");
-    assert_eq!(
-        ext.post(&path, "application/json", r#"{"show": "away"}"#)
-            .await
-            .0,
-        200
-    );
+    ext.post_ok(&path, "application/json", r#"{"show": "away"}"#)
+        .await;
     assert_eq!(
         ext.post(&path, "application/json", r#"{"show": "nope"}"#)
             .await
@@ -170,12 +166,8 @@ async fn on_shutdown_keep() {
     .await;
     ext.wait_privileged(1).await;
     let path = format!("/rest/user/alice@{DOMAIN}/status");
-    assert_eq!(
-        ext.post(&path, "application/json", r#"{"status": "kept"}"#)
-            .await
-            .0,
-        200
-    );
+    ext.post_ok(&path, "application/json", r#"{"status": "kept"}"#)
+        .await;
     let from_alice = |p: &xmpp_parsers::presence::Presence| {
         p.from.as_ref().map(|j| j.to_string()) == Some(format!("alice@{DOMAIN}/tigase-external"))
     };

@@ -136,15 +136,14 @@ async fn xml_set_reaches_contact_not_stranger(kind: Kind) {
     let w = world(kind).await;
     let mut bob = w.client("bob").await;
     let mut carol = w.client("carol").await;
-    let (code, body) = w
+    let body = w
         .ext
-        .post(
+        .post_ok(
             &format!("/rest/user/alice@{DOMAIN}/status"),
             "application/xml",
             XML_ON_PHONE,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     assert_eq!(
         body,
         format!(
@@ -170,15 +169,14 @@ async fn xml_set_reaches_contact_not_stranger(kind: Kind) {
 async fn json_set_with_resource(kind: Kind) {
     let w = world(kind).await;
     let mut bob = w.client("bob").await;
-    let (code, body) = w
+    let body = w
         .ext
-        .post(
+        .post_ok(
             &format!("/rest/user/alice@{DOMAIN}/status/phone"),
             "application/json",
             r#"{"available": "true", "priority": "-1", "show": "dnd", "status": "In a call"}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v,
@@ -191,15 +189,13 @@ async fn json_set_with_resource(kind: Kind) {
     assert_eq!(p.show, Some(Show::Dnd));
     assert_eq!(status_text(&p), Some("In a call"));
     // JSON booleans and numbers work too.
-    let (code, body) = w
-        .ext
-        .post(
+    w.ext
+        .post_ok(
             &format!("/rest/user/alice@{DOMAIN}/status/phone"),
             "application/json",
             r#"{"available": true, "priority": -7, "show": "away"}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     let p = bob
         .expect_presence(WAIT, |p| {
             from_is(p, &alice("phone")) && p.show == Some(Show::Away)
@@ -212,15 +208,13 @@ async fn json_set_with_resource(kind: Kind) {
 /// Prosody's own "alice is unavailable" answer to his probe.
 async fn late_login_receives_held_presence(kind: Kind) {
     let w = world(kind).await;
-    let (code, body) = w
-        .ext
-        .post(
+    w.ext
+        .post_ok(
             &format!("/rest/user/alice@{DOMAIN}/status"),
             "application/xml",
             XML_ON_PHONE,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut dave = w.client("dave").await;
     let p = dave
@@ -253,11 +247,10 @@ async fn clear_sends_unavailable_and_forgets(kind: Kind) {
     );
     bob.expect_presence(WAIT, available_from(alice("tigase-external")))
         .await;
-    let (code, body) = w
+    let body = w
         .ext
-        .post(&path, "application/json", r#"{"available": "false"}"#)
+        .post_ok(&path, "application/json", r#"{"available": "false"}"#)
         .await;
-    assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"]["available"], "false");
     assert_eq!(v["status"]["success"], true);
@@ -472,8 +465,7 @@ async fn bad_inputs_are_refused_cleanly(kind: Kind) {
         !seen.iter().any(|p| from_alice(p) == Some(true)),
         "a refused request reached bob: {seen:?}"
     );
-    let (code, body) = w.ext.post(&user, "application/xml", XML_ON_PHONE).await;
-    assert_eq!(code, 200, "{body}");
+    w.ext.post_ok(&user, "application/xml", XML_ON_PHONE).await;
     let p = bob
         .expect_presence(WAIT, available_from(alice("tigase-external")))
         .await;
@@ -497,24 +489,20 @@ async fn link_drop_replays_to_online_contacts(kind: Kind) {
 
     w.link.cut();
     w.ext.wait_log("XMPP component link failed").await;
-    let (code, body) = w
-        .ext
-        .post(
+    w.ext
+        .post_ok(
             &base,
             "application/json",
             r#"{"show": "chat", "status": "Back at my desk"}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = w
-        .ext
-        .post(
+    w.ext
+        .post_ok(
             &format!("{base}/phone"),
             "application/json",
             r#"{"available": false}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     let during = bob.presences_within(Duration::from_millis(500)).await;
     assert!(
         !during
@@ -564,15 +552,13 @@ async fn crash_restart_replays_from_store(kind: Kind) {
 
     w.link.cut();
     w.ext.wait_log("XMPP component link failed").await;
-    let (code, body) = w
-        .ext
-        .post(
+    w.ext
+        .post_ok(
             &format!("{base}/phone"),
             "application/json",
             r#"{"available": false}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     w.ext.kill().await;
     w.link.restore();
     bob.drain();

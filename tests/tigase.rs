@@ -90,8 +90,7 @@ async fn set_update_clear() {
     let (double, ext) = setup(5, |_| {}).await;
     let path = format!("/rest/user/alice@{DOMAIN}/status");
 
-    let (code, body) = ext.post(&path, "application/xml", XML_ON_PHONE).await;
-    assert_eq!(code, 200, "{body}");
+    let body = ext.post_ok(&path, "application/xml", XML_ON_PHONE).await;
     assert_eq!(
         body,
         format!(
@@ -125,14 +124,13 @@ async fn set_update_clear() {
 
     // An update: Tigase applies it and answers nothing; extpresence must not wait for an answer.
     let started = Instant::now();
-    let (code, body) = ext
-        .post(
+    let body = ext
+        .post_ok(
             &path,
             "application/json",
             r#"{"show": "dnd", "status": "In a call", "priority": -5}"#,
         )
         .await;
-    assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["status"]["success"], true, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -157,10 +155,9 @@ async fn set_update_clear() {
     }
 
     // Clear: from the same sender, answered with a result, broadcast as unavailable.
-    let (code, body) = ext
-        .post(&path, "application/json", r#"{"available": "false"}"#)
+    let body = ext
+        .post_ok(&path, "application/json", r#"{"available": "false"}"#)
         .await;
-    assert_eq!(code, 200, "{body}");
     assert_eq!(
         json(&body),
         serde_json::json!({"status": {"user": format!("alice@{DOMAIN}/tigase-external"),
@@ -275,14 +272,12 @@ async fn silent_server_times_out() {
     assert!(double.core().sessions().is_empty());
 
     double.set_silent(false);
-    let (code, body) = ext
-        .post(
-            &format!("/rest/user/alice@{DOMAIN}/status/phone"),
-            "application/xml",
-            XML_ON_PHONE,
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    ext.post_ok(
+        &format!("/rest/user/alice@{DOMAIN}/status/phone"),
+        "application/xml",
+        XML_ON_PHONE,
+    )
+    .await;
     assert!(double.core().session(&alice(), "phone").is_some());
     no_violations(&double);
 }
@@ -293,14 +288,12 @@ async fn silent_server_times_out() {
 async fn connection_checks_are_answered() {
     let (double, ext) = setup(2, |c| c.check_timeout = Duration::from_secs(1)).await;
     for resource in ["tigase-external", "phone"] {
-        let (code, body) = ext
-            .post(
-                &format!("/rest/user/alice@{DOMAIN}/status/{resource}"),
-                "application/json",
-                r#"{"show": "xa"}"#,
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
+        ext.post_ok(
+            &format!("/rest/user/alice@{DOMAIN}/status/{resource}"),
+            "application/json",
+            r#"{"show": "xa"}"#,
+        )
+        .await;
     }
     // Opening alice/phone checked alice/tigase-external (SessionManager.registerNewSession).
     {
@@ -328,14 +321,12 @@ async fn connection_checks_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_of_a_leftover_session_is_answered() {
     let (double, ext) = setup(2, |_| {}).await;
-    let (code, body) = ext
-        .post(
-            &format!("/rest/user/alice@{DOMAIN}/status"),
-            "application/xml",
-            XML_ON_PHONE,
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    ext.post_ok(
+        &format!("/rest/user/alice@{DOMAIN}/status"),
+        "application/xml",
+        XML_ON_PHONE,
+    )
+    .await;
     drop(ext); // SIGKILL: no unavailable sent
     let ext = start_ext(&double, 2).await;
     assert!(double.core().session(&alice(), "tigase-external").is_some());
@@ -361,8 +352,7 @@ async fn check_of_a_leftover_session_is_answered() {
 async fn leftover_session_met_by_an_open_is_recovered() {
     let (double, ext) = setup(1, |_| {}).await;
     let path = format!("/rest/user/alice@{DOMAIN}/status");
-    let (code, body) = ext.post(&path, "application/xml", XML_ON_PHONE).await;
-    assert_eq!(code, 200, "{body}");
+    ext.post_ok(&path, "application/xml", XML_ON_PHONE).await;
     drop(ext); // SIGKILL: the session stays in Tigase
     let ext = start_ext(&double, 1).await;
     let before = double.core().commands.len();
@@ -393,10 +383,8 @@ async fn leftover_session_met_by_an_open_is_recovered() {
         Some(Some("dnd".to_string()))
     );
     let started = Instant::now();
-    let (code, body) = ext
-        .post(&path, "application/json", r#"{"show": "away"}"#)
+    ext.post_ok(&path, "application/json", r#"{"show": "away"}"#)
         .await;
-    assert_eq!(code, 200, "{body}");
     assert!(started.elapsed() < Duration::from_secs(1));
     no_violations(&double);
 }
@@ -495,8 +483,7 @@ async fn reconnect_reasserts_everything_held() {
 async fn clear_during_a_tigase_restart_succeeds() {
     let (double, ext) = setup(3, |_| {}).await;
     let path = format!("/rest/user/alice@{DOMAIN}/status");
-    let (code, body) = ext.post(&path, "application/xml", XML_ON_PHONE).await;
-    assert_eq!(code, 200, "{body}");
+    ext.post_ok(&path, "application/xml", XML_ON_PHONE).await;
     double.set_refusing(true);
     double.restart();
     wait_log_count(&ext, "Tigase session mode: link down", 1).await;
@@ -527,14 +514,12 @@ async fn clear_during_a_tigase_restart_succeeds() {
 async fn sigterm_closes_every_session() {
     let (double, mut ext) = setup(2, |_| {}).await;
     for resource in ["tigase-external", "phone"] {
-        let (code, body) = ext
-            .post(
-                &format!("/rest/user/alice@{DOMAIN}/status/{resource}"),
-                "application/json",
-                r#"{"show": "away"}"#,
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
+        ext.post_ok(
+            &format!("/rest/user/alice@{DOMAIN}/status/{resource}"),
+            "application/json",
+            r#"{"show": "away"}"#,
+        )
+        .await;
     }
     assert_eq!(double.core().sessions().len(), 2);
     assert_eq!(ext.terminate().await, Some(0));

@@ -244,6 +244,13 @@ path = "{store}"
         )
         .await
     }
+
+    /// [`Ext::post`] that must be answered 200 (else panic with the answer); returns the body.
+    pub async fn post_ok(&self, path: &str, content_type: &str, body: &str) -> String {
+        let (code, answer) = self.post(path, content_type, body).await;
+        assert_eq!(code, 200, "POST {path}: {answer}");
+        answer
+    }
 }
 
 /// The `extpresence` binary: `EXTPRESENCE_BIN` when set (benchmarks compare builds or wrap it in
