@@ -27,6 +27,19 @@ pub enum Outcome {
     Failed,
 }
 
+/// What is read at scrape time rather than tracked: values that other parts own.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Synthetic resources held.
+    pub held: usize,
+    /// The XMPP link is established.
+    pub link_up: bool,
+    /// The status store can commit.
+    pub store_ok: bool,
+    /// Store commits that failed since start.
+    pub store_failed_commits: u64,
+}
+
 /// Every counter extpresence exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -74,7 +87,7 @@ impl Metrics {
     }
 
     /// The Prometheus text format, with the scrape-time gauges.
-    pub fn render(&self, held: usize, link_up: bool) -> String {
+    pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -86,7 +99,7 @@ impl Metrics {
             "extpresence_held_statuses",
             "gauge",
             "Synthetic resources held (including cleared ones whose unavailable is pending).",
-            &[("", held.to_string())],
+            &[("", g.held.to_string())],
         );
         let u = |o: Outcome| self.updates[o as usize].load(Relaxed).to_string();
         metric(
@@ -117,7 +130,19 @@ impl Metrics {
             "extpresence_link_up",
             "gauge",
             "1 while the XMPP component link is established.",
-            &[("", u8::from(link_up).to_string())],
+            &[("", u8::from(g.link_up).to_string())],
+        );
+        metric(
+            "extpresence_store_ok",
+            "gauge",
+            "1 while the status store can commit; 0 while updates are refused with 503.",
+            &[("", u8::from(g.store_ok).to_string())],
+        );
+        metric(
+            "extpresence_store_failed_commits_total",
+            "counter",
+            "Status store commits (and reopen attempts) that failed.",
+            &[("", g.store_failed_commits.to_string())],
         );
         metric(
             "extpresence_link_reconnects_total",
@@ -175,13 +200,20 @@ mod tests {
         m.http_latency(Duration::from_micros(700));
         m.http_latency(Duration::from_secs(10));
         Metrics::inc(&m.stanzas_sent);
-        let text = m.render(3, true);
+        let text = m.render(&Gauges {
+            held: 3,
+            link_up: true,
+            store_ok: false,
+            store_failed_commits: 2,
+        });
         for line in [
             "extpresence_held_statuses 3",
             "extpresence_updates_total{outcome=\"set\"} 2",
             "extpresence_updates_total{outcome=\"rejected\"} 1",
             "extpresence_stanzas_sent_total 1",
             "extpresence_link_up 1",
+            "extpresence_store_ok 0",
+            "extpresence_store_failed_commits_total 2",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.0005\"} 0",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.001\"} 1",
             "extpresence_http_request_duration_seconds_bucket{le=\"2.5\"} 1",

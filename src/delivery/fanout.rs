@@ -26,7 +26,7 @@ use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
 use crate::metrics::Metrics;
-use crate::status::{Change, Held, StatusTable};
+use crate::status::{Changes, Held, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 
@@ -107,7 +107,7 @@ struct Fanout {
 pub async fn run(
     cfg: FanoutConfig,
     table: StatusTable,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut changes: Changes,
     link: LinkHandle,
     mut events: mpsc::UnboundedReceiver<LinkEvent>,
     mut control: mpsc::Receiver<Control>,

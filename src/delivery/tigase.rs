@@ -50,7 +50,7 @@ use xmpp_parsers::stanza::Stanza;
 // The same control messages as the fan-out task (lib.rs sends Shutdown to whichever runs).
 use super::fanout::Control;
 use super::DeliveryError;
-use crate::status::{Change, Held, StatusTable};
+use crate::status::{Changes, Held, StatusTable};
 use crate::xmpp::stanzas;
 use crate::xmpp::{LinkEvent, LinkHandle, LinkState};
 
@@ -263,7 +263,7 @@ struct Backend {
 pub async fn run(
     cfg: TigaseConfig,
     table: StatusTable,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut changes: Changes,
     link: LinkHandle,
     mut events: mpsc::UnboundedReceiver<LinkEvent>,
     mut control: mpsc::Receiver<Control>,

@@ -18,7 +18,7 @@ use super::auth::ApiKeys;
 use super::error::{self, ApiError, Format};
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::status::{StatusPolicy, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
 
@@ -60,21 +60,30 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store is open (it is, once requests are served) and the XMPP link is up.
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+/// 200 when the store can commit and the XMPP link is up; else 503 with the reason.
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    if let Some(why) = state.table.store_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the status store cannot commit: {why}\n"),
+        );
+    }
     match state.link.state() {
-        LinkState::Up => (StatusCode::OK, "ready\n"),
+        LinkState::Up => (StatusCode::OK, "ready\n".into()),
         LinkState::Down => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the XMPP component link is down\n",
+            "not ready: the XMPP component link is down\n".into(),
         ),
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state
-        .metrics
-        .render(state.table.len(), state.link.state() == LinkState::Up);
+    let body = state.metrics.render(&Gauges {
+        held: state.table.len(),
+        link_up: state.link.state() == LinkState::Up,
+        store_ok: state.table.store_failure().is_none(),
+        store_failed_commits: state.table.store_failed_commits(),
+    });
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use std::fmt;
 
 use jid::ResourcePart;
 
-pub use table::{Change, Held, StatusTable};
+pub use table::{Change, Changes, Held, StatusTable};
 
 /// Longest accepted status text, in characters.
 pub const MAX_STATUS_CHARS: usize = 1024;

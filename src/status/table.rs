@@ -3,25 +3,35 @@
 //! A dashmap keyed by the user's bare JID, holding that user's synthetic resources. Each entry
 //! carries a sequence number (bumped on every change) and the sequence number last delivered, so the
 //! delivery backend can coalesce bursts and know what still has to go out. A cleared resource stays
-//! as a tombstone (`status: None`) until its `unavailable` has been delivered. The table is the
-//! only writer to the durable [`Store`]: a change is queued to the store while the entry is locked
-//! (so the store sees changes of one resource in the order the table made them), and `set`/`clear`
-//! return only once it is committed; then the change is announced on the channel the delivery
-//! backend listens to. No map guard is ever held across `.await`.
+//! as a tombstone (`status: None`) until its `unavailable` has been delivered.
+//!
+//! The table is the only writer to the durable [`Store`], and it holds only what the store has
+//! committed: a change is numbered and queued to the store under one lock (so the store commits
+//! changes in the order of their numbers), and applied to the map by the store's acknowledgement
+//! once its commit succeeded — also when the request that made it has gone away meanwhile. A
+//! change whose commit failed leaves no trace: not in the map, not on the wire, not in the
+//! metrics. `set`/`clear` return once the change is committed and applied.
+//!
+//! Changes are announced to the delivery backend through [`Changes`]: a user is queued at most
+//! once until the backend has taken it (a flag in the user's slot), so what waits for a slow or
+//! blocked backend is bounded by the number of users, whatever the rate of updates. Users whose
+//! roster the backend has cached go to a lane of their own that the backend reads first: an
+//! ordinary update of a known user does not wait behind a flood of new users whose rosters must
+//! be fetched. No map guard is ever held across `.await`.
 //!
 //! Beside each user's resources the table keeps the delivery backend's cached copy of the user's
 //! roster ([`StatusTable::roster`]): one slot per user instead of a second map keyed by the same
 //! JID, which matters at a million held users (see BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use jid::{BareJid, ResourcePart};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Status;
-use crate::store::{Pending, Record, Store, StoreError};
+use crate::store::{Record, Store, StoreError};
 
 /// One synthetic resource of a user as held by the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +49,35 @@ pub struct Held {
 /// A change notification: the user whose entries changed.
 pub type Change = BareJid;
 
-/// Everything the table keeps for one user (one dashmap slot: key + 32 bytes).
+/// The delivery backend's end of the change notifications (see the module doc): each user at
+/// most once until received, users with a cached roster first.
+#[derive(Debug)]
+pub struct Changes {
+    table: StatusTable,
+    /// Users whose roster is cached: deliverable at once.
+    known: mpsc::UnboundedReceiver<Change>,
+    /// Users whose roster is still to be fetched.
+    new: mpsc::UnboundedReceiver<Change>,
+}
+
+impl Changes {
+    /// The next user whose entries changed since the backend last took that user; `None` once
+    /// the table is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Change> {
+        let user = tokio::select! {
+            biased;
+            Some(u) = self.known.recv() => u,
+            Some(u) = self.new.recv() => u,
+            else => return None,
+        };
+        if let Some(mut e) = self.table.inner.map.get_mut(&user) {
+            e.queued = false;
+        }
+        Some(user)
+    }
+}
+
+/// Everything the table keeps for one user (one dashmap slot: key + 40 bytes).
 #[derive(Debug, Default)]
 struct UserEntry {
     /// The user's synthetic resources, sized exactly: most users have one, and a `Vec` would
@@ -49,6 +87,8 @@ struct UserEntry {
     /// user's presence). Cached here rather than in a map of its own so that the user's JID is
     /// stored once, and the cache goes when the user does.
     roster: Option<Arc<[BareJid]>>,
+    /// The user is in a [`Changes`] queue and not yet taken by the backend.
+    queued: bool,
 }
 
 impl UserEntry {
@@ -75,7 +115,13 @@ impl UserEntry {
 struct Inner {
     map: DashMap<BareJid, UserEntry>,
     seq: AtomicU64,
-    changes: mpsc::UnboundedSender<Change>,
+    /// Numbering a change and queueing it to the store happen under this lock, so the store
+    /// commits (and acknowledges) changes in the order of their sequence numbers.
+    order: Mutex<()>,
+    /// Lane of [`Changes`] for users with a cached roster.
+    known: mpsc::UnboundedSender<Change>,
+    /// Lane of [`Changes`] for the others.
+    new: mpsc::UnboundedSender<Change>,
     /// The durable copy; `None` keeps statuses in memory only (unit tests, benchmarks' sink).
     store: Option<Store>,
 }
@@ -89,11 +135,9 @@ pub struct StatusTable {
 impl StatusTable {
     /// A table holding `records` (reloaded from `store`), and the receiver of its change
     /// notifications. Reloaded entries count as never delivered, so they are replayed.
-    pub fn new(
-        store: Option<Store>,
-        records: Vec<Record>,
-    ) -> (StatusTable, mpsc::UnboundedReceiver<Change>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new(store: Option<Store>, records: Vec<Record>) -> (StatusTable, Changes) {
+        let (known_tx, known) = mpsc::unbounded_channel();
+        let (new_tx, new) = mpsc::unbounded_channel();
         let map: DashMap<BareJid, UserEntry> = DashMap::with_capacity(records.len());
         let mut seq = 0;
         for (jid, status) in records {
@@ -110,16 +154,72 @@ impl StatusTable {
             inner: Arc::new(Inner {
                 map,
                 seq: AtomicU64::new(seq),
-                changes: tx,
+                order: Mutex::new(()),
+                known: known_tx,
+                new: new_tx,
                 store,
             }),
         };
-        (table, rx)
+        let changes = Changes {
+            table: table.clone(),
+            known,
+            new,
+        };
+        (table, changes)
     }
 
     /// A table in memory only, without a store.
-    pub fn in_memory() -> (StatusTable, mpsc::UnboundedReceiver<Change>) {
+    pub fn in_memory() -> (StatusTable, Changes) {
         StatusTable::new(None, Vec::new())
+    }
+
+    /// Why the store cannot commit, while it cannot (`None`: it can, or there is no store).
+    pub fn store_failure(&self) -> Option<String> {
+        self.inner.store.as_ref().and_then(Store::failure)
+    }
+
+    /// Store commits that failed since start.
+    pub fn store_failed_commits(&self) -> u64 {
+        self.inner.store.as_ref().map_or(0, Store::failed_commits)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Put a committed change into the map (unless a later one is there already) and announce it.
+    fn apply(&self, user: &BareJid, resource: &ResourcePart, status: Option<Status>, seq: u64) {
+        // Look up before inserting: `entry` needs an owned key, i.e. a copy of the JID.
+        let mut entry = match self.inner.map.get_mut(user) {
+            Some(e) => e,
+            None => self.inner.map.entry(user.clone()).or_default(),
+        };
+        match entry.position(resource.as_str()) {
+            Some(pos) => {
+                let h = &mut entry.held[pos];
+                if h.seq > seq {
+                    return;
+                }
+                h.status = status;
+                h.seq = seq;
+            }
+            None => entry.push(Held {
+                resource: resource.clone(),
+                status,
+                seq,
+                delivered: 0,
+            }),
+        }
+        if !entry.queued {
+            entry.queued = true;
+            let lane = if entry.roster.is_some() {
+                &self.inner.known
+            } else {
+                &self.inner.new
+            };
+            // The receiver only goes away at shutdown; then nothing needs to be announced.
+            let _ = lane.send(user.clone());
+        }
     }
 
     async fn write(
@@ -128,40 +228,34 @@ impl StatusTable {
         resource: &ResourcePart,
         status: Option<Status>,
     ) -> Result<u64, StoreError> {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let pending = {
-            // Look up before inserting: `entry` needs an owned key, i.e. a copy of the JID.
-            let mut entry = match self.inner.map.get_mut(user) {
-                Some(e) => e,
-                None => self.inner.map.entry(user.clone()).or_default(),
-            };
-            let pending = match &self.inner.store {
-                Some(store) => store.put(&user.with_resource(resource), status.as_ref()),
-                None => Pending::done(),
-            };
-            match entry.position(resource.as_str()) {
-                Some(pos) => {
-                    let h = &mut entry.held[pos];
-                    h.status = status;
-                    h.seq = seq;
-                }
-                None => entry.push(Held {
-                    resource: resource.clone(),
-                    status,
-                    seq,
-                    delivered: 0,
-                }),
-            }
-            pending
+        let Some(store) = &self.inner.store else {
+            let seq = self.next_seq();
+            self.apply(user, resource, status, seq);
+            return Ok(seq);
         };
-        pending.durable().await?;
-        // The receiver only goes away at shutdown; then nothing needs to be announced.
-        let _ = self.inner.changes.send(user.clone());
-        Ok(seq)
+        let (tx, rx) = oneshot::channel();
+        {
+            let _order = self.inner.order.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = self.next_seq();
+            let (table, user, resource) = (self.clone(), user.clone(), resource.clone());
+            let full = user.with_resource(&resource);
+            let stored = status.clone();
+            store.put_then(
+                &full,
+                stored.as_ref(),
+                Box::new(move |result| {
+                    if result.is_ok() {
+                        table.apply(&user, &resource, status, seq);
+                    }
+                    let _ = tx.send(result.map(|()| seq));
+                }),
+            );
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Hold `status` for `user/resource`, replacing any previous one; returns once the change is
-    /// durable, with its sequence number.
+    /// durable and applied, with its sequence number. On an error nothing changed.
     pub async fn set(
         &self,
         user: &BareJid,
@@ -284,19 +378,33 @@ mod tests {
         let s1 = t.set(&alice, &r, st("a")).await.unwrap();
         let s2 = t.set(&alice, &r, st("b")).await.unwrap();
         assert!(s2 > s1);
-        assert_eq!(rx.try_recv().unwrap(), alice);
+        // Two changes before the backend looked: one notification.
+        assert_eq!(rx.recv().await.unwrap(), alice);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv())
+                .await
+                .is_err(),
+            "notifications of one user are coalesced"
+        );
         assert_eq!(t.get(&alice, &r).unwrap().status, Some(st("b")));
         // An old delivery does not mark the newer change.
         t.mark_delivered(&alice, &r, s1);
         assert_eq!(t.get(&alice, &r).unwrap().delivered, 0);
         t.mark_delivered(&alice, &r, s2);
         assert_eq!(t.get(&alice, &r).unwrap().delivered, s2);
+        // Once taken, the next change is announced again; with a cached roster in the first lane.
+        let bob = BareJid::new("bob@example.com").unwrap();
+        t.set(&bob, &r, st("new user")).await.unwrap();
+        t.replace_roster(&alice, Arc::from(vec![bob.clone()]));
+        t.set(&alice, &r, st("c")).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), alice, "known users first");
+        assert_eq!(rx.recv().await.unwrap(), bob);
         let s3 = t.clear(&alice, &r).await.unwrap();
         assert!(t.contains(&alice, "tigase-external"));
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 2);
         t.mark_delivered(&alice, &r, s3);
         assert!(t.get(&alice, &r).is_none());
-        assert!(t.is_empty());
+        assert_eq!(t.users(), vec![bob]);
     }
 
     #[tokio::test]

@@ -3,9 +3,16 @@
 //! The store keeps model values and knows nothing of HTTP or XMPP; the [`StatusTable`] is its only
 //! writer. Writes go to one writer thread through a channel in the order the table made them; the
 //! thread commits whatever has queued up in one transaction (group commit, fsync'd by redb's
-//! default durability) and only then acknowledges each write, so a caller that awaited its
-//! acknowledgement knows the change survives a crash. [`Store::open`] returns everything held, for
-//! the table to reload at start.
+//! default durability) and only then acknowledges each write (a callback run on the writer
+//! thread, in commit order), so a caller that awaited its acknowledgement knows the change
+//! survives a crash. [`Store::open`] returns everything held, for the table to reload at start.
+//!
+//! A failed commit (disk full, I/O error) fails every write of its batch and leaves no trace of
+//! them. redb refuses all later writes on a database that saw an I/O error, so the writer closes
+//! it, reports the failure once ([`Store::failure`] for `/readyz` and `/metrics`, one ERROR line),
+//! and reopens it (redb checks and, if needed, repairs the file) before the next batch, and every
+//! second while idle, with a probe commit; the first commit that succeeds again ends the failure.
+//! Everything committed before the failure is still there: redb commits are atomic.
 //!
 //! Record: key = the full JID `user@domain/resource`; value = `[kind][priority][show][status…]`
 //! with kind 1 = available, 2 = cleared (a tombstone kept until its `unavailable` went out).
@@ -13,16 +20,25 @@
 //! [`StatusTable`]: crate::status::StatusTable
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jid::FullJid;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::status::{Show, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
+/// Scratch table of the probe commit that checks a failed store can commit again.
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// How often a failed store is reopened and probed while no write comes.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Encoding of a tombstone record.
+const TOMBSTONE: [u8; 3] = [2, 0, 0];
 /// redb's page cache. Its default (1 GiB) kept every page read at start in memory: 134 MB of
 /// RSS with 1,000,000 records, for pages that are read once (the whole table is in memory anyway).
 const CACHE_BYTES: usize = 16 << 20;
@@ -51,19 +67,29 @@ pub enum StoreError {
 /// One held record as stored: `None` is a tombstone.
 pub type Record = (FullJid, Option<Status>);
 
+/// What is run on the writer thread once a write's commit succeeded or failed.
+pub type Ack = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 enum Op {
-    Put(
-        String,
-        Vec<u8>,
-        Option<oneshot::Sender<Result<(), StoreError>>>,
-    ),
+    Put(String, Vec<u8>, Ack),
+    /// Remove a delivered tombstone, unless a later write has replaced it in the meantime.
     Delete(String),
+}
+
+/// Whether the store can commit, shared by the writer thread and the handles.
+#[derive(Debug, Default)]
+struct Health {
+    /// Why the last commit (or reopen) failed; `None` while commits succeed.
+    failure: Mutex<Option<String>>,
+    /// Commits (or reopens before one) that failed, since start.
+    failed_commits: AtomicU64,
 }
 
 /// Handle to the writer thread.
 #[derive(Debug, Clone)]
 pub struct Store {
     ops: std_mpsc::Sender<Op>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Op {
@@ -95,7 +121,7 @@ impl Pending {
 
 fn encode(status: Option<&Status>) -> Vec<u8> {
     match status {
-        None => vec![2, 0, 0],
+        None => TOMBSTONE.to_vec(),
         Some(s) => {
             let show = match s.show {
                 None => 0,
@@ -149,15 +175,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| open_err(e.to_string()))?;
-        // Make sure the table exists so reads of a fresh store work.
-        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
-        txn.open_table(STATUSES)
-            .map_err(|e| open_err(e.to_string()))?;
-        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(path).map_err(open_err)?;
 
         let mut records = Vec::new();
         {
@@ -178,57 +196,182 @@ impl Store {
         info!(path = %path.display(), records = records.len(), "status store open");
 
         let (tx, rx) = std_mpsc::channel();
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
+        let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("extpresence-store".into())
-            .spawn(move || writer(db, rx))
-            .map_err(|e| open_err(e.to_string()))?;
-        Ok((Store { ops: tx }, records))
+            .spawn(move || {
+                Writer {
+                    db: Some(db),
+                    path,
+                    health: writer_health,
+                }
+                .run(rx)
+            })
+            .map_err(|e| StoreError::Open {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?;
+        Ok((Store { ops: tx, health }, records))
     }
 
-    /// Queue `jid` ← `status` (`None`: tombstone). Ordering of queued writes is kept.
+    /// Queue `jid` ← `status` (`None`: tombstone); `ack` runs on the writer thread once the
+    /// commit succeeded or failed. Acks run in the order the writes were queued, and each runs
+    /// whether or not anybody still waits for the write.
+    pub fn put_then(&self, jid: &FullJid, status: Option<&Status>, ack: Ack) {
+        if let Err(std_mpsc::SendError(Op::Put(_, _, ack))) =
+            self.ops
+                .send(Op::Put(jid.as_str().to_owned(), encode(status), ack))
+        {
+            ack(Err(StoreError::Closed));
+        }
+    }
+
+    /// Queue `jid` ← `status` (`None`: tombstone); await the result to know it is durable.
     pub fn put(&self, jid: &FullJid, status: Option<&Status>) -> Pending {
         let (tx, rx) = oneshot::channel();
-        if self
-            .ops
-            .send(Op::Put(jid.as_str().to_owned(), encode(status), Some(tx)))
-            .is_err()
-        {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(StoreError::Closed));
-            return Pending(Some(rx));
-        }
+        self.put_then(
+            jid,
+            status,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         Pending(Some(rx))
     }
 
-    /// Queue the removal of `jid` (a delivered tombstone); nobody waits for it.
+    /// Queue the removal of `jid` if it is still a tombstone (a later write that replaced it
+    /// stays); nobody waits for it.
     pub fn delete(&self, jid: &FullJid) {
         let _ = self.ops.send(Op::Delete(jid.as_str().to_owned()));
     }
+
+    /// Why the store cannot commit, while it cannot (`None` when the last commit succeeded).
+    pub fn failure(&self) -> Option<String> {
+        self.health
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Commits that failed since start.
+    pub fn failed_commits(&self) -> u64 {
+        self.health.failed_commits.load(Ordering::Relaxed)
+    }
 }
 
-fn writer(db: Database, rx: std_mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// Open (or create) the database and make sure its tables exist, so reads of a fresh store work.
+fn open_db(path: &Path) -> Result<Database, String> {
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| e.to_string())?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// The writer thread's state.
+struct Writer {
+    /// The open database; `None` after a failed commit until it is reopened.
+    db: Option<Database>,
+    /// The file, to reopen it.
+    path: PathBuf,
+    health: Arc<Health>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
+        loop {
+            let first = if self.failing() {
+                match rx.recv_timeout(PROBE_EVERY) {
+                    Ok(op) => op,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        let probe = self.database().and_then(probe);
+                        self.settle(probe.as_ref().map(|_| ()), 0);
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let result = self.database().and_then(|db| commit(db, &batch));
+            self.settle(result.as_ref().map(|_| ()), batch.len());
+            for op in batch {
+                if let Op::Put(_, _, ack) = op {
+                    ack(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(StoreError::Commit(e.clone())),
+                    });
+                }
             }
         }
-        let result = commit(&db, &batch);
-        if let Err(e) = &result {
-            error!(error = %e, writes = batch.len(), "status store commit failed");
+        // Every Store handle is gone: the database is closed on drop.
+    }
+
+    fn failing(&self) -> bool {
+        self.health
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// The open database, reopened first if a failure closed it.
+    fn database(&mut self) -> Result<&Database, String> {
+        if self.db.is_none() {
+            self.db = Some(open_db(&self.path).map_err(|e| format!("reopening: {e}"))?);
         }
-        for op in batch {
-            if let Op::Put(_, _, Some(ack)) = op {
-                let _ = ack.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Commit(e.clone())),
-                });
+        Ok(self.db.as_ref().expect("just opened"))
+    }
+
+    /// Record the outcome of a commit of `writes` writes (0: a probe): the first failure is
+    /// logged at ERROR and closes the database (redb refuses every later write on it); the
+    /// first success after failures is logged too. Nothing is logged per failed request.
+    fn settle(&mut self, result: Result<(), &String>, writes: usize) {
+        let mut failure = self
+            .health
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                if let Some(was) = failure.take() {
+                    info!(path = %self.path.display(), after = %was, "status store commits again; writes are accepted");
+                }
+            }
+            Err(e) => {
+                self.health.failed_commits.fetch_add(1, Ordering::Relaxed);
+                self.db = None;
+                if failure.is_none() {
+                    error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        writes,
+                        "status store cannot commit: updates are refused with 503 and /readyz \
+                         answers 503 until it can; it is reopened and retried every second"
+                    );
+                } else {
+                    debug!(error = %e, writes, "status store still cannot commit");
+                }
+                *failure = Some(e.clone());
             }
         }
     }
-    // Every Store handle is gone: the database is closed on drop.
 }
 
 fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
@@ -243,10 +386,30 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                         .map_err(|e| e.to_string())?;
                 }
                 Op::Delete(k) => {
-                    table.remove(k.as_str()).map_err(|e| e.to_string())?;
+                    let tombstone = table
+                        .get(k.as_str())
+                        .map_err(|e| e.to_string())?
+                        .is_some_and(|v| v.value() == TOMBSTONE);
+                    if tombstone {
+                        table.remove(k.as_str()).map_err(|e| e.to_string())?;
+                    }
                 }
             }
         }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// A commit that writes (and removes) a page-sized record: succeeds only if the store can
+/// really commit again (an empty commit could succeed on a full disk).
+fn probe(db: &Database) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(PROBE).map_err(|e| e.to_string())?;
+        table
+            .insert("probe", [0u8; 4096].as_slice())
+            .map_err(|e| e.to_string())?;
+        table.remove("probe").map_err(|e| e.to_string())?;
     }
     txn.commit().map_err(|e| e.to_string())
 }

@@ -1,0 +1,286 @@
+//! Faults and hostile traffic: what goes wrong around extpresence must not make it lose, leak or
+//! invent anything. Real binary, real Prosody (and ejabberd where the behaviour is the server's),
+//! real XMPP clients.
+//!
+//! - a store whose disk fills up and is freed again (writes recover, `/readyz` tells the truth,
+//!   a refused update leaves no trace anywhere);
+//! - a server frozen with SIGSTOP under load (the link notices, memory stays bounded, the last
+//!   status arrives after SIGCONT);
+//! - a held resource named like a real session of the same user;
+//! - request-derived values in the log (one line per event, escaped) and floods of refusals;
+//! - thousands of slow and idle HTTP connections under a 1,024 open-file limit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::ext::{request, Ext, API_KEY};
+use common::server::{Kind, Server};
+use common::{subscribe_mutual, subscribe_one_way, TestClient, COMPONENT, DOMAIN, SECRET};
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn alice(resource: &str) -> String {
+    format!("alice@{DOMAIN}/{resource}")
+}
+
+fn from_is(p: &Presence, jid: &str) -> bool {
+    p.from.as_ref().map(|j| j.to_string()).as_deref() == Some(jid)
+}
+
+fn status_text(p: &Presence) -> Option<&str> {
+    p.statuses.values().next().map(String::as_str)
+}
+
+/// A server with alice and bob mutual contacts, dave following alice (offline), carol unrelated.
+async fn users(kind: Kind) -> Server {
+    let server = Server::start(kind).await;
+    server.register(&["alice", "bob", "carol", "dave"]).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    let mut dave = TestClient::connect(port, "dave", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    subscribe_one_way(&mut dave, &mut alice).await;
+    dave.disconnect().await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server
+}
+
+/// A tmpfs of `size` mounted on a fresh temp dir (root only, as CI runs), unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill the file system with `name` until it is full; returns the file.
+    fn fill(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join(name);
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0xA5u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
+                    break;
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn get(ext: &Ext, path: &str) -> (u16, String) {
+    request(ext.http, "GET", path, &[], b"").await
+}
+
+/// The value of an unlabelled metric.
+async fn metric(ext: &Ext, name: &str) -> f64 {
+    let (_, body) = get(ext, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Defects 1 and 2: the store's disk fills up. The update whose commit fails is refused (503) and
+/// leaves no trace: not in `extpresence_held_statuses`, not for a contact logging in later, not
+/// after a server restart, not after a kill -9. Later updates are refused too while the disk is
+/// full, `/readyz` says why (503), one ERROR line says so. Once space is freed, writes are
+/// accepted again by themselves, and nothing acknowledged before was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_disk_full_then_freed() {
+    let mut server = users(Kind::Prosody).await;
+    let fs = Tmpfs::mount("4m");
+    let store = fs.path().join("statuses.redb");
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        let start = c.find("[store]").expect("store section");
+        format!("{}[store]\npath = \"{}\"\n", &c[..start], store.display())
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let mut bob = TestClient::connect(server.c2s_port(), "bob", true).await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    ext.post_ok(
+        &base,
+        "application/json",
+        r#"{"show": "xa", "status": "Acknowledged"}"#,
+    )
+    .await;
+    bob.expect_presence(WAIT, |p| from_is(p, &alice("tigase-external")))
+        .await;
+    assert_eq!(get(&ext, "/readyz").await.0, 200);
+
+    let filler = fs.fill("filler");
+    // New resources with long texts until the store needs space it cannot get.
+    let long = "x".repeat(1000);
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..5000 {
+        let (code, body) = ext
+            .post(
+                &format!("{base}/r{i}"),
+                "application/json",
+                &format!(r#"{{"show": "away", "status": "try {i} {long}"}}"#),
+            )
+            .await;
+        match code {
+            200 => acknowledged.push(i),
+            503 => {
+                assert!(body.contains("storage_unavailable"), "{body}");
+                refused = Some(i);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let refused = refused.expect("the full disk never made a commit fail");
+    let held = metric(&ext, "extpresence_held_statuses").await;
+    assert_eq!(
+        held,
+        (1 + acknowledged.len()) as f64,
+        "the refused update is not counted as held"
+    );
+    // While the disk is full: later updates (also of an acknowledged resource) are refused.
+    let (code, body) = ext
+        .post(
+            &base,
+            "application/json",
+            r#"{"show": "dnd", "status": "Refused overwrite"}"#,
+        )
+        .await;
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = get(&ext, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("status store cannot commit"), "{body}");
+    assert_eq!(metric(&ext, "extpresence_store_ok").await, 0.0);
+    assert!(metric(&ext, "extpresence_store_failed_commits_total").await >= 1.0);
+    assert_eq!(
+        ext.log().matches("status store cannot commit").count(),
+        1,
+        "one ERROR line, not one per request:\n{}",
+        ext.log()
+    );
+
+    // dave logs in: he gets the acknowledged statuses, never a refused one.
+    let mut dave = TestClient::connect(server.c2s_port(), "dave", true).await;
+    let p = dave
+        .expect_presence(WAIT, |p| from_is(p, &alice("tigase-external")))
+        .await;
+    assert_eq!(status_text(&p), Some("Acknowledged"));
+    let seen = dave.presences_within(Duration::from_secs(2)).await;
+    let leaked = |seen: &[Presence]| {
+        seen.iter()
+            .filter(|p| {
+                from_is(p, &alice(&format!("r{refused}")))
+                    || status_text(p) == Some("Refused overwrite")
+            })
+            .count()
+    };
+    assert_eq!(leaked(&seen), 0, "a refused update reached dave: {seen:?}");
+
+    // Space is freed: writes recover by themselves.
+    std::fs::remove_file(&filler).expect("remove filler");
+    wait_until("readyz 200 after space is freed", WAIT, || async {
+        get(&ext, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(metric(&ext, "extpresence_store_ok").await, 1.0);
+    ext.wait_log("status store commits again").await;
+    ext.post_ok(
+        &format!("{base}/desk"),
+        "application/json",
+        r#"{"status": "After recovery"}"#,
+    )
+    .await;
+
+    // A server restart: bob (logged in again) gets every acknowledged status, nothing refused.
+    drop(bob);
+    server.stop().await;
+    server.start_again().await;
+    ext.wait_privileged(2).await;
+    let mut bob = TestClient::connect(server.c2s_port(), "bob", true).await;
+    let seen = bob.presences_within(Duration::from_secs(4)).await;
+    assert_eq!(leaked(&seen), 0, "a refused update reached bob: {seen:?}");
+    let desk = seen
+        .iter()
+        .find(|p| from_is(p, &alice("desk")))
+        .expect("the status set after recovery");
+    assert_eq!(status_text(desk), Some("After recovery"));
+    let external = seen
+        .iter()
+        .find(|p| from_is(p, &alice("tigase-external")) && p.type_ == PresenceType::None)
+        .expect("the acknowledged status after the server restart");
+    assert_eq!(status_text(external), Some("Acknowledged"));
+
+    // kill -9 and restart: everything acknowledged is still there, nothing refused.
+    ext.kill().await;
+    ext.restart().await;
+    assert_eq!(
+        metric(&ext, "extpresence_held_statuses").await,
+        (2 + acknowledged.len()) as f64,
+        "every acknowledged status and nothing else after kill -9"
+    );
+    ext.wait_privileged(1).await;
+    let again = bob.presences_within(Duration::from_secs(3)).await;
+    assert_eq!(leaked(&again), 0, "a refused update came back: {again:?}");
+    assert!(
+        again
+            .iter()
+            .any(|p| from_is(p, &alice("tigase-external")) && status_text(p) == Some("Acknowledged")),
+        "the acknowledged status is replayed after the restart: {again:?}"
+    );
+    eprintln!(
+        "store full: {} updates acknowledged, update {refused} refused; recovered after freeing space",
+        acknowledged.len()
+    );
+    let _ = API_KEY;
+}
