@@ -132,6 +132,9 @@ pub struct RawXmpp {
     /// Seconds of silence on the link before we ping the server.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// Seconds a write may wait for the server to take data before the link counts as dead.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
     /// Longest wait between reconnect attempts, in seconds.
     #[serde(default = "default_backoff_max")]
     pub reconnect_max_secs: u64,
@@ -179,6 +182,16 @@ pub struct RawHttp {
     /// Files each holding one API key (first line, trimmed).
     #[serde(default)]
     pub api_key_files: Vec<PathBuf>,
+    /// Concurrent HTTP connections at most (also bounded by the open-file limit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head (also how long an idle keep-alive
+    /// connection is kept).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
 }
 
 impl Default for RawHttp {
@@ -187,8 +200,21 @@ impl Default for RawHttp {
             listen: default_listen(),
             api_keys: Vec::new(),
             api_key_files: Vec::new(),
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> u64 {
+    15
+}
+fn default_body_timeout() -> u64 {
+    15
 }
 
 /// `[tigase]` as written.
@@ -216,6 +242,9 @@ fn default_server() -> String {
 }
 fn default_keepalive() -> u64 {
     30
+}
+fn default_write_timeout() -> u64 {
+    10
 }
 fn default_backoff_max() -> u64 {
     30
@@ -247,6 +276,8 @@ pub struct Settings {
     pub tigase_timeout: Duration,
     /// Silence before a keepalive ping.
     pub keepalive: Duration,
+    /// Longest wait for the server to take written data before the link counts as dead.
+    pub write_timeout: Duration,
     /// Cap of the reconnect backoff.
     pub reconnect_max: Duration,
     /// Defaults and limits for statuses.
@@ -255,6 +286,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Accepted API keys.
     pub api_keys: Vec<Secret>,
+    /// Configured cap on concurrent HTTP connections (`run` also bounds it by the open-file limit).
+    pub max_connections: usize,
+    /// Time for a complete request head; also the idle keep-alive time.
+    pub header_timeout: Duration,
+    /// Time for a complete request body.
+    pub body_timeout: Duration,
     /// The durable store file.
     pub store_path: PathBuf,
     /// What contacts see when extpresence stops.
@@ -386,6 +423,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if x.keepalive_secs == 0 {
         return Err(invalid("xmpp.keepalive_secs", "must be at least 1"));
     }
+    if x.write_timeout_secs == 0 || x.write_timeout_secs > 600 {
+        return Err(invalid(
+            "xmpp.write_timeout_secs",
+            format!("{} is not between 1 and 600", x.write_timeout_secs),
+        ));
+    }
     if x.reconnect_max_secs == 0 {
         return Err(invalid("xmpp.reconnect_max_secs", "must be at least 1"));
     }
@@ -434,6 +477,17 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
 
+    if h.max_connections == 0 {
+        return Err(invalid("http.max_connections", "must be at least 1"));
+    }
+    for (key, secs) in [
+        ("http.header_timeout_secs", h.header_timeout_secs),
+        ("http.body_timeout_secs", h.body_timeout_secs),
+    ] {
+        if secs == 0 || secs > 3600 {
+            return Err(invalid(key, format!("{secs} is not between 1 and 3600")));
+        }
+    }
     if raw.store.path.as_os_str().is_empty() {
         return Err(invalid("store.path", "must name the status store file"));
     }
@@ -446,6 +500,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         backend: x.backend,
         tigase_timeout: Duration::from_secs(raw.tigase.timeout_secs),
         keepalive: Duration::from_secs(x.keepalive_secs),
+        write_timeout: Duration::from_secs(x.write_timeout_secs),
         reconnect_max: Duration::from_secs(x.reconnect_max_secs),
         policy: StatusPolicy {
             default_resource,
@@ -454,6 +509,9 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         },
         listen,
         api_keys,
+        max_connections: h.max_connections,
+        header_timeout: Duration::from_secs(h.header_timeout_secs),
+        body_timeout: Duration::from_secs(h.body_timeout_secs),
         store_path: raw.store.path,
         on_shutdown: s.on_shutdown,
     })

@@ -85,6 +85,7 @@ pub async fn run(
             server: settings.server.clone(),
             secret: settings.secret.clone(),
             keepalive: settings.keepalive,
+            write_timeout: settings.write_timeout,
             reconnect_max: settings.reconnect_max,
             ping_to,
             metrics: metrics.clone(),
@@ -125,6 +126,22 @@ pub async fn run(
         }
     };
 
+    let open_files = http::listener::open_file_limit();
+    let limits = http::listener::HttpLimits {
+        max_connections: http::listener::connection_cap(settings.max_connections, open_files),
+        header_timeout: settings.header_timeout,
+    };
+    if limits.max_connections < settings.max_connections {
+        warn!(
+            configured = settings.max_connections,
+            cap = limits.max_connections,
+            open_files = ?open_files,
+            "[http] max_connections lowered to stay {} descriptors below the open-file limit; \
+             raise LimitNOFILE= (systemd) or ulimit -n to allow more",
+            http::listener::RESERVED_FDS
+        );
+    }
+    let connections = Arc::new(http::listener::ConnStats::default());
     let state = Arc::new(http::AppState {
         table,
         policy: settings.policy.clone(),
@@ -133,35 +150,28 @@ pub async fn run(
         delivery,
         metrics,
         link: link.clone(),
+        connections: connections.clone(),
+        max_connections: limits.max_connections,
+        body_timeout: settings.body_timeout,
     });
     let addr = http.local_addr()?;
-    info!(%addr, "HTTP API listening");
+    info!(%addr, max_connections = limits.max_connections, "HTTP API listening");
     sdnotify::notify("READY=1");
-    let server = axum::serve(http, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server_task = tokio::spawn(async move { server.await });
+    let server_task = tokio::spawn(http::listener::serve(
+        http,
+        http::router(state),
+        limits,
+        connections,
+        shutdown.clone(),
+        HTTP_DRAIN,
+    ));
 
-    // The server ends by itself only on an accept error; otherwise we wait for the signal (with
-    // graceful shutdown on the same token, it may also end first when the signal comes).
-    let mut server_done = false;
-    tokio::select! {
-        r = &mut server_task => {
-            server_done = true;
-            if let Ok(Err(e)) = r {
-                warn!(error = %e, "HTTP server failed");
-            }
-        }
-        _ = shutdown.cancelled() => {}
-    }
+    shutdown.cancelled().await;
     info!("shutting down: no new requests");
     sdnotify::notify("STOPPING=1");
-    if !server_done
-        && tokio::time::timeout(HTTP_DRAIN, &mut server_task)
-            .await
-            .is_err()
-    {
-        warn!("in-flight HTTP requests did not finish in {HTTP_DRAIN:?}; dropped");
-        server_task.abort();
+    // The listener drains in-flight requests itself, bounded by HTTP_DRAIN.
+    if let Err(e) = server_task.await {
+        warn!(error = %e, "the HTTP listener task failed");
     }
 
     let (done_tx, done_rx) = oneshot::channel();

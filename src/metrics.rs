@@ -38,6 +38,16 @@ pub struct Gauges {
     pub store_ok: bool,
     /// Store commits that failed since start.
     pub store_failed_commits: u64,
+    /// HTTP connections open now.
+    pub http_open: u64,
+    /// The effective cap on HTTP connections.
+    pub http_max: u64,
+    /// New HTTP connections that found the cap reached.
+    pub http_cap_hits: u64,
+    /// Idle HTTP connections closed to make room.
+    pub http_evicted: u64,
+    /// New HTTP connections dropped at the cap.
+    pub http_refused: u64,
 }
 
 /// Every counter extpresence exports.
@@ -114,6 +124,28 @@ impl Metrics {
             ],
         );
         let c = |a: &AtomicU64| a.load(Relaxed).to_string();
+        metric(
+            "extpresence_http_connections",
+            "gauge",
+            "HTTP connections open now.",
+            &[("", g.http_open.to_string())],
+        );
+        metric(
+            "extpresence_http_connections_max",
+            "gauge",
+            "The cap on concurrent HTTP connections ([http] max_connections, bounded by the open-file limit).",
+            &[("", g.http_max.to_string())],
+        );
+        metric(
+            "extpresence_http_connection_cap_total",
+            "counter",
+            "New HTTP connections that found the cap reached, by what happened: an idle one was closed to make room (evicted), or the new one was dropped (refused).",
+            &[
+                ("{event=\"reached\"}", g.http_cap_hits.to_string()),
+                ("{event=\"evicted\"}", g.http_evicted.to_string()),
+                ("{event=\"refused\"}", g.http_refused.to_string()),
+            ],
+        );
         metric(
             "extpresence_stanzas_sent_total",
             "counter",
@@ -205,6 +237,8 @@ mod tests {
             link_up: true,
             store_ok: false,
             store_failed_commits: 2,
+            http_open: 5,
+            ..Gauges::default()
         });
         for line in [
             "extpresence_held_statuses 3",
@@ -214,6 +248,7 @@ mod tests {
             "extpresence_link_up 1",
             "extpresence_store_ok 0",
             "extpresence_store_failed_commits_total 2",
+            "extpresence_http_connections 5",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.0005\"} 0",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.001\"} 1",
             "extpresence_http_request_duration_seconds_bucket{le=\"2.5\"} 1",

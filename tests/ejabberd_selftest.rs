@@ -36,6 +36,7 @@ fn link_config(server: &Ejabberd) -> LinkConfig {
         server: format!("127.0.0.1:{}", server.component_port),
         secret: Secret::new(SECRET),
         keepalive: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(10),
         reconnect_max: Duration::from_secs(5),
         ping_to: BareJid::new(DOMAIN).expect("domain jid").into(),
         metrics: Default::default(),

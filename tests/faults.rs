@@ -273,9 +273,9 @@ async fn store_disk_full_then_freed() {
     let again = bob.presences_within(Duration::from_secs(3)).await;
     assert_eq!(leaked(&again), 0, "a refused update came back: {again:?}");
     assert!(
-        again
-            .iter()
-            .any(|p| from_is(p, &alice("tigase-external")) && status_text(p) == Some("Acknowledged")),
+        again.iter().any(
+            |p| from_is(p, &alice("tigase-external")) && status_text(p) == Some("Acknowledged")
+        ),
         "the acknowledged status is replayed after the restart: {again:?}"
     );
     eprintln!(
@@ -283,4 +283,213 @@ async fn store_disk_full_then_freed() {
         acknowledged.len()
     );
     let _ = API_KEY;
+}
+
+/// An HTTP/1.1 keep-alive connection for load (one TCP connection per worker, so a load of many
+/// thousand requests does not use up the loopback's ephemeral ports).
+struct KeepAlive {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl KeepAlive {
+    async fn connect(addr: std::net::SocketAddr) -> KeepAlive {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to HTTP");
+        KeepAlive {
+            stream: tokio::io::BufReader::new(tcp),
+        }
+    }
+
+    /// POST a JSON body with the API key; returns the status code.
+    async fn post(&mut self, path: &str, body: &str) -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST {path}?api-key={API_KEY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).await.expect("write head");
+        s.write_all(body.as_bytes()).await.expect("write body");
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {line:?}"));
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().expect("content-length");
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await.expect("body");
+        status
+    }
+}
+
+/// `n` POSTs of `body(i)` to `path(i)` over `workers` keep-alive connections; returns how many
+/// were answered 200.
+async fn load(
+    addr: std::net::SocketAddr,
+    n: usize,
+    workers: usize,
+    path: impl Fn(usize) -> String + Send + Sync + 'static,
+    body: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> usize {
+    let make = std::sync::Arc::new((path, body));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = KeepAlive::connect(addr).await;
+            let mut ok = 0;
+            for i in (w..n).step_by(workers) {
+                if c.post(&(make.0)(i), &(make.1)(i)).await == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.expect("load worker");
+    }
+    ok
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Defect 3: Prosody is frozen (SIGSTOP) while updates flow. The link notices within the write
+/// timeout although it is busy, `/readyz` answers 503, updates are still held (200), memory stays
+/// bounded while thousands more arrive, and after SIGCONT the link is back within the reconnect
+/// bounds and bob gets the last status of every resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_is_noticed_under_load() {
+    let server = users(Kind::Prosody).await;
+    let common::server::Server::Prosody(prosody) = &server else {
+        unreachable!()
+    };
+    let pid = prosody.pid().expect("prosody pid");
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace(
+            "keepalive_secs = 10",
+            "keepalive_secs = 10\nwrite_timeout_secs = 3",
+        )
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let mut bob = TestClient::connect(server.c2s_port(), "bob", true).await;
+    let base = format!("/rest/user/alice@{DOMAIN}/status");
+    ext.post_ok(&base, "application/json", r#"{"status": "before"}"#)
+        .await;
+    bob.expect_presence(WAIT, |p| from_is(p, &alice("tigase-external")))
+        .await;
+
+    signal(pid, "-STOP");
+    let frozen = std::time::Instant::now();
+    let long = "z".repeat(1000);
+    let text = move |i: usize| format!(r#"{{"show": "away", "status": "n{i} {long}"}}"#);
+    let path = {
+        let base = base.clone();
+        move |i: usize| format!("{base}/r{}", i % 50)
+    };
+    // Updates keep coming (in the background) until the link is seen dead (bounded: 60 s).
+    let flow = tokio::spawn(load(ext.http, 3000, 8, path.clone(), text.clone()));
+    let mut noticed = None;
+    while frozen.elapsed() < Duration::from_secs(60) {
+        if get(&ext, "/readyz").await.0 == 503 {
+            noticed = Some(frozen.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let noticed = noticed.expect("the frozen server was not noticed within 60 s");
+    let ok = flow.await.expect("load");
+    assert_eq!(ok, 3000, "updates are held while the server is frozen");
+    let mut sent = 3000;
+    eprintln!("frozen: noticed after {noticed:?}");
+    ext.wait_log("the server accepted no data for").await;
+    let (_, why) = get(&ext, "/readyz").await;
+    assert!(why.contains("XMPP component link is down"), "{why}");
+
+    // Memory stays bounded while 3,000 more updates arrive for the frozen server.
+    let ext_pid = ext.pid().expect("extpresence pid");
+    let before = rss_kib(ext_pid);
+    let ok = load(ext.http, 3000, 8, path.clone(), text.clone()).await;
+    assert_eq!(ok, 3000);
+    sent += 3000;
+    let after = rss_kib(ext_pid);
+    // The last status of every resource.
+    let last = load(ext.http, 50, 1, path.clone(), |i| {
+        format!(r#"{{"show": "dnd", "status": "last {i}"}}"#)
+    })
+    .await;
+    assert_eq!(last, 50);
+
+    signal(pid, "-CONT");
+    let thawed = std::time::Instant::now();
+    ext.wait_privileged(2).await;
+    let reconnected = thawed.elapsed();
+    eprintln!("frozen: RSS {before} -> {after} KiB; link back after {reconnected:?}");
+    let mut missing: std::collections::HashSet<usize> = (0..50).collect();
+    while !missing.is_empty() {
+        let p = bob
+            .expect_presence(Duration::from_secs(30), |p| {
+                missing.iter().any(|i| {
+                    from_is(p, &alice(&format!("r{i}")))
+                        && status_text(p) == Some(&format!("last {i}"))
+                })
+            })
+            .await;
+        assert_eq!(p.show, Some(xmpp_parsers::presence::Show::Dnd));
+        let r = p
+            .from
+            .as_ref()
+            .and_then(|j| j.resource())
+            .expect("resource");
+        missing.remove(&r.as_str()[1..].parse::<usize>().expect("r<i>"));
+    }
+    eprintln!(
+        "frozen server: noticed after {noticed:?} and {sent} updates in all; RSS {before} -> {after} KiB \
+         over 3,000 updates while frozen; link back {reconnected:?} after SIGCONT"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "memory grew from {before} to {after} KiB over 3,000 updates"
+    );
+    assert!(
+        noticed < Duration::from_secs(30),
+        "noticed only after {noticed:?} (write timeout 3 s after the socket buffers filled)"
+    );
+    assert!(
+        reconnected < Duration::from_secs(15),
+        "link back only {reconnected:?} after SIGCONT"
+    );
 }

@@ -31,6 +31,7 @@ fn systemd_unit_verifies_and_is_hardened() {
         "NoNewPrivileges=yes",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "SystemCallFilter=@system-service",
+        "LimitNOFILE=1088",
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks {line}");
     }

@@ -778,6 +778,7 @@ mod tests {
                 server: "127.0.0.1:1".into(),
                 secret: crate::config::Secret::new("x"),
                 keepalive: Duration::from_secs(30),
+                write_timeout: Duration::from_secs(10),
                 reconnect_max: Duration::from_secs(30),
                 ping_to: BareJid::new("example.com").unwrap().into(),
                 metrics: Default::default(),

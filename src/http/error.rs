@@ -76,6 +76,9 @@ pub enum ApiError {
     /// Body could not be read.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The user JID does not parse or names no user.
     #[error("{0:?} is not a valid user JID (expected user@domain)")]
     Jid(String),
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyRead(_)
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",
             ApiError::BodyRead(_) => "body_unreadable",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Jid(_) => "invalid_jid",
             ApiError::Domain(_) => "domain_not_served",
             ApiError::Malformed { .. } => "malformed_body",

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod listener;
 pub mod server;
 pub mod tigase;
 

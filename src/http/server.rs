@@ -2,8 +2,9 @@
 //! body → fields → table → delivery outcome), request spans and metrics, and the operations
 //! endpoints (`/healthz`, `/readyz`, `/metrics`, no API key).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::auth::ApiKeys;
 use super::error::{self, ApiError, Format};
+use super::listener::ConnStats;
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
 use crate::metrics::{Gauges, Metrics, Outcome};
@@ -42,6 +44,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The XMPP link, for `/readyz` and `/metrics`.
     pub link: LinkHandle,
+    /// The listener's connection counters, for `/metrics`.
+    pub connections: Arc<ConnStats>,
+    /// The effective cap on concurrent connections, for `/metrics`.
+    pub max_connections: usize,
+    /// Longest time a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 /// The API router.
@@ -83,6 +91,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         link_up: state.link.state() == LinkState::Up,
         store_ok: state.table.store_failure().is_none(),
         store_failed_commits: state.table.store_failed_commits(),
+        http_open: state.connections.open.load(Relaxed),
+        http_max: state.max_connections as u64,
+        http_cap_hits: state.connections.cap_hits.load(Relaxed),
+        http_evicted: state.connections.evicted.load(Relaxed),
+        http_refused: state.connections.refused.load(Relaxed),
     });
     let mut r = body.into_response();
     r.headers_mut().insert(
@@ -198,7 +211,7 @@ impl std::fmt::Display for Short<'_> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(headers: &HeaderMap, body: Body, within: Duration) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -206,8 +219,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::TooLarge(MAX_BODY_BYTES));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
+    tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY_BYTES))
         .await
+        .map_err(|_| ApiError::BodyTimeout(within))?
         .map_err(|e| {
             // `to_bytes` reports the limit as a length error somewhere in the source chain.
             let mut src: Option<&dyn std::error::Error> = Some(&e);
@@ -241,7 +255,7 @@ async fn set_status(
         .unwrap_or_default();
     let format = Format::from_media_type(&content_type)
         .ok_or_else(|| ApiError::MediaType(content_type.chars().take(128).collect()))?;
-    let body = read_body(headers, body).await?;
+    let body = read_body(headers, body, state.body_timeout).await?;
 
     let (user, jid_resource) = tigase::parse_user(user)?;
     if !state.domains.contains(user.domain().as_str()) {

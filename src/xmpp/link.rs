@@ -9,6 +9,12 @@
 //! server's own text and the fix where we know it, and followed by a reconnect after a jittered,
 //! capped exponential backoff (reset after a healthy period). After every successful handshake it
 //! announces [`LinkEvent::Up`], and the delivery backend replays what is held.
+//!
+//! A server that stops reading (frozen, overloaded, a dead peer behind a live socket) is noticed
+//! while updates flow too: every write must be taken by the socket within the write timeout, else
+//! the link counts as dead and is reconnected (a blocked write would otherwise stall the link,
+//! the keepalive and everything queued behind it). The task takes at most [`MAX_TURN`] queued
+//! commands before it reads again, so inbound stanzas and the keepalive are served under load.
 
 use std::io;
 use std::time::Duration;
@@ -47,6 +53,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// A session that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// Most queued commands written in one turn before the task reads from the server again.
+const MAX_TURN: usize = 256;
 /// Id prefix of our keepalive pings, so their answers are not passed on.
 const PING_PREFIX: &str = "extpresence-ping-";
 
@@ -61,6 +69,8 @@ pub struct LinkConfig {
     pub secret: Secret,
     /// Silence before a keepalive ping.
     pub keepalive: Duration,
+    /// Longest time a write may wait for the server to take data before the link counts as dead.
+    pub write_timeout: Duration,
     /// Cap of the reconnect backoff.
     pub reconnect_max: Duration,
     /// Where keepalive pings go (a served domain: the server answers them).
@@ -114,6 +124,9 @@ pub enum LinkError {
     /// Nothing arrived in time (connect, handshake or keepalive).
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// The server took no data for the write timeout (frozen or overloaded).
+    #[error("the server accepted no data for {0:?} (frozen or overloaded?); reconnecting")]
+    Stalled(Duration),
     /// The server closed the stream or the connection.
     #[error("connection closed by the server: {0}")]
     Closed(String),
@@ -482,6 +495,17 @@ async fn write_text(stream: &mut Stream, text: &mut Vec<u8>) -> Result<(), io::E
     Ok(())
 }
 
+/// Run one write within the write timeout.
+async fn within<F>(cfg: &LinkConfig, write: F) -> Result<(), LinkError>
+where
+    F: std::future::Future<Output = Result<(), io::Error>>,
+{
+    match timeout(cfg.write_timeout, write).await {
+        Ok(r) => r.map_err(LinkError::from),
+        Err(_) => Err(LinkError::Stalled(cfg.write_timeout)),
+    }
+}
+
 async fn session(
     cfg: &LinkConfig,
     mut stream: Stream,
@@ -495,18 +519,22 @@ async fn session(
         tokio::select! {
             cmd = commands.recv() => {
                 let mut cmd = cmd;
-                // Write everything queued, then flush once. Rendered presences are gathered in
-                // `text` and written before the next stanza (and at the end), keeping the order.
+                // Write what is queued (at most MAX_TURN commands), then flush once. Rendered
+                // presences are gathered in `text` and written before the next stanza (and at
+                // the end), keeping the order. Every write has the write timeout.
+                let mut turn = 0;
                 loop {
-                    match cmd {
+                    turn += 1;
+                    let written = match cmd {
                         Some(Command::Send(o)) => {
-                            if !text.is_empty() {
-                                if let Err(e) = write_text(&mut stream, &mut text).await {
-                                    return SessionEnd::Failed(e.into());
-                                }
-                            }
-                            if let Err(e) = write(&mut stream, o, &cfg.metrics).await {
-                                return SessionEnd::Failed(e.into());
+                            let pending = if text.is_empty() {
+                                Ok(())
+                            } else {
+                                within(cfg, write_text(&mut stream, &mut text)).await
+                            };
+                            match pending {
+                                Ok(()) => within(cfg, write(&mut stream, o, &cfg.metrics)).await,
+                                e => e,
                             }
                         }
                         Some(Command::SendBatch(b)) => {
@@ -514,22 +542,28 @@ async fn session(
                             trace!(xml = b.xml(), "send");
                             text.extend_from_slice(b.xml().as_bytes());
                             if text.len() >= TEXT_HIGH_WATER {
-                                if let Err(e) = write_text(&mut stream, &mut text).await {
-                                    return SessionEnd::Failed(e.into());
-                                }
+                                within(cfg, write_text(&mut stream, &mut text)).await
+                            } else {
+                                Ok(())
                             }
                         }
                         Some(Command::Close(done)) => {
-                            let _ = write_text(&mut stream, &mut text).await;
+                            let _ = within(cfg, write_text(&mut stream, &mut text)).await;
                             close(&mut stream).await;
                             return SessionEnd::Closed(done);
                         }
                         None => {
-                            let _ = write_text(&mut stream, &mut text).await;
+                            let _ = within(cfg, write_text(&mut stream, &mut text)).await;
                             close(&mut stream).await;
                             let (tx, _rx) = oneshot::channel();
                             return SessionEnd::Closed(tx);
                         }
+                    };
+                    if let Err(e) = written {
+                        return SessionEnd::Failed(e);
+                    }
+                    if turn >= MAX_TURN {
+                        break;
                     }
                     match commands.try_recv() {
                         Ok(next) => cmd = Some(next),
@@ -537,12 +571,12 @@ async fn session(
                     }
                 }
                 let flushed = if text.is_empty() {
-                    flush(&mut stream).await
+                    within(cfg, flush(&mut stream)).await
                 } else {
-                    write_text(&mut stream, &mut text).await
+                    within(cfg, write_text(&mut stream, &mut text)).await
                 };
                 if let Err(e) = flushed {
-                    return SessionEnd::Failed(e.into());
+                    return SessionEnd::Failed(e);
                 }
             }
             item = stream.next() => match item {
@@ -565,8 +599,13 @@ async fn session(
                     ping_seq += 1;
                     let ping = stanzas::ping(&cfg.component, cfg.ping_to.clone(), format!("{PING_PREFIX}{ping_seq}"));
                     debug!("link idle: sending keepalive ping");
-                    if let Err(e) = write(&mut stream, ping, &cfg.metrics).await.and(flush(&mut stream).await) {
-                        return SessionEnd::Failed(e.into());
+                    let sent = within(cfg, async {
+                        write(&mut stream, ping, &cfg.metrics).await?;
+                        flush(&mut stream).await
+                    })
+                    .await;
+                    if let Err(e) = sent {
+                        return SessionEnd::Failed(e);
                     }
                 }
                 Some(Err(ReadError::ParseError(e))) => warn!(error = %e, "ignored an unparseable element from the server"),
@@ -582,8 +621,8 @@ async fn session(
 }
 
 async fn close(stream: &mut Stream) {
-    let _ = flush(stream).await;
     let _ = timeout(Duration::from_secs(2), async {
+        flush(stream).await?;
         if stream.shutdown().await.is_ok() {
             // Wait for the server's footer so everything we sent is processed.
             while let Some(item) = stream.next().await {
@@ -595,6 +634,7 @@ async fn close(stream: &mut Stream) {
                 }
             }
         }
+        Ok::<(), io::Error>(())
     })
     .await;
 }
