@@ -493,3 +493,151 @@ async fn frozen_server_is_noticed_under_load() {
         "link back only {reconnected:?} after SIGCONT"
     );
 }
+
+/// Open a connection and send a request head without its final blank line (slowloris).
+async fn slow_head(addr: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .ok()?;
+    Some(s)
+}
+
+/// Open a connection, GET /healthz on it (keep-alive), and keep it open idle.
+async fn idle_keepalive(addr: std::net::SocketAddr) -> Option<KeepAliveIdle> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0).then_some(KeepAliveIdle(s))
+    })
+    .await
+    .ok()?
+}
+
+/// An idle keep-alive connection (held only to occupy the server).
+#[allow(dead_code)]
+struct KeepAliveIdle(tokio::net::TcpStream);
+
+/// Whether the server has closed `s` (EOF or reset) within `limit`.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(limit, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Weakness 6: extpresence runs with 1,024 descriptors (prlimit). 500 slow-header and 2,000 idle
+/// keep-alive connections: `/healthz` still answers at once, the slow ones are closed after the
+/// header timeout, the cap is logged (and below the descriptor limit), and the XMPP link still
+/// reconnects after a server restart while the connections press on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_under_fd_limit() {
+    let mut server = Server::start(Kind::Prosody).await;
+    let ext = Ext::start_launched(
+        server.component_port(),
+        DOMAIN,
+        COMPONENT,
+        SECRET,
+        |c| c.replace("[http]\n", "[http]\nheader_timeout_secs = 6\n"),
+        Vec::new(),
+        vec!["prlimit".into(), "--nofile=1024:1024".into()],
+    )
+    .await;
+    let mut ext = ext;
+    ext.wait_privileged(1).await;
+    assert_eq!(
+        metric(&ext, "extpresence_http_connections_max").await,
+        960.0,
+        "1,024 descriptors less the 64 kept for the link and the store"
+    );
+    let addr = ext.http;
+    let started = std::time::Instant::now();
+
+    // 2,000 idle keep-alive connections, then 500 slow heads, 32 being opened at a time.
+    let mut idle = Vec::new();
+    for chunk in (0..2000).collect::<Vec<_>>().chunks(32) {
+        let opened = futures::future::join_all(chunk.iter().map(|_| idle_keepalive(addr))).await;
+        idle.extend(opened.into_iter().flatten());
+    }
+    let mut slow = Vec::new();
+    for chunk in (0..500).collect::<Vec<_>>().chunks(32) {
+        let opened = futures::future::join_all(chunk.iter().map(|_| slow_head(addr))).await;
+        slow.extend(opened.into_iter().flatten());
+    }
+    let opened = started.elapsed();
+
+    // /healthz answers while all of them are held.
+    let t = std::time::Instant::now();
+    let (code, _) = get(&ext, "/healthz").await;
+    assert_eq!(code, 200);
+    let healthz = t.elapsed();
+    let open_now = metric(&ext, "extpresence_http_connections").await;
+    assert!(open_now <= 961.0, "{open_now} connections open");
+
+    // The XMPP server restarts while a filler keeps the connections at the cap.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let filler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while !stop.is_cancelled() {
+                if let Some(c) = idle_keepalive(addr).await {
+                    held.push(c);
+                }
+                if held.len() > 3000 {
+                    held.drain(..1000);
+                }
+            }
+            held.len()
+        })
+    };
+    server.stop().await;
+    server.start_again().await;
+    ext.wait_privileged(2).await;
+    stop.cancel();
+    filler.await.expect("filler");
+
+    // Fresh slow heads are closed by the server after the header timeout (6 s).
+    let mut fresh = Vec::new();
+    for _ in 0..20 {
+        fresh.extend(slow_head(addr).await);
+    }
+    let mut closed = 0;
+    for s in &mut fresh {
+        if closed_by_server(s, Duration::from_secs(10)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, fresh.len(), "slow heads were not closed");
+    ext.wait_log("HTTP connection cap of 960 reached").await;
+    let (_, metrics) = get(&ext, "/metrics").await;
+    let reached = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("extpresence_http_connection_cap_total{event=\"reached\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("cap metric");
+    assert!(reached > 0, "{metrics}");
+    assert!(
+        !ext.log().contains("Too many open files"),
+        "descriptors ran out:\n{}",
+        ext.log()
+    );
+    eprintln!(
+        "connections: {} idle + {} slow opened in {opened:?}; /healthz in {healthz:?}; \
+         {open_now} open at the server (cap 960); cap reached {reached} times; link back after a \
+         server restart under pressure",
+        idle.len(),
+        slow.len()
+    );
+}

@@ -32,6 +32,9 @@ pub struct Ext {
     link_up: watch::Receiver<usize>,
     /// Extra environment for the next (re)start.
     pub env: Vec<(String, String)>,
+    /// A program (and its arguments) that runs the binary, e.g. `prlimit --nofile=1024:1024`
+    /// (it must exec the binary, so the process id stays the binary's).
+    pub launcher: Vec<String>,
 }
 
 impl Ext {
@@ -60,6 +63,28 @@ impl Ext {
         secret: &str,
         tweak: impl FnOnce(String) -> String,
         env: Vec<(String, String)>,
+    ) -> Ext {
+        Ext::start_launched(
+            component_port,
+            domain,
+            component,
+            secret,
+            tweak,
+            env,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), with the binary run by `launcher`.
+    pub async fn start_launched(
+        component_port: u16,
+        domain: &str,
+        component: &str,
+        secret: &str,
+        tweak: impl FnOnce(String) -> String,
+        env: Vec<(String, String)>,
+        launcher: Vec<String>,
     ) -> Ext {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("extpresence.toml");
@@ -98,6 +123,7 @@ path = "{store}"
             _dir: dir,
             link_up: watch::channel(0).1,
             env,
+            launcher,
         };
         ext.spawn().await;
         ext
@@ -106,7 +132,15 @@ path = "{store}"
     /// Start the process with the config file, and wait until it listens. The log and the
     /// privileged-link count start afresh.
     async fn spawn(&mut self) {
-        let mut child = Command::new(binary())
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,extpresence=debug")
