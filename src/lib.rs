@@ -142,6 +142,7 @@ pub async fn run(
         );
     }
     let connections = Arc::new(http::listener::ConnStats::default());
+    let requests = Arc::new(http::log::RequestLog::default());
     let state = Arc::new(http::AppState {
         table,
         policy: settings.policy.clone(),
@@ -153,6 +154,18 @@ pub async fn run(
         connections: connections.clone(),
         max_connections: limits.max_connections,
         body_timeout: settings.body_timeout,
+        requests: requests.clone(),
+    });
+    // The summary of a flood of refusals is written when its period is over, also if no request
+    // comes after it.
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(http::log::PERIOD);
+            while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+                requests.flush();
+            }
+        }
     });
     let addr = http.local_addr()?;
     info!(%addr, max_connections = limits.max_connections, "HTTP API listening");

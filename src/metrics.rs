@@ -5,8 +5,10 @@
 //! Gauges that are cheap to read at scrape time (held statuses, link state) are passed to
 //! [`Metrics::render`] instead of being tracked.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the HTTP latency histogram buckets.
@@ -64,6 +66,9 @@ pub struct Metrics {
     pub roster_hits: AtomicU64,
     /// Updates that had to wait for a roster fetch.
     pub roster_misses: AtomicU64,
+    /// Refused and failed requests by error code (a lock per refusal: refusals are not the
+    /// hot path, and the codes are a small fixed set).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -73,6 +78,16 @@ impl Metrics {
     /// Count one update request by outcome.
     pub fn update(&self, outcome: Outcome) {
         self.updates[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Count one refused or failed request by its error code.
+    pub fn refused(&self, code: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code)
+            .or_default() += 1;
     }
 
     /// Record one HTTP request's latency.
@@ -122,6 +137,23 @@ impl Metrics {
                 ("{outcome=\"rejected\"}", u(Outcome::Rejected)),
                 ("{outcome=\"failed\"}", u(Outcome::Failed)),
             ],
+        );
+        let by_code: Vec<(String, String)> = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), n.to_string()))
+            .collect();
+        let by_code: Vec<(&str, String)> = by_code
+            .iter()
+            .map(|(l, n)| (l.as_str(), n.clone()))
+            .collect();
+        metric(
+            "extpresence_http_refused_total",
+            "counter",
+            "API requests refused (4xx) or failed (5xx), by error code.",
+            &by_code,
         );
         let c = |a: &AtomicU64| a.load(Relaxed).to_string();
         metric(
@@ -229,6 +261,8 @@ mod tests {
         m.update(Outcome::Set);
         m.update(Outcome::Set);
         m.update(Outcome::Rejected);
+        m.refused("missing_api_key");
+        m.refused("missing_api_key");
         m.http_latency(Duration::from_micros(700));
         m.http_latency(Duration::from_secs(10));
         Metrics::inc(&m.stanzas_sent);
@@ -249,6 +283,7 @@ mod tests {
             "extpresence_store_ok 0",
             "extpresence_store_failed_commits_total 2",
             "extpresence_http_connections 5",
+            "extpresence_http_refused_total{code=\"missing_api_key\"} 2",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.0005\"} 0",
             "extpresence_http_request_duration_seconds_bucket{le=\"0.001\"} 1",
             "extpresence_http_request_duration_seconds_bucket{le=\"2.5\"} 1",

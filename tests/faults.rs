@@ -282,46 +282,55 @@ async fn store_disk_full_then_freed() {
         "store full: {} updates acknowledged, update {refused} refused; recovered after freeing space",
         acknowledged.len()
     );
-    let _ = API_KEY;
 }
 
 /// An HTTP/1.1 keep-alive connection for load (one TCP connection per worker, so a load of many
-/// thousand requests does not use up the loopback's ephemeral ports).
+/// thousand requests does not use up the loopback's ephemeral ports). Reconnects when the server
+/// closes the connection after an answer (as it does after refusing a request whose body it did
+/// not read).
 struct KeepAlive {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    addr: std::net::SocketAddr,
+    stream: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
 }
 
 impl KeepAlive {
     async fn connect(addr: std::net::SocketAddr) -> KeepAlive {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to HTTP");
-        KeepAlive {
-            stream: tokio::io::BufReader::new(tcp),
-        }
+        KeepAlive { addr, stream: None }
     }
 
-    /// POST a JSON body with the API key; returns the status code.
-    async fn post(&mut self, path: &str, body: &str) -> u16 {
+    /// POST a JSON body to `target` (path and query); returns the status code.
+    async fn post(&mut self, target: &str, body: &str) -> u16 {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let head = format!(
-            "POST {path}?api-key={API_KEY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let s = self.stream.get_mut();
-        s.write_all(head.as_bytes()).await.expect("write head");
-        s.write_all(body.as_bytes()).await.expect("write body");
+        let stream = match &mut self.stream {
+            Some(s) => s,
+            None => {
+                let tcp = tokio::net::TcpStream::connect(self.addr)
+                    .await
+                    .expect("connect to HTTP");
+                self.stream.insert(tokio::io::BufReader::new(tcp))
+            }
+        };
+        stream
+            .get_mut()
+            .write_all(head.as_bytes())
+            .await
+            .expect("write request");
         let mut line = String::new();
-        self.stream.read_line(&mut line).await.expect("status line");
+        stream.read_line(&mut line).await.expect("status line");
         let status = line
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status in {line:?}"));
         let mut length = 0usize;
+        let mut close = false;
         loop {
             line.clear();
-            self.stream.read_line(&mut line).await.expect("header");
+            stream.read_line(&mut line).await.expect("header");
             if line == "\r\n" || line.is_empty() {
                 break;
             }
@@ -329,16 +338,22 @@ impl KeepAlive {
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().expect("content-length");
                 }
+                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    close = true;
+                }
             }
         }
-        let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body).await.expect("body");
+        let mut answer = vec![0u8; length];
+        stream.read_exact(&mut answer).await.expect("body");
+        if close {
+            self.stream = None;
+        }
         status
     }
 }
 
-/// `n` POSTs of `body(i)` to `path(i)` over `workers` keep-alive connections; returns how many
-/// were answered 200.
+/// `n` POSTs of `body(i)` to `target(i)` (path and query) over `workers` keep-alive
+/// connections; returns how many were answered 200.
 async fn load(
     addr: std::net::SocketAddr,
     n: usize,
@@ -418,7 +433,7 @@ async fn frozen_server_is_noticed_under_load() {
     let text = move |i: usize| format!(r#"{{"show": "away", "status": "n{i} {long}"}}"#);
     let path = {
         let base = base.clone();
-        move |i: usize| format!("{base}/r{}", i % 50)
+        move |i: usize| format!("{base}/r{}?api-key={API_KEY}", i % 50)
     };
     // Updates keep coming (in the background) until the link is seen dead (bounded: 60 s).
     let flow = tokio::spawn(load(ext.http, 3000, 8, path.clone(), text.clone()));
@@ -639,5 +654,84 @@ async fn slow_and_idle_connections_under_fd_limit() {
          server restart under pressure",
         idle.len(),
         slow.len()
+    );
+}
+
+/// Weakness 7: request-derived values are escaped in the log (a `%0A` in the path cannot forge a
+/// line, an ESC byte never reaches the terminal), and a flood of 20,000 unauthenticated requests
+/// writes a bounded number of lines while `/metrics` counts every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_injection_and_flood() {
+    let server = Server::start(Kind::Prosody).await;
+    let ext = Ext::start_with_env(
+        server.component_port(),
+        DOMAIN,
+        COMPONENT,
+        SECRET,
+        |c| c,
+        vec![("RUST_LOG".into(), "info".into())],
+    )
+    .await;
+    ext.wait_log("XMPP component link up").await;
+    let forged = "%0A2026-01-01T00:00:00.000000Z%20ERROR%20extpresence:%20forged%1B%5B31mred";
+    let (code, body) = request(
+        ext.http,
+        "POST",
+        &format!("/rest/user/{forged}@{DOMAIN}/status?api-key={API_KEY}"),
+        &[("Content-Type", "application/json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    ext.wait_log("request refused").await;
+
+    let flood = load(
+        ext.http,
+        20_000,
+        8,
+        |_| format!("/rest/user/alice@{DOMAIN}/status"),
+        |_| "{}".to_string(),
+    )
+    .await;
+    assert_eq!(flood, 0, "every unauthenticated request is refused");
+    let (_, metrics) = get(&ext, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "extpresence_http_refused_total{code=\"missing_api_key\"} 20000"),
+        "exact count in /metrics:\n{metrics}"
+    );
+    // The summary of the flood's period comes when the period is over.
+    ext.wait_log("were not logged one by one").await;
+
+    let log = ext.log();
+    assert!(!log.contains('\u{1b}'), "an ESC byte reached the log");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("20") && line.as_bytes().get(4) == Some(&b'-'),
+            "a line that is not a log record (forged or broken): {line:?}"
+        );
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00"),
+            "a forged line: {line:?}"
+        );
+    }
+    let injected: Vec<&str> = log.lines().filter(|l| l.contains("forged")).collect();
+    assert_eq!(injected.len(), 1, "one line for the request: {injected:?}");
+    assert!(injected[0].contains("\\n2026-01-01"), "{}", injected[0]);
+    assert!(injected[0].contains("\\u{1b}[31m"), "{}", injected[0]);
+    let refused_lines = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .count();
+    assert!(
+        refused_lines <= 30,
+        "{refused_lines} lines for 20,001 refusals (bytes in all: {})",
+        log.len()
+    );
+    eprintln!(
+        "log: 20,001 refused requests wrote {refused_lines} 'request refused' lines, {} lines and {} bytes in all",
+        log.lines().count(),
+        log.len()
     );
 }

@@ -115,3 +115,29 @@ async fn server_host_name_is_resolved() {
         ext.log()
     );
 }
+
+/// Even at `RUST_LOG=trace` the handshake digest (SHA-1 of stream id and secret, an offline
+/// guessing aid for a weak secret) is never logged; the handshake still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_digest_never_logged() {
+    let prosody = Prosody::start().await;
+    let mut ext = Ext::start_with_env(
+        prosody.component_port,
+        DOMAIN,
+        COMPONENT,
+        SECRET,
+        |c| c,
+        vec![("RUST_LOG".into(), "trace".into())],
+    )
+    .await;
+    ext.wait_privileged(1).await;
+    let log = ext.log();
+    assert!(log.contains("SEND"), "tokio-xmpp's trace is on:\n{log}");
+    for (i, _) in log.match_indices("<handshake>") {
+        let after: String = log[i + "<handshake>".len()..].chars().take(40).collect();
+        assert!(
+            !after.chars().all(|c| c.is_ascii_hexdigit()),
+            "the handshake digest was logged: {after}"
+        );
+    }
+}

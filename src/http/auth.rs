@@ -1,8 +1,11 @@
 //! API key checks.
 //!
-//! A key may come as `?api-key=`, an `Api-Key` header or `Authorization: Bearer`. Keys are compared
-//! in constant time: both sides are hashed (SHA-1, so lengths do not leak) and compared with
-//! `subtle`, against every configured key without an early exit.
+//! A key may come as `?api-key=`, an `Api-Key` header or `Authorization: Bearer`, exactly once: a
+//! request that carries more than one of these (also the same one twice, also an empty one, also
+//! an `Authorization` of another scheme beside a key) is refused with 400, so no credential can
+//! hide another and no order of precedence needs remembering. Keys are compared in constant time:
+//! both sides are hashed (SHA-1, so lengths do not leak) and compared with `subtle`, against every
+//! configured key without an early exit.
 
 use axum::http::HeaderMap;
 use sha1::{Digest, Sha1};
@@ -44,40 +47,42 @@ impl ApiKeys {
             .into()
     }
 
-    /// Check the request's key: 401 when none is given, 403 when it is wrong.
+    /// Check the request's key: 401 when none is given, 400 when more than one credential is
+    /// given, 403 when it is wrong.
     pub fn check(&self, query: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
-        let given = query
-            .and_then(key_from_query)
-            .or_else(|| {
-                headers
-                    .get("api-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
-            .or_else(|| {
-                headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        let (scheme, token) = v.trim().split_once(' ')?;
-                        scheme
-                            .eq_ignore_ascii_case("bearer")
-                            .then(|| token.trim().to_string())
-                    })
+        let from_query = query
+            .into_iter()
+            .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+            .filter(|(k, _)| k == "api-key")
+            .map(|(_, v)| Some(v.into_owned()));
+        let from_header = headers
+            .get_all("api-key")
+            .into_iter()
+            .map(|v| Some(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        // Any Authorization counts as a credential; only a Bearer one carries a key.
+        let from_authorization = headers
+            .get_all(axum::http::header::AUTHORIZATION)
+            .into_iter()
+            .map(|v| {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
             });
-        match given {
+        let mut given = from_query.chain(from_header).chain(from_authorization);
+        let first = given.next();
+        let more = given.count();
+        if more > 0 {
+            return Err(ApiError::AmbiguousCredentials(more + 1));
+        }
+        match first.flatten() {
             None => Err(ApiError::MissingKey),
             Some(k) if k.is_empty() => Err(ApiError::MissingKey),
             Some(k) if self.accepts(&k) => Ok(()),
             Some(_) => Err(ApiError::WrongKey),
         }
     }
-}
-
-fn key_from_query(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "api-key")
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]
@@ -108,5 +113,31 @@ mod tests {
         h.insert("Authorization", HeaderValue::from_static("Basic azE="));
         assert!(matches!(keys.check(None, &h), Err(ApiError::MissingKey)));
         assert!(!format!("{keys:?}").contains("k1"));
+        // More than one credential, whatever they hold: 400, none is taken.
+        let mut both = HeaderMap::new();
+        both.insert("Api-Key", HeaderValue::from_static("k1"));
+        for (query, headers) in [
+            (Some("api-key=&api-key=k1"), &none),
+            (Some("api-key=k1"), &both),
+            (Some("api-key="), &both),
+            (None, &{
+                let mut h = both.clone();
+                h.insert("Authorization", HeaderValue::from_static("Basic azE="));
+                h
+            }),
+            (None, &{
+                let mut h = both.clone();
+                h.append("Api-Key", HeaderValue::from_static("k1"));
+                h
+            }),
+        ] {
+            assert!(
+                matches!(
+                    keys.check(query, headers),
+                    Err(ApiError::AmbiguousCredentials(2))
+                ),
+                "{query:?} {headers:?}"
+            );
+        }
     }
 }

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The API key is not one of ours.
     #[error("the API key is not valid")]
     WrongKey,
+    /// More than one credential was given.
+    #[error("{0} credentials given; give the API key once: ?api-key=, an Api-Key header or Authorization: Bearer")]
+    AmbiguousCredentials(usize),
     /// Method other than the ones the endpoint serves.
     #[error("method {0} is not allowed here; use POST")]
     Method(String),
@@ -79,6 +82,9 @@ pub enum ApiError {
     /// The body did not arrive in time.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// A path segment is not valid percent-encoded UTF-8.
+    #[error("the request path is not valid UTF-8 after percent-decoding")]
+    InvalidPath,
     /// The user JID does not parse or names no user.
     #[error("{0:?} is not a valid user JID (expected user@domain)")]
     Jid(String),
@@ -117,6 +123,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyRead(_)
+            | ApiError::AmbiguousCredentials(_)
+            | ApiError::InvalidPath
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
             | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -128,6 +136,8 @@ impl ApiError {
         match self {
             ApiError::MissingKey => "missing_api_key",
             ApiError::WrongKey => "invalid_api_key",
+            ApiError::AmbiguousCredentials(_) => "ambiguous_credentials",
+            ApiError::InvalidPath => "invalid_path",
             ApiError::Method(_) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod listener;
+pub mod log;
 pub mod server;
 pub mod tigase;
 

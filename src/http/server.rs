@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use std::collections::BTreeSet;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::auth::ApiKeys;
 use super::error::{self, ApiError, Format};
 use super::listener::ConnStats;
+use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
 use crate::metrics::{Gauges, Metrics, Outcome};
@@ -50,6 +52,8 @@ pub struct AppState {
     pub max_connections: usize,
     /// Longest time a client may take to send a request body.
     pub body_timeout: Duration,
+    /// The rate limit on log lines of refused and failed requests.
+    pub requests: Arc<RequestLog>,
 }
 
 /// The API router.
@@ -121,30 +125,34 @@ fn reply_format(headers: &HeaderMap) -> Format {
 async fn status_default(
     State(state): State<Arc<AppState>>,
     method: Method,
-    Path(user): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(state, method, user, None, query, headers, body).await
+    let path = path.map(|Path(user)| (user, None));
+    handle(state, method, path, query, headers, body).await
 }
 
 async fn status_resource(
     State(state): State<Arc<AppState>>,
     method: Method,
-    Path((user, resource)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(state, method, user, Some(resource), query, headers, body).await
+    let path = path.map(|Path((user, resource))| (user, Some(resource)));
+    handle(state, method, path, query, headers, body).await
 }
+
+/// The user and resource path segments, or why they could not be decoded.
+type Segments = Result<(String, Option<String>), PathRejection>;
 
 async fn handle(
     state: Arc<AppState>,
     method: Method,
-    user: String,
-    resource: Option<String>,
+    path: Segments,
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
@@ -153,18 +161,12 @@ async fn handle(
     // The query is never logged: it may hold the API key. The span is at DEBUG: at INFO its
     // fields were formatted for every request, needed or not; refusals and failures name the
     // user themselves.
-    let span = tracing::debug_span!("request", %method, user = %Short(&user));
+    fn user(path: &Segments) -> &str {
+        path.as_ref().map_or("", |(user, _)| user.as_str())
+    }
+    let span = tracing::debug_span!("request", %method, user = %Escaped(user(&path)));
     async move {
-        let result = set_status(
-            &state,
-            &method,
-            &user,
-            resource,
-            query.as_deref(),
-            &headers,
-            body,
-        )
-        .await;
+        let result = set_status(&state, &method, &path, query.as_deref(), &headers, body).await;
         state.metrics.update(match &result {
             Ok((_, code, _, _)) if *code != StatusCode::OK => Outcome::Failed,
             Ok((_, _, _, true)) => Outcome::Set,
@@ -181,12 +183,16 @@ async fn handle(
                 );
                 r
             }
-            Err(e) if e.status().is_server_error() => {
-                warn!(status = e.status().as_u16(), %method, user = %Short(&user), error = %e, "request failed");
-                e.into_response(reply_format(&headers))
-            }
             Err(e) => {
-                info!(status = e.status().as_u16(), %method, user = %Short(&user), error = %e, "request refused");
+                let kind = if e.status().is_server_error() {
+                    log::Kind::Failed
+                } else {
+                    log::Kind::Refused
+                };
+                state.metrics.refused(e.code());
+                state
+                    .requests
+                    .request(kind, e.status().as_u16(), &method, user(&path), &e);
                 e.into_response(reply_format(&headers))
             }
         };
@@ -197,18 +203,6 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-/// A user path segment as logged: at most 128 characters, formatted only when logged.
-struct Short<'a>(&'a str);
-
-impl std::fmt::Display for Short<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.char_indices().nth(128) {
-            Some((end, _)) => f.write_str(&self.0[..end]),
-            None => f.write_str(self.0),
-        }
-    }
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, within: Duration) -> Result<Bytes, ApiError> {
@@ -238,8 +232,7 @@ async fn read_body(headers: &HeaderMap, body: Body, within: Duration) -> Result<
 async fn set_status(
     state: &AppState,
     method: &Method,
-    user: &str,
-    resource: Option<String>,
+    path: &Segments,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
@@ -248,6 +241,7 @@ async fn set_status(
         return Err(ApiError::Method(method.to_string()));
     }
     state.keys.check(query, headers)?;
+    let (user, resource) = path.as_ref().map_err(|_| ApiError::InvalidPath)?;
     // Borrowed unless the header is not UTF-8 (no copy per request).
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -62,7 +62,12 @@ fn malformed(format: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Parse an XML body.
+/// Element the body is wrapped in for parsing: minidom stops reading after the first root
+/// element, so whatever follows it is only seen (and refused) inside a wrapper.
+const WRAPPER: &str = "extpresence-body";
+
+/// Parse an XML body: one `<command>` root, optionally after an XML declaration, and nothing
+/// but white space after it.
 pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| malformed("XML", "not UTF-8"))?;
     if text.contains("<!") {
@@ -71,8 +76,32 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
             "DOCTYPE, entity declarations, CDATA and comments are not allowed",
         ));
     }
-    let root = Element::from_reader_with_prefixes(body, NS_BODY.to_string())
+    if text.contains(WRAPPER) {
+        return Err(malformed("XML", format!("<{WRAPPER}> is not allowed")));
+    }
+    let content = match text.trim_start().strip_prefix("<?xml") {
+        Some(rest) => match rest.split_once("?>") {
+            Some((_, content)) => content,
+            None => return Err(malformed("XML", "unterminated XML declaration")),
+        },
+        None => text,
+    };
+    let wrapped = format!("<{WRAPPER}>{content}</{WRAPPER}>");
+    let wrapper = Element::from_reader_with_prefixes(wrapped.as_bytes(), NS_BODY.to_string())
         .map_err(|e| malformed("XML", e.to_string()))?;
+    let mut roots = wrapper.children();
+    let (Some(root), None) = (roots.next(), roots.next()) else {
+        return Err(malformed(
+            "XML",
+            "the body must hold exactly one <command> element",
+        ));
+    };
+    if wrapper.texts().any(|t| !t.trim().is_empty()) {
+        return Err(malformed(
+            "XML",
+            "text outside the <command> element is not allowed",
+        ));
+    }
     if root.name() != "command" || root.ns() != NS_BODY {
         return Err(malformed(
             "XML",
@@ -110,22 +139,33 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
     Ok(cmd)
 }
 
-/// Parse a JSON body.
+/// A JSON body as given: the derived deserializer refuses unknown and duplicate fields.
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with the fields available, priority, show, status"
+)]
+struct JsonCommand {
+    available: Option<Value>,
+    priority: Option<Value>,
+    show: Option<Value>,
+    status: Option<Value>,
+}
+
+/// Parse a JSON body: an object with the fields of [`FIELDS`], each at most once.
 pub fn parse_json(body: &[u8]) -> Result<Command, ApiError> {
-    let value: Value =
+    let given: JsonCommand =
         serde_json::from_slice(body).map_err(|e| malformed("JSON", e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(malformed("JSON", "the body must be a JSON object"));
-    };
     let mut cmd = Command::default();
-    for (key, v) in map {
-        let Some(slot) = cmd.field(&key) else {
-            return Err(malformed(
-                "JSON",
-                format!("unknown field {key:?}; expected one of {FIELDS:?}"),
-            ));
-        };
-        *slot = match v {
+    let fields = [
+        ("available", given.available),
+        ("priority", given.priority),
+        ("show", given.show),
+        ("status", given.status),
+    ];
+    for (key, v) in fields {
+        let slot = cmd.field(key).expect("one of FIELDS");
+        *slot = match v.unwrap_or(Value::Null) {
             Value::Null => None,
             Value::String(s) => Some(s),
             Value::Bool(b) if key == "available" => Some(b.to_string()),
@@ -347,18 +387,36 @@ mod tests {
             b"<command><colour>red</colour></command>",
             b"<command><show><b/></show></command>",
             b"",
+            b"<command><show>xa</show></command><command><show>dnd</show></command>",
+            b"<command/>\x01\x02<<<",
+            b"<command/>trailing",
+            b"<command/><?pi x?>",
+            b"<command/></extpresence-body><extpresence-body>",
         ] {
             assert!(
                 matches!(parse_xml(bad), Err(ApiError::Malformed { .. })),
                 "{bad:?}"
             );
         }
-        for bad in [&b"{"[..], b"[]", br#"{"show": 1}"#, br#"{"mood": "x"}"#] {
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            br#"{"show": 1}"#,
+            br#"{"mood": "x"}"#,
+            br#"{"show": "xa", "show": "dnd"}"#,
+            br#"{"status": "a"} {"status": "b"}"#,
+        ] {
             assert!(
                 matches!(parse_json(bad), Err(ApiError::Malformed { .. })),
                 "{bad:?}"
             );
         }
+        // A declaration before and white space after the root are fine.
+        let c = parse_xml(
+            b"<?xml version='1.0' encoding='UTF-8'?>\n<command><show>xa</show></command>\n",
+        )
+        .unwrap();
+        assert_eq!(c.show.as_deref(), Some("xa"));
         let c = parse_json(br#"{"available": "maybe"}"#).unwrap();
         assert!(validate(&c, &policy()).is_err());
     }

@@ -92,13 +92,14 @@ pub enum InvalidStatus {
 }
 
 /// Check status text: at most [`MAX_STATUS_CHARS`] characters, no control characters other than
-/// tab, line feed and carriage return (others are not allowed in XML or corrupt the stream), no
-/// non-characters U+FFFE/U+FFFF.
+/// tab and line feed (others are not allowed in XML or corrupt the stream; a carriage return
+/// would reach contacts as a line feed, since servers re-serialise it), no non-characters
+/// U+FFFE/U+FFFF.
 pub fn validate_text(text: &str) -> Result<(), InvalidStatus> {
     let mut count = 0usize;
     for c in text.chars() {
         count += 1;
-        let bad = matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}');
+        let bad = matches!(c, '\u{0}'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}');
         if bad {
             return Err(InvalidStatus::ControlCharacter(c as u32));
         }
@@ -203,6 +204,10 @@ mod tests {
             Err(InvalidStatus::ControlCharacter(7))
         );
         assert!(validate_text("\u{85}").is_err());
+        assert_eq!(
+            validate_text("line\r\nbreak"),
+            Err(InvalidStatus::ControlCharacter(13))
+        );
         assert!(validate_text(&"é".repeat(1024)).is_ok());
         assert_eq!(
             validate_text(&"a".repeat(1025)),

@@ -1,0 +1,184 @@
+//! What request-derived text reaches the log, and how often.
+//!
+//! Everything a client sent (path segments, error messages that quote a body) is logged through
+//! [`Escaped`]: control characters become `\n`, `\u{1b}` and the like, so a request can neither
+//! forge log lines nor send escape sequences to an admin's terminal, and the value is cut to a
+//! bounded length. Refused and failed requests are logged through [`RequestLog`]: the first few of
+//! every period in full, the rest counted and summed up in one line when the period is over, so a
+//! flood of bad requests cannot flood the journal. Exact counts per error code are in `/metrics`
+//! (`extpresence_http_refused_total`).
+
+use std::fmt::{self, Display, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+/// Longest logged value, in characters.
+const MAX_CHARS: usize = 128;
+/// Length of a logging period.
+pub const PERIOD: Duration = Duration::from_secs(10);
+/// Refusals (and failures) logged in full per period; the rest are summed up.
+const FULL_PER_PERIOD: u32 = 10;
+
+/// A value as logged: at most [`MAX_CHARS`] characters, control characters escaped (`\n`,
+/// `\u{1b}`), formatted only when the line is really written.
+pub struct Escaped<T>(pub T);
+
+impl<T: Display> Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = EscapingWriter {
+            inner: f,
+            written: 0,
+        };
+        // Stops with an error once the limit is reached: that is not a failure.
+        match write!(out, "{}", self.0) {
+            Err(_) if out.written > MAX_CHARS => out.inner.write_str("…"),
+            other => other,
+        }
+    }
+}
+
+struct EscapingWriter<'a, 'b> {
+    inner: &'a mut fmt::Formatter<'b>,
+    written: usize,
+}
+
+impl fmt::Write for EscapingWriter<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            self.written += 1;
+            if self.written > MAX_CHARS {
+                return Err(fmt::Error);
+            }
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                write!(self.inner, "{}", c.escape_default())?;
+            } else {
+                self.inner.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts of the current period.
+#[derive(Debug)]
+struct Period {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// The rate limit on request log lines (see the module doc).
+#[derive(Debug)]
+pub struct RequestLog {
+    period: Mutex<Period>,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog {
+            period: Mutex::new(Period {
+                started: Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+}
+
+/// What became of a request that is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Refused (4xx): logged at INFO.
+    Refused,
+    /// Failed (5xx): logged at WARN.
+    Failed,
+}
+
+impl RequestLog {
+    /// Log one refused or failed request, unless this period's share of full lines is used up;
+    /// then it is counted for the summary.
+    pub fn request(
+        &self,
+        kind: Kind,
+        status: u16,
+        method: &dyn Display,
+        user: &str,
+        error: &dyn Display,
+    ) {
+        {
+            let mut p = self.period.lock().unwrap_or_else(|e| e.into_inner());
+            Self::roll(&mut p);
+            if p.logged >= FULL_PER_PERIOD {
+                p.suppressed += 1;
+                return;
+            }
+            p.logged += 1;
+        }
+        let (user, error) = (Escaped(user), Escaped(error));
+        match kind {
+            Kind::Refused => info!(status, %method, %user, %error, "request refused"),
+            Kind::Failed => warn!(status, %method, %user, %error, "request failed"),
+        }
+    }
+
+    /// Write the summary of a period that is over (called by a timer, so the summary of the
+    /// last period of a flood is not lost).
+    pub fn flush(&self) {
+        let mut p = self.period.lock().unwrap_or_else(|e| e.into_inner());
+        Self::roll(&mut p);
+    }
+
+    fn roll(p: &mut Period) {
+        let now = Instant::now();
+        if now.duration_since(p.started) < PERIOD {
+            return;
+        }
+        if p.suppressed > 0 {
+            warn!(
+                suppressed = p.suppressed,
+                "{} more refused or failed requests in the last {:?} were not logged one by one \
+                 (counts by code: extpresence_http_refused_total in /metrics)",
+                p.suppressed,
+                now.duration_since(p.started)
+            );
+        }
+        *p = Period {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_cuts() {
+        assert_eq!(
+            Escaped("a\nb\u{1b}[31mc\r").to_string(),
+            "a\\nb\\u{1b}[31mc\\r"
+        );
+        assert_eq!(
+            Escaped("alice@example.com").to_string(),
+            "alice@example.com"
+        );
+        let long = "é".repeat(200);
+        let cut = Escaped(&long).to_string();
+        assert_eq!(cut.chars().count(), MAX_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn full_lines_per_period_are_bounded() {
+        let log = RequestLog::default();
+        for _ in 0..100 {
+            log.request(Kind::Refused, 401, &"POST", "x", &"no key");
+        }
+        let p = log.period.lock().unwrap();
+        assert_eq!((p.logged, p.suppressed), (FULL_PER_PERIOD, 90));
+    }
+}
