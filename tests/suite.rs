@@ -428,6 +428,15 @@ async fn bad_inputs_are_refused_cleanly(kind: Kind) {
         case("GET", "GET", &keyed, &json, "", 405, "method_not_allowed"),
         case("PUT", "PUT", &keyed, &json, "{}", 405, "method_not_allowed"),
         case("DELETE", "DELETE", &keyed, &json, "", 405, "method_not_allowed"),
+        case("two roots", "POST", &keyed, &xml, "<command><show>xa</show></command><command><show>dnd</show></command>", 400, "malformed_body"),
+        case("junk after root", "POST", &keyed, &xml, "<command/>\u{1}\u{2}<<<", 400, "malformed_body"),
+        case("duplicate json key", "POST", &keyed, &json, r#"{"show": "xa", "show": "dnd"}"#, 400, "malformed_body"),
+        case("two json values", "POST", &keyed, &json, r#"{"show": "xa"} {"show": "dnd"}"#, 400, "malformed_body"),
+        case("carriage return", "POST", &keyed, &json, r#"{"status": "line\r\nbreak"}"#, 400, "invalid_status"),
+        case("path not utf-8", "POST", &format!("/rest/user/al%FFice@{DOMAIN}/status?api-key={API_KEY}"), &json, "{}", 400, "invalid_path"),
+        case("key twice", "POST", &format!("{keyed}&api-key={API_KEY}"), &json, "{}", 400, "ambiguous_credentials"),
+        case("empty key hides header", "POST", &format!("{user}?api-key="), &[("Content-Type", "application/json"), ("Api-Key", API_KEY)], "{}", 400, "ambiguous_credentials"),
+        case("query and bearer", "POST", &keyed, &[("Content-Type", "application/json"), ("Authorization", "Bearer x")], "{}", 400, "ambiguous_credentials"),
     ];
     for c in &cases {
         let (status, body) = request(addr, c.method, &c.path, &c.headers, &c.body).await;
@@ -574,6 +583,40 @@ async fn crash_restart_replays_from_store(kind: Kind) {
     assert_eq!(status_text(&external), Some("On the phone"));
 }
 
+/// A status held for `bob@…/collide` does not hide bob's real session on that very resource:
+/// when bob logs in as `bob@…/collide`, his session is greeted with alice's held presence like
+/// any other (our own presences carry an id a real client cannot know; a presence without it is
+/// a real session).
+async fn held_resource_named_like_a_real_session(kind: Kind) {
+    let w = world(kind).await;
+    w.ext
+        .post_ok(
+            &format!("/rest/user/alice@{DOMAIN}/status"),
+            "application/xml",
+            XML_ON_PHONE,
+        )
+        .await;
+    w.ext
+        .post_ok(
+            &format!("/rest/user/bob@{DOMAIN}/status/collide"),
+            "application/json",
+            r#"{"show": "dnd", "status": "held for bob"}"#,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bob = TestClient::connect_as(w.server.c2s_port(), "bob", Some("collide"), true).await;
+    assert_eq!(bob.jid.resource().as_str(), "collide");
+    let p = bob
+        .expect_presence(WAIT, available_from(alice("tigase-external")))
+        .await;
+    assert_eq!(status_text(&p), Some("On the phone"));
+    assert_eq!(
+        p.to.as_ref().map(|j| j.to_string()),
+        Some(bob.jid.to_string()),
+        "greeted at the real session's full JID"
+    );
+}
+
 /// Run every scenario on each server: `prosody::<scenario>` and `ejabberd::<scenario>`.
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -607,4 +650,5 @@ scenarios!(
     bad_inputs_are_refused_cleanly,
     link_drop_replays_to_online_contacts,
     crash_restart_replays_from_store,
+    held_resource_named_like_a_real_session,
 );

@@ -306,8 +306,8 @@ impl Fanout {
         let from = from.clone();
         let contact = from.to_bare();
         let resource = from.resource().as_str().to_string();
-        if self.table.contains(&contact, &resource) {
-            return; // an echo of our own synthetic presence
+        if stanzas::is_own_echo(&p) {
+            return; // one of our own presences, forwarded back (ejabberd, presence = roster)
         }
         match p.type_ {
             PresenceType::None => {

@@ -69,11 +69,26 @@ fn to_xshow(show: Show) -> XShow {
     }
 }
 
+/// The `id` of every presence we send: random per process, so a presence the server forwards
+/// back with it is our own echo, and one without it a real session — also on a resource named
+/// like one we hold (a real client cannot know the value; a contact who received it could copy
+/// it, but only to hide its own session from us).
+pub fn echo_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("extpresence-{:016x}", rand::random::<u64>()))
+}
+
+/// Whether `p` is one of our own presences, forwarded back to us.
+pub fn is_own_echo(p: &Presence) -> bool {
+    p.id.as_deref() == Some(echo_id())
+}
+
 /// Available presence of `from` (a user's synthetic resource) directed to `to`.
 pub fn presence(from: &FullJid, to: Jid, status: &Status) -> Outbound {
     let mut p = Presence::new(PresenceType::None)
         .with_from(from.clone())
         .with_to(to);
+    p.id = Some(echo_id().to_string());
     p.show = status.show.map(to_xshow);
     p.priority = Priority(status.priority);
     if let Some(text) = &status.text {
@@ -84,12 +99,11 @@ pub fn presence(from: &FullJid, to: Jid, status: &Status) -> Outbound {
 
 /// `unavailable` presence of `from` directed to `to`.
 pub fn unavailable(from: &FullJid, to: Jid) -> Outbound {
-    Outbound(Box::new(
-        Presence::new(PresenceType::Unavailable)
-            .with_from(from.clone())
-            .with_to(to)
-            .into(),
-    ))
+    let mut p = Presence::new(PresenceType::Unavailable)
+        .with_from(from.clone())
+        .with_to(to);
+    p.id = Some(echo_id().to_string());
+    Outbound(Box::new(p.into()))
 }
 
 /// The presence of one synthetic resource (available with its status, or `unavailable`),
@@ -100,7 +114,7 @@ pub fn unavailable(from: &FullJid, to: Jid) -> Outbound {
 /// and [`unavailable`] build (a unit test compares them).
 #[derive(Debug, Clone)]
 pub struct PresenceTemplate {
-    /// `<presence xmlns='jabber:component:accept' from='…' to='`
+    /// `<presence xmlns='jabber:component:accept' id='…' from='…' to='`
     head: String,
     /// `'>…</presence>` or `' type='unavailable'/>`
     tail: String,
@@ -110,7 +124,9 @@ impl PresenceTemplate {
     /// `from`'s presence: available with `status`, or `unavailable` for `None`.
     pub fn new(from: &FullJid, status: Option<&Status>) -> PresenceTemplate {
         let mut head = String::with_capacity(80 + from.as_str().len());
-        head.push_str("<presence xmlns='jabber:component:accept' from='");
+        head.push_str("<presence xmlns='jabber:component:accept' id='");
+        head.push_str(echo_id());
+        head.push_str("' from='");
         escape_into(&mut head, from.as_str(), true);
         head.push_str("' to='");
         let tail = match status {
@@ -580,6 +596,8 @@ mod tests {
                         None => unavailable(from, to.clone()),
                     });
                     assert_eq!(got.from, want.from, "{}", batch.xml());
+                    assert_eq!(got.id.as_deref(), Some(echo_id()), "{}", batch.xml());
+                    assert_eq!(got.id, want.id, "{}", batch.xml());
                     assert_eq!(got.to, want.to, "{}", batch.xml());
                     assert_eq!(got.type_, want.type_, "{}", batch.xml());
                     assert_eq!(got.show, want.show, "{}", batch.xml());

@@ -93,10 +93,20 @@ impl TestClient {
     /// Log in `user@DOMAIN` with [`PASSWORD`] over plaintext c2s on 127.0.0.1:`port`, wait for
     /// the session (bounded), and send `<presence/>` when `initial_presence`.
     pub async fn connect(port: u16, user: &str, initial_presence: bool) -> TestClient {
+        TestClient::connect_as(port, user, None, initial_presence).await
+    }
+
+    /// Like [`connect`](Self::connect), asking the server to bind `resource` (else it picks one).
+    pub async fn connect_as(
+        port: u16,
+        user: &str,
+        resource: Option<&str>,
+        initial_presence: bool,
+    ) -> TestClient {
         let bare: BareJid = format!("{user}@{DOMAIN}")
             .parse()
             .unwrap_or_else(|e| panic!("bad test user {user:?}: {e}"));
-        let (stream, jid) = match timeout(LOGIN_TIMEOUT, login(port, &bare)).await {
+        let (stream, jid) = match timeout(LOGIN_TIMEOUT, login(port, &bare, resource)).await {
             Ok(Ok(logged_in)) => logged_in,
             Ok(Err(e)) => panic!("{bare} could not log in on 127.0.0.1:{port}: {e}"),
             Err(_) => panic!("{bare} not logged in on 127.0.0.1:{port} within {LOGIN_TIMEOUT:?}"),
@@ -277,7 +287,7 @@ pub async fn login_stream(port: u16, user: &str) -> (BufStream<TcpStream>, FullJ
     let bare: BareJid = format!("{user}@{DOMAIN}")
         .parse()
         .unwrap_or_else(|e| panic!("bad test user {user:?}: {e}"));
-    match timeout(LOGIN_TIMEOUT, login(port, &bare)).await {
+    match timeout(LOGIN_TIMEOUT, login(port, &bare, None)).await {
         // Nothing is in flight after the bind result, so no buffered XML is lost here.
         Ok(Ok((stream, jid))) => (stream.into_inner(), jid),
         Ok(Err(e)) => panic!("{bare} could not log in on 127.0.0.1:{port}: {e}"),
@@ -286,7 +296,11 @@ pub async fn login_stream(port: u16, user: &str) -> (BufStream<TcpStream>, FullJ
 }
 
 /// Connect, authenticate with SASL PLAIN and bind a resource; returns the stream and bound JID.
-async fn login(port: u16, user: &BareJid) -> Result<(C2s, FullJid), String> {
+async fn login(
+    port: u16,
+    user: &BareJid,
+    resource: Option<&str>,
+) -> Result<(C2s, FullJid), String> {
     let header = || StreamHeader {
         from: None,
         to: Some(Cow::Borrowed(DOMAIN)),
@@ -326,7 +340,7 @@ async fn login(port: u16, user: &BareJid) -> Result<(C2s, FullJid), String> {
         .recv_features::<Element>()
         .await
         .map_err(|e| format!("stream features after SASL: {e}"))?;
-    let bind = Iq::from_set("bind-1", BindQuery::new(None));
+    let bind = Iq::from_set("bind-1", BindQuery::new(resource.map(str::to_string)));
     send_element(&mut stream, &to_wire(Stanza::Iq(bind))).await?;
     loop {
         let element = read_element(&mut stream).await?;
