@@ -100,8 +100,8 @@ fn main() {
         if wants("p3") {
             p3(&mut rows, p3_connections).await;
         }
-        if wants("p1") {
-            p1(&mut rows).await;
+        if wants("p1") || wants("burst") {
+            p1(&mut rows, wants("p1"), wants("burst")).await;
         }
         if wants("p2") {
             p2(&mut rows).await;
@@ -415,15 +415,25 @@ async fn prosody_setup() -> (Prosody, Contacts) {
     (prosody, counting)
 }
 
-/// P1 (limit ratio) and latency, on Prosody.
-async fn p1(rows: &mut Vec<Row>) {
+/// P1 (limit ratio) and latency, on Prosody; then (`burst`) the latency of known users' updates
+/// during a burst of new users.
+async fn p1(rows: &mut Vec<Row>, limit_and_latency: bool, with_burst: bool) {
     let (prosody, contacts) = prosody_setup().await;
+    if limit_and_latency {
+        p1_limit_and_latency(rows, &prosody, &contacts).await;
+    }
+    if with_burst {
+        burst(rows, &prosody, &contacts).await;
+    }
+}
+
+async fn p1_limit_and_latency(rows: &mut Vec<Row>, prosody: &Prosody, contacts: &Contacts) {
     let k = CONTACTS as u64;
 
     // The limit: calibrate (and warm up) with a short blast, then a blast of about PHASE.
-    let warm = blast(prosody.component_port, &contacts, 0, 1_000).await;
+    let warm = blast(prosody.component_port, contacts, 0, 1_000).await;
     let updates = sized(warm.rate() / k as f64, 2_000, 50_000);
-    let limit = blast(prosody.component_port, &contacts, 1_000_000, updates).await;
+    let limit = blast(prosody.component_port, contacts, 1_000_000, updates).await;
     eprintln!(
         "p1: blaster: {} presences in {:.2} s = {:.0}/s (load {})",
         limit.delivered,
@@ -436,9 +446,9 @@ async fn p1(rows: &mut Vec<Row>) {
     ext.wait_privileged(1).await;
     let pid = ext.pid().expect("extpresence pid");
     let rate = offered(limit.rate());
-    warm_up(ext.http, &contacts, rate).await;
+    warm_up(ext.http, contacts, rate).await;
     let cpu = cpu_secs(pid);
-    let (through, http) = storm(ext.http, &contacts, 3_000_000, (u64::MAX, PHASE, rate)).await;
+    let (through, http) = storm(ext.http, contacts, 3_000_000, (u64::MAX, PHASE, rate)).await;
     let cpu = cpu_secs(pid) - cpu;
     eprintln!(
         "p1: extpresence (offered {:.0} updates/s): {} updates acknowledged at {:.0}/s, {} presences delivered in {:.2} s = \
@@ -485,7 +495,7 @@ async fn p1(rows: &mut Vec<Row>) {
     )
     .await;
     check("extpresence (latency)", &outcome);
-    let d = delivered(&contacts, from, outcome.ok * k, started).await;
+    let d = delivered(contacts, from, outcome.ok * k, started).await;
     contacts.set_recording(false);
     let answered: HashMap<u64, Instant> = outcome
         .responses
@@ -527,8 +537,115 @@ async fn p1(rows: &mut Vec<Row>) {
         met: None,
     });
     ext.terminate().await;
-    drop(contacts);
-    drop(prosody);
+}
+
+/// Known users' updates during a burst of updates of new users (whose rosters must all be
+/// fetched): 20 updates/s of the 50 known users (rosters cached) while 50,000 updates of 50,000
+/// distinct new users arrive as fast as extpresence answers; each known update is timed from
+/// when it was sent to when the contacts got it, and compared with the same updates without the
+/// burst.
+async fn burst(rows: &mut Vec<Row>, prosody: &Prosody, contacts: &Contacts) {
+    const NEW_USERS: u64 = 50_000;
+    const PROBES: u64 = 100;
+    const PROBE_RATE: f64 = 20.0;
+    let mut ext = start_ext(prosody.component_port, |c| c).await;
+    ext.wait_privileged(1).await;
+    warm_up(ext.http, contacts, Some(100.0)).await;
+    let probe = |first_marker: u64| async move {
+        contacts.set_recording(true);
+        let from = contacts.count();
+        let outcome = load::run(
+            load::Plan {
+                addr: ext.http,
+                connections: 1,
+                total: PROBES,
+                max_time: MAX_DELIVERY_WAIT,
+                rate: Some(PROBE_RATE),
+                record: true,
+            },
+            Arc::new(move |i| status_request(i as usize % USERS, first_marker + i)),
+        )
+        .await;
+        check("burst probe", &outcome);
+        delivered(
+            contacts,
+            from,
+            outcome.ok * CONTACTS as u64,
+            outcome.started.unwrap(),
+        )
+        .await;
+        contacts.set_recording(false);
+        let started = outcome.started.expect("started");
+        // Sent at its slot of the paced schedule; the first contact to get it counts.
+        let mut first: HashMap<u64, Instant> = HashMap::new();
+        for (n, at) in contacts.take_records() {
+            let e = first.entry(n).or_insert(at);
+            *e = (*e).min(at);
+        }
+        let mut latencies: Vec<i64> = (0..outcome.ok)
+            .filter_map(|i| {
+                let sent = started + Duration::from_secs_f64(i as f64 / PROBE_RATE);
+                let arrived = *first.get(&(first_marker + i))?;
+                Some(arrived.saturating_duration_since(sent).as_micros() as i64)
+            })
+            .collect();
+        let samples = latencies.len();
+        (percentiles(&mut latencies), samples)
+    };
+    let ((quiet50, quiet99), quiet_n) = probe(6_000_000).await;
+    let flood = tokio::spawn({
+        let http = ext.http;
+        async move {
+            load::run(
+                load::Plan {
+                    addr: http,
+                    connections: CONNECTIONS,
+                    total: NEW_USERS,
+                    max_time: MAX_DELIVERY_WAIT,
+                    rate: None,
+                    record: false,
+                },
+                Arc::new(|i| {
+                    load::post(
+                        &format!("/rest/user/new{i}@{DOMAIN}/status?api-key={API_KEY}"),
+                        "application/json",
+                        r#"{"show":"away","status":"burst"}"#,
+                    )
+                }),
+            )
+            .await
+        }
+    });
+    // Let the burst get going first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ((busy50, busy99), busy_n) = probe(7_000_000).await;
+    let flood = flood.await.expect("flood");
+    check("burst", &flood);
+    eprintln!(
+        "burst: known users' updates, sent → first contact: quiet p50 {quiet50} µs p99 {quiet99} µs \
+         ({quiet_n} samples); during {} new users' updates at {:.0}/s: p50 {busy50} µs p99 {busy99} µs \
+         ({busy_n} samples) (load {})",
+        flood.ok,
+        flood.rate(),
+        loadavg()
+    );
+    rows.push(Row {
+        metric: format!(
+            "burst: known user's update → contact, p50 / p99, during {} new users at {:.0}/s",
+            flood.ok,
+            flood.rate()
+        ),
+        ext: format!("{:.1} / {:.1} ms", busy50 as f64 / 1e3, busy99 as f64 / 1e3),
+        base: format!(
+            "{:.1} / {:.1} ms (no burst)",
+            quiet50 as f64 / 1e3,
+            quiet99 as f64 / 1e3
+        ),
+        ratio: None,
+        goal: "report".into(),
+        met: None,
+    });
+    ext.terminate().await;
 }
 
 /// One ejabberd HTTP API call during setup; panics on failure.
