@@ -198,21 +198,18 @@ impl Store {
         let (tx, rx) = std_mpsc::channel();
         let health = Arc::new(Health::default());
         let writer_health = health.clone();
-        let path = path.to_path_buf();
+        let writer_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("extpresence-store".into())
             .spawn(move || {
                 Writer {
                     db: Some(db),
-                    path,
+                    path: writer_path,
                     health: writer_health,
                 }
                 .run(rx)
             })
-            .map_err(|e| StoreError::Open {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| open_err(e.to_string()))?;
         Ok((Store { ops: tx, health }, records))
     }
 
