@@ -68,6 +68,7 @@ pub async fn run(
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     let (table, changes) = StatusTable::new(Some(store), records);
+    let expiry = tokio::spawn(table.clone().run_expiry());
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ping_to: Jid = jid::BareJid::new(
@@ -203,6 +204,7 @@ pub async fn run(
     }
     delivery_task.abort();
     link_task.abort();
+    expiry.abort();
     info!("stopped");
     Ok(())
 }

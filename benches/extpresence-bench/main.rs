@@ -863,8 +863,8 @@ async fn p3(rows: &mut Vec<Row>, connections: usize) {
 
 /// P4: memory with 1,000,000 held statuses, and start → ready with them persisted.
 async fn p4(rows: &mut Vec<Row>) {
-    use extpresence::status::{Show, Status};
-    use extpresence::store::Store;
+    use extpresence::status::{Show, Source, Status};
+    use extpresence::store::{Store, StoredSource, Write};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("statuses.redb");
@@ -878,11 +878,16 @@ async fn p4(rows: &mut Vec<Row>) {
                 text: Some("In a meeting until 15:00".into()),
                 priority: -1,
             };
+            let stored = StoredSource {
+                status,
+                updated_at: extpresence::status::now_ms(),
+                expires_at: None,
+            };
             let pending: Vec<_> = (0..SCALE_STATUSES)
                 .map(|i| {
                     let jid = jid::FullJid::new(&format!("user{i}@{DOMAIN}/tigase-external"))
                         .expect("jid");
-                    store.put(&jid, Some(&status))
+                    store.write(vec![Write::Set(jid, Source::DEFAULT, stored.clone())])
                 })
                 .collect();
             futures::executor::block_on(async {

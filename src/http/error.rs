@@ -152,6 +152,11 @@ impl ApiError {
             ApiError::Invalid(InvalidStatus::ControlCharacter(_))
             | ApiError::Invalid(InvalidStatus::TooLong(_)) => "invalid_status",
             ApiError::Invalid(InvalidStatus::Resource(_)) => "invalid_resource",
+            ApiError::Invalid(InvalidStatus::Presence(_)) => "invalid_presence",
+            ApiError::Invalid(InvalidStatus::Source(_) | InvalidStatus::TooManySources) => {
+                "invalid_source"
+            }
+            ApiError::Invalid(InvalidStatus::Expiry(_)) => "invalid_expiry",
             ApiError::NotFound => "not_found",
             ApiError::Storage(_) => "storage_unavailable",
         }

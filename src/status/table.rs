@@ -1,9 +1,18 @@
 //! [`StatusTable`]: the shared handle over every held status.
 //!
-//! A dashmap keyed by the user's bare JID, holding that user's synthetic resources. Each entry
-//! carries a sequence number (bumped on every change) and the sequence number last delivered, so the
-//! delivery backend can coalesce bursts and know what still has to go out. A cleared resource stays
-//! as a tombstone (`status: None`) until its `unavailable` has been delivered.
+//! A dashmap keyed by the user's bare JID, holding that user's synthetic resources, and per
+//! resource the status of each source that speaks for it. What the delivery backend sees of a
+//! resource ([`Held`]) is its effective status (see the `status` module doc). Each resource
+//! carries a sequence number, bumped when its effective status changes or its winning source sets
+//! it again (a change of a losing source sends nothing), and the sequence number last delivered,
+//! so the delivery backend can coalesce bursts and know what still has to go out. A resource whose
+//! last source went stays as a tombstone (`status: None`) until its `unavailable` has been
+//! delivered.
+//!
+//! Expiry: every source status with an expiry has a deadline in one heap, served by one task
+//! ([`StatusTable::run_expiry`]); a due deadline removes the source through the store like a
+//! clear (only if it still has that expiry). Deadlines that passed while extpresence was down are
+//! applied when the table is loaded, before anything is replayed.
 //!
 //! The table is the only writer to the durable [`Store`], and it holds only what the store has
 //! committed: a change is numbered and queued to the store under one lock (so the store commits
@@ -23,27 +32,86 @@
 //! roster ([`StatusTable::roster`]): one slot per user instead of a second map keyed by the same
 //! JID, which matters at a million held users (see BENCHMARKS.md).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
-use jid::{BareJid, ResourcePart};
-use tokio::sync::{mpsc, oneshot};
+use jid::{BareJid, FullJid, ResourcePart};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::Status;
-use crate::store::{Record, Store, StoreError};
+use super::{now_ms, restrictiveness, Show, Source, Status};
+use crate::store::{Record, Store, StoreError, StoredSource, Write};
 
-/// One synthetic resource of a user as held by the table.
+/// One synthetic resource of a user as the delivery backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// The resource (e.g. `tigase-external`).
     pub resource: ResourcePart,
-    /// The status, or `None` for a cleared resource whose `unavailable` is still to be delivered.
+    /// The effective status, or `None` for a resource whose `unavailable` is still to be
+    /// delivered.
     pub status: Option<Status>,
-    /// Sequence number of the last change.
+    /// Sequence number of the last change of the effective status.
     pub seq: u64,
     /// Sequence number last delivered to contacts (0: never).
     pub delivered: u64,
+}
+
+/// One source's status of a resource, as held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Who set it.
+    pub source: Source,
+    /// The status.
+    pub status: Status,
+    /// When it was set (ms since the Unix epoch).
+    pub updated_at: u64,
+    /// When it ends by itself (ms since the Unix epoch).
+    pub expires_at: Option<u64>,
+}
+
+/// Everything held for one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStatus {
+    /// The resource.
+    pub resource: ResourcePart,
+    /// What contacts see; `None` while the resource's `unavailable` is being delivered.
+    pub effective: Option<SourceStatus>,
+    /// Every source, most recently updated last.
+    pub sources: Vec<SourceStatus>,
+}
+
+/// A change of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Hold `status` for `source` (replacing its previous one), until `expires_at` if given (ms
+    /// since the Unix epoch).
+    Set {
+        /// Who sets it.
+        source: Source,
+        /// The status.
+        status: Status,
+        /// When it ends by itself.
+        expires_at: Option<u64>,
+    },
+    /// Remove `source`'s status.
+    Clear(Source),
+    /// Remove every source's status.
+    ClearAll,
+    /// Remove `source`'s status if it still expires at this moment (the expiry task's edit).
+    Expire(Source, u64),
+}
+
+/// What an edit left of its resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The resource's sequence number after the edit (the edit's own if it changed the
+    /// effective status).
+    pub seq: u64,
+    /// The effective status after the edit; `None` when no source is left.
+    pub effective: Option<SourceStatus>,
 }
 
 /// A change notification: the user whose entries changed.
@@ -77,12 +145,120 @@ impl Changes {
     }
 }
 
-/// Everything the table keeps for one user (one dashmap slot: key + 40 bytes).
+/// One source's status, packed: a million of them are held at once (BENCHMARKS.md, P4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    text: Option<Box<str>>,
+    updated_at: u64,
+    /// 0: never.
+    expires_at: u64,
+    show: Option<Show>,
+    priority: i8,
+    source: Source,
+}
+
+impl Entry {
+    fn new(source: Source, status: Status, updated_at: u64, expires_at: Option<u64>) -> Entry {
+        Entry {
+            text: status.text.map(String::into_boxed_str),
+            updated_at,
+            expires_at: expires_at.unwrap_or(0),
+            show: status.show,
+            priority: status.priority,
+            source,
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            show: self.show,
+            text: self.text.as_deref().map(str::to_string),
+            priority: self.priority,
+        }
+    }
+
+    fn view(&self) -> SourceStatus {
+        SourceStatus {
+            source: self.source,
+            status: self.status(),
+            updated_at: self.updated_at,
+            expires_at: (self.expires_at != 0).then_some(self.expires_at),
+        }
+    }
+
+    fn same_status(&self, other: &Entry) -> bool {
+        self.show == other.show && self.priority == other.priority && self.text == other.text
+    }
+}
+
+/// The sources of a resource: most resources have one, held inline.
+#[derive(Debug)]
+enum Sources {
+    One(Entry),
+    Many(Box<[Entry]>),
+}
+
+impl Sources {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Sources::One(e) => std::slice::from_ref(e),
+            Sources::Many(v) => v,
+        }
+    }
+
+    fn from_vec(mut v: Vec<Entry>) -> Sources {
+        if v.len() == 1 {
+            Sources::One(v.pop().expect("one"))
+        } else {
+            Sources::Many(v.into_boxed_slice())
+        }
+    }
+}
+
+/// One resource of a user.
+#[derive(Debug)]
+struct Slot {
+    resource: ResourcePart,
+    sources: Sources,
+    seq: u64,
+    delivered: u64,
+}
+
+impl Slot {
+    /// The winning source: the most restrictive, then the most recent (the later in the list).
+    fn effective(&self) -> Option<&Entry> {
+        self.sources
+            .as_slice()
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, e)| (restrictiveness(e.show), e.updated_at, *i))
+            .map(|(_, e)| e)
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            resource: self.resource.clone(),
+            status: self.effective().map(Entry::status),
+            seq: self.seq,
+            delivered: self.delivered,
+        }
+    }
+
+    fn view(&self) -> ResourceStatus {
+        ResourceStatus {
+            resource: self.resource.clone(),
+            effective: self.effective().map(Entry::view),
+            sources: self.sources.as_slice().iter().map(Entry::view).collect(),
+        }
+    }
+}
+
+/// Everything the table keeps for one user (one dashmap slot).
 #[derive(Debug, Default)]
 struct UserEntry {
     /// The user's synthetic resources, sized exactly: most users have one, and a `Vec` would
     /// reserve room for four (measured: 288 of ~650 MB with 1,000,000 users).
-    held: Box<[Held]>,
+    held: Box<[Slot]>,
     /// The roster the delivery backend last fetched for this user (the contacts that receive the
     /// user's presence). Cached here rather than in a map of its own so that the user's JID is
     /// stored once, and the cache goes when the user does.
@@ -98,9 +274,9 @@ impl UserEntry {
             .position(|h| h.resource.as_str() == resource)
     }
 
-    fn push(&mut self, held: Held) {
+    fn push(&mut self, slot: Slot) {
         let mut v = std::mem::take(&mut self.held).into_vec();
-        v.push(held);
+        v.push(slot);
         self.held = v.into_boxed_slice();
     }
 
@@ -111,17 +287,30 @@ impl UserEntry {
     }
 }
 
+/// A source status's expiry, waiting in the heap.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline {
+    at: u64,
+    user: BareJid,
+    resource: ResourcePart,
+    source: Source,
+}
+
 #[derive(Debug)]
 struct Inner {
     map: DashMap<BareJid, UserEntry>,
     seq: AtomicU64,
-    /// Numbering a change and queueing it to the store happen under this lock, so the store
-    /// commits (and acknowledges) changes in the order of their sequence numbers.
+    /// Numbering changes and queueing them to the store happen under this lock, so the store
+    /// commits (and acknowledges, and the table applies) changes in the order of their numbers.
     order: Mutex<()>,
     /// Lane of [`Changes`] for users with a cached roster.
     known: mpsc::UnboundedSender<Change>,
     /// Lane of [`Changes`] for the others.
     new: mpsc::UnboundedSender<Change>,
+    /// Every expiry, earliest first (stale ones are skipped when due).
+    deadlines: Mutex<BinaryHeap<Reverse<Deadline>>>,
+    /// Wakes the expiry task when an earlier deadline arrives.
+    deadline_added: Notify,
     /// The durable copy; `None` keeps statuses in memory only (unit tests, benchmarks' sink).
     store: Option<Store>,
 }
@@ -132,23 +321,79 @@ pub struct StatusTable {
     inner: Arc<Inner>,
 }
 
+/// Most expiries written in one store transaction.
+const EXPIRY_BATCH: usize = 4096;
+/// After a failed expiry write, the next try comes this much later.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
 impl StatusTable {
     /// A table holding `records` (reloaded from `store`), and the receiver of its change
-    /// notifications. Reloaded entries count as never delivered, so they are replayed.
+    /// notifications. Reloaded entries count as never delivered, so they are replayed. Sources
+    /// whose expiry passed while nobody ran are dropped now (and from the store), so their
+    /// removal, not their status, is what gets replayed.
     pub fn new(store: Option<Store>, records: Vec<Record>) -> (StatusTable, Changes) {
         let (known_tx, known) = mpsc::unbounded_channel();
         let (new_tx, new) = mpsc::unbounded_channel();
-        let map: DashMap<BareJid, UserEntry> = DashMap::with_capacity(records.len());
+        let now = now_ms();
+        let map: DashMap<BareJid, UserEntry> = DashMap::new();
+        let mut deadlines = BinaryHeap::new();
+        let mut expired = Vec::new();
         let mut seq = 0;
-        for (jid, status) in records {
-            seq += 1;
+        for record in records {
+            let (jid, entry) = match record {
+                Record::Source(jid, source, s) => {
+                    if s.expires_at.is_some_and(|at| at <= now) {
+                        expired.push(Write::Expire(jid.clone(), source, s.expires_at.unwrap()));
+                        (jid, None)
+                    } else {
+                        (
+                            jid,
+                            Some(Entry::new(source, s.status, s.updated_at, s.expires_at)),
+                        )
+                    }
+                }
+                Record::Tombstone(jid) => (jid, None),
+            };
             let resource = jid.resource().to_owned();
-            map.entry(jid.into_bare()).or_default().push(Held {
-                resource,
-                status,
-                seq,
-                delivered: 0,
-            });
+            let user = jid.into_bare();
+            if let Some(e) = &entry {
+                if e.expires_at != 0 {
+                    deadlines.push(Reverse(Deadline {
+                        at: e.expires_at,
+                        user: user.clone(),
+                        resource: resource.clone(),
+                        source: e.source,
+                    }));
+                }
+            }
+            let mut u = map.entry(user).or_default();
+            let slot = match u.position(resource.as_str()) {
+                Some(pos) => &mut u.held[pos],
+                None => {
+                    seq += 1;
+                    u.push(Slot {
+                        resource,
+                        sources: Sources::Many(Box::new([])),
+                        seq,
+                        delivered: 0,
+                    });
+                    let last = u.held.len() - 1;
+                    &mut u.held[last]
+                }
+            };
+            if let Some(e) = entry {
+                let mut v = std::mem::replace(&mut slot.sources, Sources::Many(Box::new([])))
+                    .as_slice()
+                    .to_vec();
+                v.push(e);
+                v.sort_by_key(|e| e.updated_at);
+                slot.sources = Sources::from_vec(v);
+            }
+        }
+        if let (Some(store), false) = (&store, expired.is_empty()) {
+            // Durable removal of what expired while nobody ran; if it fails it is done again at
+            // the next start (the tombstones in memory deliver the removal meanwhile).
+            store.write_then(expired, Box::new(|_| {}));
         }
         let table = StatusTable {
             inner: Arc::new(Inner {
@@ -157,6 +402,8 @@ impl StatusTable {
                 order: Mutex::new(()),
                 known: known_tx,
                 new: new_tx,
+                deadlines: Mutex::new(deadlines),
+                deadline_added: Notify::new(),
                 store,
             }),
         };
@@ -183,34 +430,93 @@ impl StatusTable {
         self.inner.store.as_ref().map_or(0, Store::failed_commits)
     }
 
-    fn next_seq(&self) -> u64 {
-        self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Put a committed change into the map (unless a later one is there already) and announce it.
-    fn apply(&self, user: &BareJid, resource: &ResourcePart, status: Option<Status>, seq: u64) {
+    /// Apply a committed edit (numbered `seq`, made at `now`) to the map, and announce it if the
+    /// effective status changed.
+    fn apply(
+        &self,
+        user: &BareJid,
+        resource: &ResourcePart,
+        edit: Edit,
+        seq: u64,
+        now: u64,
+    ) -> Applied {
         // Look up before inserting: `entry` needs an owned key, i.e. a copy of the JID.
         let mut entry = match self.inner.map.get_mut(user) {
             Some(e) => e,
-            None => self.inner.map.entry(user.clone()).or_default(),
-        };
-        match entry.position(resource.as_str()) {
-            Some(pos) => {
-                let h = &mut entry.held[pos];
-                if h.seq > seq {
-                    return;
+            None => {
+                if matches!(edit, Edit::Expire(..)) {
+                    return Applied {
+                        seq: 0,
+                        effective: None,
+                    };
                 }
-                h.status = status;
-                h.seq = seq;
+                self.inner.map.entry(user.clone()).or_default()
             }
-            None => entry.push(Held {
-                resource: resource.clone(),
+        };
+        let pos = match entry.position(resource.as_str()) {
+            Some(pos) => pos,
+            None if matches!(edit, Edit::Expire(..)) => {
+                return Applied {
+                    seq: 0,
+                    effective: None,
+                }
+            }
+            None => {
+                // A new resource: announced whatever the edit (a clear of a resource never
+                // held still sends `unavailable`, as a clear always did).
+                entry.push(Slot {
+                    resource: resource.clone(),
+                    sources: Sources::Many(Box::new([])),
+                    seq: 0,
+                    delivered: 0,
+                });
+                entry.held.len() - 1
+            }
+        };
+        let slot = &mut entry.held[pos];
+        let before = slot.effective().cloned();
+        let mut sources = slot.sources.as_slice().to_vec();
+        let mut deadline = None;
+        // A set by the source that wins afterwards counts as a change even when nothing differs:
+        // a repeated update is sent again (and is a retry on Tigase), as one source's updates
+        // always were; only changes of a losing source send nothing.
+        let set_by = match &edit {
+            Edit::Set { source, .. } => Some(*source),
+            _ => None,
+        };
+        match edit {
+            Edit::Set {
+                source,
                 status,
-                seq,
-                delivered: 0,
-            }),
+                expires_at,
+            } => {
+                sources.retain(|e| e.source != source);
+                sources.push(Entry::new(source, status, now, expires_at));
+                deadline = expires_at.map(|at| (at, source));
+            }
+            Edit::Clear(source) => sources.retain(|e| e.source != source),
+            Edit::ClearAll => sources.clear(),
+            Edit::Expire(source, at) => {
+                sources.retain(|e| e.source != source || e.expires_at != at)
+            }
         }
-        if !entry.queued {
+        slot.sources = Sources::from_vec(sources);
+        let after = slot.effective().cloned();
+        let changed = slot.seq == 0
+            || set_by.is_some_and(|s| after.as_ref().is_some_and(|a| a.source == s))
+            || match (&before, &after) {
+                (None, None) => false,
+                (Some(b), Some(a)) => !b.same_status(a),
+                _ => true,
+            };
+        if changed {
+            slot.seq = seq;
+        }
+        let applied = Applied {
+            seq: slot.seq,
+            effective: after.as_ref().map(Entry::view),
+        };
+        if changed && !entry.queued {
             entry.queued = true;
             let lane = if entry.roster.is_some() {
                 &self.inner.known
@@ -220,78 +526,220 @@ impl StatusTable {
             // The receiver only goes away at shutdown; then nothing needs to be announced.
             let _ = lane.send(user.clone());
         }
+        drop(entry);
+        if let Some((at, source)) = deadline {
+            self.add_deadline(Deadline {
+                at,
+                user: user.clone(),
+                resource: resource.clone(),
+                source,
+            });
+        }
+        applied
     }
 
-    async fn write(
+    fn add_deadline(&self, d: Deadline) {
+        let mut heap = self
+            .inner
+            .deadlines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let earliest = heap.peek().is_none_or(|Reverse(first)| d.at < first.at);
+        heap.push(Reverse(d));
+        drop(heap);
+        if earliest {
+            self.inner.deadline_added.notify_one();
+        }
+    }
+
+    /// Make `edits` durable (all in one store transaction) and apply them, in order; returns
+    /// once they are committed and applied, what each left. On an error nothing changed.
+    pub async fn write_many(
         &self,
-        user: &BareJid,
-        resource: &ResourcePart,
-        status: Option<Status>,
-    ) -> Result<u64, StoreError> {
-        let Some(store) = &self.inner.store else {
-            let seq = self.next_seq();
-            self.apply(user, resource, status, seq);
-            return Ok(seq);
-        };
+        edits: Vec<(BareJid, ResourcePart, Edit)>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let now = now_ms();
         let (tx, rx) = oneshot::channel();
         {
             let _order = self.inner.order.lock().unwrap_or_else(|e| e.into_inner());
-            let seq = self.next_seq();
-            let (table, user, resource) = (self.clone(), user.clone(), resource.clone());
-            let full = user.with_resource(&resource);
-            let stored = status.clone();
-            store.put_then(
-                &full,
-                stored.as_ref(),
-                Box::new(move |result| {
-                    if result.is_ok() {
-                        table.apply(&user, &resource, status, seq);
-                    }
-                    let _ = tx.send(result.map(|()| seq));
-                }),
-            );
+            let first = self
+                .inner
+                .seq
+                .fetch_add(edits.len() as u64, Ordering::Relaxed)
+                + 1;
+            let table = self.clone();
+            let apply = move |edits: Vec<(BareJid, ResourcePart, Edit)>| -> Vec<Applied> {
+                edits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (u, r, e))| table.apply(&u, &r, e, first + i as u64, now))
+                    .collect()
+            };
+            match &self.inner.store {
+                None => {
+                    let _ = tx.send(Ok(apply(edits)));
+                }
+                Some(store) => {
+                    let writes = edits
+                        .iter()
+                        .map(|(u, r, e)| durable(u.with_resource(r), e, now))
+                        .collect();
+                    store.write_then(
+                        writes,
+                        Box::new(move |result| {
+                            let _ = tx.send(result.map(|()| apply(edits)));
+                        }),
+                    );
+                }
+            }
         }
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Hold `status` for `user/resource`, replacing any previous one; returns once the change is
-    /// durable and applied, with its sequence number. On an error nothing changed.
+    /// [`write_many`](Self::write_many) of one edit.
+    pub async fn write(
+        &self,
+        user: &BareJid,
+        resource: &ResourcePart,
+        edit: Edit,
+    ) -> Result<Applied, StoreError> {
+        let mut applied = self
+            .write_many(vec![(user.clone(), resource.clone(), edit)])
+            .await?;
+        Ok(applied.pop().expect("one edit, one result"))
+    }
+
+    /// Hold `status` for `user/resource` as source `default` (the Tigase dialect), replacing its
+    /// previous one; returns once durable and applied, with the resource's sequence number.
     pub async fn set(
         &self,
         user: &BareJid,
         resource: &ResourcePart,
         status: Status,
     ) -> Result<u64, StoreError> {
-        self.write(user, resource, Some(status)).await
+        let edit = Edit::Set {
+            source: Source::DEFAULT,
+            status,
+            expires_at: None,
+        };
+        Ok(self.write(user, resource, edit).await?.seq)
     }
 
-    /// Clear `user/resource`: it stays (also in the store) as a tombstone until its
-    /// `unavailable` is delivered; returns once the change is durable.
+    /// Clear source `default` of `user/resource`; when no source is left, the resource stays (also
+    /// in the store) as a tombstone until its `unavailable` is delivered.
     pub async fn clear(&self, user: &BareJid, resource: &ResourcePart) -> Result<u64, StoreError> {
-        self.write(user, resource, None).await
+        Ok(self
+            .write(user, resource, Edit::Clear(Source::DEFAULT))
+            .await?
+            .seq)
     }
 
-    /// Every entry of `user` (available ones and tombstones).
+    /// Remove source statuses as their deadlines come, until the table is gone: one task for
+    /// every deadline. Expiries due together are written in one store transaction.
+    pub async fn run_expiry(self) {
+        loop {
+            let next = self
+                .inner
+                .deadlines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .peek()
+                .map(|Reverse(d)| d.at);
+            let notified = self.inner.deadline_added.notified();
+            match next {
+                None => notified.await,
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = notified => continue,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+            let due: Vec<Deadline> = {
+                let now = now_ms();
+                let mut heap = self
+                    .inner
+                    .deadlines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mut due = Vec::new();
+                while due.len() < EXPIRY_BATCH && heap.peek().is_some_and(|Reverse(d)| d.at <= now)
+                {
+                    due.push(heap.pop().expect("peeked").0);
+                }
+                due
+            };
+            // Skip deadlines a later set or clear made stale.
+            let due: Vec<Deadline> = due
+                .into_iter()
+                .filter(|d| self.expires_at(&d.user, &d.resource, d.source) == Some(d.at))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let edits = due
+                .iter()
+                .map(|d| {
+                    (
+                        d.user.clone(),
+                        d.resource.clone(),
+                        Edit::Expire(d.source, d.at),
+                    )
+                })
+                .collect();
+            if self.write_many(edits).await.is_err() {
+                // The store cannot commit now: these come due again a bit later.
+                let table = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(EXPIRY_RETRY).await;
+                    for d in due {
+                        table.add_deadline(d);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The expiry of `source`'s status of `user/resource`, if it has one.
+    fn expires_at(&self, user: &BareJid, resource: &ResourcePart, source: Source) -> Option<u64> {
+        let e = self.inner.map.get(user)?;
+        let slot = e.held.iter().find(|s| &s.resource == resource)?;
+        let entry = slot
+            .sources
+            .as_slice()
+            .iter()
+            .find(|e| e.source == source)?;
+        (entry.expires_at != 0).then_some(entry.expires_at)
+    }
+
+    /// Every entry of `user` (available ones and tombstones), as the delivery backend sees them.
     pub fn entries(&self, user: &BareJid) -> Vec<Held> {
         self.inner
             .map
             .get(user)
-            .map(|e| e.held.to_vec())
+            .map(|e| e.held.iter().map(Slot::held).collect())
+            .unwrap_or_default()
+    }
+
+    /// Everything held for `user`, per resource with every source.
+    pub fn statuses(&self, user: &BareJid) -> Vec<ResourceStatus> {
+        self.inner
+            .map
+            .get(user)
+            .map(|e| e.held.iter().map(Slot::view).collect())
             .unwrap_or_default()
     }
 
     /// The entry of `user/resource`, if any.
     pub fn get(&self, user: &BareJid, resource: &ResourcePart) -> Option<Held> {
         let e = self.inner.map.get(user)?;
-        e.held.iter().find(|h| &h.resource == resource).cloned()
-    }
-
-    /// Whether `user/resource` is one of our synthetic resources (available or being cleared).
-    pub fn contains(&self, user: &BareJid, resource: &str) -> bool {
-        self.inner
-            .map
-            .get(user)
-            .is_some_and(|e| e.position(resource).is_some())
+        e.held
+            .iter()
+            .find(|h| &h.resource == resource)
+            .map(Slot::held)
     }
 
     /// Count every entry as never delivered (after a reconnect: the server forgot what it had).
@@ -329,7 +777,7 @@ impl StatusTable {
             if let Some(pos) = entry.position(resource.as_str()) {
                 let h = &mut entry.held[pos];
                 if h.seq == seq {
-                    if h.status.is_none() {
+                    if h.sources.as_slice().is_empty() {
                         if let Some(store) = &self.inner.store {
                             store.delete(&user.with_resource(resource));
                         }
@@ -355,6 +803,37 @@ impl StatusTable {
     pub fn is_empty(&self) -> bool {
         self.inner.map.is_empty()
     }
+
+    /// Deadlines waiting (stale ones included until they come up).
+    pub fn deadlines(&self) -> usize {
+        self.inner
+            .deadlines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+/// The durable form of an edit of `jid` made at `now`.
+fn durable(jid: FullJid, edit: &Edit, now: u64) -> Write {
+    match edit {
+        Edit::Set {
+            source,
+            status,
+            expires_at,
+        } => Write::Set(
+            jid,
+            *source,
+            StoredSource {
+                status: status.clone(),
+                updated_at: now,
+                expires_at: *expires_at,
+            },
+        ),
+        Edit::Clear(source) => Write::Clear(jid, *source),
+        Edit::ClearAll => Write::ClearAll(jid),
+        Edit::Expire(source, at) => Write::Expire(jid, *source, *at),
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +846,22 @@ mod tests {
             show: Some(Show::Away),
             text: Some(text.into()),
             priority: -1,
+        }
+    }
+
+    fn with(show: Option<Show>, text: &str) -> Status {
+        Status {
+            show,
+            text: Some(text.into()),
+            priority: -1,
+        }
+    }
+
+    fn set(source: &str, status: Status, expires_at: Option<u64>) -> Edit {
+        Edit::Set {
+            source: Source::parse(source).unwrap(),
+            status,
+            expires_at,
         }
     }
 
@@ -400,7 +895,7 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap(), alice, "known users first");
         assert_eq!(rx.recv().await.unwrap(), bob);
         let s3 = t.clear(&alice, &r).await.unwrap();
-        assert!(t.contains(&alice, "tigase-external"));
+        assert_eq!(t.get(&alice, &r).unwrap().status, None);
         assert_eq!(t.len(), 2);
         t.mark_delivered(&alice, &r, s3);
         assert!(t.get(&alice, &r).is_none());
@@ -408,12 +903,84 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reload_from_store() {
+    async fn sources_combine_by_restrictiveness_then_recency() {
+        let (t, mut rx) = StatusTable::in_memory();
+        let alice = BareJid::new("alice@example.com").unwrap();
+        let r = ResourcePart::new("phone").unwrap().into_owned();
+        let call = with(Some(Show::Dnd), "On a call");
+        let meeting = with(Some(Show::Away), "In a meeting");
+        let a = t
+            .write(&alice, &r, set("pbx", call.clone(), None))
+            .await
+            .unwrap();
+        rx.recv().await.unwrap();
+        let b = t
+            .write(&alice, &r, set("calendar", meeting.clone(), None))
+            .await
+            .unwrap();
+        // The losing source changed: same effective status, same sequence number, no notice.
+        assert_eq!(b.seq, a.seq);
+        assert_eq!(b.effective.as_ref().unwrap().status, call);
+        assert_eq!(b.effective.unwrap().source.as_str(), "pbx");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv())
+                .await
+                .is_err()
+        );
+        let c = t
+            .write(&alice, &r, Edit::Clear(Source::parse("pbx").unwrap()))
+            .await
+            .unwrap();
+        assert!(c.seq > b.seq);
+        assert_eq!(c.effective.unwrap().status, meeting);
+        // A tie goes to the most recent update.
+        let other = with(Some(Show::Away), "Out for lunch");
+        let d = t
+            .write(&alice, &r, set("bot", other.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(d.effective.unwrap().status, other);
+        let view = &t.statuses(&alice)[0];
+        assert_eq!(view.sources.len(), 2);
+        let e = t.write(&alice, &r, Edit::ClearAll).await.unwrap();
+        assert_eq!(e.effective, None);
+        assert_eq!(t.get(&alice, &r).unwrap().status, None);
+    }
+
+    #[tokio::test]
+    async fn expiry_removes_only_the_status_it_belongs_to() {
+        let (t, _rx) = StatusTable::in_memory();
+        let alice = BareJid::new("alice@example.com").unwrap();
+        let r = ResourcePart::new("phone").unwrap().into_owned();
+        let soon = now_ms() + 150;
+        t.write(&alice, &r, set("calendar", st("meeting"), Some(soon)))
+            .await
+            .unwrap();
+        t.write(&alice, &r, set("pbx", st("call"), Some(soon)))
+            .await
+            .unwrap();
+        // pbx is set again without expiry: its old deadline is stale.
+        t.write(&alice, &r, set("pbx", st("call"), None))
+            .await
+            .unwrap();
+        assert_eq!(t.deadlines(), 2);
+        let task = tokio::spawn(t.clone().run_expiry());
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let view = &t.statuses(&alice)[0];
+        assert_eq!(view.sources.len(), 1, "{view:?}");
+        assert_eq!(view.sources[0].source.as_str(), "pbx");
+        assert_eq!(t.deadlines(), 0);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn reload_from_store_drops_what_expired_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let alice = BareJid::new("alice@example.com").unwrap();
         let r1 = ResourcePart::new("tigase-external").unwrap().into_owned();
         let r2 = ResourcePart::new("phone").unwrap().into_owned();
+        let r3 = ResourcePart::new("desk").unwrap().into_owned();
         {
             let (store, _) = Store::open(&path).unwrap();
             let (t, _rx) = StatusTable::new(Some(store), Vec::new());
@@ -423,16 +990,29 @@ mod tests {
             // An outdated delivery mark does not drop the newer value.
             t.mark_delivered(&alice, &r2, seq);
             t.clear(&alice, &r2).await.unwrap();
+            t.write(
+                &alice,
+                &r3,
+                set("calendar", st("gone"), Some(now_ms() + 100)),
+            )
+            .await
+            .unwrap();
         }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let records = loop {
             if let Ok((_, r)) = Store::open(&path) {
                 break r;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
         let (t, _rx) = StatusTable::new(None, records);
         assert_eq!(t.get(&alice, &r1).unwrap().status, Some(st("kept")));
         let tomb = t.get(&alice, &r2).unwrap();
         assert_eq!((tomb.status, tomb.delivered), (None, 0));
+        let expired = t.get(&alice, &r3).unwrap();
+        assert_eq!(
+            expired.status, None,
+            "expired while down: replayed as a removal"
+        );
     }
 }

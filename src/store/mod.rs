@@ -14,8 +14,18 @@
 //! second while idle, with a probe commit; the first commit that succeeds again ends the failure.
 //! Everything committed before the failure is still there: redb commits are atomic.
 //!
-//! Record: key = the full JID `user@domain/resource`; value = `[kind][priority][show][status…]`
-//! with kind 1 = available, 2 = cleared (a tombstone kept until its `unavailable` went out).
+//! # Format 2 (written by this version)
+//! Table `statuses`:
+//! - one record per held source: key `user@domain/resource` NUL `source`, value
+//!   `[3][priority][show][updated_at: u64 LE ms][expires_at: u64 LE ms, 0 = never][status text…]`;
+//! - a resource whose `unavailable` is still to be delivered has a tombstone: key
+//!   `user@domain/resource`, value `[2][0][0]`. A tombstone beside sources of the same resource is
+//!   stale (the resource was set again) and ignored.
+//!
+//! Table `meta`: `format` = 2 (u32 LE). A store without it was written by format 1 (one record per
+//! resource: key `user@domain/resource`, value `[1][priority][show][text…]` or a tombstone); it is
+//! upgraded in one transaction when opened, every status becoming source `default`. A store of a
+//! newer format is refused, never misread.
 //!
 //! [`StatusTable`]: crate::status::StatusTable
 
@@ -26,13 +36,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jid::FullJid;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
-use crate::status::{Show, Status};
+use crate::status::{now_ms, Show, Source, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The format this version writes (see the module doc).
+pub const FORMAT: u32 = 2;
+/// Separates the resource's full JID from the source in a source record's key (NUL is in no JID).
+const SOURCE_SEPARATOR: char = '\0';
 /// Scratch table of the probe commit that checks a failed store can commit again.
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
 /// How often a failed store is reopened and probed while no write comes.
@@ -42,7 +57,7 @@ const TOMBSTONE: [u8; 3] = [2, 0, 0];
 /// redb's page cache. Its default (1 GiB) kept every page read at start in memory: 134 MB of
 /// RSS with 1,000,000 records, for pages that are read once (the whole table is in memory anyway).
 const CACHE_BYTES: usize = 16 << 20;
-/// Most writes committed in one transaction.
+/// Most writes committed in one transaction (a batch of the API is never split).
 const MAX_BATCH: usize = 4096;
 
 /// Why the store failed.
@@ -64,14 +79,45 @@ pub enum StoreError {
     Closed,
 }
 
-/// One held record as stored: `None` is a tombstone.
-pub type Record = (FullJid, Option<Status>);
+/// What a source holds, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSource {
+    /// The status.
+    pub status: Status,
+    /// When it was set (ms since the Unix epoch).
+    pub updated_at: u64,
+    /// When it ends by itself (ms since the Unix epoch).
+    pub expires_at: Option<u64>,
+}
+
+/// One record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A held source of a resource.
+    Source(FullJid, Source, StoredSource),
+    /// A resource whose `unavailable` is still to be delivered.
+    Tombstone(FullJid),
+}
+
+/// One change of the durable state; the writes of one call are committed in one transaction.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Hold `source`'s status for the resource (replacing it).
+    Set(FullJid, Source, StoredSource),
+    /// Remove `source` from the resource, and mark the resource for `unavailable` (a tombstone,
+    /// ignored while other sources remain).
+    Clear(FullJid, Source),
+    /// Like `Clear`, but only if the stored status still has this expiry (a later set stays).
+    Expire(FullJid, Source, u64),
+    /// Remove every source of the resource, and mark it for `unavailable`.
+    ClearAll(FullJid),
+}
 
 /// What is run on the writer thread once a write's commit succeeded or failed.
 pub type Ack = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Op {
-    Put(String, Vec<u8>, Ack),
+    Writes(Vec<Write>, Ack),
     /// Remove a delivered tombstone, unless a later write has replaced it in the meantime.
     Delete(String),
 }
@@ -95,7 +141,7 @@ pub struct Store {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Put(k, ..) => write!(f, "Put({k})"),
+            Op::Writes(w, _) => write!(f, "Writes({w:?})"),
             Op::Delete(k) => write!(f, "Delete({k})"),
         }
     }
@@ -119,50 +165,127 @@ impl Pending {
     }
 }
 
-fn encode(status: Option<&Status>) -> Vec<u8> {
-    match status {
-        None => TOMBSTONE.to_vec(),
-        Some(s) => {
-            let show = match s.show {
-                None => 0,
-                Some(Show::Chat) => 1,
-                Some(Show::Away) => 2,
-                Some(Show::Xa) => 3,
-                Some(Show::Dnd) => 4,
-            };
-            let text = s.text.as_deref().unwrap_or("");
-            let mut v = Vec::with_capacity(3 + text.len());
-            v.extend_from_slice(&[1, s.priority as u8, show]);
-            v.extend_from_slice(text.as_bytes());
-            v
-        }
+fn show_code(show: Option<Show>) -> u8 {
+    match show {
+        None => 0,
+        Some(Show::Chat) => 1,
+        Some(Show::Away) => 2,
+        Some(Show::Xa) => 3,
+        Some(Show::Dnd) => 4,
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Option<Status>, String> {
+fn show_of(code: u8) -> Result<Option<Show>, String> {
+    Ok(match code {
+        0 => None,
+        1 => Some(Show::Chat),
+        2 => Some(Show::Away),
+        3 => Some(Show::Xa),
+        4 => Some(Show::Dnd),
+        other => return Err(format!("unknown show code {other}")),
+    })
+}
+
+fn source_key(jid: &FullJid, source: Source) -> String {
+    format!("{jid}{SOURCE_SEPARATOR}{source}")
+}
+
+fn encode(stored: &StoredSource) -> Vec<u8> {
+    let s = &stored.status;
+    let text = s.text.as_deref().unwrap_or("");
+    let mut v = Vec::with_capacity(19 + text.len());
+    v.extend_from_slice(&[3, s.priority as u8, show_code(s.show)]);
+    v.extend_from_slice(&stored.updated_at.to_le_bytes());
+    v.extend_from_slice(&stored.expires_at.unwrap_or(0).to_le_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+fn text_of(bytes: &[u8]) -> Result<Option<String>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    // Only checked text is ever stored; a record that fails the check is damaged, and its text
+    // would corrupt the XML stream every time it is replayed.
+    crate::status::validate_stored_text(text).map_err(|e| e.to_string())?;
+    Ok((!text.is_empty()).then(|| text.to_string()))
+}
+
+/// A source record (format 2).
+fn decode(bytes: &[u8]) -> Result<StoredSource, String> {
     match bytes {
-        [2, ..] => Ok(None),
-        [1, priority, show, text @ ..] => {
-            let show = match show {
-                0 => None,
-                1 => Some(Show::Chat),
-                2 => Some(Show::Away),
-                3 => Some(Show::Xa),
-                4 => Some(Show::Dnd),
-                other => return Err(format!("unknown show code {other}")),
-            };
-            let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
-            // Only checked text is ever stored; a record that fails the check is damaged, and
-            // its text would corrupt the XML stream every time it is replayed.
-            crate::status::validate_text(text).map_err(|e| e.to_string())?;
-            Ok(Some(Status {
-                show,
-                text: (!text.is_empty()).then(|| text.to_string()),
-                priority: *priority as i8,
-            }))
+        [3, priority, show, rest @ ..] if rest.len() >= 16 => {
+            let (updated, rest) = rest.split_at(8);
+            let (expires, text) = rest.split_at(8);
+            let expires = u64::from_le_bytes(expires.try_into().expect("8 bytes"));
+            Ok(StoredSource {
+                status: Status {
+                    show: show_of(*show)?,
+                    text: text_of(text)?,
+                    priority: *priority as i8,
+                },
+                updated_at: u64::from_le_bytes(updated.try_into().expect("8 bytes")),
+                expires_at: (expires != 0).then_some(expires),
+            })
         }
+        _ => Err("not a format-2 source record".into()),
+    }
+}
+
+/// A format-1 record of an available resource: the status, as source `default` set now.
+fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
+    match bytes {
+        [1, priority, show, text @ ..] => Ok(StoredSource {
+            status: Status {
+                show: show_of(*show)?,
+                text: text_of(text)?,
+                priority: *priority as i8,
+            },
+            updated_at: now,
+            expires_at: None,
+        }),
         _ => Err("unknown record kind".into()),
     }
+}
+
+/// The format a store was written in: `meta.format`, or 1 for a store without it (a store
+/// without either table is new: this version's).
+fn format_of(txn: &redb::WriteTransaction) -> Result<u32, String> {
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    if let Some(v) = meta.get("format").map_err(|e| e.to_string())? {
+        let bytes: [u8; 4] = v
+            .value()
+            .try_into()
+            .map_err(|_| "damaged meta.format".to_string())?;
+        return Ok(u32::from_le_bytes(bytes));
+    }
+    let statuses = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+    let empty = statuses.is_empty().map_err(|e| e.to_string())?;
+    Ok(if empty { FORMAT } else { 1 })
+}
+
+/// Upgrade a format-1 store to format 2 in `txn`: every available resource becomes source
+/// `default`; tombstones stay. Returns how many records were rewritten.
+fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<usize, String> {
+    let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+    let mut old = Vec::new();
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        if v.value().first() == Some(&1) {
+            old.push((k.value().to_string(), v.value().to_vec()));
+        }
+    }
+    let now = now_ms();
+    for (key, value) in &old {
+        let jid = FullJid::new(key).map_err(|e| format!("bad key {key:?}: {e}"))?;
+        let stored = decode_v1(value, now).map_err(|e| format!("bad record {key:?}: {e}"))?;
+        table
+            .insert(
+                source_key(&jid, Source::DEFAULT).as_str(),
+                encode(&stored).as_slice(),
+            )
+            .map_err(|e| e.to_string())?;
+        table.remove(key.as_str()).map_err(|e| e.to_string())?;
+    }
+    Ok(old.len())
 }
 
 impl Store {
@@ -176,6 +299,27 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
         let db = open_db(path).map_err(open_err)?;
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        match format_of(&txn).map_err(open_err)? {
+            FORMAT => {}
+            1 => {
+                let n = upgrade_from_1(&txn).map_err(open_err)?;
+                info!(path = %path.display(), statuses = n, "status store upgraded from format 1 to {FORMAT}");
+            }
+            newer => {
+                return Err(open_err(format!(
+                    "the store is in format {newer}, newer than the format {FORMAT} this \
+                     extpresence reads: run the newer extpresence that wrote it, or restore a \
+                     backup (nothing was changed)"
+                )))
+            }
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
 
         let mut records = Vec::new();
         {
@@ -186,11 +330,19 @@ impl Store {
             for row in table.iter().map_err(|e| open_err(e.to_string()))? {
                 let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
                 let key = k.value();
-                let jid =
-                    FullJid::new(key).map_err(|e| open_err(format!("bad key {key:?}: {e}")))?;
-                let status =
-                    decode(v.value()).map_err(|e| open_err(format!("bad record {key:?}: {e}")))?;
-                records.push((jid, status));
+                let bad = |e: String| open_err(format!("bad record {key:?}: {e}"));
+                let record = match key.split_once(SOURCE_SEPARATOR) {
+                    Some((jid, source)) => Record::Source(
+                        FullJid::new(jid).map_err(|e| bad(e.to_string()))?,
+                        Source::parse(source).map_err(|e| bad(e.to_string()))?,
+                        decode(v.value()).map_err(bad)?,
+                    ),
+                    None if v.value() == TOMBSTONE => {
+                        Record::Tombstone(FullJid::new(key).map_err(|e| bad(e.to_string()))?)
+                    }
+                    None => return Err(bad("unknown record kind".into())),
+                };
+                records.push(record);
             }
         }
         info!(path = %path.display(), records = records.len(), "status store open");
@@ -213,24 +365,21 @@ impl Store {
         Ok((Store { ops: tx, health }, records))
     }
 
-    /// Queue `jid` ← `status` (`None`: tombstone); `ack` runs on the writer thread once the
-    /// commit succeeded or failed. Acks run in the order the writes were queued, and each runs
-    /// whether or not anybody still waits for the write.
-    pub fn put_then(&self, jid: &FullJid, status: Option<&Status>, ack: Ack) {
-        if let Err(std_mpsc::SendError(Op::Put(_, _, ack))) =
-            self.ops
-                .send(Op::Put(jid.as_str().to_owned(), encode(status), ack))
+    /// Queue `writes`, committed together in one transaction; `ack` runs on the writer thread
+    /// once the commit succeeded or failed. Acks run in the order the writes were queued, and
+    /// each runs whether or not anybody still waits for the write.
+    pub fn write_then(&self, writes: Vec<Write>, ack: Ack) {
+        if let Err(std_mpsc::SendError(Op::Writes(_, ack))) = self.ops.send(Op::Writes(writes, ack))
         {
             ack(Err(StoreError::Closed));
         }
     }
 
-    /// Queue `jid` ← `status` (`None`: tombstone); await the result to know it is durable.
-    pub fn put(&self, jid: &FullJid, status: Option<&Status>) -> Pending {
+    /// Queue `writes` (one transaction); await the result to know they are durable.
+    pub fn write(&self, writes: Vec<Write>) -> Pending {
         let (tx, rx) = oneshot::channel();
-        self.put_then(
-            jid,
-            status,
+        self.write_then(
+            writes,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -282,8 +431,12 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: std_mpsc::Receiver<Op>) {
+        // An op taken from the channel that did not fit the last batch.
+        let mut pending: Option<Op> = None;
         loop {
-            let first = if self.failing() {
+            let first = if let Some(op) = pending.take() {
+                op
+            } else if self.failing() {
                 match rx.recv_timeout(PROBE_EVERY) {
                     Ok(op) => op,
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {
@@ -299,22 +452,38 @@ impl Writer {
                     Err(_) => break,
                 }
             };
+            let weight = |op: &Op| match op {
+                Op::Writes(w, _) => w.len().max(1),
+                Op::Delete(_) => 1,
+            };
+            let mut size = weight(&first);
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            let mut next = None;
+            while size < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(op) => batch.push(op),
+                    Ok(op) if size + weight(&op) > MAX_BATCH => {
+                        next = Some(op);
+                        break;
+                    }
+                    Ok(op) => {
+                        size += weight(&op);
+                        batch.push(op);
+                    }
                     Err(_) => break,
                 }
             }
             let result = self.database().and_then(|db| commit(db, &batch));
             self.settle(result.as_ref().map(|_| ()), batch.len());
             for op in batch {
-                if let Op::Put(_, _, ack) = op {
+                if let Op::Writes(_, ack) = op {
                     ack(match &result {
                         Ok(()) => Ok(()),
                         Err(e) => Err(StoreError::Commit(e.clone())),
                     });
                 }
+            }
+            if let Some(op) = next {
+                pending = Some(op);
             }
         }
         // Every Store handle is gone: the database is closed on drop.
@@ -375,20 +544,60 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+        let e = |e: redb::StorageError| e.to_string();
         for op in batch {
             match op {
-                Op::Put(k, v, _) => {
-                    table
-                        .insert(k.as_str(), v.as_slice())
-                        .map_err(|e| e.to_string())?;
+                Op::Writes(writes, _) => {
+                    for w in writes {
+                        match w {
+                            Write::Set(jid, source, stored) => {
+                                table
+                                    .insert(
+                                        source_key(jid, *source).as_str(),
+                                        encode(stored).as_slice(),
+                                    )
+                                    .map_err(e)?;
+                            }
+                            Write::Clear(jid, source) => {
+                                table.remove(source_key(jid, *source).as_str()).map_err(e)?;
+                                table
+                                    .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                    .map_err(e)?;
+                            }
+                            Write::Expire(jid, source, at) => {
+                                let key = source_key(jid, *source);
+                                let due = table
+                                    .get(key.as_str())
+                                    .map_err(e)?
+                                    .and_then(|v| decode(v.value()).ok())
+                                    .is_some_and(|s| s.expires_at == Some(*at));
+                                if due {
+                                    table.remove(key.as_str()).map_err(e)?;
+                                    table
+                                        .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                        .map_err(e)?;
+                                }
+                            }
+                            Write::ClearAll(jid) => {
+                                let start = format!("{jid}{SOURCE_SEPARATOR}");
+                                let end = format!("{jid}\u{1}");
+                                table
+                                    .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                                    .map_err(e)?;
+                                table
+                                    .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                    .map_err(e)?;
+                            }
+                        }
+                    }
                 }
                 Op::Delete(k) => {
                     let tombstone = table
                         .get(k.as_str())
-                        .map_err(|e| e.to_string())?
+                        .map_err(e)?
                         .is_some_and(|v| v.value() == TOMBSTONE);
                     if tombstone {
-                        table.remove(k.as_str()).map_err(|e| e.to_string())?;
+                        table.remove(k.as_str()).map_err(e)?;
                     }
                 }
             }
@@ -415,29 +624,41 @@ fn probe(db: &Database) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn stored(show: Option<Show>, text: Option<&str>, priority: i8) -> StoredSource {
+        StoredSource {
+            status: Status {
+                show,
+                text: text.map(str::to_string),
+                priority,
+            },
+            updated_at: 1_700_000_000_123,
+            expires_at: None,
+        }
+    }
+
     #[test]
     fn records_roundtrip() {
-        for s in [
-            None,
-            Some(Status {
-                show: Some(Show::Dnd),
-                text: Some("Im Gespräch".into()),
-                priority: -128,
-            }),
-            Some(Status {
-                show: None,
-                text: None,
-                priority: 5,
-            }),
-        ] {
-            assert_eq!(decode(&encode(s.as_ref())).unwrap(), s);
+        let mut expiring = stored(Some(Show::Dnd), Some("Im Gespräch"), -128);
+        expiring.expires_at = Some(1_800_000_000_000);
+        for s in [expiring, stored(None, None, 5)] {
+            assert_eq!(decode(&encode(&s)).unwrap(), s);
         }
         assert!(decode(&[9]).is_err());
-        assert!(decode(&[1, 0, 7]).is_err());
-        assert!(
-            decode(&[1, 0, 0, b'a', 1, b'b']).is_err(),
-            "control character"
-        );
+        assert!(decode(&[3, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut bad = encode(&stored(None, Some("a"), 0));
+        bad.push(1);
+        assert!(decode(&bad).is_err(), "control character");
+    }
+
+    async fn reopen(path: &Path) -> Vec<Record> {
+        // The writer thread closes the database when the last handle is gone.
+        for _ in 0..100 {
+            match Store::open(path) {
+                Ok((_, r)) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("store still locked");
     }
 
     #[tokio::test]
@@ -446,30 +667,103 @@ mod tests {
         let path = dir.path().join("s.redb");
         let a = FullJid::new("alice@example.com/tigase-external").unwrap();
         let b = FullJid::new("bob@example.com/phone").unwrap();
-        let st = Status {
-            show: Some(Show::Xa),
-            text: Some("On the phone".into()),
-            priority: -1,
-        };
+        let pbx = Source::parse("pbx").unwrap();
+        let st = stored(Some(Show::Xa), Some("On the phone"), -1);
+        let mut expiring = stored(Some(Show::Dnd), None, -1);
+        expiring.expires_at = Some(5);
         {
             let (store, records) = Store::open(&path).unwrap();
             assert!(records.is_empty());
-            store.put(&a, Some(&st)).durable().await.unwrap();
-            store.put(&b, None).durable().await.unwrap();
+            store
+                .write(vec![
+                    Write::Set(a.clone(), Source::DEFAULT, st.clone()),
+                    Write::Set(a.clone(), pbx, expiring.clone()),
+                    Write::Set(b.clone(), pbx, st.clone()),
+                ])
+                .durable()
+                .await
+                .unwrap();
+            // An expiry that no longer matches leaves the status; a clear leaves a tombstone.
+            store
+                .write(vec![
+                    Write::Expire(a.clone(), pbx, 6),
+                    Write::Clear(b.clone(), pbx),
+                ])
+                .durable()
+                .await
+                .unwrap();
             store.delete(&b);
-            store.put(&a, Some(&st)).durable().await.unwrap(); // orders after the delete
+            // Orders after the delete: nothing deletes it.
+            store
+                .write(vec![Write::ClearAll(a.clone())])
+                .durable()
+                .await
+                .unwrap();
+            store
+                .write(vec![Write::Set(a.clone(), pbx, st.clone())])
+                .durable()
+                .await
+                .unwrap();
         }
-        // The writer thread closes the database when the last handle is gone.
-        let mut records = None;
-        for _ in 0..100 {
-            match Store::open(&path) {
-                Ok((_, r)) => {
-                    records = Some(r);
-                    break;
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        assert_eq!(
+            reopen(&path).await,
+            vec![
+                Record::Tombstone(a.clone()),
+                Record::Source(a.clone(), pbx, st.clone()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn format_1_is_upgraded_and_newer_formats_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let a = FullJid::new("alice@example.com/tigase-external").unwrap();
+        let b = FullJid::new("bob@example.com/phone").unwrap();
+        {
+            // A format-1 store as the previous release wrote it: no meta table.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(STATUSES).unwrap();
+                t.insert(a.as_str(), b"\x01\xff\x03two\r\nlines".as_slice())
+                    .unwrap();
+                t.insert(b.as_str(), TOMBSTONE.as_slice()).unwrap();
             }
+            txn.commit().unwrap();
         }
-        assert_eq!(records.unwrap(), vec![(a, Some(st))]);
+        let records = reopen(&path).await;
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1], Record::Tombstone(b.clone()));
+        let Record::Source(jid, source, s) = &records[0] else {
+            panic!("{records:?}")
+        };
+        assert_eq!((jid, *source), (&a, Source::DEFAULT));
+        assert_eq!(
+            s.status,
+            Status {
+                show: Some(Show::Xa),
+                text: Some("two\r\nlines".into()),
+                priority: -1
+            }
+        );
+        // Opened again: already format 2, the same records.
+        assert_eq!(reopen(&path).await, records);
+        {
+            let db = loop {
+                match Database::create(&path) {
+                    Ok(db) => break db,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 3u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Store::open(&path).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("format 3, newer than the format 2"), "{e}");
     }
 }
