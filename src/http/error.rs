@@ -105,6 +105,12 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     NotFound,
+    /// A query parameter is wrong.
+    #[error("malformed query: {0}")]
+    MalformedQuery(String),
+    /// A bulk request has too many updates.
+    #[error("{0} updates in one request; at most {1}")]
+    TooManyUpdates(usize, usize),
     /// The status could not be made durable; it is not acknowledged.
     #[error("the status could not be stored: {0}")]
     Storage(String),
@@ -125,6 +131,8 @@ impl ApiError {
             ApiError::BodyRead(_)
             | ApiError::AmbiguousCredentials(_)
             | ApiError::InvalidPath
+            | ApiError::MalformedQuery(_)
+            | ApiError::TooManyUpdates(..)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
             | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -138,6 +146,8 @@ impl ApiError {
             ApiError::WrongKey => "invalid_api_key",
             ApiError::AmbiguousCredentials(_) => "ambiguous_credentials",
             ApiError::InvalidPath => "invalid_path",
+            ApiError::MalformedQuery(_) => "malformed_query",
+            ApiError::TooManyUpdates(..) => "too_many_updates",
             ApiError::Method(_) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",

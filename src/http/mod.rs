@@ -1,11 +1,15 @@
-//! The HTTP API: one file per dialect (`tigase`), key checks (`auth`), the error mapping
-//! (`error`) and the listener (`server`).
+//! The HTTP API: one file per dialect (`tigase`, `v1`), key checks (`auth`), the error mapping
+//! (`error`), validation shared by the dialects (`input`), the request pipeline and operations
+//! endpoints (`server`), the accept loop with its limits (`listener`) and what reaches the log
+//! (`log`).
 
 pub mod auth;
 pub mod error;
+pub mod input;
 pub mod listener;
 pub mod log;
 pub mod server;
 pub mod tigase;
+pub mod v1;
 
 pub use server::{router, AppState};

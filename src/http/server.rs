@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -18,6 +18,7 @@ use tracing::{debug, warn, Instrument};
 
 use super::auth::ApiKeys;
 use super::error::{self, ApiError, Format};
+use super::input;
 use super::listener::ConnStats;
 use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
@@ -64,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::v1::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -113,6 +115,27 @@ async fn not_found(headers: HeaderMap) -> Response {
     ApiError::NotFound.into_response(reply_format(&headers))
 }
 
+/// The answer to a refused or failed request of any dialect: counted by code, logged (escaped,
+/// rate-limited), rendered in `format`.
+pub fn refuse(
+    state: &AppState,
+    method: &Method,
+    user: &str,
+    e: ApiError,
+    format: Format,
+) -> Response {
+    let kind = if e.status().is_server_error() {
+        log::Kind::Failed
+    } else {
+        log::Kind::Refused
+    };
+    state.metrics.refused(e.code());
+    state
+        .requests
+        .request(kind, e.status().as_u16(), method, user, &e);
+    e.into_response(format)
+}
+
 /// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.
 fn reply_format(headers: &HeaderMap) -> Format {
     let get = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
@@ -122,7 +145,30 @@ fn reply_format(headers: &HeaderMap) -> Format {
         .unwrap_or(Format::Json)
 }
 
-async fn status_default(
+/// Tigase's UserStatusEndpoint: set or clear `{user}/{default_resource}`.
+#[utoipa::path(
+    post,
+    path = "/rest/user/{user}/status",
+    tag = "tigase",
+    params(("user" = String, Path, description = "The user JID (`user@domain`, optionally `/resource`)")),
+    request_body(content = super::tigase::JsonCommand, description = "The command as JSON; the same fields as XML `<command>` with `Content-Type: application/xml` are accepted too (and answered in XML)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Held (and, with the Tigase backend, taken by the server)", body = super::tigase::StatusResponse),
+        (status = 400, description = "A field, the body, the JID or the credentials are wrong", body = super::v1::ErrorBody),
+        (status = 401, description = "No API key", body = super::v1::ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = super::v1::ErrorBody),
+        (status = 404, description = "No such endpoint", body = super::v1::ErrorBody),
+        (status = 405, description = "Not POST", body = super::v1::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = super::v1::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = super::v1::ErrorBody),
+        (status = 415, description = "Neither JSON nor XML", body = super::v1::ErrorBody),
+        (status = 502, description = "Tigase backend: the server refused it (held, `success: false` and the reason)", body = super::tigase::StatusResponse),
+        (status = 503, description = "The store cannot commit (error body), or Tigase backend: the link is down (held, `success: false`)", body = super::tigase::StatusResponse),
+        (status = 504, description = "Tigase backend: no answer in time (held, `success: false`)", body = super::tigase::StatusResponse),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+pub async fn status_default(
     State(state): State<Arc<AppState>>,
     method: Method,
     path: Result<Path<String>, PathRejection>,
@@ -134,7 +180,33 @@ async fn status_default(
     handle(state, method, path, query, headers, body).await
 }
 
-async fn status_resource(
+/// Tigase's UserStatusEndpoint: set or clear `{user}/{resource}`.
+#[utoipa::path(
+    post,
+    path = "/rest/user/{user}/status/{resource}",
+    tag = "tigase",
+    params(
+        ("user" = String, Path, description = "The user JID (`user@domain`)"),
+        ("resource" = String, Path, description = "The resource"),
+    ),
+    request_body(content = super::tigase::JsonCommand, description = "As for `/rest/user/{user}/status`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Held (and, with the Tigase backend, taken by the server)", body = super::tigase::StatusResponse),
+        (status = 400, description = "A field, the body, the JID or the credentials are wrong", body = super::v1::ErrorBody),
+        (status = 401, description = "No API key", body = super::v1::ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = super::v1::ErrorBody),
+        (status = 404, description = "No such endpoint", body = super::v1::ErrorBody),
+        (status = 405, description = "Not POST", body = super::v1::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = super::v1::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = super::v1::ErrorBody),
+        (status = 415, description = "Neither JSON nor XML", body = super::v1::ErrorBody),
+        (status = 502, description = "Tigase backend: the server refused it", body = super::tigase::StatusResponse),
+        (status = 503, description = "The store cannot commit, or Tigase backend: the link is down", body = super::tigase::StatusResponse),
+        (status = 504, description = "Tigase backend: no answer in time", body = super::tigase::StatusResponse),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+pub async fn status_resource(
     State(state): State<Arc<AppState>>,
     method: Method,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -183,18 +255,7 @@ async fn handle(
                 );
                 r
             }
-            Err(e) => {
-                let kind = if e.status().is_server_error() {
-                    log::Kind::Failed
-                } else {
-                    log::Kind::Refused
-                };
-                state.metrics.refused(e.code());
-                state
-                    .requests
-                    .request(kind, e.status().as_u16(), &method, user(&path), &e);
-                e.into_response(reply_format(&headers))
-            }
+            Err(e) => refuse(&state, &method, user(&path), e, reply_format(&headers)),
         };
         let elapsed = started.elapsed();
         state.metrics.http_latency(elapsed);
@@ -203,30 +264,6 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-async fn read_body(headers: &HeaderMap, body: Body, within: Duration) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
-    }
-    tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY_BYTES))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(within))?
-        .map_err(|e| {
-            // `to_bytes` reports the limit as a length error somewhere in the source chain.
-            let mut src: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return ApiError::TooLarge(MAX_BODY_BYTES);
-                }
-                src = s.source();
-            }
-            ApiError::BodyRead(e.to_string())
-        })
 }
 
 async fn set_status(
@@ -249,9 +286,9 @@ async fn set_status(
         .unwrap_or_default();
     let format = Format::from_media_type(&content_type)
         .ok_or_else(|| ApiError::MediaType(content_type.chars().take(128).collect()))?;
-    let body = read_body(headers, body, state.body_timeout).await?;
+    let body = input::read_body(headers, body, MAX_BODY_BYTES, state.body_timeout).await?;
 
-    let (user, jid_resource) = tigase::parse_user(user)?;
+    let (user, jid_resource) = input::parse_user(user)?;
     if !state.domains.contains(user.domain().as_str()) {
         return Err(ApiError::Domain(user.domain().as_str().to_string()));
     }

@@ -9,7 +9,6 @@
 
 use std::fmt::Write as _;
 
-use jid::{BareJid, Jid};
 use minidom::Element;
 use serde_json::Value;
 
@@ -140,16 +139,52 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
 }
 
 /// A JSON body as given: the derived deserializer refuses unknown and duplicate fields.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a JSON object with the fields available, priority, show, status"
 )]
-struct JsonCommand {
+pub struct JsonCommand {
+    /// `"true"` (default) or `"false"` (clears the resource); a JSON boolean too.
+    #[schema(value_type = Option<String>, example = "true")]
     available: Option<Value>,
+    /// An integer, -128..127, negative unless allowed; as a string or a JSON number.
+    #[schema(value_type = Option<String>, example = "-1")]
     priority: Option<Value>,
+    /// `chat`, `away`, `xa` or `dnd`.
+    #[schema(value_type = Option<String>, example = "xa")]
     show: Option<Value>,
+    /// Status text: up to 1,024 characters, no control characters but tab and line feed.
+    #[schema(value_type = Option<String>, max_length = 1024, example = "On the phone")]
     status: Option<Value>,
+}
+
+/// The answer of the Tigase dialect (rendered by [`response`]; JSON shown).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StatusResponse {
+    /// The status as held.
+    status: StatusResponseBody,
+}
+
+/// The `status` object of [`StatusResponse`].
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StatusResponseBody {
+    /// The full JID of the synthetic resource.
+    user: String,
+    /// `"true"` or `"false"`.
+    available: String,
+    /// The priority, as a string.
+    priority: Option<String>,
+    /// `chat`, `away`, `xa` or `dnd`.
+    show: Option<String>,
+    /// The status text.
+    status: Option<String>,
+    /// Whether the change took effect (always with the fan-out backend).
+    success: bool,
+    /// Why not (Tigase backend).
+    reason: Option<String>,
 }
 
 /// Parse a JSON body: an object with the fields of [`FIELDS`], each at most once.
@@ -218,20 +253,6 @@ pub fn validate(cmd: &Command, policy: &StatusPolicy) -> Result<Request, ApiErro
         text,
         priority,
     }))
-}
-
-/// Parse the `{user-jid}` path segment: a user JID (`user@domain`, optionally with a resource).
-pub fn parse_user(raw: &str) -> Result<(BareJid, Option<String>), ApiError> {
-    let bad = || ApiError::Jid(raw.chars().take(128).collect());
-    if raw.chars().any(char::is_control) {
-        return Err(bad());
-    }
-    let jid = Jid::new(raw).map_err(|_| bad())?;
-    if jid.node().is_none() {
-        return Err(bad());
-    }
-    let resource = jid.resource().map(|r| r.as_str().to_string());
-    Ok((jid.to_bare(), resource))
 }
 
 /// The response: `failure` is `None` when the change took effect, else why not.
@@ -419,22 +440,5 @@ mod tests {
         assert_eq!(c.show.as_deref(), Some("xa"));
         let c = parse_json(br#"{"available": "maybe"}"#).unwrap();
         assert!(validate(&c, &policy()).is_err());
-    }
-
-    #[test]
-    fn users() {
-        let (u, r) = parse_user("Alice@Example.COM").unwrap();
-        assert_eq!((u.as_str(), r), ("alice@example.com", None));
-        let (_, r) = parse_user("alice@example.com/phone").unwrap();
-        assert_eq!(r.as_deref(), Some("phone"));
-        for bad in [
-            "example.com",
-            "@example.com",
-            "a@b@c",
-            "",
-            "al\u{1}ice@example.com",
-        ] {
-            assert!(parse_user(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,0 +1,834 @@
+//! The native API `/v1` (JSON): presence in one word, several sources per resource, expiry, bulk
+//! updates, and its OpenAPI contract.
+//!
+//! - `PUT /v1/users/{jid}/status` — set (or with `presence: "offline"` clear) one source's status
+//!   of a resource;
+//! - `DELETE /v1/users/{jid}/status?resource=&source=` — clear one source (`source=*`: all);
+//! - `GET /v1/users/{jid}/status` — what is held for the user, per resource and source;
+//! - `POST /v1/statuses` — up to 1,000 updates in one durable commit;
+//! - `GET /v1/openapi.json` — the OpenAPI 3.1 document of `/v1` and the Tigase dialect, derived
+//!   from the types and handlers here and in `tigase_doc` (utoipa), so it cannot drift.
+//!
+//! Like every dialect, this one only translates: it parses and validates its JSON, checks the
+//! key, calls the model ([`StatusTable`]) and renders the answer or the error
+//! (`{"error":{"status":…,"code":…,"message":…}}`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use chrono::{DateTime, SecondsFormat, Utc};
+use jid::{BareJid, ResourcePart};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+
+use super::error::{ApiError, Format};
+use super::input;
+use super::server::{refuse, AppState, MAX_BODY_BYTES};
+use crate::metrics::Outcome;
+use crate::status::{now_ms, validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
+use crate::status::{Applied, Edit, ResourceStatus, SourceStatus};
+
+/// Most updates in one bulk request.
+pub const MAX_BULK_UPDATES: usize = 1000;
+/// Largest bulk request body.
+pub const MAX_BULK_BYTES: usize = 1 << 20;
+
+/// The `/v1` routes (and the OpenAPI document).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/users/{jid}/status",
+            MethodRouter::new()
+                .get(get_status)
+                .put(put_status)
+                .delete(delete_status)
+                .fallback(|| async { not_allowed("GET, PUT, DELETE") }),
+        )
+        .route(
+            "/v1/statuses",
+            post(bulk).fallback(|| async { not_allowed("POST") }),
+        )
+        .route(
+            "/v1/openapi.json",
+            get(openapi).fallback(|| async { not_allowed("GET") }),
+        )
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    let mut r = ApiError::Method(allow.to_string()).into_response(Format::Json);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// A presence word (`offline` clears the source).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Chat,
+    Away,
+    Xa,
+    Dnd,
+    Offline,
+}
+
+/// The fields of a status update (`PUT` body, and a bulk item with `user`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusUpdate {
+    /// The presence word; `offline` clears this source.
+    #[schema(value_type = Presence)]
+    pub presence: Option<Value>,
+    /// Status text: up to 1,024 characters, no control characters but tab and line feed.
+    #[schema(value_type = Option<String>, max_length = 1024)]
+    pub status: Option<Value>,
+    /// The resource; `[status] default_resource` when absent.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1023)]
+    pub resource: Option<Value>,
+    /// The feeding system, `[a-z0-9_.-]{1,32}`; `default` when absent.
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9_.-]{1,32}$")]
+    pub source: Option<Value>,
+    /// Priority, -128..127; negative only unless `allow_non_negative_priority`; the configured
+    /// default when absent.
+    #[schema(value_type = Option<i32>, minimum = -128, maximum = 127)]
+    pub priority: Option<Value>,
+    /// Seconds until the status ends by itself (1..2,592,000). Not with `expires_at`.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2592000)]
+    pub expires_in: Option<Value>,
+    /// When the status ends by itself (RFC 3339, within 30 days). Not with `expires_in`.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Value>,
+}
+
+/// One update of a bulk request: a status update and whose it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkItem {
+    /// The user, `user@domain` of a served domain.
+    #[schema(value_type = String)]
+    pub user: Option<Value>,
+    /// See [`StatusUpdate`].
+    #[schema(value_type = Presence)]
+    pub presence: Option<Value>,
+    #[schema(value_type = Option<String>, max_length = 1024)]
+    #[allow(missing_docs)]
+    pub status: Option<Value>,
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1023)]
+    #[allow(missing_docs)]
+    pub resource: Option<Value>,
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9_.-]{1,32}$")]
+    #[allow(missing_docs)]
+    pub source: Option<Value>,
+    #[schema(value_type = Option<i32>, minimum = -128, maximum = 127)]
+    #[allow(missing_docs)]
+    pub priority: Option<Value>,
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2592000)]
+    #[allow(missing_docs)]
+    pub expires_in: Option<Value>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[allow(missing_docs)]
+    pub expires_at: Option<Value>,
+}
+
+/// A bulk request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// At most 1,000 updates; each is validated on its own.
+    #[schema(value_type = Vec<BulkItem>, max_items = 1000)]
+    pub updates: Vec<Value>,
+}
+
+/// What contacts see of a resource.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Effective {
+    /// The presence word.
+    #[schema(value_type = Presence)]
+    presence: &'static str,
+    /// The status text.
+    status: Option<String>,
+    /// The winning source.
+    source: String,
+    /// The priority.
+    priority: i8,
+}
+
+/// The answer to an update or a clear.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusAnswer {
+    /// The user.
+    user: String,
+    /// The resource.
+    resource: String,
+    /// The source that was set or cleared (`*` for every source).
+    source: String,
+    /// The presence that was set (`offline` for a clear).
+    #[schema(value_type = Presence)]
+    presence: &'static str,
+    /// The status text that was set.
+    status: Option<String>,
+    /// The priority that was set.
+    priority: Option<i8>,
+    /// When the status that was set ends by itself (RFC 3339).
+    expires_at: Option<String>,
+    /// What contacts see of the resource now; absent when no source is left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective: Option<Effective>,
+}
+
+/// One source's status, as held.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceAnswer {
+    /// The source.
+    source: String,
+    /// The presence word.
+    #[schema(value_type = Presence)]
+    presence: &'static str,
+    /// The status text.
+    status: Option<String>,
+    /// The priority.
+    priority: i8,
+    /// When it was set (RFC 3339).
+    updated_at: String,
+    /// When it ends by itself (RFC 3339).
+    expires_at: Option<String>,
+}
+
+/// One resource, as held.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceAnswer {
+    /// The resource.
+    resource: String,
+    /// What contacts see.
+    effective: Effective,
+    /// Every source, the most recently updated last.
+    sources: Vec<SourceAnswer>,
+}
+
+/// Everything held for a user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserAnswer {
+    /// The user.
+    user: String,
+    /// The held resources (empty when nothing is held).
+    resources: Vec<ResourceAnswer>,
+}
+
+/// Why one bulk item was refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemError {
+    /// The error code, as in the error body.
+    code: &'static str,
+    /// What is wrong.
+    message: String,
+}
+
+/// The outcome of one bulk item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkResult {
+    /// The item's index in `updates`.
+    index: usize,
+    /// Whether it was committed.
+    ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+/// The answer to a bulk request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkAnswer {
+    /// One result per update, in order.
+    results: Vec<BulkResult>,
+}
+
+/// The error body of every API error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    error: ErrorDetail,
+}
+
+/// An API error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status code.
+    status: u16,
+    /// A stable machine-readable code (see the README's table).
+    code: String,
+    /// What is wrong, for people.
+    message: String,
+}
+
+fn rfc3339(ms: u64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn word(status: &Status) -> &'static str {
+    Word::of(status.show).as_str()
+}
+
+fn effective(s: &SourceStatus) -> Effective {
+    Effective {
+        presence: word(&s.status),
+        status: s.status.text.clone(),
+        source: s.source.as_str().to_string(),
+        priority: s.status.priority,
+    }
+}
+
+fn invalid(e: InvalidStatus) -> ApiError {
+    ApiError::Invalid(e)
+}
+
+/// What a valid update asks for.
+struct Valid {
+    user: BareJid,
+    resource: ResourcePart,
+    /// The source, or `None` for every source (`DELETE ?source=*`).
+    source: Option<Source>,
+    edit: Edit,
+}
+
+fn string<'a>(
+    v: &'a Option<Value>,
+    bad: impl Fn(String) -> InvalidStatus,
+) -> Result<Option<&'a str>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(invalid(bad(other.to_string()))),
+    }
+}
+
+/// Validate the fields of an update of `user`.
+fn validate(state: &AppState, user: BareJid, u: &StatusUpdate) -> Result<Valid, ApiError> {
+    let presence = string(&u.presence, InvalidStatus::Presence)?
+        .ok_or_else(|| invalid(InvalidStatus::Presence("(missing)".into())))?;
+    let word = Word::parse(presence)?;
+    let resource = state
+        .policy
+        .resource(string(&u.resource, InvalidStatus::Resource)?)?;
+    let source = match string(&u.source, InvalidStatus::Source)? {
+        None => Source::DEFAULT,
+        Some(s) => Source::parse(s)?,
+    };
+    let priority = match &u.priority {
+        None | Some(Value::Null) => state.policy.priority(None)?,
+        Some(Value::Number(n)) => state.policy.priority(Some(&n.to_string()))?,
+        Some(other) => return Err(invalid(InvalidStatus::Priority(other.to_string()))),
+    };
+    let text = match string(&u.status, |v| {
+        InvalidStatus::Expiry(format!("status must be a string, not {v}"))
+    })? {
+        None | Some("") => None,
+        Some(t) => {
+            validate_text(t)?;
+            Some(t.to_string())
+        }
+    };
+    let expiry_err = |m: String| invalid(InvalidStatus::Expiry(m));
+    let now = now_ms();
+    let max_ms = MAX_EXPIRY_SECS * 1000;
+    let expires_at = match (&u.expires_in, &u.expires_at) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(i), None | Some(Value::Null)) if !i.is_null() => {
+            let secs = i
+                .as_u64()
+                .filter(|s| (1..=MAX_EXPIRY_SECS).contains(s))
+                .ok_or_else(|| {
+                    expiry_err(format!(
+                        "expires_in {i} is not a whole number of seconds in 1..{MAX_EXPIRY_SECS}"
+                    ))
+                })?;
+            Some(now + secs * 1000)
+        }
+        (None | Some(Value::Null), Some(at)) => {
+            let text = at
+                .as_str()
+                .ok_or_else(|| expiry_err(format!("expires_at {at} is not an RFC 3339 time")))?;
+            let at = DateTime::parse_from_rfc3339(text).map_err(|e| {
+                expiry_err(format!(
+                    "expires_at {:?} is not an RFC 3339 time: {e}",
+                    text.chars().take(64).collect::<String>()
+                ))
+            })?;
+            let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+            if ms <= now || ms - now > max_ms {
+                return Err(expiry_err(format!(
+                    "expires_at {text:?} is not in the next {MAX_EXPIRY_SECS} seconds"
+                )));
+            }
+            Some(ms)
+        }
+        _ => return Err(expiry_err("give expires_in or expires_at, not both".into())),
+    };
+    let edit = match word.show() {
+        Some(show) => Edit::Set {
+            source,
+            status: Status {
+                show,
+                text,
+                priority,
+            },
+            expires_at,
+        },
+        None if expires_at.is_some() => {
+            return Err(expiry_err(
+                "an expiry goes with an available presence, not with offline".into(),
+            ))
+        }
+        None => Edit::Clear(source),
+    };
+    Ok(Valid {
+        user,
+        resource,
+        source: Some(source),
+        edit,
+    })
+}
+
+fn answer(v: &Valid, applied: &Applied) -> StatusAnswer {
+    let (presence, status, priority, expires_at) = match &v.edit {
+        Edit::Set {
+            status, expires_at, ..
+        } => (
+            word(status),
+            status.text.clone(),
+            Some(status.priority),
+            expires_at.map(rfc3339),
+        ),
+        _ => ("offline", None, None, None),
+    };
+    StatusAnswer {
+        user: v.user.to_string(),
+        resource: v.resource.to_string(),
+        source: v.source.map_or("*".to_string(), |s| s.as_str().to_string()),
+        presence,
+        status,
+        priority,
+        expires_at,
+        effective: applied.effective.as_ref().map(effective),
+    }
+}
+
+fn json(code: StatusCode, body: &impl Serialize) -> Response {
+    let mut r = (
+        code,
+        serde_json::to_string(body).expect("answers serialise"),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    match Format::from_media_type(&ct) {
+        Some(Format::Json) => Ok(()),
+        _ => Err(ApiError::MediaType(ct.chars().take(128).collect())),
+    }
+}
+
+fn malformed(e: serde_json::Error) -> ApiError {
+    ApiError::Malformed {
+        format: "JSON",
+        message: e.to_string(),
+    }
+}
+
+/// Run a handler body, answering an error the dialect's way (counted and logged).
+fn finish(
+    state: &AppState,
+    method: &Method,
+    user: &str,
+    r: Result<Response, ApiError>,
+) -> Response {
+    match r {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.update(if e.status().is_server_error() {
+                Outcome::Failed
+            } else {
+                Outcome::Rejected
+            });
+            refuse(state, method, user, e, Format::Json)
+        }
+    }
+}
+
+fn path_user(path: &Result<Path<String>, PathRejection>) -> &str {
+    path.as_ref().map_or("", |Path(u)| u.as_str())
+}
+
+fn user_of(
+    state: &AppState,
+    path: &Result<Path<String>, PathRejection>,
+) -> Result<BareJid, ApiError> {
+    let Ok(Path(raw)) = path else {
+        return Err(ApiError::InvalidPath);
+    };
+    input::served_user(raw, &state.domains)
+}
+
+/// Set (or clear) one source's status of a resource.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{jid}/status",
+    tag = "v1",
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain")),
+    request_body(content = StatusUpdate, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed: held, and delivered to contacts when the link allows", body = StatusAnswer),
+        (status = 400, description = "A field is wrong (`invalid_presence`, `invalid_status`, `invalid_priority`, `invalid_resource`, `invalid_source`, `invalid_expiry`), the JSON is malformed or has unknown or repeated fields (`malformed_body`), the JID is wrong (`invalid_jid`, `invalid_path`), or several credentials were given (`ambiguous_credentials`)", body = ErrorBody),
+        (status = 401, description = "No API key (`missing_api_key`)", body = ErrorBody),
+        (status = 403, description = "Wrong API key (`invalid_api_key`) or a domain not served (`domain_not_served`)", body = ErrorBody),
+        (status = 404, description = "No such endpoint (`not_found`)", body = ErrorBody),
+        (status = 405, description = "Method not allowed (`method_not_allowed`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`body_timeout`)", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 503, description = "The store cannot commit: nothing changed (`storage_unavailable`)", body = ErrorBody),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+async fn put_status(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        state.keys.check(query.as_deref(), &headers)?;
+        let user = user_of(&state, &path)?;
+        require_json(&headers)?;
+        let body = input::read_body(&headers, body, MAX_BODY_BYTES, state.body_timeout).await?;
+        let update: StatusUpdate = serde_json::from_slice(&body).map_err(malformed)?;
+        let v = validate(&state, user, &update)?;
+        let applied = state
+            .table
+            .write(&v.user, &v.resource, v.edit.clone())
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        state.metrics.update(match v.edit {
+            Edit::Set { .. } => Outcome::Set,
+            _ => Outcome::Cleared,
+        });
+        Ok(json(StatusCode::OK, &answer(&v, &applied)))
+    }
+    .await;
+    finish(&state, &method, path_user(&path), r)
+}
+
+/// Clear one source (or every source) of a resource.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{jid}/status",
+    tag = "v1",
+    params(
+        ("jid" = String, Path, description = "The user, `user@domain` of a served domain"),
+        ("resource" = Option<String>, Query, description = "The resource; `[status] default_resource` when absent"),
+        ("source" = Option<String>, Query, description = "The source (`default` when absent), or `*` for every source of the resource"),
+    ),
+    responses(
+        (status = 200, description = "Committed", body = StatusAnswer),
+        (status = 400, description = "A parameter is wrong (`invalid_resource`, `invalid_source`, `invalid_jid`, `invalid_path`, `ambiguous_credentials`, `malformed_query`)", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 503, description = "The store cannot commit: nothing changed", body = ErrorBody),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+async fn delete_status(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        state.keys.check(query.as_deref(), &headers)?;
+        let user = user_of(&state, &path)?;
+        let (mut resource, mut source) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+            let slot = match k.as_ref() {
+                "resource" => &mut resource,
+                "source" => &mut source,
+                _ => continue,
+            };
+            if slot.replace(v.into_owned()).is_some() {
+                return Err(ApiError::MalformedQuery(format!("{k} given twice")));
+            }
+        }
+        let resource = state.policy.resource(resource.as_deref())?;
+        let (source, edit) = match source.as_deref() {
+            Some("*") => (None, Edit::ClearAll),
+            None => (Some(Source::DEFAULT), Edit::Clear(Source::DEFAULT)),
+            Some(s) => {
+                let s = Source::parse(s)?;
+                (Some(s), Edit::Clear(s))
+            }
+        };
+        let v = Valid {
+            user,
+            resource,
+            source,
+            edit,
+        };
+        let applied = state
+            .table
+            .write(&v.user, &v.resource, v.edit.clone())
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        state.metrics.update(Outcome::Cleared);
+        Ok(json(StatusCode::OK, &answer(&v, &applied)))
+    }
+    .await;
+    finish(&state, &method, path_user(&path), r)
+}
+
+fn resource_answer(r: ResourceStatus) -> Option<ResourceAnswer> {
+    Some(ResourceAnswer {
+        resource: r.resource.to_string(),
+        effective: effective(r.effective.as_ref()?),
+        sources: r
+            .sources
+            .iter()
+            .map(|s| SourceAnswer {
+                source: s.source.as_str().to_string(),
+                presence: word(&s.status),
+                status: s.status.text.clone(),
+                priority: s.status.priority,
+                updated_at: rfc3339(s.updated_at),
+                expires_at: s.expires_at.map(rfc3339),
+            })
+            .collect(),
+    })
+}
+
+/// What extpresence holds for a user.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{jid}/status",
+    tag = "v1",
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain")),
+    responses(
+        (status = 200, description = "Per resource the effective presence and every source (an empty list when nothing is held)", body = UserAnswer),
+        (status = 400, description = "The JID is wrong (`invalid_jid`, `invalid_path`) or several credentials were given", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+async fn get_status(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        state.keys.check(query.as_deref(), &headers)?;
+        let user = user_of(&state, &path)?;
+        let resources = state
+            .table
+            .statuses(&user)
+            .into_iter()
+            .filter_map(resource_answer)
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &UserAnswer {
+                user: user.to_string(),
+                resources,
+            },
+        ))
+    })();
+    finish(&state, &method, path_user(&path), r)
+}
+
+/// Many updates in one durable commit.
+#[utoipa::path(
+    post,
+    path = "/v1/statuses",
+    tag = "v1",
+    request_body(content = BulkRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every valid item committed in one durable commit; invalid items changed nothing and are reported by index and code", body = BulkAnswer),
+        (status = 400, description = "Not a valid envelope (`malformed_body`), more than 1,000 updates (`too_many_updates`), several credentials", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 503, description = "The store cannot commit: nothing changed", body = ErrorBody),
+    ),
+    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+)]
+async fn bulk(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        state.keys.check(query.as_deref(), &headers)?;
+        require_json(&headers)?;
+        let body = input::read_body(&headers, body, MAX_BULK_BYTES, state.body_timeout).await?;
+        let request: BulkRequest = serde_json::from_slice(&body).map_err(malformed)?;
+        if request.updates.len() > MAX_BULK_UPDATES {
+            return Err(ApiError::TooManyUpdates(
+                request.updates.len(),
+                MAX_BULK_UPDATES,
+            ));
+        }
+        let mut results = Vec::with_capacity(request.updates.len());
+        let mut valid = Vec::new();
+        for (index, item) in request.updates.into_iter().enumerate() {
+            let checked = serde_json::from_value::<BulkItem>(item)
+                .map_err(malformed)
+                .and_then(|item| {
+                    let user = match &item.user {
+                        Some(Value::String(u)) => input::served_user(u, &state.domains)?,
+                        _ => return Err(ApiError::Jid("(user missing or not a string)".into())),
+                    };
+                    let update = StatusUpdate {
+                        presence: item.presence,
+                        status: item.status,
+                        resource: item.resource,
+                        source: item.source,
+                        priority: item.priority,
+                        expires_in: item.expires_in,
+                        expires_at: item.expires_at,
+                    };
+                    validate(&state, user, &update)
+                });
+            match checked {
+                Ok(v) => {
+                    valid.push((v.user, v.resource, v.edit));
+                    results.push(BulkResult {
+                        index,
+                        ok: true,
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    state.metrics.update(Outcome::Rejected);
+                    results.push(BulkResult {
+                        index,
+                        ok: false,
+                        error: Some(ItemError {
+                            code: e.code(),
+                            message: e.to_string(),
+                        }),
+                    })
+                }
+            }
+        }
+        if !valid.is_empty() {
+            let n = valid.len();
+            state
+                .table
+                .write_many(valid)
+                .await
+                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            for _ in 0..n {
+                state.metrics.update(Outcome::Set);
+            }
+        }
+        Ok(json(StatusCode::OK, &BulkAnswer { results }))
+    }
+    .await;
+    finish(&state, &method, "", r)
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "v1",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
+    security(())
+)]
+async fn openapi() -> Response {
+    let mut r = ApiDoc::openapi()
+        .to_json()
+        .expect("the document serialises")
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "api_key_header",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("Api-Key"))),
+        );
+        c.add_security_scheme(
+            "api_key_query",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("api-key"))),
+        );
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of `/v1` and the Tigase dialect.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "extpresence",
+        description = "Set and read the presence of XMPP users over HTTP. Give the API key once: \
+                       an `Api-Key` header, `?api-key=` or `Authorization: Bearer` (several \
+                       credentials are refused with 400 `ambiguous_credentials`)."
+    ),
+    paths(
+        put_status,
+        delete_status,
+        get_status,
+        bulk,
+        openapi,
+        super::server::status_default,
+        super::server::status_resource
+    ),
+    components(schemas(Presence, ErrorBody, ErrorDetail, BulkItem)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
