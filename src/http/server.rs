@@ -150,7 +150,7 @@ fn reply_format(headers: &HeaderMap) -> Format {
     post,
     path = "/rest/user/{user}/status",
     tag = "tigase",
-    params(("user" = String, Path, description = "The user JID (`user@domain`, optionally `/resource`)")),
+    params(("user" = String, Path, description = "The user JID (`user@domain`, optionally `/resource`)", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}(/[A-Za-z0-9._-]{1,64})?$")),
     request_body(content = super::tigase::JsonCommand, description = "The command as JSON; the same fields as XML `<command>` with `Content-Type: application/xml` are accepted too (and answered in XML)", content_type = "application/json"),
     responses(
         (status = 200, description = "Held (and, with the Tigase backend, taken by the server)", body = super::tigase::StatusResponse),
@@ -166,7 +166,7 @@ fn reply_format(headers: &HeaderMap) -> Format {
         (status = 503, description = "The store cannot commit (error body), or Tigase backend: the link is down (held, `success: false`)", body = super::tigase::StatusResponse),
         (status = 504, description = "Tigase backend: no answer in time (held, `success: false`)", body = super::tigase::StatusResponse),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 pub async fn status_default(
     State(state): State<Arc<AppState>>,
@@ -186,8 +186,8 @@ pub async fn status_default(
     path = "/rest/user/{user}/status/{resource}",
     tag = "tigase",
     params(
-        ("user" = String, Path, description = "The user JID (`user@domain`)"),
-        ("resource" = String, Path, description = "The resource"),
+        ("user" = String, Path, description = "The user JID (`user@domain`)", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$"),
+        ("resource" = String, Path, description = "The resource", pattern = "^[A-Za-z0-9._-]{1,64}$"),
     ),
     request_body(content = super::tigase::JsonCommand, description = "As for `/rest/user/{user}/status`", content_type = "application/json"),
     responses(
@@ -204,7 +204,7 @@ pub async fn status_default(
         (status = 503, description = "The store cannot commit, or Tigase backend: the link is down", body = super::tigase::StatusResponse),
         (status = 504, description = "Tigase backend: no answer in time", body = super::tigase::StatusResponse),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 pub async fn status_resource(
     State(state): State<Arc<AppState>>,

@@ -146,16 +146,16 @@ pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
 )]
 pub struct JsonCommand {
     /// `"true"` (default) or `"false"` (clears the resource); a JSON boolean too.
-    #[schema(value_type = Option<String>, example = "true")]
+    #[schema(value_type = Option<String>, example = "true", pattern = "^(true|false)$")]
     available: Option<Value>,
     /// An integer, -128..127, negative unless allowed; as a string or a JSON number.
-    #[schema(value_type = Option<String>, example = "-1")]
+    #[schema(value_type = Option<String>, example = "-1", pattern = "^-([1-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$")]
     priority: Option<Value>,
     /// `chat`, `away`, `xa` or `dnd`.
-    #[schema(value_type = Option<String>, example = "xa")]
+    #[schema(value_type = Option<String>, example = "xa", pattern = "^(chat|away|xa|dnd)$")]
     show: Option<Value>,
     /// Status text: up to 1,024 characters, no control characters but tab and line feed.
-    #[schema(value_type = Option<String>, max_length = 1024, example = "On the phone")]
+    #[schema(value_type = Option<String>, max_length = 1024, example = "On the phone", pattern = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ufffe\\uffff]*$")]
     status: Option<Value>,
 }
 

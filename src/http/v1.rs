@@ -89,17 +89,17 @@ pub struct StatusUpdate {
     #[schema(value_type = Presence)]
     pub presence: Option<Value>,
     /// Status text: up to 1,024 characters, no control characters but tab and line feed.
-    #[schema(value_type = Option<String>, max_length = 1024)]
+    #[schema(value_type = Option<String>, max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ufffe\\uffff]*$")]
     pub status: Option<Value>,
     /// The resource; `[status] default_resource` when absent.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1023)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub resource: Option<Value>,
     /// The feeding system, `[a-z0-9_.-]{1,32}`; `default` when absent.
     #[schema(value_type = Option<String>, pattern = "^[a-z0-9_.-]{1,32}$")]
     pub source: Option<Value>,
-    /// Priority, -128..127; negative only unless `allow_non_negative_priority`; the configured
+    /// Priority, -128..-1 (0..127 too with `allow_non_negative_priority`); the configured
     /// default when absent.
-    #[schema(value_type = Option<i32>, minimum = -128, maximum = 127)]
+    #[schema(value_type = Option<i32>, minimum = -128, maximum = -1)]
     pub priority: Option<Value>,
     /// Seconds until the status ends by itself (1..2,592,000). Not with `expires_at`.
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 2592000)]
@@ -114,21 +114,21 @@ pub struct StatusUpdate {
 #[serde(deny_unknown_fields)]
 pub struct BulkItem {
     /// The user, `user@domain` of a served domain.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")]
     pub user: Option<Value>,
     /// See [`StatusUpdate`].
     #[schema(value_type = Presence)]
     pub presence: Option<Value>,
-    #[schema(value_type = Option<String>, max_length = 1024)]
+    #[schema(value_type = Option<String>, max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ufffe\\uffff]*$")]
     #[allow(missing_docs)]
     pub status: Option<Value>,
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1023)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     #[allow(missing_docs)]
     pub resource: Option<Value>,
     #[schema(value_type = Option<String>, pattern = "^[a-z0-9_.-]{1,32}$")]
     #[allow(missing_docs)]
     pub source: Option<Value>,
-    #[schema(value_type = Option<i32>, minimum = -128, maximum = 127)]
+    #[schema(value_type = Option<i32>, minimum = -128, maximum = -1)]
     #[allow(missing_docs)]
     pub priority: Option<Value>,
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 2592000)]
@@ -143,9 +143,10 @@ pub struct BulkItem {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
-    /// At most 1,000 updates; each is validated on its own.
-    #[schema(value_type = Vec<BulkItem>, max_items = 1000)]
-    pub updates: Vec<Value>,
+    /// At most 1,000 updates (JSON objects). Each is validated on its own as a `BulkItem`; an
+    /// invalid one is reported in `results` and changes nothing, the others are committed.
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
+    pub updates: Vec<serde_json::Map<String, Value>>,
 }
 
 /// What contacts see of a resource.
@@ -493,7 +494,7 @@ fn user_of(
     put,
     path = "/v1/users/{jid}/status",
     tag = "v1",
-    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain")),
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")),
     request_body(content = StatusUpdate, content_type = "application/json"),
     responses(
         (status = 200, description = "Committed: held, and delivered to contacts when the link allows", body = StatusAnswer),
@@ -507,7 +508,7 @@ fn user_of(
         (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 503, description = "The store cannot commit: nothing changed (`storage_unavailable`)", body = ErrorBody),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 async fn put_status(
     State(state): State<Arc<AppState>>,
@@ -545,9 +546,9 @@ async fn put_status(
     path = "/v1/users/{jid}/status",
     tag = "v1",
     params(
-        ("jid" = String, Path, description = "The user, `user@domain` of a served domain"),
-        ("resource" = Option<String>, Query, description = "The resource; `[status] default_resource` when absent"),
-        ("source" = Option<String>, Query, description = "The source (`default` when absent), or `*` for every source of the resource"),
+        ("jid" = String, Path, description = "The user, `user@domain` of a served domain", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$"),
+        ("resource" = Option<String>, Query, description = "The resource; `[status] default_resource` when absent", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("source" = Option<String>, Query, description = "The source (`default` when absent), or `*` for every source of the resource", pattern = "^([a-z0-9_.-]{1,32}|\\*)$"),
     ),
     responses(
         (status = 200, description = "Committed", body = StatusAnswer),
@@ -558,7 +559,7 @@ async fn put_status(
         (status = 405, description = "Method not allowed", body = ErrorBody),
         (status = 503, description = "The store cannot commit: nothing changed", body = ErrorBody),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 async fn delete_status(
     State(state): State<Arc<AppState>>,
@@ -632,7 +633,7 @@ fn resource_answer(r: ResourceStatus) -> Option<ResourceAnswer> {
     get,
     path = "/v1/users/{jid}/status",
     tag = "v1",
-    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain")),
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")),
     responses(
         (status = 200, description = "Per resource the effective presence and every source (an empty list when nothing is held)", body = UserAnswer),
         (status = 400, description = "The JID is wrong (`invalid_jid`, `invalid_path`) or several credentials were given", body = ErrorBody),
@@ -641,7 +642,7 @@ fn resource_answer(r: ResourceStatus) -> Option<ResourceAnswer> {
         (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 async fn get_status(
     State(state): State<Arc<AppState>>,
@@ -687,7 +688,7 @@ async fn get_status(
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 503, description = "The store cannot commit: nothing changed", body = ErrorBody),
     ),
-    security(("api_key_header" = []), ("api_key_query" = []), ("bearer" = []))
+    security(("api_key" = []))
 )]
 async fn bulk(
     State(state): State<Arc<AppState>>,
@@ -710,7 +711,7 @@ async fn bulk(
         let mut results = Vec::with_capacity(request.updates.len());
         let mut valid = Vec::new();
         for (index, item) in request.updates.into_iter().enumerate() {
-            let checked = serde_json::from_value::<BulkItem>(item)
+            let checked = serde_json::from_value::<BulkItem>(Value::Object(item))
                 .map_err(malformed)
                 .and_then(|item| {
                     let user = match &item.user {
@@ -787,26 +788,25 @@ async fn openapi() -> Response {
     r
 }
 
+/// The key scheme of the document: the `Api-Key` header. `?api-key=` and `Authorization: Bearer`
+/// work too (the document's description says so); the document names one scheme because a
+/// request must carry exactly one credential.
 struct Security;
 
 impl utoipa::Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
-        };
-        let c = openapi.components.get_or_insert_with(Default::default);
-        c.add_security_scheme(
-            "api_key_header",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("Api-Key"))),
-        );
-        c.add_security_scheme(
-            "api_key_query",
-            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("api-key"))),
-        );
-        c.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "Api-Key",
+                    "An API key from [http] api_keys. Instead of this header: ?api-key= or \
+                     Authorization: Bearer — exactly one of the three.",
+                ))),
+            );
     }
 }
 
