@@ -1,0 +1,620 @@
+//! The native API `/v1` against real Prosody and ejabberd with real XMPP contacts: the presence
+//! vocabulary, several sources per resource, the Tigase dialect and `/v1` combining, durable
+//! expiry (also across kill -9), bulk updates, the upgrade of a store written by the previous
+//! release, and the OpenAPI document checked by schemathesis against the running service.
+//!
+//! alice and bob are mutual contacts; bob watches alice's synthetic resources.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ext::{request, Ext, API_KEY};
+use common::server::{Kind, Server};
+use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use serde_json::{json, Value};
+use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
+
+const WAIT: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(1500);
+
+struct World {
+    server: Server,
+    ext: Ext,
+}
+
+async fn world(kind: Kind, users: &[&str]) -> World {
+    let server = Server::start(kind).await;
+    server.register(users).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    World { server, ext }
+}
+
+async fn call(ext: &Ext, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut headers = vec![("Api-Key", API_KEY)];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (code, text) = request(ext.http, method, path, &headers, body.as_bytes()).await;
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+    (code, v)
+}
+
+async fn put(ext: &Ext, user: &str, body: Value) -> Value {
+    let (code, v) = call(ext, "PUT", &format!("/v1/users/{user}/status"), Some(body)).await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn from_is(p: &Presence, jid: &str) -> bool {
+    p.from.as_ref().map(|j| j.to_string()).as_deref() == Some(jid)
+}
+
+fn text(p: &Presence) -> Option<&str> {
+    p.statuses.values().next().map(String::as_str)
+}
+
+fn alice(resource: &str) -> String {
+    format!("alice@{DOMAIN}/{resource}")
+}
+
+/// 1. Each word → bob sees it (`online`: no show; `offline`: unavailable).
+async fn vocabulary(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    let user = format!("alice@{DOMAIN}");
+    for (word, show) in [
+        ("online", None),
+        ("chat", Some(Show::Chat)),
+        ("away", Some(Show::Away)),
+        ("xa", Some(Show::Xa)),
+        ("dnd", Some(Show::Dnd)),
+    ] {
+        let v = put(
+            &w.ext,
+            &user,
+            json!({"presence": word, "status": format!("word {word}"), "resource": "r"}),
+        )
+        .await;
+        assert_eq!(v["effective"]["presence"], word);
+        let p = bob
+            .expect_presence(WAIT, |p| {
+                from_is(p, &alice("r")) && text(p) == Some(&format!("word {word}"))
+            })
+            .await;
+        assert_eq!(p.show, show, "{word}");
+        assert_eq!(p.type_, PresenceType::None);
+    }
+    let v = put(
+        &w.ext,
+        &user,
+        json!({"presence": "offline", "resource": "r"}),
+    )
+    .await;
+    assert!(v.get("effective").is_none(), "{v}");
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("r")) && p.type_ == PresenceType::Unavailable
+    })
+    .await;
+}
+
+/// 2. pbx dnd + calendar away → dnd; a change of the losing source sends nothing; pbx cleared →
+/// away; calendar cleared → unavailable.
+async fn sources_combine(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    let user = format!("alice@{DOMAIN}");
+    put(
+        &w.ext,
+        &user,
+        json!({"presence": "dnd", "status": "On a call", "source": "pbx", "resource": "phone"}),
+    )
+    .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("phone")) && p.show == Some(Show::Dnd)
+    })
+    .await;
+    let v = put(&w.ext, &user, json!({"presence": "away", "status": "In a meeting", "source": "calendar", "resource": "phone"})).await;
+    assert_eq!(
+        v["effective"],
+        json!({"presence": "dnd", "status": "On a call", "source": "pbx", "priority": -1})
+    );
+    put(&w.ext, &user, json!({"presence": "away", "status": "In another meeting", "source": "calendar", "resource": "phone"})).await;
+    let seen = bob.presences_within(QUIET).await;
+    assert!(
+        !seen.iter().any(|p| from_is(p, &alice("phone"))),
+        "a change of the losing source reached bob: {seen:?}"
+    );
+    let (code, v) = call(&w.ext, "GET", &format!("/v1/users/{user}/status"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        v["resources"][0]["sources"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+    let (code, v) = call(
+        &w.ext,
+        "DELETE",
+        &format!("/v1/users/{user}/status?resource=phone&source=pbx"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["effective"]["source"], "calendar");
+    let p = bob
+        .expect_presence(WAIT, |p| from_is(p, &alice("phone")))
+        .await;
+    assert_eq!(
+        (p.show.clone(), text(&p)),
+        (Some(Show::Away), Some("In another meeting"))
+    );
+    call(
+        &w.ext,
+        "DELETE",
+        &format!("/v1/users/{user}/status?resource=phone&source=calendar"),
+        None,
+    )
+    .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("phone")) && p.type_ == PresenceType::Unavailable
+    })
+    .await;
+}
+
+/// 3. A Tigase-dialect set (source `default`) and a /v1 set of another source combine.
+async fn tigase_and_v1_combine(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    w.ext
+        .post_ok(
+            &format!("/rest/user/alice@{DOMAIN}/status"),
+            "application/json",
+            r#"{"show": "away", "status": "Tigase says away"}"#,
+        )
+        .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("tigase-external")) && p.show == Some(Show::Away)
+    })
+    .await;
+    put(
+        &w.ext,
+        &format!("alice@{DOMAIN}"),
+        json!({"presence": "dnd", "status": "PBX: call", "source": "pbx"}),
+    )
+    .await;
+    let p = bob
+        .expect_presence(WAIT, |p| {
+            from_is(p, &alice("tigase-external")) && p.show == Some(Show::Dnd)
+        })
+        .await;
+    assert_eq!(text(&p), Some("PBX: call"));
+    w.ext
+        .post_ok(
+            &format!("/rest/user/alice@{DOMAIN}/status"),
+            "application/json",
+            r#"{"available": false}"#,
+        )
+        .await;
+    // Clearing `default` leaves pbx: still dnd, nothing new for bob.
+    let seen = bob.presences_within(QUIET).await;
+    assert!(
+        !seen.iter().any(|p| from_is(p, &alice("tigase-external"))),
+        "{seen:?}"
+    );
+}
+
+/// 4. Expiry: the removal reaches bob within 1 s of the deadline; kill -9 one second before the
+/// deadline and restart → the removal still comes; kill -9, wait past the deadline, restart →
+/// bob never sees the expired status again.
+async fn expiry_is_durable(kind: Kind) {
+    let mut w = world(kind, &["alice", "bob"]).await;
+    let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    let user = format!("alice@{DOMAIN}");
+    let v = put(
+        &w.ext,
+        &user,
+        json!({"presence": "away", "status": "brief", "resource": "a", "expires_in": 2}),
+    )
+    .await;
+    let deadline = chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("a")) && p.type_ == PresenceType::None
+    })
+    .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("a")) && p.type_ == PresenceType::Unavailable
+    })
+    .await;
+    let late = extpresence::status::now_ms() as i64 - deadline.timestamp_millis();
+    assert!(late < 1000, "removal {late} ms after the deadline");
+
+    // kill -9 one second before the deadline.
+    put(
+        &w.ext,
+        &user,
+        json!({"presence": "xa", "status": "until restart", "resource": "b", "expires_in": 3}),
+    )
+    .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("b")) && p.type_ == PresenceType::None
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.ext.kill().await;
+    w.ext.restart().await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("b")) && p.type_ == PresenceType::Unavailable
+    })
+    .await;
+
+    // kill -9, wait past the deadline, restart: the expired status is never replayed.
+    put(
+        &w.ext,
+        &user,
+        json!({"presence": "dnd", "status": "stale", "resource": "c", "expires_in": 1}),
+    )
+    .await;
+    bob.expect_presence(WAIT, |p| {
+        from_is(p, &alice("c")) && p.type_ == PresenceType::None
+    })
+    .await;
+    w.ext.kill().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bob.drain();
+    w.ext.restart().await;
+    let seen = bob.presences_within(Duration::from_secs(4)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|p| from_is(p, &alice("c")) && p.type_ == PresenceType::None),
+        "an expired status was replayed: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| from_is(p, &alice("c")) && p.type_ == PresenceType::Unavailable),
+        "the removal was not delivered after the restart: {seen:?}"
+    );
+}
+
+/// 5. Bulk: 1,000 updates over 100 users with 3 invalid items → the 3 reported by index and code,
+/// every valid one reaches the contacts; a malformed envelope applies nothing.
+async fn bulk_updates(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    let mut updates: Vec<Value> = (0..1000)
+        .map(|i| {
+            let user = if i % 100 == 0 { "alice".to_string() } else { format!("u{}", i % 100) };
+            json!({"user": format!("{user}@{DOMAIN}"), "presence": "away", "status": format!("bulk {i}"), "resource": format!("r{}", i / 100)})
+        })
+        .collect();
+    updates[7] = json!({"user": format!("u7@{DOMAIN}"), "presence": "sleeping"});
+    updates[500] = json!({"user": "x@elsewhere.org", "presence": "away"});
+    updates[999] = json!({"user": format!("u99@{DOMAIN}"), "presence": "away", "expires_in": 0});
+    let started = Instant::now();
+    let (code, v) = call(
+        &w.ext,
+        "POST",
+        "/v1/statuses",
+        Some(json!({"updates": updates})),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let failed: Vec<(u64, String)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ok"] == false)
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["error"]["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            (7, "invalid_presence".to_string()),
+            (500, "domain_not_served".to_string()),
+            (999, "invalid_expiry".to_string())
+        ]
+    );
+    // alice's ten valid updates (r0..r9; index 500 was replaced) reach bob.
+    let mut missing: std::collections::HashSet<usize> = (0..10).filter(|r| *r != 5).collect();
+    while !missing.is_empty() {
+        let p = bob
+            .expect_presence(WAIT, |p| {
+                missing.iter().any(|r| from_is(p, &alice(&format!("r{r}"))))
+            })
+            .await;
+        let r = p.from.as_ref().and_then(|j| j.resource()).unwrap().as_str()[1..]
+            .parse::<usize>()
+            .unwrap();
+        assert_eq!(text(&p), Some(format!("bulk {}", r * 100).as_str()));
+        missing.remove(&r);
+    }
+    let held = |ext: &Ext| {
+        let http = ext.http;
+        async move {
+            let (_, body) = request(http, "GET", "/metrics", &[], b"").await;
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix("extpresence_held_statuses ")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap()
+        }
+    };
+    assert_eq!(held(&w.ext).await, 997);
+    eprintln!("bulk: 1,000 updates answered in {:?}", started.elapsed());
+    // A malformed envelope applies nothing.
+    for bad in [
+        json!({"updates": [{"user": format!("u1@{DOMAIN}"), "presence": "dnd"}], "extra": 1}),
+        json!({"update": []}),
+        json!({"updates": [1, 2]}),
+        json!({"updates": (0..1001).map(|_| json!({})).collect::<Vec<_>>()}),
+    ] {
+        let (code, v) = call(&w.ext, "POST", "/v1/statuses", Some(bad)).await;
+        assert_eq!(code, 400, "{v}");
+    }
+    assert_eq!(held(&w.ext).await, 997);
+    let (_, v) = call(
+        &w.ext,
+        "GET",
+        &format!("/v1/users/u1@{DOMAIN}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(v["resources"][0]["effective"]["presence"], "away", "{v}");
+}
+
+/// Bad inputs of /v1 get their codes in the JSON error shape.
+async fn bad_inputs(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let user = format!("/v1/users/alice@{DOMAIN}/status");
+    for (body, code, error) in [
+        (json!({"presence": "busy"}), 400, "invalid_presence"),
+        (json!({"status": "x"}), 400, "invalid_presence"),
+        (
+            json!({"presence": "away", "source": "PBX"}),
+            400,
+            "invalid_source",
+        ),
+        (
+            json!({"presence": "away", "expires_in": 2592001}),
+            400,
+            "invalid_expiry",
+        ),
+        (
+            json!({"presence": "away", "expires_in": 5, "expires_at": "2030-01-01T00:00:00Z"}),
+            400,
+            "invalid_expiry",
+        ),
+        (
+            json!({"presence": "away", "expires_at": "yesterday"}),
+            400,
+            "invalid_expiry",
+        ),
+        (
+            json!({"presence": "away", "expires_at": "2001-01-01T00:00:00Z"}),
+            400,
+            "invalid_expiry",
+        ),
+        (
+            json!({"presence": "away", "priority": 0}),
+            400,
+            "invalid_priority",
+        ),
+        (
+            json!({"presence": "away", "priority": -1.5}),
+            400,
+            "invalid_priority",
+        ),
+        (
+            json!({"presence": "away", "status": "a\u{7}b"}),
+            400,
+            "invalid_status",
+        ),
+        (
+            json!({"presence": "away", "resource": ""}),
+            400,
+            "invalid_resource",
+        ),
+        (
+            json!({"presence": "away", "mood": "x"}),
+            400,
+            "malformed_body",
+        ),
+    ] {
+        let (got, v) = call(&w.ext, "PUT", &user, Some(body.clone())).await;
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (code, Some(error)),
+            "{body}: {v}"
+        );
+    }
+    let (got, v) = call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/alice@elsewhere.org/status"),
+        Some(json!({"presence": "away"})),
+    )
+    .await;
+    assert_eq!(
+        (got, v["error"]["code"].as_str()),
+        (403, Some("domain_not_served"))
+    );
+    let (got, v) = call(
+        &w.ext,
+        "PUT",
+        "/v1/users/not-a-jid/status",
+        Some(json!({"presence": "away"})),
+    )
+    .await;
+    assert_eq!(
+        (got, v["error"]["code"].as_str()),
+        (400, Some("invalid_jid"))
+    );
+    let (got, _) = request(w.ext.http, "GET", &user, &[], b"").await;
+    assert_eq!(got, 401);
+    let (got, text) = request(w.ext.http, "PATCH", &user, &[("Api-Key", API_KEY)], b"").await;
+    assert_eq!(got, 405, "{text}");
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod prosody {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Prosody).await
+                }
+            )*
+        }
+        mod ejabberd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Ejabberd).await
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    vocabulary,
+    sources_combine,
+    tigase_and_v1_combine,
+    expiry_is_durable,
+    bulk_updates,
+    bad_inputs,
+);
+
+/// A store written by the previous release (format 1, `tests/data/store-format1.redb.gz`) opens
+/// and keeps every status as source `default`; the CR its text held is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_of_the_previous_release_is_upgraded() {
+    let server = Server::start(Kind::Prosody).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.terminate().await;
+    let config = std::fs::read_to_string(&ext.config).unwrap();
+    let store = config
+        .lines()
+        .find_map(|l| l.strip_prefix("path = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("store path")
+        .to_string();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/store-format1.redb.gz"
+    );
+    let out = std::process::Command::new("gzip")
+        .args(["-dc", fixture])
+        .output()
+        .expect("gzip");
+    assert!(out.status.success());
+    std::fs::write(&store, out.stdout).unwrap();
+    ext.restart().await;
+    ext.wait_log("status store upgraded from format 1 to 2")
+        .await;
+    let (_, v) = call(
+        &ext,
+        "GET",
+        &format!("/v1/users/alice@{DOMAIN}/status"),
+        None,
+    )
+    .await;
+    let resources = v["resources"].as_array().unwrap();
+    let find = |r: &str| {
+        resources
+            .iter()
+            .find(|x| x["resource"] == r)
+            .cloned()
+            .unwrap_or_else(|| panic!("{r} in {v}"))
+    };
+    let external = find("tigase-external");
+    assert_eq!(external["sources"][0]["source"], "default");
+    assert_eq!(
+        external["effective"],
+        json!({"presence": "xa", "status": "On the phone", "source": "default", "priority": -1})
+    );
+    assert_eq!(
+        find("desk")["effective"],
+        json!({"presence": "dnd", "status": "line one\r\nline two", "source": "default", "priority": -5})
+    );
+    let (_, v) = call(&ext, "GET", &format!("/v1/users/bob@{DOMAIN}/status"), None).await;
+    assert_eq!(v["resources"][0]["effective"]["presence"], "online", "{v}");
+    // carol's cleared resource came back as a tombstone (its `unavailable` goes out at once:
+    // carol has no contacts here), never as a status.
+    let (_, v) = call(
+        &ext,
+        "GET",
+        &format!("/v1/users/carol@{DOMAIN}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(v["resources"], json!([]), "{v}");
+}
+
+/// The OpenAPI document, checked against the running service by schemathesis (positive and
+/// negative cases of every operation): no failure, no 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_holds_against_the_service() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice"]).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    let st = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/schemathesis");
+    assert!(
+        std::path::Path::new(st).exists(),
+        "{st} is missing: run scripts/install-deps.sh (the test command does)"
+    );
+    let url = format!("http://{}/v1/openapi.json", ext.http);
+    let out = tokio::process::Command::new(st)
+        .args([
+            "run",
+            &url,
+            "--mode",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+        ])
+        .args(["-H", &format!("Api-Key: {API_KEY}")])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "{}",
+        report
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!ext.log().contains("panicked"), "{}", ext.log());
+    ext.terminate().await;
+}
