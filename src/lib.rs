@@ -6,9 +6,14 @@
 //!
 //! # Layout
 //! ```text
-//! HTTP request ─► http/      server.rs (routing, pipeline, ops endpoints), tigase.rs (dialect), auth.rs, error.rs
-//!              ─► status/    the model (Status, Show, StatusPolicy) and StatusTable (dashmap handle)
-//!              ─► store/     the durable copy (redb, group commit); reloaded at start
+//! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap),
+//!                            server.rs (routing, Tigase pipeline, ops endpoints), tigase.rs and
+//!                            v1.rs (dialects; v1.rs also the OpenAPI document), input.rs (JIDs,
+//!                            domains, bodies), auth.rs, error.rs, log.rs (escaped, rate-limited)
+//!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
+//!                            (sources per resource, effective presence, expiry heap + task)
+//!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade); reloaded
+//!                            at start; reopened after a failed commit
 //!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
 //!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
 //!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)

@@ -67,7 +67,7 @@ fn alice(resource: &str) -> String {
     format!("alice@{DOMAIN}/{resource}")
 }
 
-/// 1. Each word → bob sees it (`online`: no show; `offline`: unavailable).
+/// Scenario 1: Each word → bob sees it (`online`: no show; `offline`: unavailable).
 async fn vocabulary(kind: Kind) {
     let w = world(kind, &["alice", "bob"]).await;
     let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
@@ -107,7 +107,7 @@ async fn vocabulary(kind: Kind) {
     .await;
 }
 
-/// 2. pbx dnd + calendar away → dnd; a change of the losing source sends nothing; pbx cleared →
+/// Scenario 2: pbx dnd + calendar away → dnd; a change of the losing source sends nothing; pbx cleared →
 /// away; calendar cleared → unavailable.
 async fn sources_combine(kind: Kind) {
     let w = world(kind, &["alice", "bob"]).await;
@@ -170,7 +170,7 @@ async fn sources_combine(kind: Kind) {
     .await;
 }
 
-/// 3. A Tigase-dialect set (source `default`) and a /v1 set of another source combine.
+/// Scenario 3: A Tigase-dialect set (source `default`) and a /v1 set of another source combine.
 async fn tigase_and_v1_combine(kind: Kind) {
     let w = world(kind, &["alice", "bob"]).await;
     let mut bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
@@ -212,7 +212,7 @@ async fn tigase_and_v1_combine(kind: Kind) {
     );
 }
 
-/// 4. Expiry: the removal reaches bob within 1 s of the deadline; kill -9 one second before the
+/// Scenario 4: Expiry: the removal reaches bob within 1 s of the deadline; kill -9 one second before the
 /// deadline and restart → the removal still comes; kill -9, wait past the deadline, restart →
 /// bob never sees the expired status again.
 async fn expiry_is_durable(kind: Kind) {
@@ -285,7 +285,7 @@ async fn expiry_is_durable(kind: Kind) {
     );
 }
 
-/// 5. Bulk: 1,000 updates over 100 users with 3 invalid items → the 3 reported by index and code,
+/// Scenario 5: Bulk: 1,000 updates over 100 users with 3 invalid items → the 3 reported by index and code,
 /// every valid one reaches the contacts; a malformed envelope applies nothing.
 async fn bulk_updates(kind: Kind) {
     let w = world(kind, &["alice", "bob"]).await;
@@ -446,7 +446,7 @@ async fn bad_inputs(kind: Kind) {
     let (got, v) = call(
         &w.ext,
         "PUT",
-        &format!("/v1/users/alice@elsewhere.org/status"),
+        "/v1/users/alice@elsewhere.org/status",
         Some(json!({"presence": "away"})),
     )
     .await;
@@ -617,4 +617,59 @@ async fn openapi_document_holds_against_the_service() {
     );
     assert!(!ext.log().contains("panicked"), "{}", ext.log());
     ext.terminate().await;
+}
+
+/// The README's `/v1` examples, run as written (address, key, domain and the example date
+/// substituted) against the real service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_work() {
+    let w = world(Kind::Prosody, &["alice", "bob"]).await;
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## Native API `/v1` (JSON)").expect("section")..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("sh block");
+    let future =
+        chrono::DateTime::from_timestamp_millis(extpresence::status::now_ms() as i64 + 3_600_000)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let script = block
+        .replace("http://127.0.0.1:8080", &format!("http://{}", w.ext.http))
+        .replace("KEY", API_KEY)
+        .replace("example.com", DOMAIN)
+        .replace("2026-12-01T15:00:00Z", &future)
+        .replace("curl ", "curl -sS -w '\\n' ");
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(answers.len(), 5, "{stdout}");
+    assert_eq!(answers[0]["effective"]["source"], "pbx");
+    assert_eq!(
+        answers[1]["effective"]["source"], "pbx",
+        "the call still wins"
+    );
+    assert_eq!(answers[2]["effective"]["source"], "calendar");
+    assert_eq!(
+        answers[3]["resources"][0]["sources"][0]["source"],
+        "calendar"
+    );
+    assert_eq!(
+        answers[4]["results"][1]["error"]["code"],
+        "invalid_presence"
+    );
 }

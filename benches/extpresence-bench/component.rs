@@ -151,29 +151,47 @@ pub struct Sink {
     pub port: u16,
     /// Roster gets answered so far.
     roster_gets: Arc<AtomicU64>,
+    /// When each `unavailable` presence arrived (ms since the Unix epoch).
+    unavailable: Arc<std::sync::Mutex<Vec<u64>>>,
     accept: JoinHandle<()>,
 }
 
 impl Sink {
     /// Listen on a free loopback port; `domain` is the user domain the advertisement comes from.
     pub async fn start(domain: &str) -> Sink {
+        Sink::start_with_contact(domain, None).await
+    }
+
+    /// Like [`start`](Self::start), with `contact` in every roster (so presences are sent).
+    pub async fn start_with_contact(domain: &str, contact: Option<&str>) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let port = listener.local_addr().expect("sink addr").port();
         let roster_gets = Arc::new(AtomicU64::new(0));
-        let (domain, gets) = (domain.to_string(), roster_gets.clone());
+        let unavailable = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let item = contact
+            .map(|c| format!("<item jid='{c}' subscription='from'/>"))
+            .unwrap_or_default();
+        let (domain, gets, seen) = (domain.to_string(), roster_gets.clone(), unavailable.clone());
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (domain, gets) = (domain.clone(), gets.clone());
+                let (domain, gets, seen, item) =
+                    (domain.clone(), gets.clone(), seen.clone(), item.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, &domain, &gets).await;
+                    let _ = serve(stream, &domain, &gets, &seen, &item).await;
                 });
             }
         });
         Sink {
             port,
             roster_gets,
+            unavailable,
             accept,
         }
+    }
+
+    /// When each `unavailable` presence arrived so far (ms since the Unix epoch).
+    pub fn unavailable_sent_at(&self) -> Vec<u64> {
+        self.unavailable.lock().unwrap().clone()
     }
 
     /// Roster gets answered so far.
@@ -188,7 +206,15 @@ impl Drop for Sink {
     }
 }
 
-async fn serve(mut stream: TcpStream, domain: &str, roster_gets: &AtomicU64) -> io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    domain: &str,
+    roster_gets: &AtomicU64,
+    unavailable: &std::sync::Mutex<Vec<u64>>,
+    item: &str,
+) -> io::Result<()> {
+    const UNAVAILABLE: &[u8] = b"type='unavailable'";
+    let mut scanned = 0usize;
     let mut buf = Vec::new();
     let header = read_until(&mut stream, &mut buf, stream_header).await?;
     let component = attr(&header, "to").unwrap_or("component").to_string();
@@ -221,6 +247,11 @@ async fn serve(mut stream: TcpStream, domain: &str, roster_gets: &AtomicU64) -> 
             return Ok(());
         }
         pending.extend_from_slice(&chunk[..n]);
+        let now = extpresence::status::now_ms();
+        while let Some(off) = find(&pending[scanned..], UNAVAILABLE) {
+            unavailable.lock().unwrap().push(now);
+            scanned += off + UNAVAILABLE.len();
+        }
         if find(&pending, b"</stream:stream>").is_some() {
             let _ = stream.write_all(b"</stream:stream>").await;
             return Ok(());
@@ -243,7 +274,7 @@ async fn serve(mut stream: TcpStream, domain: &str, roster_gets: &AtomicU64) -> 
                     roster_gets.fetch_add(1, Ordering::Relaxed);
                     answers.push_str(&format!(
                         "<iq type='result' id='{id}' from='{from}' to='{to}'>\
-                         <query xmlns='jabber:iq:roster'/></iq>"
+                         <query xmlns='jabber:iq:roster'>{item}</query></iq>"
                     ));
                 } else {
                     answers.push_str(&format!(
@@ -254,6 +285,7 @@ async fn serve(mut stream: TcpStream, domain: &str, roster_gets: &AtomicU64) -> 
             pos = start + end + 1;
         };
         pending.drain(..keep);
+        scanned = scanned.saturating_sub(keep);
         if !answers.is_empty() {
             stream.write_all(answers.as_bytes()).await?;
             answers.clear();

@@ -254,8 +254,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A POST request with a body, as raw bytes.
 pub fn post(path: &str, content_type: &str, body: &str) -> Vec<u8> {
+    with_body("POST", path, content_type, body)
+}
+
+/// A request with a body (`method` POST, PUT, …), as raw bytes.
+pub fn with_body(method: &str, path: &str, content_type: &str, body: &str) -> Vec<u8> {
     format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     )

@@ -109,6 +109,12 @@ fn main() {
         if wants("p4") {
             p4(&mut rows).await;
         }
+        if wants("p5") {
+            p5(&mut rows).await;
+        }
+        if wants("p6") {
+            p6(&mut rows).await;
+        }
         println!(
             "\nextpresence-bench: {} s in all; load average at the end: {}",
             started.elapsed().as_secs(),
@@ -858,6 +864,142 @@ async fn p3(rows: &mut Vec<Row>, connections: usize) {
         ratio: Some(ratio),
         goal: "≥ 0.7".into(),
         met: Some(ratio >= 0.7),
+    });
+}
+
+/// P5: statuses/s committed through `POST /v1/statuses` (1,000 per request) against single `PUT`s
+/// at the usual concurrency, same run, XMPP side a sink.
+async fn p5(rows: &mut Vec<Row>) {
+    let time = Duration::from_secs(5);
+    let sink = Sink::start(DOMAIN).await;
+    let mut ext = start_ext(sink.port, |c| c).await;
+    ext.wait_privileged(1).await;
+    let single: load::MakeRequest = Arc::new(|i| {
+        load::with_body(
+            "PUT",
+            &format!(
+                "/v1/users/u{}@{DOMAIN}/status?api-key={API_KEY}",
+                i % 100_000
+            ),
+            "application/json",
+            &format!(r#"{{"presence":"away","status":"p5 {i}"}}"#),
+        )
+    });
+    let singles = throughput(ext.http, CONNECTIONS, time, single).await;
+    check("p5 single PUTs", &singles);
+    const PER_REQUEST: u64 = 1000;
+    let bulk: load::MakeRequest = Arc::new(|i| {
+        let mut body = String::from(r#"{"updates":["#);
+        for j in 0..PER_REQUEST {
+            if j > 0 {
+                body.push(',');
+            }
+            let n = i * PER_REQUEST + j;
+            body.push_str(&format!(
+                r#"{{"user":"u{}@{DOMAIN}","presence":"xa","status":"bulk {n}"}}"#,
+                n % 100_000
+            ));
+        }
+        body.push_str("]}");
+        load::post(
+            &format!("/v1/statuses?api-key={API_KEY}"),
+            "application/json",
+            &body,
+        )
+    });
+    let bulks = throughput(ext.http, 4, time, bulk).await;
+    check("p5 bulk", &bulks);
+    let single_rate = singles.rate();
+    let bulk_rate = bulks.rate() * PER_REQUEST as f64;
+    eprintln!(
+        "p5: single PUTs {single_rate:.0} statuses/s ({CONNECTIONS} connections); bulk {:.1} requests/s × \
+         {PER_REQUEST} = {bulk_rate:.0} statuses/s (4 connections) (load {})",
+        bulks.rate(),
+        loadavg()
+    );
+    ext.terminate().await;
+    let ratio = bulk_rate / single_rate;
+    rows.push(Row {
+        metric: "P5 bulk: statuses/s committed, POST /v1/statuses (1,000 each) vs single PUTs"
+            .into(),
+        ext: format!("{bulk_rate:.0}"),
+        base: format!("{single_rate:.0} (single PUTs, {CONNECTIONS} connections)"),
+        ratio: Some(ratio),
+        goal: "≥ 10".into(),
+        met: Some(ratio >= 10.0),
+    });
+}
+
+/// P6: 100,000 statuses expiring within the same second, all removals delivered to the sink;
+/// spread from deadline to send. Then the RSS with 1,000,000 statuses each with a deadline.
+async fn p6(rows: &mut Vec<Row>) {
+    const N: u64 = 100_000;
+    let contact = format!("c0@{DOMAIN}");
+    let sink = Sink::start_with_contact(DOMAIN, Some(&contact)).await;
+    let mut ext = start_ext(sink.port, |c| c).await;
+    ext.wait_privileged(1).await;
+    // Set them in bulk, all expiring at the same whole second, 20 s from now.
+    let deadline_ms = (extpresence::status::now_ms() / 1000 + 20) * 1000;
+    let at = chrono::DateTime::from_timestamp_millis(deadline_ms as i64)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let bulk: load::MakeRequest = Arc::new(move |i| {
+        let mut body = String::from(r#"{"updates":["#);
+        for j in 0..1000u64 {
+            if j > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#"{{"user":"e{}@{DOMAIN}","presence":"away","expires_at":"{at}"}}"#,
+                i * 1000 + j
+            ));
+        }
+        body.push_str("]}");
+        load::post(
+            &format!("/v1/statuses?api-key={API_KEY}"),
+            "application/json",
+            &body,
+        )
+    });
+    let set = load::run(
+        load::Plan {
+            addr: ext.http,
+            connections: 4,
+            total: N / 1000,
+            max_time: Duration::from_secs(60),
+            rate: None,
+            record: false,
+        },
+        bulk,
+    )
+    .await;
+    check("p6 set", &set);
+    let before = sink.unavailable_sent_at().len();
+    let wait = Duration::from_millis(deadline_ms.saturating_sub(extpresence::status::now_ms()));
+    tokio::time::sleep(wait + Duration::from_secs(10)).await;
+    let mut spread: Vec<i64> = sink.unavailable_sent_at()[before..]
+        .iter()
+        .map(|t| *t as i64 - deadline_ms as i64)
+        .collect();
+    let removals = spread.len();
+    let (p50, p99) = percentiles(&mut spread);
+    let pid = ext.pid().expect("pid");
+    eprintln!(
+        "p6: {removals} of {N} removals received by the sink; deadline → received p50 {p50} ms, p99 {p99} ms; \
+         RSS {:.0} MiB (load {})",
+        proc_mib(pid, "VmRSS:"),
+        loadavg()
+    );
+    ext.terminate().await;
+    rows.push(Row {
+        metric: format!(
+            "P6 expiry: {N} statuses due in the same second, deadline → sink, p50 / p99"
+        ),
+        ext: format!("{p50} / {p99} ms ({removals} of {N} removals)"),
+        base: "-".into(),
+        ratio: None,
+        goal: "within 1 s".into(),
+        met: Some(removals as u64 == N && p99 <= 1000),
     });
 }
 

@@ -302,10 +302,10 @@ struct Valid {
     edit: Edit,
 }
 
-fn string<'a>(
-    v: &'a Option<Value>,
+fn string(
+    v: &Option<Value>,
     bad: impl Fn(String) -> InvalidStatus,
-) -> Result<Option<&'a str>, ApiError> {
+) -> Result<Option<&str>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

@@ -358,6 +358,8 @@ impl Store {
                     db: Some(db),
                     path: writer_path,
                     health: writer_health,
+                    reported: None,
+                    failures_since_report: 0,
                 }
                 .run(rx)
             })
@@ -427,7 +429,15 @@ struct Writer {
     /// The file, to reopen it.
     path: PathBuf,
     health: Arc<Health>,
+    /// When the last ERROR line about failing commits was written, and the failures since: a
+    /// store that flaps (a nearly full disk: some commits fit, some do not) is reported once per
+    /// [`REPORT_EVERY`], not once per flap.
+    reported: Option<std::time::Instant>,
+    failures_since_report: u64,
 }
+
+/// At most one ERROR line about failing commits per this period.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Writer {
     fn run(mut self, rx: std_mpsc::Receiver<Op>) {
@@ -517,20 +527,31 @@ impl Writer {
         match result {
             Ok(()) => {
                 if let Some(was) = failure.take() {
-                    info!(path = %self.path.display(), after = %was, "status store commits again; writes are accepted");
+                    // Once per report period too (a flapping store would write one per flap).
+                    if self.failures_since_report == 0 {
+                        info!(path = %self.path.display(), after = %was, "status store commits again; writes are accepted");
+                    } else {
+                        debug!(after = %was, "status store commits again");
+                    }
                 }
             }
             Err(e) => {
                 self.health.failed_commits.fetch_add(1, Ordering::Relaxed);
                 self.db = None;
-                if failure.is_none() {
+                self.failures_since_report += 1;
+                let due = self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
+                if due {
                     error!(
                         path = %self.path.display(),
                         error = %e,
                         writes,
+                        failures = self.failures_since_report,
                         "status store cannot commit: updates are refused with 503 and /readyz \
-                         answers 503 until it can; it is reopened and retried every second"
+                         answers 503 until it can; it is reopened and retried every second \
+                         (failures since the last such line: extpresence_store_failed_commits_total)"
                     );
+                    self.reported = Some(std::time::Instant::now());
+                    self.failures_since_report = 0;
                 } else {
                     debug!(error = %e, writes, "status store still cannot commit");
                 }
