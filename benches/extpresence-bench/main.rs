@@ -987,7 +987,7 @@ async fn p6(rows: &mut Vec<Row>) {
     eprintln!(
         "p6: {removals} of {N} removals received by the sink; deadline → received p50 {p50} ms, p99 {p99} ms; \
          RSS {:.0} MiB (load {})",
-        proc_mib(pid, "VmRSS:"),
+        proc_mib(pid, "VmRSS"),
         loadavg()
     );
     ext.terminate().await;
