@@ -24,7 +24,7 @@ use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
 use crate::metrics::{Gauges, Metrics, Outcome};
-use crate::status::{StatusPolicy, StatusTable};
+use crate::status::{Edit, Source, StatusPolicy, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
 
 /// Largest accepted request body.
@@ -301,18 +301,33 @@ async fn set_status(
         Format::Xml => tigase::parse_xml(&body)?,
     };
     let request = tigase::validate(&command, &state.policy)?;
-    let stored = match &request {
-        Request::Set(status) => state.table.set(&user, &resource, status.clone()).await,
-        Request::Clear => state.table.clear(&user, &resource).await,
+    // The Tigase dialect speaks for source `default`.
+    let edit = match &request {
+        Request::Set(status) => Edit::Set {
+            source: Source::DEFAULT,
+            status: status.clone(),
+            expires_at: None,
+        },
+        Request::Clear => Edit::Clear(Source::DEFAULT),
     };
-    let seq = stored.map_err(|e| ApiError::Storage(e.to_string()))?;
+    let applied = state
+        .table
+        .write(&user, &resource, edit)
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))?;
     let full = user.with_resource(&resource);
     let available = matches!(request, Request::Set(_));
     // DEBUG: a line per update at thousands of updates per second floods the journal (which
     // rate-limits it anyway) and cost ~9% of the CPU per request (benchmark P3, perf);
     // `/metrics` counts updates, and RUST_LOG=info,extpresence::http=debug shows each one.
     debug!(jid = %full, available, "status held");
-    let (code, failure) = match state.delivery.confirm(&user, &resource, seq).await {
+    // A change of a losing source sends nothing: there is nothing for the server to take.
+    let confirmed = if applied.changed {
+        state.delivery.confirm(&user, &resource, applied.seq).await
+    } else {
+        Ok(())
+    };
+    let (code, failure) = match confirmed {
         Ok(()) => (StatusCode::OK, None),
         Err(e) => {
             warn!(jid = %full, error = %e, "the server did not take the change");

@@ -330,9 +330,17 @@ fn validate(state: &AppState, user: BareJid, u: &StatusUpdate) -> Result<Valid, 
         Some(Value::Number(n)) => state.policy.priority(Some(&n.to_string()))?,
         Some(other) => return Err(invalid(InvalidStatus::Priority(other.to_string()))),
     };
-    let text = match string(&u.status, |v| {
-        InvalidStatus::Expiry(format!("status must be a string, not {v}"))
-    })? {
+    let text = match &u.status {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            return Err(ApiError::Malformed {
+                format: "JSON",
+                message: format!("status must be a string, not {other}"),
+            })
+        }
+    };
+    let text = match text {
         None | Some("") => None,
         Some(t) => {
             validate_text(t)?;

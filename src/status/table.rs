@@ -34,7 +34,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ pub struct Applied {
     pub seq: u64,
     /// The effective status after the edit; `None` when no source is left.
     pub effective: Option<SourceStatus>,
+    /// Whether the edit changed what contacts see (else nothing is sent for it).
+    pub changed: bool,
 }
 
 /// A change notification: the user whose entries changed.
@@ -129,8 +131,8 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// The next user whose entries changed since the backend last took that user; `None` once
-    /// the table is gone. Cancel-safe.
+    /// The next user whose entries changed since the backend last took that user. Cancel-safe.
+    /// (It waits for ever when nothing changes: backends stop on their control channel.)
     pub async fn recv(&mut self) -> Option<Change> {
         let user = tokio::select! {
             biased;
@@ -314,6 +316,10 @@ struct Inner {
     deadlines: Mutex<BinaryHeap<Reverse<Deadline>>>,
     /// Wakes the expiry task when an earlier deadline arrives.
     deadline_added: Notify,
+    /// Source statuses held with an expiry. The heap also holds stale deadlines (of statuses set
+    /// again or cleared); it is rebuilt from the map when it grows well beyond this, so a feeder
+    /// that refreshes long expiries does not make it grow without bound.
+    expiring: AtomicUsize,
     /// The durable copy; `None` keeps statuses in memory only (unit tests, benchmarks' sink).
     store: Option<Store>,
 }
@@ -341,41 +347,29 @@ impl StatusTable {
         let map: DashMap<BareJid, UserEntry> = DashMap::new();
         let mut deadlines = BinaryHeap::new();
         let mut expired = Vec::new();
-        let mut seq = 0;
+        // Tombstones keep the number of the change that made them (their removal names it), so
+        // numbering continues above the largest.
+        let mut seq = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Tombstone(_, n) => Some(*n),
+                Record::Source(..) => None,
+            })
+            .max()
+            .unwrap_or(0);
         for record in records {
-            let (jid, entry) = match record {
-                Record::Source(jid, source, s) => {
-                    if s.expires_at.is_some_and(|at| at <= now) {
-                        expired.push(Write::Expire(jid.clone(), source, s.expires_at.unwrap()));
-                        (jid, None)
-                    } else {
-                        (
-                            jid,
-                            Some(Entry::new(source, s.status, s.updated_at, s.expires_at)),
-                        )
-                    }
-                }
-                Record::Tombstone(jid) => (jid, None),
+            let jid = match &record {
+                Record::Source(jid, ..) | Record::Tombstone(jid, _) => jid,
             };
             let resource = jid.resource().to_owned();
-            let user = jid.into_bare();
-            if let Some(e) = &entry {
-                if e.expires_at != 0 {
-                    deadlines.push(Reverse(Deadline {
-                        at: e.expires_at,
-                        user: user.clone(),
-                        resource: resource.clone(),
-                        source: e.source,
-                    }));
-                }
-            }
-            let mut u = map.entry(user).or_default();
+            let user = jid.to_bare();
+            let mut u = map.entry(user.clone()).or_default();
             let slot = match u.position(resource.as_str()) {
                 Some(pos) => &mut u.held[pos],
                 None => {
                     seq += 1;
                     u.push(Slot {
-                        resource,
+                        resource: resource.clone(),
                         sources: Sources::Many(Box::new([])),
                         seq,
                         delivered: 0,
@@ -384,13 +378,32 @@ impl StatusTable {
                     &mut u.held[last]
                 }
             };
-            if let Some(e) = entry {
-                let mut v = std::mem::replace(&mut slot.sources, Sources::Many(Box::new([])))
-                    .as_slice()
-                    .to_vec();
-                v.push(e);
-                v.sort_by_key(|e| e.updated_secs);
-                slot.sources = Sources::from_vec(v);
+            match record {
+                // (A tombstone's key sorts before its resource's sources: a stale one is seen
+                // first, and the sources then make it irrelevant.)
+                Record::Tombstone(_, n) if n > 0 => slot.seq = n,
+                Record::Tombstone(..) => {}
+                Record::Source(jid, source, s) => {
+                    if let Some(at) = s.expires_at.filter(|at| *at <= now) {
+                        expired.push(Write::Expire(jid, source, at, slot.seq));
+                        continue;
+                    }
+                    let e = Entry::new(source, s.status, s.updated_at, s.expires_at);
+                    if e.expires_at != 0 {
+                        deadlines.push(Reverse(Deadline {
+                            at: e.expires_at,
+                            user,
+                            resource,
+                            source,
+                        }));
+                    }
+                    let mut v = std::mem::replace(&mut slot.sources, Sources::Many(Box::new([])))
+                        .as_slice()
+                        .to_vec();
+                    v.push(e);
+                    v.sort_by_key(|e| e.updated_secs);
+                    slot.sources = Sources::from_vec(v);
+                }
             }
         }
         if let (Some(store), false) = (&store, expired.is_empty()) {
@@ -405,6 +418,7 @@ impl StatusTable {
                 order: Mutex::new(()),
                 known: known_tx,
                 new: new_tx,
+                expiring: AtomicUsize::new(deadlines.len()),
                 deadlines: Mutex::new(deadlines),
                 deadline_added: Notify::new(),
                 store,
@@ -451,6 +465,7 @@ impl StatusTable {
                     return Applied {
                         seq: 0,
                         effective: None,
+                        changed: false,
                     };
                 }
                 self.inner.map.entry(user.clone()).or_default()
@@ -462,6 +477,7 @@ impl StatusTable {
                 return Applied {
                     seq: 0,
                     effective: None,
+                    changed: false,
                 }
             }
             None => {
@@ -478,6 +494,14 @@ impl StatusTable {
         };
         let slot = &mut entry.held[pos];
         let before = slot.effective().cloned();
+        let expiring = |s: &Slot| {
+            s.sources
+                .as_slice()
+                .iter()
+                .filter(|e| e.expires_at != 0)
+                .count()
+        };
+        let expiring_before = expiring(slot);
         let mut sources = slot.sources.as_slice().to_vec();
         let mut deadline = None;
         // A set by the source that wins afterwards counts as a change even when nothing differs:
@@ -504,6 +528,16 @@ impl StatusTable {
             }
         }
         slot.sources = Sources::from_vec(sources);
+        let expiring_after = expiring(slot);
+        if expiring_after > expiring_before {
+            self.inner
+                .expiring
+                .fetch_add(expiring_after - expiring_before, Ordering::Relaxed);
+        } else {
+            self.inner
+                .expiring
+                .fetch_sub(expiring_before - expiring_after, Ordering::Relaxed);
+        }
         let after = slot.effective().cloned();
         let changed = slot.seq == 0
             || set_by.is_some_and(|s| after.as_ref().is_some_and(|a| a.source == s))
@@ -518,6 +552,7 @@ impl StatusTable {
         let applied = Applied {
             seq: slot.seq,
             effective: after.as_ref().map(Entry::view),
+            changed,
         };
         if changed && !entry.queued {
             entry.queued = true;
@@ -547,6 +582,14 @@ impl StatusTable {
             .deadlines
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if heap.len() > 2 * self.live_deadlines() + 1024 {
+            // Mostly stale deadlines: keep only those of statuses still held with that expiry.
+            let mut kept = std::mem::take(&mut *heap).into_vec();
+            kept.retain(|Reverse(old)| {
+                self.expires_at(&old.user, &old.resource, old.source) == Some(old.at)
+            });
+            *heap = BinaryHeap::from(kept);
+        }
         let earliest = heap.peek().is_none_or(|Reverse(first)| d.at < first.at);
         heap.push(Reverse(d));
         drop(heap);
@@ -585,7 +628,8 @@ impl StatusTable {
                 Some(store) => {
                     let writes = edits
                         .iter()
-                        .map(|(u, r, e)| durable(u.with_resource(r), e, now))
+                        .enumerate()
+                        .map(|(i, (u, r, e))| durable(u.with_resource(r), e, now, first + i as u64))
                         .collect();
                     store.write_then(
                         writes,
@@ -635,6 +679,11 @@ impl StatusTable {
             .write(user, resource, Edit::Clear(Source::DEFAULT))
             .await?
             .seq)
+    }
+
+    /// Number of source statuses with an expiry (the live deadlines).
+    fn live_deadlines(&self) -> usize {
+        self.inner.expiring.load(Ordering::Relaxed)
     }
 
     /// Remove source statuses as their deadlines come, until the table is gone: one task for
@@ -784,7 +833,7 @@ impl StatusTable {
                 if h.seq == seq {
                     if h.sources.as_slice().is_empty() {
                         if let Some(store) = &self.inner.store {
-                            store.delete(&user.with_resource(resource));
+                            store.delete(&user.with_resource(resource), seq);
                         }
                         entry.remove(pos);
                         forget_user = entry.held.is_empty();
@@ -819,8 +868,8 @@ impl StatusTable {
     }
 }
 
-/// The durable form of an edit of `jid` made at `now`.
-fn durable(jid: FullJid, edit: &Edit, now: u64) -> Write {
+/// The durable form of an edit of `jid` made at `now`, numbered `seq`.
+fn durable(jid: FullJid, edit: &Edit, now: u64, seq: u64) -> Write {
     match edit {
         Edit::Set {
             source,
@@ -835,9 +884,9 @@ fn durable(jid: FullJid, edit: &Edit, now: u64) -> Write {
                 expires_at: *expires_at,
             },
         ),
-        Edit::Clear(source) => Write::Clear(jid, *source),
-        Edit::ClearAll => Write::ClearAll(jid),
-        Edit::Expire(source, at) => Write::Expire(jid, *source, *at),
+        Edit::Clear(source) => Write::Clear(jid, *source, seq),
+        Edit::ClearAll => Write::ClearAll(jid, seq),
+        Edit::Expire(source, at) => Write::Expire(jid, *source, *at, seq),
     }
 }
 
@@ -874,7 +923,11 @@ mod tests {
     fn held_status_sizes() {
         // P4 holds a million of these: keep them as small as the single-status table was.
         assert_eq!(std::mem::size_of::<Entry>(), 32);
-        assert!(std::mem::size_of::<Slot>() <= 72, "{}", std::mem::size_of::<Slot>());
+        assert!(
+            std::mem::size_of::<Slot>() <= 72,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[tokio::test]

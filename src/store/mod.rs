@@ -9,7 +9,8 @@
 //!
 //! A failed commit (disk full, I/O error) fails every write of its batch and leaves no trace of
 //! them. redb refuses all later writes on a database that saw an I/O error, so the writer closes
-//! it, reports the failure once ([`Store::failure`] for `/readyz` and `/metrics`, one ERROR line),
+//! it, reports the failure ([`Store::failure`] for `/readyz` and `/metrics`, one ERROR line per
+//! 10 s at most, also when a nearly full disk makes commits fail and succeed in turn),
 //! and reopens it (redb checks and, if needed, repairs the file) before the next batch, and every
 //! second while idle, with a probe commit; the first commit that succeeds again ends the failure.
 //! Everything committed before the failure is still there: redb commits are atomic.
@@ -19,8 +20,9 @@
 //! - one record per held source: key `user@domain/resource` NUL `source`, value
 //!   `[3][priority][show][updated_at: u64 LE ms][expires_at: u64 LE ms, 0 = never][status text…]`;
 //! - a resource whose `unavailable` is still to be delivered has a tombstone: key
-//!   `user@domain/resource`, value `[2][0][0]`. A tombstone beside sources of the same resource is
-//!   stale (the resource was set again) and ignored.
+//!   `user@domain/resource`, value `[2][0][0][seq: u64 LE]`, the number of the change that made
+//!   it (so removing a delivered tombstone never removes a newer one). A tombstone beside sources
+//!   of the same resource is stale (the resource was set again) and ignored.
 //!
 //! Table `meta`: `format` = 2 (u32 LE). A store without it was written by format 1 (one record per
 //! resource: key `user@domain/resource`, value `[1][priority][show][text…]` or a tombstone); it is
@@ -52,8 +54,25 @@ const SOURCE_SEPARATOR: char = '\0';
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
 /// How often a failed store is reopened and probed while no write comes.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// Encoding of a tombstone record.
+/// Encoding of a tombstone record of format 1 (and the start of one of format 2, which adds the
+/// number of the change that made it).
 const TOMBSTONE: [u8; 3] = [2, 0, 0];
+
+/// A tombstone made by change `seq`.
+fn tombstone(seq: u64) -> Vec<u8> {
+    let mut v = TOMBSTONE.to_vec();
+    v.extend_from_slice(&seq.to_le_bytes());
+    v
+}
+
+/// The change number of a stored tombstone (0 for a format-1 one), or `None` if `value` is none.
+fn tombstone_seq(value: &[u8]) -> Option<u64> {
+    match value {
+        [2, 0, 0] => Some(0),
+        [2, 0, 0, seq @ ..] => Some(u64::from_le_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
+}
 /// redb's page cache. Its default (1 GiB) kept every page read at start in memory: 134 MB of
 /// RSS with 1,000,000 records, for pages that are read once (the whole table is in memory anyway).
 const CACHE_BYTES: usize = 16 << 20;
@@ -95,22 +114,25 @@ pub struct StoredSource {
 pub enum Record {
     /// A held source of a resource.
     Source(FullJid, Source, StoredSource),
-    /// A resource whose `unavailable` is still to be delivered.
-    Tombstone(FullJid),
+    /// A resource whose `unavailable` is still to be delivered, made by change `seq` (0: by the
+    /// previous release).
+    Tombstone(FullJid, u64),
 }
 
 /// One change of the durable state; the writes of one call are committed in one transaction.
+/// The `u64` of the removals is the change's number, kept in the tombstone they leave.
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Hold `source`'s status for the resource (replacing it).
     Set(FullJid, Source, StoredSource),
     /// Remove `source` from the resource, and mark the resource for `unavailable` (a tombstone,
     /// ignored while other sources remain).
-    Clear(FullJid, Source),
-    /// Like `Clear`, but only if the stored status still has this expiry (a later set stays).
-    Expire(FullJid, Source, u64),
+    Clear(FullJid, Source, u64),
+    /// Like `Clear`, but only if the stored status still has this expiry (the second number; a
+    /// later set stays).
+    Expire(FullJid, Source, u64, u64),
     /// Remove every source of the resource, and mark it for `unavailable`.
-    ClearAll(FullJid),
+    ClearAll(FullJid, u64),
 }
 
 /// What is run on the writer thread once a write's commit succeeded or failed.
@@ -118,8 +140,9 @@ pub type Ack = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Op {
     Writes(Vec<Write>, Ack),
-    /// Remove a delivered tombstone, unless a later write has replaced it in the meantime.
-    Delete(String),
+    /// Remove the tombstone made by change `seq` (delivered), unless a later change has
+    /// replaced it in the meantime.
+    Delete(String, u64),
 }
 
 /// Whether the store can commit, shared by the writer thread and the handles.
@@ -142,7 +165,7 @@ impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Op::Writes(w, _) => write!(f, "Writes({w:?})"),
-            Op::Delete(k) => write!(f, "Delete({k})"),
+            Op::Delete(k, seq) => write!(f, "Delete({k}, {seq})"),
         }
     }
 }
@@ -246,6 +269,24 @@ fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
     }
 }
 
+/// `meta.format` as stored, read without writing (`None`: no meta table or no format in it).
+fn written_format(db: &Database) -> Result<Option<u32>, String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = match read.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(v) = meta.get("format").map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 4] = v
+        .value()
+        .try_into()
+        .map_err(|_| "damaged meta.format".to_string())?;
+    Ok(Some(u32::from_le_bytes(bytes)))
+}
+
 /// The format a store was written in: `meta.format`, or 1 for a store without it (a store
 /// without either table is new: this version's).
 fn format_of(txn: &redb::WriteTransaction) -> Result<u32, String> {
@@ -298,8 +339,24 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = open_db(path).map_err(open_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
+        // A store of a newer format is refused before anything is written to it.
+        if let Some(newer) = written_format(&db)
+            .map_err(open_err)?
+            .filter(|f| *f > FORMAT)
+        {
+            return Err(open_err(format!(
+                "the store is in format {newer}, newer than the format {FORMAT} this \
+                 extpresence reads: run the newer extpresence that wrote it, or restore a \
+                 backup (nothing was changed)"
+            )));
+        }
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        txn.open_table(STATUSES)
+            .map_err(|e| open_err(e.to_string()))?;
         match format_of(&txn).map_err(open_err)? {
             FORMAT => {}
             1 => {
@@ -337,10 +394,13 @@ impl Store {
                         Source::parse(source).map_err(|e| bad(e.to_string()))?,
                         decode(v.value()).map_err(bad)?,
                     ),
-                    None if v.value() == TOMBSTONE => {
-                        Record::Tombstone(FullJid::new(key).map_err(|e| bad(e.to_string()))?)
-                    }
-                    None => return Err(bad("unknown record kind".into())),
+                    None => match tombstone_seq(v.value()) {
+                        Some(seq) => Record::Tombstone(
+                            FullJid::new(key).map_err(|e| bad(e.to_string()))?,
+                            seq,
+                        ),
+                        None => return Err(bad("unknown record kind".into())),
+                    },
                 };
                 records.push(record);
             }
@@ -389,10 +449,10 @@ impl Store {
         Pending(Some(rx))
     }
 
-    /// Queue the removal of `jid` if it is still a tombstone (a later write that replaced it
-    /// stays); nobody waits for it.
-    pub fn delete(&self, jid: &FullJid) {
-        let _ = self.ops.send(Op::Delete(jid.as_str().to_owned()));
+    /// Queue the removal of `jid`'s tombstone made by change `seq` (a later one stays); nobody
+    /// waits for it. A tombstone of the previous release (number 0) goes with any number.
+    pub fn delete(&self, jid: &FullJid, seq: u64) {
+        let _ = self.ops.send(Op::Delete(jid.as_str().to_owned(), seq));
     }
 
     /// Why the store cannot commit, while it cannot (`None` when the last commit succeeded).
@@ -464,7 +524,7 @@ impl Writer {
             };
             let weight = |op: &Op| match op {
                 Op::Writes(w, _) => w.len().max(1),
-                Op::Delete(_) => 1,
+                Op::Delete(..) => 1,
             };
             let mut size = weight(&first);
             let mut batch = vec![first];
@@ -579,13 +639,13 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                                     )
                                     .map_err(e)?;
                             }
-                            Write::Clear(jid, source) => {
+                            Write::Clear(jid, source, seq) => {
                                 table.remove(source_key(jid, *source).as_str()).map_err(e)?;
                                 table
-                                    .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                    .insert(jid.as_str(), tombstone(*seq).as_slice())
                                     .map_err(e)?;
                             }
-                            Write::Expire(jid, source, at) => {
+                            Write::Expire(jid, source, at, seq) => {
                                 let key = source_key(jid, *source);
                                 let due = table
                                     .get(key.as_str())
@@ -595,29 +655,30 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                                 if due {
                                     table.remove(key.as_str()).map_err(e)?;
                                     table
-                                        .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                        .insert(jid.as_str(), tombstone(*seq).as_slice())
                                         .map_err(e)?;
                                 }
                             }
-                            Write::ClearAll(jid) => {
+                            Write::ClearAll(jid, seq) => {
                                 let start = format!("{jid}{SOURCE_SEPARATOR}");
                                 let end = format!("{jid}\u{1}");
                                 table
                                     .retain_in(start.as_str()..end.as_str(), |_, _| false)
                                     .map_err(e)?;
                                 table
-                                    .insert(jid.as_str(), TOMBSTONE.as_slice())
+                                    .insert(jid.as_str(), tombstone(*seq).as_slice())
                                     .map_err(e)?;
                             }
                         }
                     }
                 }
-                Op::Delete(k) => {
-                    let tombstone = table
+                Op::Delete(k, seq) => {
+                    let same = table
                         .get(k.as_str())
                         .map_err(e)?
-                        .is_some_and(|v| v.value() == TOMBSTONE);
-                    if tombstone {
+                        .and_then(|v| tombstone_seq(v.value()))
+                        .is_some_and(|stored| stored == *seq || stored == 0);
+                    if same {
                         table.remove(k.as_str()).map_err(e)?;
                     }
                 }
@@ -707,19 +768,20 @@ mod tests {
             // An expiry that no longer matches leaves the status; a clear leaves a tombstone.
             store
                 .write(vec![
-                    Write::Expire(a.clone(), pbx, 6),
-                    Write::Clear(b.clone(), pbx),
+                    Write::Expire(a.clone(), pbx, 6, 10),
+                    Write::Clear(b.clone(), pbx, 11),
                 ])
                 .durable()
                 .await
                 .unwrap();
-            store.delete(&b);
-            // Orders after the delete: nothing deletes it.
+            store.delete(&b, 11);
             store
-                .write(vec![Write::ClearAll(a.clone())])
+                .write(vec![Write::ClearAll(a.clone(), 12)])
                 .durable()
                 .await
                 .unwrap();
+            // The removal of an older, delivered tombstone leaves the newer one.
+            store.delete(&a, 9);
             store
                 .write(vec![Write::Set(a.clone(), pbx, st.clone())])
                 .durable()
@@ -729,7 +791,7 @@ mod tests {
         assert_eq!(
             reopen(&path).await,
             vec![
-                Record::Tombstone(a.clone()),
+                Record::Tombstone(a.clone(), 12),
                 Record::Source(a.clone(), pbx, st.clone()),
             ]
         );
@@ -755,7 +817,7 @@ mod tests {
         }
         let records = reopen(&path).await;
         assert_eq!(records.len(), 2);
-        assert_eq!(records[1], Record::Tombstone(b.clone()));
+        assert_eq!(records[1], Record::Tombstone(b.clone(), 0));
         let Record::Source(jid, source, s) = &records[0] else {
             panic!("{records:?}")
         };
