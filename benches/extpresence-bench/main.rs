@@ -107,7 +107,10 @@ fn main() {
             p2(&mut rows).await;
         }
         if wants("p4") {
-            p4(&mut rows).await;
+            p4(&mut rows, false).await;
+        }
+        if wants("p4d") {
+            p4(&mut rows, true).await;
         }
         if wants("p5") {
             p5(&mut rows).await;
@@ -1003,8 +1006,9 @@ async fn p6(rows: &mut Vec<Row>) {
     });
 }
 
-/// P4: memory with 1,000,000 held statuses, and start → ready with them persisted.
-async fn p4(rows: &mut Vec<Row>) {
+/// P4: memory with 1,000,000 held statuses, and start → ready with them persisted; with
+/// `deadlines` (phase `p4d`) every status expires in 20 days.
+async fn p4(rows: &mut Vec<Row>, deadlines: bool) {
     use extpresence::status::{Show, Source, Status};
     use extpresence::store::{Store, StoredSource, Write};
 
@@ -1020,10 +1024,11 @@ async fn p4(rows: &mut Vec<Row>) {
                 text: Some("In a meeting until 15:00".into()),
                 priority: -1,
             };
+            let now = extpresence::status::now_ms();
             let stored = StoredSource {
                 status,
-                updated_at: extpresence::status::now_ms(),
-                expires_at: None,
+                updated_at: now,
+                expires_at: deadlines.then_some(now + 20 * 86_400_000),
             };
             let pending: Vec<_> = (0..SCALE_STATUSES)
                 .map(|i| {
@@ -1095,6 +1100,19 @@ async fn p4(rows: &mut Vec<Row>) {
         loadavg()
     );
     ext.terminate().await;
+    if deadlines {
+        rows.push(Row {
+            metric:
+                "P4 RSS with 1,000,000 held statuses, each with a deadline (after replay; peak)"
+                    .into(),
+            ext: format!("{rss:.0} MiB (peak {hwm:.0})"),
+            base: "-".into(),
+            ratio: None,
+            goal: "report".into(),
+            met: None,
+        });
+        return;
+    }
     rows.push(Row {
         metric: "P4 RSS with 1,000,000 held statuses (after replay; peak)".into(),
         ext: format!("{rss:.0} MiB (peak {hwm:.0})"),
