@@ -284,6 +284,9 @@ async fn serve(
             }
             pos = start + end + 1;
         };
+        // Keep the tail where an `unavailable` may have begun (bytes before `scanned` and before
+        // the last needle-length hold none).
+        let keep = keep.min(scanned.max(pending.len().saturating_sub(UNAVAILABLE.len() - 1)));
         pending.drain(..keep);
         scanned = scanned.saturating_sub(keep);
         if !answers.is_empty() {

@@ -344,9 +344,7 @@ impl StatusTable {
         let (known_tx, known) = mpsc::unbounded_channel();
         let (new_tx, new) = mpsc::unbounded_channel();
         let now = now_ms();
-        // Sized once (at most one user per record): growing by rehashing leaves the freed smaller
-        // tables behind in the allocator (P4 holds 1,000,000 users).
-        let map: DashMap<BareJid, UserEntry> = DashMap::with_capacity(records.len());
+        let map: DashMap<BareJid, UserEntry> = DashMap::new();
         let mut deadlines = BinaryHeap::new();
         let mut expired = Vec::new();
         // Tombstones keep the number of the change that made them (their removal names it), so
@@ -360,14 +358,17 @@ impl StatusTable {
             .max()
             .unwrap_or(0);
         for record in records {
-            let jid = match &record {
-                Record::Source(jid, ..) | Record::Tombstone(jid, _) => jid,
+            let (jid, source, tombstone) = match record {
+                Record::Source(jid, source, s) => (jid, Some((source, s)), 0),
+                Record::Tombstone(jid, n) => (jid, None, n),
             };
             let resource = jid.resource().to_owned();
-            let user = jid.to_bare();
-            let mut u = map.entry(user.clone()).or_default();
-            let slot = match u.position(resource.as_str()) {
-                Some(pos) => &mut u.held[pos],
+            // The key reuses the record's JID allocation (a copy per record, freed at once, left a
+            // hole per user behind in the allocator: P4 holds a million).
+            let mut u = map.entry(jid.into_bare()).or_default();
+            let user = |u: &dashmap::mapref::one::RefMut<'_, BareJid, UserEntry>| u.key().clone();
+            let pos = match u.position(resource.as_str()) {
+                Some(pos) => pos,
                 None => {
                     seq += 1;
                     u.push(Slot {
@@ -376,36 +377,41 @@ impl StatusTable {
                         seq,
                         delivered: 0,
                     });
-                    let last = u.held.len() - 1;
-                    &mut u.held[last]
+                    u.held.len() - 1
                 }
             };
-            match record {
+            let Some((source, s)) = source else {
                 // (A tombstone's key sorts before its resource's sources: a stale one is seen
                 // first, and the sources then make it irrelevant.)
-                Record::Tombstone(_, n) if n > 0 => slot.seq = n,
-                Record::Tombstone(..) => {}
-                Record::Source(jid, source, s) => {
-                    if let Some(at) = s.expires_at.filter(|at| *at <= now) {
-                        expired.push(Write::Expire(jid, source, at, slot.seq));
-                        continue;
-                    }
-                    let e = Entry::new(source, s.status, s.updated_at, s.expires_at);
-                    if e.expires_at != 0 {
-                        deadlines.push(Reverse(Deadline {
-                            at: e.expires_at,
-                            user,
-                            resource,
-                            source,
-                        }));
-                    }
-                    let mut v = std::mem::replace(&mut slot.sources, Sources::Many(Box::new([])))
-                        .as_slice()
-                        .to_vec();
-                    v.push(e);
-                    v.sort_by_key(|e| e.updated_secs);
-                    slot.sources = Sources::from_vec(v);
+                if tombstone > 0 {
+                    u.held[pos].seq = tombstone;
                 }
+                continue;
+            };
+            if let Some(at) = s.expires_at.filter(|at| *at <= now) {
+                let jid = user(&u).with_resource(&resource);
+                expired.push(Write::Expire(jid, source, at, u.held[pos].seq));
+                continue;
+            }
+            let e = Entry::new(source, s.status, s.updated_at, s.expires_at);
+            if e.expires_at != 0 {
+                deadlines.push(Reverse(Deadline {
+                    at: e.expires_at,
+                    user: user(&u),
+                    resource,
+                    source,
+                }));
+            }
+            let slot = &mut u.held[pos];
+            if slot.sources.as_slice().is_empty() {
+                slot.sources = Sources::One(e);
+            } else {
+                let mut v = std::mem::replace(&mut slot.sources, Sources::Many(Box::new([])))
+                    .as_slice()
+                    .to_vec();
+                v.push(e);
+                v.sort_by_key(|e| e.updated_secs);
+                slot.sources = Sources::from_vec(v);
             }
         }
         if let (Some(store), false) = (&store, expired.is_empty()) {
