@@ -26,7 +26,7 @@ use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
 use crate::metrics::Metrics;
-use crate::status::{Changes, Held, StatusTable};
+use crate::status::{Changes, Held, Roster, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 
@@ -87,7 +87,7 @@ struct Fanout {
     /// Warned once already that no advertisement arrived.
     warned_no_privilege: bool,
     /// The cached roster of a user with an empty roster (shared: one allocation for all).
-    no_contacts: Arc<[BareJid]>,
+    no_contacts: Roster,
     /// contact → users whose presence the contact receives.
     followers: HashMap<BareJid, HashSet<BareJid>>,
     /// contact → online resources, from forwarded presence.
@@ -120,7 +120,7 @@ pub async fn run(
         ready: false,
         privilege_deadline: None,
         warned_no_privilege: false,
-        no_contacts: Arc::from(Vec::new()),
+        no_contacts: Arc::new(Box::new([])),
         followers: HashMap::new(),
         online: HashMap::new(),
         replay: Vec::new(),
@@ -395,7 +395,7 @@ impl Fanout {
         let cached = if new.is_empty() {
             self.no_contacts.clone()
         } else {
-            new.iter().cloned().collect()
+            Arc::new(new.iter().cloned().collect())
         };
         let old: Option<HashSet<BareJid>> = self
             .table

@@ -16,7 +16,9 @@ use std::fmt;
 
 use jid::ResourcePart;
 
-pub use table::{Applied, Change, Changes, Edit, Held, ResourceStatus, SourceStatus, StatusTable};
+pub use table::{
+    Applied, Change, Changes, Edit, Held, ResourceStatus, Roster, SourceStatus, StatusTable,
+};
 
 /// Longest accepted status text, in characters.
 pub const MAX_STATUS_CHARS: usize = 1024;

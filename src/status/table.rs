@@ -119,6 +119,10 @@ pub struct Applied {
 /// A change notification: the user whose entries changed.
 pub type Change = BareJid;
 
+/// A cached roster: the contacts that receive a user's presence. A thin pointer (8 bytes, not the
+/// 16 of an `Arc<[_]>`): it sits in every user's slot, and P4 holds a million.
+pub type Roster = Arc<Box<[BareJid]>>;
+
 /// The delivery backend's end of the change notifications (see the module doc): each user at
 /// most once until received, users with a cached roster first.
 #[derive(Debug)]
@@ -267,7 +271,7 @@ struct UserEntry {
     /// The roster the delivery backend last fetched for this user (the contacts that receive the
     /// user's presence). Cached here rather than in a map of its own so that the user's JID is
     /// stored once, and the cache goes when the user does.
-    roster: Option<Arc<[BareJid]>>,
+    roster: Option<Roster>,
     /// The user is in a [`Changes`] queue and not yet taken by the backend.
     queued: bool,
 }
@@ -819,13 +823,13 @@ impl StatusTable {
     }
 
     /// The roster cached for `user` by [`replace_roster`](Self::replace_roster), if any.
-    pub fn roster(&self, user: &BareJid) -> Option<Arc<[BareJid]>> {
+    pub fn roster(&self, user: &BareJid) -> Option<Roster> {
         self.inner.map.get(user).and_then(|e| e.roster.clone())
     }
 
     /// Cache `roster` for `user` and return the one cached before. Nothing is cached for a user
     /// the table does not hold (the roster is dropped and `None` returned).
-    pub fn replace_roster(&self, user: &BareJid, roster: Arc<[BareJid]>) -> Option<Arc<[BareJid]>> {
+    pub fn replace_roster(&self, user: &BareJid, roster: Roster) -> Option<Roster> {
         let mut e = self.inner.map.get_mut(user)?;
         e.roster.replace(roster)
     }
@@ -963,7 +967,7 @@ mod tests {
         // Once taken, the next change is announced again; with a cached roster in the first lane.
         let bob = BareJid::new("bob@example.com").unwrap();
         t.set(&bob, &r, st("new user")).await.unwrap();
-        t.replace_roster(&alice, Arc::from(vec![bob.clone()]));
+        t.replace_roster(&alice, Arc::new(vec![bob.clone()].into_boxed_slice()));
         t.set(&alice, &r, st("c")).await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), alice, "known users first");
         assert_eq!(rx.recv().await.unwrap(), bob);
