@@ -6,6 +6,7 @@
 //! Users: alice and bob are mutual contacts (`both`); carol has no relation to alice; dave is
 //! subscribed to alice (`from` on alice's side) and logs in late.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -615,28 +616,6 @@ async fn held_resource_named_like_a_real_session(kind: Kind) {
         Some(bob.jid.to_string()),
         "greeted at the real session's full JID"
     );
-}
-
-/// Run every scenario on each server: `prosody::<scenario>` and `ejabberd::<scenario>`.
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod prosody {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Prosody).await
-                }
-            )*
-        }
-        mod ejabberd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Ejabberd).await
-                }
-            )*
-        }
-    };
 }
 
 scenarios!(

@@ -5,6 +5,7 @@
 //!
 //! alice and bob are mutual contacts; bob watches alice's synthetic resources.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -469,27 +470,6 @@ async fn bad_inputs(kind: Kind) {
     assert_eq!(got, 401);
     let (got, text) = request(w.ext.http, "PATCH", &user, &[("Api-Key", API_KEY)], b"").await;
     assert_eq!(got, 405, "{text}");
-}
-
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod prosody {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Prosody).await
-                }
-            )*
-        }
-        mod ejabberd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Ejabberd).await
-                }
-            )*
-        }
-    };
 }
 
 scenarios!(

@@ -14,7 +14,30 @@
 //! Each test crate (and the demo example) uses a different subset of this module, hence
 //! `dead_code` and `unused_imports` are allowed here.
 
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unused_macros)]
+
+/// Run every scenario (an `async fn(Kind)` of the test crate) on each server:
+/// `prosody::<scenario>` and `ejabberd::<scenario>` (the crate imports `Kind`).
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod prosody {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Prosody).await
+                }
+            )*
+        }
+        mod ejabberd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Ejabberd).await
+                }
+            )*
+        }
+    };
+}
 
 mod client;
 pub mod ejabberd;
