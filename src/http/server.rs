@@ -145,6 +145,48 @@ fn reply_format(headers: &HeaderMap) -> Format {
         .unwrap_or(Format::Json)
 }
 
+/// The answers of the Tigase dialect's two routes, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum TigaseResponses {
+    /// Held (and, with the Tigase backend, taken by the server)
+    #[response(status = 200)]
+    Held(super::tigase::StatusResponse),
+    /// A field, the body, the JID or the credentials are wrong
+    #[response(status = 400)]
+    BadRequest(super::v1::ErrorBody),
+    /// No API key
+    #[response(status = 401)]
+    NoKey(super::v1::ErrorBody),
+    /// Wrong API key or a domain not served
+    #[response(status = 403)]
+    Forbidden(super::v1::ErrorBody),
+    /// No such endpoint
+    #[response(status = 404)]
+    NotFound(super::v1::ErrorBody),
+    /// Not POST
+    #[response(status = 405)]
+    NotPost(super::v1::ErrorBody),
+    /// The body did not arrive in time
+    #[response(status = 408)]
+    BodyTimeout(super::v1::ErrorBody),
+    /// Body over 16 KiB
+    #[response(status = 413)]
+    TooLarge(super::v1::ErrorBody),
+    /// Neither JSON nor XML
+    #[response(status = 415)]
+    MediaType(super::v1::ErrorBody),
+    /// Tigase backend: the server refused it (held, `success: false` and the reason)
+    #[response(status = 502)]
+    Refused(super::tigase::StatusResponse),
+    /// The store cannot commit (error body), or Tigase backend: the link is down (held, `success: false`)
+    #[response(status = 503)]
+    Unavailable(super::tigase::StatusResponse),
+    /// Tigase backend: no answer in time (held, `success: false`)
+    #[response(status = 504)]
+    Timeout(super::tigase::StatusResponse),
+}
+
 /// Tigase's UserStatusEndpoint: set or clear `{user}/{default_resource}`.
 #[utoipa::path(
     post,
@@ -152,20 +194,7 @@ fn reply_format(headers: &HeaderMap) -> Format {
     tag = "tigase",
     params(("user" = String, Path, description = "The user JID (`user@domain`, optionally `/resource`)", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}(/[A-Za-z0-9._-]{1,64})?$")),
     request_body(content = super::tigase::JsonCommand, description = "The command as JSON; the same fields as XML `<command>` with `Content-Type: application/xml` are accepted too (and answered in XML)", content_type = "application/json"),
-    responses(
-        (status = 200, description = "Held (and, with the Tigase backend, taken by the server)", body = super::tigase::StatusResponse),
-        (status = 400, description = "A field, the body, the JID or the credentials are wrong", body = super::v1::ErrorBody),
-        (status = 401, description = "No API key", body = super::v1::ErrorBody),
-        (status = 403, description = "Wrong API key or a domain not served", body = super::v1::ErrorBody),
-        (status = 404, description = "No such endpoint", body = super::v1::ErrorBody),
-        (status = 405, description = "Not POST", body = super::v1::ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = super::v1::ErrorBody),
-        (status = 413, description = "Body over 16 KiB", body = super::v1::ErrorBody),
-        (status = 415, description = "Neither JSON nor XML", body = super::v1::ErrorBody),
-        (status = 502, description = "Tigase backend: the server refused it (held, `success: false` and the reason)", body = super::tigase::StatusResponse),
-        (status = 503, description = "The store cannot commit (error body), or Tigase backend: the link is down (held, `success: false`)", body = super::tigase::StatusResponse),
-        (status = 504, description = "Tigase backend: no answer in time (held, `success: false`)", body = super::tigase::StatusResponse),
-    ),
+    responses(TigaseResponses),
     security(("api_key" = []))
 )]
 pub async fn status_default(
@@ -190,20 +219,7 @@ pub async fn status_default(
         ("resource" = String, Path, description = "The resource", pattern = "^[A-Za-z0-9._-]{1,64}$"),
     ),
     request_body(content = super::tigase::JsonCommand, description = "As for `/rest/user/{user}/status`", content_type = "application/json"),
-    responses(
-        (status = 200, description = "Held (and, with the Tigase backend, taken by the server)", body = super::tigase::StatusResponse),
-        (status = 400, description = "A field, the body, the JID or the credentials are wrong", body = super::v1::ErrorBody),
-        (status = 401, description = "No API key", body = super::v1::ErrorBody),
-        (status = 403, description = "Wrong API key or a domain not served", body = super::v1::ErrorBody),
-        (status = 404, description = "No such endpoint", body = super::v1::ErrorBody),
-        (status = 405, description = "Not POST", body = super::v1::ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = super::v1::ErrorBody),
-        (status = 413, description = "Body over 16 KiB", body = super::v1::ErrorBody),
-        (status = 415, description = "Neither JSON nor XML", body = super::v1::ErrorBody),
-        (status = 502, description = "Tigase backend: the server refused it", body = super::tigase::StatusResponse),
-        (status = 503, description = "The store cannot commit, or Tigase backend: the link is down", body = super::tigase::StatusResponse),
-        (status = 504, description = "Tigase backend: no answer in time", body = super::tigase::StatusResponse),
-    ),
+    responses(TigaseResponses),
     security(("api_key" = []))
 )]
 pub async fn status_resource(
