@@ -28,8 +28,10 @@
 
 pub mod config;
 pub mod delivery;
+pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod sdnotify;
 pub mod status;
 pub mod store;
@@ -48,7 +50,9 @@ use config::{BackendKind, OnShutdown, Settings};
 use delivery::fanout::{self, Control, FanoutConfig};
 use delivery::tigase::{self, TigaseConfig};
 use delivery::Delivery;
+use events::{Cause, EventHub};
 use metrics::Metrics;
+use observe::{Observed, Rosters};
 use status::StatusTable;
 use store::Store;
 use xmpp::LinkConfig;
@@ -74,6 +78,23 @@ pub async fn run(
         .map_err(std::io::Error::other)?;
     let (table, changes) = StatusTable::new(Some(store), records);
     let expiry = tokio::spawn(table.clone().run_expiry());
+    // The read side: sessions the server announces, and one event per change of a served
+    // user's presence (held statuses and sessions).
+    let observed = Observed::new();
+    let (hub, notifications) = EventHub::new();
+    table.set_observer({
+        let hub = hub.clone();
+        Box::new(move |user, expiry| {
+            let cause = if expiry { Cause::Expiry } else { Cause::Status };
+            hub.notify(user.clone(), cause);
+        })
+    });
+    let events_task = tokio::spawn(hub.clone().run(
+        notifications,
+        table.clone(),
+        observed.clone(),
+        shutdown.clone(),
+    ));
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ping_to: Jid = jid::BareJid::new(
@@ -93,25 +114,32 @@ pub async fn run(
             keepalive: settings.keepalive,
             write_timeout: settings.write_timeout,
             reconnect_max: settings.reconnect_max,
-            ping_to,
+            ping_to: ping_to.clone(),
             metrics: metrics.clone(),
         },
         events_tx,
     );
     let (control_tx, control_rx) = mpsc::channel(4);
-    let (delivery, delivery_task) = match settings.backend {
+    let (rosters, roster_queries) = Rosters::new();
+    let (delivery, rosters, delivery_task) = match settings.backend {
         BackendKind::Fanout => (
             Delivery::Fanout,
+            rosters,
             tokio::spawn(fanout::run(
                 FanoutConfig {
                     component: settings.component.clone(),
                     metrics: metrics.clone(),
+                    domain: ping_to.to_bare(),
+                    domains: settings.domains.clone(),
+                    observed: observed.clone(),
+                    hub: hub.clone(),
                 },
                 table.clone(),
                 changes,
                 link.clone(),
                 events_rx,
                 control_rx,
+                roster_queries,
             )),
         ),
         BackendKind::Tigase => {
@@ -128,7 +156,7 @@ pub async fn run(
                 events_rx,
                 control_rx,
             ));
-            (Delivery::Tigase(handle), task)
+            (Delivery::Tigase(handle), Rosters::unsupported(), task)
         }
     };
 
@@ -151,6 +179,9 @@ pub async fn run(
     let requests = Arc::new(http::log::RequestLog::default());
     let state = Arc::new(http::AppState {
         table,
+        observed,
+        rosters,
+        hub: hub.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(&settings.api_keys),
@@ -207,6 +238,8 @@ pub async fn run(
     if drained.is_err() {
         warn!("XMPP shutdown did not finish in {XMPP_DRAIN:?}");
     }
+    hub.close();
+    events_task.abort();
     delivery_task.abort();
     link_task.abort();
     expiry.abort();

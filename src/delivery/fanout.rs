@@ -21,12 +21,16 @@ use jid::{BareJid, FullJid, Jid};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::http::log::Escaped;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
+use crate::events::{Cause, EventHub};
 use crate::metrics::Metrics;
-use crate::status::{Changes, Held, Roster, StatusTable};
+use crate::observe::{Announced, Observed, RosterItem, RosterQuery};
+use crate::status::{now_ms, Changes, Held, Roster, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 
@@ -58,7 +62,19 @@ pub struct FanoutConfig {
     pub component: BareJid,
     /// Roster cache counters.
     pub metrics: std::sync::Arc<Metrics>,
+    /// A served domain: the disco query that ends the server's announcement of sessions goes
+    /// there.
+    pub domain: BareJid,
+    /// Served domains (events are for served users only).
+    pub domains: std::collections::BTreeSet<String>,
+    /// The read model the forwarded presence feeds.
+    pub observed: Observed,
+    /// Told of every change of a served user's sessions.
+    pub hub: EventHub,
 }
+
+/// How long a roster read for the API is reused: at most one roster get per user and second.
+const CONTACTS_FRESH: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct RosterRequests {
@@ -101,6 +117,18 @@ struct Fanout {
     /// Users changed since the last [`ROSTER_REFRESH`] tick whose cached roster is to be
     /// refreshed at the next.
     refresh: HashSet<BareJid>,
+    /// The server forwards users' presence to us (advertised privilege).
+    presence_granted: bool,
+    /// The id of the disco query sent after the privilege advertisement; its answer ends the
+    /// server's announcement of the sessions online.
+    sync_id: Option<String>,
+    sync_count: u64,
+    /// Sessions known before the link came up and not announced again since.
+    unconfirmed: HashSet<FullJid>,
+    /// Full rosters read for the API, reused for [`CONTACTS_FRESH`].
+    contacts: HashMap<BareJid, (Instant, Arc<[RosterItem]>)>,
+    /// API readers waiting for a user's roster.
+    contact_waiters: HashMap<BareJid, Vec<oneshot::Sender<Result<Arc<[RosterItem]>, String>>>>,
 }
 
 /// Run the fan-out task until shutdown.
@@ -111,6 +139,7 @@ pub async fn run(
     link: LinkHandle,
     mut events: mpsc::UnboundedReceiver<LinkEvent>,
     mut control: mpsc::Receiver<Control>,
+    mut roster_queries: mpsc::Receiver<RosterQuery>,
 ) {
     let mut f = Fanout {
         cfg,
@@ -126,6 +155,12 @@ pub async fn run(
         replay: Vec::new(),
         requests: RosterRequests::default(),
         refresh: HashSet::new(),
+        presence_granted: false,
+        sync_id: None,
+        sync_count: 0,
+        unconfirmed: HashSet::new(),
+        contacts: HashMap::new(),
+        contact_waiters: HashMap::new(),
     };
     let mut refresh = tokio::time::interval(ROSTER_REFRESH);
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -150,7 +185,12 @@ pub async fn run(
                 }
                 f.become_ready().await;
             }
-            _ = sweep.tick() => f.expire_requests().await,
+            _ = sweep.tick() => {
+                f.expire_requests().await;
+                let now = Instant::now();
+                f.contacts.retain(|_, (at, _)| now.duration_since(*at) < CONTACTS_FRESH);
+            }
+            Some(q) = roster_queries.recv() => f.on_roster_query(q).await,
             _ = refresh.tick() => f.refresh_rosters().await,
             Some(ctl) = control.recv() => match ctl {
                 Control::Shutdown(done) => {
@@ -245,6 +285,10 @@ impl Fanout {
                 self.up = true;
                 self.ready = false;
                 self.privilege_deadline = Some(Instant::now() + PRIVILEGE_WAIT);
+                self.presence_granted = false;
+                // Sessions seen before are kept (flagged incomplete) until the server has
+                // announced again who is online.
+                self.unconfirmed = self.cfg.observed.session_jids().into_iter().collect();
             }
             LinkEvent::Down => {
                 self.up = false;
@@ -253,6 +297,13 @@ impl Fanout {
                 // The server re-announces who is online after reconnect (Prosody), and answers
                 // to requests of the old stream never come.
                 self.online.clear();
+                self.cfg.observed.set_complete(false);
+                self.sync_id = None;
+                for (_, waiters) in self.contact_waiters.drain() {
+                    for w in waiters {
+                        let _ = w.send(Err("the XMPP link is down".into()));
+                    }
+                }
                 self.requests = RosterRequests::default();
                 self.replay = Vec::new();
                 self.refresh = HashSet::new();
@@ -270,6 +321,15 @@ impl Fanout {
         self.ready = true;
         self.privilege_deadline = None;
         self.table.forget_deliveries();
+        self.sync_count += 1;
+        let id = format!("sync-{}", self.sync_count);
+        self.sync_id = Some(id.clone());
+        self.send(stanzas::server_info_query(
+            &self.cfg.component,
+            &self.cfg.domain,
+            id,
+        ))
+        .await;
         self.replay = self.table.users();
         info!(users = self.replay.len(), "replaying held statuses");
         self.next_requests().await;
@@ -293,6 +353,7 @@ impl Fanout {
         if !p.can_get_roster() {
             warn!(%from, "the server does not let us read rosters: grant roster = \"get\" (Prosody privileged_entities) or mod_privilege roster: {{get: …}} (ejabberd)");
         }
+        self.presence_granted = p.gets_presence();
         if !p.gets_presence() {
             warn!(%from, "the server does not forward users' presence: contacts who log in later will not see held statuses; grant presence = \"managed_entity\"");
         }
@@ -308,6 +369,12 @@ impl Fanout {
         let resource = from.resource().as_str().to_string();
         if stanzas::is_own_echo(&p) {
             return; // one of our own presences, forwarded back (ejabberd, presence = roster)
+        }
+        if let Some(what) = stanzas::announced(&p, now_ms()) {
+            self.unconfirmed.remove(&from);
+            if self.cfg.observed.announce(&from, what) && self.serves(&contact) {
+                self.cfg.hub.notify(contact.clone(), Cause::Session);
+            }
         }
         match p.type_ {
             PresenceType::None => {
@@ -363,19 +430,45 @@ impl Fanout {
                 }
             }
             Iq::Result { id, payload, .. } => {
+                if self.sync_id.as_deref() == Some(id.as_str()) {
+                    self.synced(stanzas::server_name(payload.as_ref())).await;
+                    return;
+                }
                 let Some((user, _)) = self.requests.by_id.remove(id) else {
                     return;
                 };
-                match stanzas::presence_subscribers(payload.as_ref()) {
-                    Ok(contacts) => self.on_roster(user.clone(), contacts).await,
-                    Err(e) => warn!(%user, error = %e, "unparseable roster result"),
+                match stanzas::roster_items(payload.as_ref()) {
+                    Ok(items) => {
+                        let contacts = items
+                            .iter()
+                            .filter(|i| i.sees_user())
+                            .map(|i| i.jid.clone())
+                            .collect();
+                        self.answer_contacts(&user, Ok(items.into()));
+                        self.on_roster(user.clone(), contacts).await;
+                    }
+                    Err(e) => {
+                        warn!(%user, error = %e, "unparseable roster result");
+                        self.answer_contacts(&user, Err(format!("unparseable roster: {e}")));
+                    }
                 }
                 self.request_done(user).await;
             }
             Iq::Error { id, error, .. } => {
+                if self.sync_id.as_deref() == Some(id.as_str()) {
+                    self.synced(None).await;
+                    return;
+                }
                 let Some((user, _)) = self.requests.by_id.remove(id) else {
                     return;
                 };
+                self.answer_contacts(
+                    &user,
+                    Err(format!(
+                        "the server refused the roster request: {}",
+                        stanzas::error_reason(error)
+                    )),
+                );
                 warn!(
                     %user,
                     condition = ?error.defined_condition,
@@ -387,6 +480,76 @@ impl Fanout {
                 self.requests.again.remove(&user);
                 self.request_done(user).await;
             }
+        }
+    }
+
+    fn serves(&self, jid: &BareJid) -> bool {
+        self.cfg.domains.contains(jid.domain().as_str())
+    }
+
+    /// The server answered the disco query sent after the privilege advertisement: everything
+    /// it announces at connect came before. Decide whether what we observe is complete.
+    async fn synced(&mut self, server: Option<String>) {
+        self.sync_id = None;
+        let name = server.unwrap_or_default();
+        // ejabberd 23.01 announces no session at connect and forwards no `unavailable` when a
+        // client closes its stream without one (measured; README "What the server tells").
+        let tells_all = self.presence_granted && !name.to_ascii_lowercase().contains("ejabberd");
+        if tells_all {
+            // Sessions known before the link went and not announced again are gone.
+            for jid in std::mem::take(&mut self.unconfirmed) {
+                if self.cfg.observed.announce(&jid, Announced::Unavailable) {
+                    let user = jid.to_bare();
+                    if self.serves(&user) {
+                        self.cfg.hub.notify(user, Cause::Session);
+                    }
+                }
+            }
+        } else {
+            self.unconfirmed.clear();
+        }
+        self.cfg.observed.set_complete(tells_all);
+        info!(
+            server = %Escaped(&name),
+            presence_granted = self.presence_granted,
+            complete = tells_all,
+            "observed sessions synchronised"
+        );
+    }
+
+    /// An API reader wants `q.user`'s roster: a fresh one from the cache, else from the server.
+    async fn on_roster_query(&mut self, q: RosterQuery) {
+        if let Some((at, items)) = self.contacts.get(&q.user) {
+            if at.elapsed() < CONTACTS_FRESH {
+                let _ = q.answer.send(Ok(items.clone()));
+                return;
+            }
+        }
+        if !self.ready {
+            let _ = q.answer.send(Err("the XMPP link is down".into()));
+            return;
+        }
+        let first = !self.contact_waiters.contains_key(&q.user);
+        self.contact_waiters
+            .entry(q.user.clone())
+            .or_default()
+            .push(q.answer);
+        if first {
+            self.request_roster(q.user).await;
+        }
+    }
+
+    /// A roster read for `user` finished: answer the API readers waiting for it.
+    fn answer_contacts(&mut self, user: &BareJid, result: Result<Arc<[RosterItem]>, String>) {
+        let Some(waiters) = self.contact_waiters.remove(user) else {
+            return;
+        };
+        if let Ok(items) = &result {
+            self.contacts
+                .insert(user.clone(), (Instant::now(), items.clone()));
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
         }
     }
 

@@ -114,6 +114,15 @@ pub enum ApiError {
     /// The status could not be made durable; it is not acknowledged.
     #[error("the status could not be stored: {0}")]
     Storage(String),
+    /// The user's roster could not be read from the server.
+    #[error("{0}")]
+    Roster(String),
+    /// The backend cannot do this (e.g. read rosters on Tigase).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A `Last-Event-ID` that is not an event id.
+    #[error("Last-Event-ID {0:?} is not an event id")]
+    LastEventId(String),
 }
 
 impl ApiError {
@@ -127,11 +136,13 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(_) | ApiError::Roster(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::BodyRead(_)
             | ApiError::AmbiguousCredentials(_)
             | ApiError::InvalidPath
             | ApiError::MalformedQuery(_)
+            | ApiError::LastEventId(_)
             | ApiError::TooManyUpdates(..)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
@@ -169,6 +180,9 @@ impl ApiError {
             ApiError::Invalid(InvalidStatus::Expiry(_)) => "invalid_expiry",
             ApiError::NotFound => "not_found",
             ApiError::Storage(_) => "storage_unavailable",
+            ApiError::Roster(_) => "roster_unavailable",
+            ApiError::Unsupported(_) => "not_supported",
+            ApiError::LastEventId(_) => "invalid_last_event_id",
         }
     }
 

@@ -1,4 +1,4 @@
-//! The HTTP API: one file per dialect (`tigase`, `v1`), key checks (`auth`), the error mapping
+//! The HTTP API: one file per dialect (`tigase`, `v1` with its read side in `read`), key checks (`auth`), the error mapping
 //! (`error`), validation shared by the dialects (`input`), the request pipeline and operations
 //! endpoints (`server`), the accept loop with its limits (`listener`) and what reaches the log
 //! (`log`).
@@ -8,6 +8,7 @@ pub mod error;
 pub mod input;
 pub mod listener;
 pub mod log;
+pub mod read;
 pub mod server;
 pub mod tigase;
 pub mod v1;

@@ -23,6 +23,8 @@ use super::listener::ConnStats;
 use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
+use crate::events::EventHub;
+use crate::observe::{Observed, Rosters};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::status::{Edit, Source, StatusPolicy, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
@@ -35,6 +37,12 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     /// The held statuses.
     pub table: StatusTable,
+    /// The sessions the server announced.
+    pub observed: Observed,
+    /// Users' rosters, read through the delivery backend.
+    pub rosters: Rosters,
+    /// The event hub (SSE subscriptions).
+    pub hub: EventHub,
     /// Defaults and limits.
     pub policy: StatusPolicy,
     /// Served user domains.

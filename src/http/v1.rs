@@ -42,7 +42,7 @@ pub const MAX_BULK_BYTES: usize = 1 << 20;
 
 /// The `/v1` routes (and the OpenAPI document).
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    super::read::routes()
         .route(
             "/v1/users/{jid}/status",
             MethodRouter::new()
@@ -61,7 +61,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-fn not_allowed(allow: &'static str) -> Response {
+pub(super) fn not_allowed(allow: &'static str) -> Response {
     let mut r = ApiError::Method(allow.to_string()).into_response(Format::Json);
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -434,7 +434,7 @@ fn answer(v: &Valid, applied: &Applied) -> StatusAnswer {
     }
 }
 
-fn json(code: StatusCode, body: &impl Serialize) -> Response {
+pub(super) fn json(code: StatusCode, body: &impl Serialize) -> Response {
     let mut r = (
         code,
         serde_json::to_string(body).expect("answers serialise"),
@@ -447,7 +447,7 @@ fn json(code: StatusCode, body: &impl Serialize) -> Response {
     r
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()))
@@ -458,7 +458,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn malformed(e: serde_json::Error) -> ApiError {
+pub(super) fn malformed(e: serde_json::Error) -> ApiError {
     ApiError::Malformed {
         format: "JSON",
         message: e.to_string(),
@@ -466,7 +466,7 @@ fn malformed(e: serde_json::Error) -> ApiError {
 }
 
 /// Run a handler body, answering an error the dialect's way (counted and logged).
-fn finish(
+pub(super) fn finish(
     state: &AppState,
     method: &Method,
     user: &str,
@@ -485,11 +485,11 @@ fn finish(
     }
 }
 
-fn path_user(path: &Result<Path<String>, PathRejection>) -> &str {
+pub(super) fn path_user(path: &Result<Path<String>, PathRejection>) -> &str {
     path.as_ref().map_or("", |Path(u)| u.as_str())
 }
 
-fn user_of(
+pub(super) fn user_of(
     state: &AppState,
     path: &Result<Path<String>, PathRejection>,
 ) -> Result<BareJid, ApiError> {
@@ -845,6 +845,10 @@ impl utoipa::Modify for Security {
         get_status,
         bulk,
         openapi,
+        super::read::get_presence,
+        super::read::query,
+        super::read::get_contacts,
+        super::read::events,
         super::server::status_default,
         super::server::status_resource
     ),

@@ -17,7 +17,8 @@ use std::fmt;
 use jid::ResourcePart;
 
 pub use table::{
-    Applied, Change, Changes, Edit, Held, ResourceStatus, Roster, SourceStatus, StatusTable,
+    Applied, Change, Changes, Edit, Held, ObserverFn, ResourceStatus, Roster, SourceStatus,
+    StatusTable,
 };
 
 /// Longest accepted status text, in characters.

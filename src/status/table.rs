@@ -35,7 +35,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -326,6 +326,20 @@ struct Inner {
     expiring: AtomicUsize,
     /// The durable copy; `None` keeps statuses in memory only (unit tests, benchmarks' sink).
     store: Option<Store>,
+    /// Told of every applied edit that changed what is held (the event hub).
+    observer: OnceLock<Observer>,
+}
+
+/// What the table tells its observer: the user whose held statuses an edit changed, and whether
+/// the edit was an expiry. Called on the store's writer thread: it must be quick.
+pub type ObserverFn = Box<dyn Fn(&BareJid, bool) + Send + Sync>;
+
+struct Observer(ObserverFn);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// Cheap-to-clone handle over the held statuses.
@@ -434,6 +448,7 @@ impl StatusTable {
                 deadlines: Mutex::new(deadlines),
                 deadline_added: Notify::new(),
                 store,
+                observer: OnceLock::new(),
             }),
         };
         let changes = Changes {
@@ -447,6 +462,12 @@ impl StatusTable {
     /// A table in memory only, without a store.
     pub fn in_memory() -> (StatusTable, Changes) {
         StatusTable::new(None, Vec::new())
+    }
+
+    /// Tell `observer` of every applied edit that changes what is held (set, clear, expiry),
+    /// from now on. Once only: a second observer is ignored.
+    pub fn set_observer(&self, observer: ObserverFn) {
+        let _ = self.inner.observer.set(Observer(observer));
     }
 
     /// Why the store cannot commit, while it cannot (`None`: it can, or there is no store).
@@ -523,6 +544,8 @@ impl StatusTable {
             Edit::Set { source, .. } => Some(*source),
             _ => None,
         };
+        let is_expiry = matches!(edit, Edit::Expire(..));
+        let count_before = sources.len();
         match edit {
             Edit::Set {
                 source,
@@ -539,6 +562,7 @@ impl StatusTable {
                 sources.retain(|e| e.source != source || e.expires_at != at)
             }
         }
+        let touched = set_by.is_some() || sources.len() != count_before;
         slot.sources = Sources::from_vec(sources);
         let expiring_after = expiring(slot);
         if expiring_after > expiring_before {
@@ -577,6 +601,11 @@ impl StatusTable {
             let _ = lane.send(user.clone());
         }
         drop(entry);
+        if touched {
+            if let Some(observer) = self.inner.observer.get() {
+                (observer.0)(user, is_expiry);
+            }
+        }
         if let Some((at, source)) = deadline {
             self.add_deadline(Deadline {
                 at,

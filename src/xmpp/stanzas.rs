@@ -40,6 +40,8 @@ pub const NODE_USER_STATUS: &str = "USER_STATUS";
 pub const NODE_CHECK_USER_CONNECTION: &str = "CHECK_USER_CONNECTION";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0203 Delayed Delivery.
+const NS_DELAY: &str = "urn:xmpp:delay";
 const DISCO_INFO: &str = "<query xmlns='http://jabber.org/protocol/disco#info'>\
     <identity category='component' type='presence' name='extpresence'/>\
     <feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:ping'/></query>";
@@ -491,6 +493,96 @@ pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, S
         .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
         .map(|i| i.jid)
         .collect())
+}
+
+/// Every item of a roster result (a `remove` item is skipped: it is no item).
+pub fn roster_items(
+    payload: Option<&Element>,
+) -> Result<Vec<crate::observe::RosterItem>, String> {
+    use crate::observe::RosterItem;
+    let Some(payload) = payload else {
+        return Ok(Vec::new());
+    };
+    let roster = Roster::try_from(payload.clone()).map_err(|e| e.to_string())?;
+    Ok(roster
+        .items
+        .into_iter()
+        .filter_map(|i| {
+            let subscription = match i.subscription {
+                Subscription::None => "none",
+                Subscription::To => "to",
+                Subscription::From => "from",
+                Subscription::Both => "both",
+                Subscription::Remove => return None,
+            };
+            Some(RosterItem {
+                jid: i.jid,
+                subscription,
+                name: i.name.filter(|n| !n.is_empty()),
+                groups: i.groups.into_iter().map(|g| g.0).collect(),
+            })
+        })
+        .collect())
+}
+
+/// A disco#info query from the component to the server (`to` a served domain): the answer says
+/// which server it is, and comes after everything the server sent before it.
+pub fn server_info_query(component: &BareJid, to: &BareJid, id: String) -> Outbound {
+    let iq = Iq::Get {
+        from: Some(component.clone().into()),
+        to: Some(to.clone().into()),
+        id,
+        payload: Element::builder("query", NS_DISCO_INFO).build(),
+    };
+    Outbound(Box::new(iq.into()))
+}
+
+/// The server's name in a disco#info answer (the `name` of its `server` identity), if any.
+pub fn server_name(payload: Option<&Element>) -> Option<String> {
+    payload?
+        .children()
+        .filter(|c| c.is("identity", NS_DISCO_INFO))
+        .find(|c| c.attr("category") == Some("server"))
+        .and_then(|c| c.attr("name"))
+        .map(str::to_string)
+}
+
+/// What a presence forwarded by the server says of its sender's session, received at `now`
+/// (ms): `None` for presence types other than available and `unavailable`. An announcement of an
+/// older presence (a XEP-0203 delay stamp) dates from its stamp.
+pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
+    use crate::observe::Announced;
+    match p.type_ {
+        PresenceType::None => {
+            let show = p.show.as_ref().map(|s| match s {
+                XShow::Away => Show::Away,
+                XShow::Chat => Show::Chat,
+                XShow::Dnd => Show::Dnd,
+                XShow::Xa => Show::Xa,
+            });
+            let status = p
+                .statuses
+                .get("")
+                .or_else(|| p.statuses.values().next())
+                .map(|s| s.chars().filter(|c| !c.is_control()).take(1024).collect());
+            let since = p
+                .payloads
+                .iter()
+                .find(|el| el.is("delay", NS_DELAY))
+                .and_then(|el| el.attr("stamp"))
+                .and_then(|st| chrono::DateTime::parse_from_rfc3339(st).ok())
+                .map(|t| (t.timestamp_millis().max(0) as u64).min(now))
+                .unwrap_or(now);
+            Some(Announced::Available {
+                show,
+                status,
+                priority: p.priority.0,
+                since,
+            })
+        }
+        PresenceType::Unavailable => Some(Announced::Unavailable),
+        _ => None,
+    }
 }
 
 /// Serialise a stanza (for logs at TRACE and tests).

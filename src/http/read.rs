@@ -1,0 +1,446 @@
+//! The read side of `/v1`: users' aggregated presence, their contacts, and the event stream.
+//!
+//! - `GET /v1/users/{jid}/presence` — the presence an XMPP client would show, with every real and
+//!   synthetic resource ([`UserPresence`]);
+//! - `POST /v1/presence/query` — the same for up to 1,000 users;
+//! - `GET /v1/users/{jid}/contacts` — the user's roster, with each contact's presence as the user
+//!   sees it (subscription `to` or `both`);
+//! - `GET /v1/events` — Server-Sent Events: one `presence` event per change of a served user's
+//!   presence, filtered by `?user=` / `?domain=`, resumable with `Last-Event-ID` (`reset` when
+//!   not), a keepalive comment every 15 s.
+//!
+//! Like the rest of `/v1` it only translates: the model is [`crate::observe`] (the aggregation),
+//! [`crate::events`] (numbering, buffering, fan-out) and [`crate::observe::Rosters`].
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use futures::Stream;
+use jid::BareJid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::input;
+use super::server::AppState;
+use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, user_of};
+use super::v1::{ErrorBody, MAX_BULK_BYTES};
+use crate::events::{Event, Resume};
+use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
+use crate::status::now_ms;
+
+/// Most users in one presence query.
+pub const MAX_QUERY_USERS: usize = 1000;
+/// Longest wait for a roster from the server.
+const ROSTER_WAIT: Duration = Duration::from_secs(5);
+/// Interval of the keepalive comment of the event stream.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The read routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/users/{jid}/presence",
+            MethodRouter::new()
+                .get(get_presence)
+                .fallback(|| async { not_allowed("GET") }),
+        )
+        .route(
+            "/v1/users/{jid}/contacts",
+            MethodRouter::new()
+                .get(get_contacts)
+                .fallback(|| async { not_allowed("GET") }),
+        )
+        .route(
+            "/v1/presence/query",
+            post(query).fallback(|| async { not_allowed("POST") }),
+        )
+        .route(
+            "/v1/events",
+            get(events).fallback(|| async { not_allowed("GET") }),
+        )
+}
+
+/// A user's presence: what an XMPP client would show, and every real and synthetic resource.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{jid}/presence",
+    tag = "v1",
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")),
+    responses(
+        (status = 200, description = "The aggregated presence (`offline` with no resources when nothing is known)", body = UserPresence),
+        (status = 400, description = "The JID is wrong (`invalid_jid`, `invalid_path`) or several credentials were given", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_presence(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        state.keys.check(q.as_deref(), &headers)?;
+        let user = user_of(&state, &path)?;
+        Ok(json(StatusCode::OK, &presence_of(&state, &user)))
+    })();
+    finish(&state, &method, path_user(&path), r)
+}
+
+fn presence_of(state: &AppState, user: &BareJid) -> UserPresence {
+    observe::presence(&state.table, &state.observed, user, now_ms())
+}
+
+/// The body of a presence query.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    /// Users of served domains, at most 1,000.
+    users: Vec<String>,
+}
+
+/// The answer to a presence query.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceAnswer {
+    /// One presence per user asked, in order.
+    presence: Vec<UserPresence>,
+}
+
+/// The presence of many users at once.
+#[utoipa::path(
+    post,
+    path = "/v1/presence/query",
+    tag = "v1",
+    request_body(content = PresenceQuery, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One presence per user, in the order asked", body = PresenceAnswer),
+        (status = 400, description = "Not a valid body (`malformed_body`), a wrong JID (`invalid_jid`), more than 1,000 users (`too_many_updates`)", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn query(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        state.keys.check(q.as_deref(), &headers)?;
+        require_json(&headers)?;
+        let body = input::read_body(&headers, body, MAX_BULK_BYTES, state.body_timeout).await?;
+        let asked: PresenceQuery = serde_json::from_slice(&body).map_err(malformed)?;
+        if asked.users.len() > MAX_QUERY_USERS {
+            return Err(ApiError::TooManyUpdates(
+                asked.users.len(),
+                MAX_QUERY_USERS,
+            ));
+        }
+        let users = asked
+            .users
+            .iter()
+            .map(|u| input::served_user(u, &state.domains))
+            .collect::<Result<Vec<_>, _>>()?;
+        let presence = users.iter().map(|u| presence_of(&state, u)).collect();
+        Ok(json(StatusCode::OK, &PresenceAnswer { presence }))
+    }
+    .await;
+    finish(&state, &method, "", r)
+}
+
+/// A contact's presence as the user sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactPresence {
+    /// The aggregated presence word (`offline` when nothing is available).
+    #[schema(value_type = String, example = "online")]
+    presence: &'static str,
+    /// The status text of the resource shown.
+    status: Option<String>,
+    /// When the newest of its resources' presence arrived (RFC 3339); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received: Option<String>,
+    /// False when the server may not have told us everything.
+    complete: bool,
+    /// Every available resource.
+    resources: Vec<ResourcePresence>,
+}
+
+/// One roster item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Contact {
+    /// The contact.
+    jid: String,
+    /// `none`, `to`, `from` or `both`.
+    subscription: &'static str,
+    /// The name the user gave the contact.
+    name: Option<String>,
+    /// The user's groups of the contact.
+    groups: Vec<String>,
+    /// The contact's presence as the user sees it; only with subscription `to` or `both`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<ContactPresence>,
+}
+
+/// A user's contacts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactsAnswer {
+    /// The user.
+    user: String,
+    /// The roster, in the server's order.
+    contacts: Vec<Contact>,
+}
+
+/// A user's roster, with the presence of the contacts the user may see.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{jid}/contacts",
+    tag = "v1",
+    params(("jid" = String, Path, description = "The user, `user@domain` of a served domain", pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")),
+    responses(
+        (status = 200, description = "The roster (read from the server at most once per second per user)", body = ContactsAnswer),
+        (status = 400, description = "The JID is wrong (`invalid_jid`, `invalid_path`) or several credentials were given", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 501, description = "The backend cannot read rosters (`not_supported`: Tigase)", body = ErrorBody),
+        (status = 503, description = "The server did not give the roster (`roster_unavailable`: link down, no privilege, no answer in 5 s)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_contacts(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        state.keys.check(q.as_deref(), &headers)?;
+        let user = user_of(&state, &path)?;
+        let items = state
+            .rosters
+            .get(&user, ROSTER_WAIT)
+            .await
+            .map_err(|e| match e {
+                RosterError::Unsupported => ApiError::Unsupported(e.to_string()),
+                RosterError::Unavailable(_) => ApiError::Roster(e.to_string()),
+            })?;
+        let now = now_ms();
+        let contacts = items
+            .iter()
+            .map(|item| Contact {
+                jid: item.jid.to_string(),
+                subscription: item.subscription,
+                name: item.name.clone(),
+                groups: item.groups.clone(),
+                presence: item.sees_contact().then(|| {
+                    let p = observe::presence(&state.table, &state.observed, &item.jid, now);
+                    ContactPresence {
+                        presence: p.presence,
+                        status: p.status.clone(),
+                        received: p.received().map(observe::rfc3339),
+                        complete: p.complete,
+                        resources: p.resources,
+                    }
+                }),
+            })
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &ContactsAnswer {
+                user: user.to_string(),
+                contacts,
+            },
+        ))
+    }
+    .await;
+    finish(&state, &method, path_user(&path), r)
+}
+
+/// Which users a subscriber wants.
+#[derive(Debug, Default)]
+struct Filter {
+    users: HashSet<BareJid>,
+    domains: HashSet<String>,
+}
+
+impl Filter {
+    fn parse(state: &AppState, query: Option<&str>) -> Result<Filter, ApiError> {
+        let mut f = Filter::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "user" => {
+                    f.users.insert(input::served_user(&v, &state.domains)?);
+                }
+                "domain" => {
+                    let d = jid::BareJid::new(&v)
+                        .ok()
+                        .filter(|j| j.node().is_none())
+                        .ok_or_else(|| {
+                            ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
+                        })?;
+                    let d = d.domain().to_string();
+                    if !state.domains.contains(&d) {
+                        return Err(ApiError::Domain(d));
+                    }
+                    f.domains.insert(d);
+                }
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        (self.users.is_empty() && self.domains.is_empty())
+            || self.users.contains(&event.user)
+            || self.domains.contains(event.user.domain().as_str())
+    }
+}
+
+fn sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event("presence")
+        .data(&*event.data)
+}
+
+fn reset(why: &str) -> SseEvent {
+    SseEvent::default()
+        .event("reset")
+        .data(serde_json::json!({ "reason": why }).to_string())
+}
+
+/// What an event stream has still to send.
+struct Subscriber {
+    backlog: std::vec::IntoIter<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    filter: Filter,
+    first: Option<SseEvent>,
+    done: bool,
+    closing: tokio_util::sync::CancellationToken,
+}
+
+fn stream(s: Subscriber) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(Some(s), |s| async move {
+        let mut s = s?;
+        if let Some(first) = s.first.take() {
+            return Some((Ok(first), Some(s)));
+        }
+        if s.done {
+            return None;
+        }
+        for e in s.backlog.by_ref() {
+            if s.filter.wants(&e) {
+                return Some((Ok(sse(&e)), Some(s)));
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = s.closing.cancelled() => return None,
+                next = s.rx.recv() => next,
+            };
+            match next {
+                Ok(e) if s.filter.wants(&e) => return Some((Ok(sse(&e)), Some(s))),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    s.done = true;
+                    let why = format!(
+                        "this client fell {n} events behind and was disconnected; read the \
+                         presence again with GET and reconnect"
+                    );
+                    return Some((Ok(reset(&why)), Some(s)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// Server-Sent Events: one `presence` event per change of a served user's presence.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "v1",
+    params(
+        ("user" = Option<Vec<String>>, Query, description = "Only these users (repeatable)"),
+        ("domain" = Option<Vec<String>>, Query, description = "Only users of these served domains (repeatable)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event: the missed events first, or `event: reset` when they are no longer buffered"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `event: presence` with `id:` and `data:` the presence object plus `at` and `cause` (`session`, `status`, `expiry`); `event: reset` when events were lost (read again with GET); a comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A wrong filter (`invalid_jid`, `malformed_query`) or `Last-Event-ID` (`invalid_last_event_id`)", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn events(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        state.keys.check(q.as_deref(), &headers)?;
+        let filter = Filter::parse(&state, q.as_deref())?;
+        let last = match headers.get("last-event-id") {
+            None => None,
+            Some(v) => {
+                let text = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                Some(
+                    text.parse::<u64>()
+                        .map_err(|_| ApiError::LastEventId(text.chars().take(64).collect()))?,
+                )
+            }
+        };
+        let (backlog, rx, first) = match state.hub.subscribe(last) {
+            Resume::Live(rx) => (Vec::new(), rx, None),
+            Resume::From(backlog, rx) => (backlog, rx, None),
+            Resume::Reset(rx) => (
+                Vec::new(),
+                rx,
+                Some(reset(
+                    "the events after Last-Event-ID are no longer buffered (too old, or \
+                     extpresence restarted); read the presence again with GET",
+                )),
+            ),
+        };
+        let s = Subscriber {
+            backlog: backlog.into_iter(),
+            rx,
+            filter,
+            first,
+            done: false,
+            closing: state.hub.closing(),
+        };
+        Ok(Sse::new(stream(s))
+            .keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
+            .into_response())
+    })();
+    finish(&state, &method, "", r)
+}
