@@ -196,7 +196,8 @@ impl EventHub {
         // No subscriber is not an error.
         let _ = self.inner.live.send(event.clone());
         drop(buf);
-        self.lock_taps().retain(|tap| tap.send(event.clone()).is_ok());
+        self.lock_taps()
+            .retain(|tap| tap.send(event.clone()).is_ok());
     }
 
     /// Turn notifications into events until `shutdown`; then close the live channel (the SSE
@@ -208,9 +209,8 @@ impl EventHub {
         observed: Observed,
         shutdown: CancellationToken,
     ) {
-        while let Some(Some((user, cause, at))) = shutdown
-            .run_until_cancelled(notifications.0.recv())
-            .await
+        while let Some(Some((user, cause, at))) =
+            shutdown.run_until_cancelled(notifications.0.recv()).await
         {
             let presence = observe::presence(&table, &observed, &user, at);
             self.publish(user, at, |_| presence.event_json(at, cause));

@@ -153,10 +153,7 @@ pub(super) async fn query(
         let body = input::read_body(&headers, body, MAX_BULK_BYTES, state.body_timeout).await?;
         let asked: PresenceQuery = serde_json::from_slice(&body).map_err(malformed)?;
         if asked.users.len() > MAX_QUERY_USERS {
-            return Err(ApiError::TooManyUpdates(
-                asked.users.len(),
-                MAX_QUERY_USERS,
-            ));
+            return Err(ApiError::TooManyUpdates(asked.users.len(), MAX_QUERY_USERS));
         }
         let users = asked
             .users

@@ -24,8 +24,8 @@ use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
 use crate::delivery::Delivery;
 use crate::events::EventHub;
-use crate::observe::{Observed, Rosters};
 use crate::metrics::{Gauges, Metrics, Outcome};
+use crate::observe::{Observed, Rosters};
 use crate::status::{Edit, Source, StatusPolicy, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
 

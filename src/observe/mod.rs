@@ -445,7 +445,12 @@ fn availability(show: Option<Show>) -> u8 {
 }
 
 /// `user`'s presence at `now` (ms): observed sessions and held synthetic resources.
-pub fn presence(table: &StatusTable, observed: &Observed, user: &BareJid, now: u64) -> UserPresence {
+pub fn presence(
+    table: &StatusTable,
+    observed: &Observed,
+    user: &BareJid,
+    now: u64,
+) -> UserPresence {
     let (sessions, last_active) = observed.snapshot(user);
     let mut resources: Vec<ResourcePresence> = sessions
         .iter()
@@ -485,9 +490,7 @@ pub fn presence(table: &StatusTable, observed: &Observed, user: &BareJid, now: u
         });
     }
     // The one shown first: highest priority, then most available, then most recent.
-    resources.sort_by_key(|r| {
-        std::cmp::Reverse((r.priority, availability(r.show), r.since_ms))
-    });
+    resources.sort_by_key(|r| std::cmp::Reverse((r.priority, availability(r.show), r.since_ms)));
     let (word, status) = match resources.first() {
         Some(r) => (r.presence, r.status.clone()),
         None => (Word::Offline.as_str(), None),
@@ -540,8 +543,14 @@ mod tests {
     #[test]
     fn sessions_come_change_and_go() {
         let o = Observed::new();
-        assert!(o.announce(&full("bob@x/phone"), avail(Some(Show::Dnd), Some("busy"), 5, 10)));
-        assert!(!o.announce(&full("bob@x/phone"), avail(Some(Show::Dnd), Some("busy"), 5, 20)));
+        assert!(o.announce(
+            &full("bob@x/phone"),
+            avail(Some(Show::Dnd), Some("busy"), 5, 10)
+        ));
+        assert!(!o.announce(
+            &full("bob@x/phone"),
+            avail(Some(Show::Dnd), Some("busy"), 5, 20)
+        ));
         assert!(o.announce(&full("bob@x/laptop"), avail(None, None, 0, 30)));
         assert_eq!(o.sessions(), 2);
         let (s, last) = o.snapshot(&BareJid::new("bob@x").unwrap());
@@ -574,7 +583,10 @@ mod tests {
         assert_eq!(p.last_active_ago, Some(800));
         o.announce(&full("bob@x/c"), avail(Some(Show::Dnd), None, 1, 300));
         assert_eq!(presence(&table, &o, &bob, 1000).presence, "dnd");
-        o.announce(&full("bob@x/d"), avail(Some(Show::Dnd), Some("newer"), 1, 400));
+        o.announce(
+            &full("bob@x/d"),
+            avail(Some(Show::Dnd), Some("newer"), 1, 400),
+        );
         let p = presence(&table, &o, &bob, 1000);
         assert_eq!(p.status.as_deref(), Some("newer"));
         assert_eq!(p.resources.len(), 4);

@@ -496,9 +496,7 @@ pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, S
 }
 
 /// Every item of a roster result (a `remove` item is skipped: it is no item).
-pub fn roster_items(
-    payload: Option<&Element>,
-) -> Result<Vec<crate::observe::RosterItem>, String> {
+pub fn roster_items(payload: Option<&Element>) -> Result<Vec<crate::observe::RosterItem>, String> {
     use crate::observe::RosterItem;
     let Some(payload) = payload else {
         return Ok(Vec::new());

@@ -255,6 +255,15 @@ impl TestClient {
         }
     }
 
+    /// Drop the TCP connection without a stream footer or `unavailable` (a client that crashed
+    /// or lost its network).
+    pub async fn abort(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// The next stanza (pending ones first), or `None` at `deadline`. Non-stanza elements and a
     /// disconnect are reported on stderr and otherwise treated like silence.
     async fn next_until(&mut self, deadline: Instant) -> Option<Stanza> {

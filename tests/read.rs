@@ -1,0 +1,490 @@
+//! The read side against real Prosody and ejabberd with real XMPP clients: observed sessions,
+//! the aggregated presence, contacts, and the event stream read by a real SSE client library
+//! (httpx-sse, from `target/venv`).
+//!
+//! alice and bob are mutual contacts; carol is in alice's roster without a subscription.
+
+#[macro_use]
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::ext::{request, Ext, API_KEY};
+use common::server::{Kind, Server};
+use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
+use xmpp_parsers::roster::{Group, Item, Roster, Subscription};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct World {
+    server: Server,
+    ext: Ext,
+}
+
+async fn world(kind: Kind, users: &[&str]) -> World {
+    let server = Server::start(kind).await;
+    server.register(users).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    World { server, ext }
+}
+
+async fn call(ext: &Ext, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut headers = vec![("Api-Key", API_KEY)];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (code, text) = request(ext.http, method, path, &headers, body.as_bytes()).await;
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+    (code, v)
+}
+
+async fn get_presence(ext: &Ext, user: &str) -> Value {
+    let (code, v) = call(
+        ext,
+        "GET",
+        &format!("/v1/users/{user}@{DOMAIN}/presence"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// Poll `GET user` until `pred` holds (bounded), returning the last answer.
+async fn presence_until(ext: &Ext, user: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = get_presence(ext, user).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{user}: never {what}; last: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn presence(show: Option<Show>, status: &str, priority: i8) -> Presence {
+    let mut p = Presence::available();
+    p.show = show;
+    p.priority = xmpp_parsers::presence::Priority(priority);
+    p.statuses.insert(
+        xmpp_parsers::message::Lang(String::new()),
+        status.to_string(),
+    );
+    p
+}
+
+/// Scenario 1: bob's session as the server announces it: dnd "busy" at priority 5, then away,
+/// then logged out by `unavailable` → offline with `last_active_ago` close to the time since.
+async fn session_observed(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let port = w.server.c2s_port();
+    let mut bob = TestClient::connect_as(port, "bob", Some("desk"), false).await;
+    bob.send(presence(Some(Show::Dnd), "busy", 5)).await;
+    let v = presence_until(&w.ext, "bob", "dnd", |v| v["presence"] == "dnd").await;
+    assert_eq!(v["status"], "busy", "{v}");
+    assert_eq!(v["currently_active"], true, "{v}");
+    assert_eq!(v["user"], format!("bob@{DOMAIN}"));
+    let r = &v["resources"][0];
+    assert_eq!(r["resource"], "desk", "{v}");
+    assert_eq!(r["origin"], "session", "{v}");
+    assert_eq!(r["priority"], 5, "{v}");
+    assert!(r["since"].is_string(), "{v}");
+    assert!(v["last_active_ago"].as_u64().unwrap() < 5000, "{v}");
+    // Prosody announces every session and logout; ejabberd 23.01 neither announces the sessions
+    // online at connect nor a stream closed without `unavailable` (README "What the server tells").
+    assert_eq!(v["complete"], kind == Kind::Prosody, "{v}");
+
+    bob.send(presence(Some(Show::Away), "back soon", 5)).await;
+    presence_until(&w.ext, "bob", "away", |v| {
+        v["presence"] == "away" && v["status"] == "back soon"
+    })
+    .await;
+
+    bob.send(Presence::new(PresenceType::Unavailable)).await;
+    let gone = Instant::now();
+    let v = presence_until(&w.ext, "bob", "offline", |v| v["presence"] == "offline").await;
+    assert_eq!(v["currently_active"], false, "{v}");
+    assert_eq!(v["resources"], json!([]), "{v}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let v = get_presence(&w.ext, "bob").await;
+    let ago = v["last_active_ago"]
+        .as_u64()
+        .expect("last_active_ago known");
+    let since = gone.elapsed().as_millis() as u64;
+    assert!(
+        ago <= since + 200 && ago + 1000 >= since,
+        "last_active_ago {ago} ms, logged out {since} ms ago: {v}"
+    );
+    bob.disconnect().await;
+}
+
+/// Scenario 1b: bob ends his session without `unavailable`: by closing the XML stream, and by
+/// dropping the TCP connection. Prosody tells (offline); ejabberd 23.01 does not (the session
+/// stays, `complete: false`), as measured.
+async fn session_closed_without_unavailable(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let port = w.server.c2s_port();
+    for (how, resource) in [("stream close", "closing"), ("TCP drop", "dropping")] {
+        let mut bob = TestClient::connect_as(port, "bob", Some(resource), false).await;
+        bob.send(presence(None, how, 1)).await;
+        presence_until(&w.ext, "bob", "online", |v| {
+            v["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["resource"] == resource))
+        })
+        .await;
+        if how == "stream close" {
+            bob.disconnect().await;
+        } else {
+            bob.abort().await;
+        }
+        match kind {
+            Kind::Prosody => {
+                let v = presence_until(&w.ext, "bob", "without the session", |v| {
+                    v["resources"]
+                        .as_array()
+                        .is_some_and(|r| !r.iter().any(|r| r["resource"] == resource))
+                })
+                .await;
+                assert_eq!(v["complete"], true, "{how}: {v}");
+                assert!(v["last_active_ago"].as_u64().unwrap() < 5000, "{v}");
+            }
+            Kind::Ejabberd => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let v = get_presence(&w.ext, "bob").await;
+                assert!(
+                    v["resources"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["resource"] == resource)),
+                    "{how}: ejabberd 23.01 was measured not to tell; did it now? {v}"
+                );
+                assert_eq!(v["complete"], false, "{how}: {v}");
+            }
+        }
+    }
+}
+
+/// Scenario 2: alice holds a synthetic dnd (priority -1) and has a real session online at
+/// priority 0: the aggregate is her session; `resources` lists both with their origins.
+async fn aggregate_session_and_synthetic(kind: Kind) {
+    let w = world(kind, &["alice", "bob"]).await;
+    let (code, v) = call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/alice@{DOMAIN}/status"),
+        Some(json!({"presence": "dnd", "status": "On a call", "source": "pbx"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let v = get_presence(&w.ext, "alice").await;
+    assert_eq!(
+        (&v["presence"], &v["status"]),
+        (&json!("dnd"), &json!("On a call")),
+        "{v}"
+    );
+    assert_eq!(v["currently_active"], false, "{v}");
+    let r = &v["resources"][0];
+    assert_eq!(r["origin"], "extpresence", "{v}");
+    assert_eq!(r["sources"], json!(["pbx"]), "{v}");
+    assert_eq!(r["priority"], -1, "{v}");
+
+    let mut alice =
+        TestClient::connect_as(w.server.c2s_port(), "alice", Some("laptop"), false).await;
+    alice.send(presence(None, "at my desk", 0)).await;
+    let v = presence_until(&w.ext, "alice", "online", |v| v["presence"] == "online").await;
+    assert_eq!(v["status"], "at my desk", "{v}");
+    assert_eq!(v["currently_active"], true, "{v}");
+    let origins: Vec<(&str, &str)> = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap(),
+                r["origin"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        origins,
+        [("laptop", "session"), ("tigase-external", "extpresence")],
+        "{v}"
+    );
+    // The query endpoint answers the same objects.
+    let (code, q) = call(
+        &w.ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({"users": [format!("alice@{DOMAIN}"), format!("nobody@{DOMAIN}")]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{q}");
+    assert_eq!(q["presence"][0]["presence"], "online", "{q}");
+    assert_eq!(q["presence"][1]["presence"], "offline", "{q}");
+    assert_eq!(q["presence"][1]["resources"], json!([]), "{q}");
+    let (code, e) = call(
+        &w.ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({"users": ["alice@elsewhere.example"]})),
+    )
+    .await;
+    assert_eq!(
+        (code, &e["error"]["code"]),
+        (403, &json!("domain_not_served")),
+        "{e}"
+    );
+    alice.disconnect().await;
+}
+
+/// Scenario 3: alice's contacts: bob (both) with his presence as alice sees it; carol (in the
+/// roster, no subscription) without.
+async fn contacts(kind: Kind) {
+    let w = world(kind, &["alice", "bob", "carol"]).await;
+    let port = w.server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", false).await;
+    let add_carol = Iq::from_set(
+        "add-carol",
+        Roster {
+            ver: None,
+            items: vec![Item {
+                jid: format!("carol@{DOMAIN}").parse().unwrap(),
+                name: Some("Carol".into()),
+                subscription: Subscription::None,
+                ask: Default::default(),
+                groups: vec![Group("Friends".into())],
+                approved: None,
+            }],
+        },
+    );
+    alice.send(add_carol).await;
+    let mut bob = TestClient::connect_as(port, "bob", Some("phone"), false).await;
+    bob.send(presence(Some(Show::Xa), "gone fishing", 0)).await;
+    let mut carol = TestClient::connect(port, "carol", false).await;
+    carol.send(presence(None, "carol is here", 0)).await;
+    presence_until(&w.ext, "bob", "xa", |v| v["presence"] == "xa").await;
+    presence_until(&w.ext, "carol", "online", |v| v["presence"] == "online").await;
+
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let (code, v) = call(
+            &w.ext,
+            "GET",
+            &format!("/v1/users/alice@{DOMAIN}/contacts"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        if v["contacts"].as_array().is_some_and(|c| c.len() == 2) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "carol never in alice's roster: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let find = |jid: &str| {
+        v["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["jid"] == format!("{jid}@{DOMAIN}"))
+            .unwrap_or_else(|| panic!("{jid} not in {v}"))
+            .clone()
+    };
+    let b = find("bob");
+    assert_eq!(b["subscription"], "both", "{v}");
+    assert_eq!(b["presence"]["presence"], "xa", "{v}");
+    assert_eq!(b["presence"]["status"], "gone fishing", "{v}");
+    assert!(b["presence"]["received"].is_string(), "{v}");
+    assert_eq!(b["presence"]["resources"][0]["resource"], "phone", "{v}");
+    let c = find("carol");
+    assert_eq!(c["subscription"], "none", "{v}");
+    assert_eq!(c["name"], "Carol", "{v}");
+    assert_eq!(c["groups"], json!(["Friends"]), "{v}");
+    assert!(
+        c.get("presence").is_none(),
+        "carol's presence is not alice's to see: {v}"
+    );
+    for c in [alice, bob, carol] {
+        c.disconnect().await;
+    }
+}
+
+/// An SSE subscriber: tests/python/sse_client.py (httpx-sse) as a child process.
+struct Subscriber {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Subscriber {
+    async fn connect(ext: &Ext, query: &str, last_event_id: Option<&str>) -> Subscriber {
+        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sse_client.py");
+        assert!(
+            std::path::Path::new(python).exists(),
+            "{python} is missing: run scripts/install-deps.sh (the test command does)"
+        );
+        let mut cmd = tokio::process::Command::new(python);
+        cmd.arg(script)
+            .arg(format!("http://{}/v1/events{query}", ext.http))
+            .arg(API_KEY)
+            .args(last_event_id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("run sse_client.py");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Subscriber { child, lines };
+        let first = s.line().await;
+        assert_eq!(first, "connected", "SSE client did not connect");
+        s
+    }
+
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            other => panic!("SSE client: no line within {WAIT:?}: {other:?}"),
+        }
+    }
+
+    async fn event(&mut self) -> Value {
+        let l = self.line().await;
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("SSE client line {l:?}: {e}"))
+    }
+
+    /// Nothing more arrives within `window`.
+    async fn quiet(&mut self, window: Duration) {
+        if let Ok(l) = tokio::time::timeout(window, self.lines.next_line()).await {
+            panic!("SSE client: unexpected {l:?}");
+        }
+    }
+
+    async fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// Scenario 4: a subscriber filtered on alice sees, in order: a /v1 set, its expiry, (not bob's
+/// login), a Tigase-dialect clear. Resuming with `Last-Event-ID` gives exactly the missed
+/// events; resuming after a restart of extpresence gives `reset`.
+async fn event_stream(kind: Kind) {
+    let mut w = world(kind, &["alice", "bob"]).await;
+    let alice = format!("alice@{DOMAIN}");
+    let filter = format!("?user={alice}");
+    // Held before the subscriber connects: what the Tigase-dialect clear removes at the end.
+    w.ext
+        .post_ok(
+            &format!("/rest/user/{alice}/status"),
+            "application/json",
+            r#"{"show": "chat"}"#,
+        )
+        .await;
+    let mut sse = Subscriber::connect(&w.ext, &filter, None).await;
+
+    let (code, v) = call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/{alice}/status"),
+        Some(json!({"presence": "away", "status": "Lunch", "source": "calendar", "expires_in": 2})),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let set = sse.event().await;
+    assert_eq!(set["event"], "presence", "{set}");
+    assert_eq!(set["data"]["cause"], "status", "{set}");
+    assert_eq!(set["data"]["user"], alice, "{set}");
+    assert_eq!(set["data"]["presence"], "away", "{set}");
+    assert!(set["data"]["at"].is_string(), "{set}");
+
+    let expiry = sse.event().await;
+    assert_eq!(expiry["data"]["cause"], "expiry", "{expiry}");
+    assert_eq!(expiry["data"]["presence"], "chat", "{expiry}");
+
+    let bob = TestClient::connect(w.server.c2s_port(), "bob", true).await;
+    presence_until(&w.ext, "bob", "online", |v| v["presence"] == "online").await;
+
+    w.ext
+        .post_ok(
+            &format!("/rest/user/{alice}/status"),
+            "application/json",
+            r#"{"available": false}"#,
+        )
+        .await;
+    let clear = sse.event().await;
+    assert_eq!(clear["data"]["cause"], "status", "{clear}");
+    assert_eq!(
+        clear["data"]["user"], alice,
+        "bob's login passed the filter? {clear}"
+    );
+    assert_eq!(clear["data"]["presence"], "offline", "{clear}");
+    sse.quiet(Duration::from_millis(500)).await;
+
+    let ids: Vec<u64> = [&set, &expiry, &clear]
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids not increasing: {ids:?}"
+    );
+    sse.close().await;
+
+    // Resume after the first: exactly the two missed events.
+    let mut again = Subscriber::connect(&w.ext, &filter, Some(&ids[0].to_string())).await;
+    assert_eq!(again.event().await, expiry);
+    assert_eq!(again.event().await, clear);
+    again.quiet(Duration::from_millis(500)).await;
+    again.close().await;
+
+    // After a restart the buffer is gone: reset, then live events go on.
+    w.ext.terminate().await;
+    w.ext.restart().await;
+    w.ext.wait_privileged(1).await;
+    let mut after = Subscriber::connect(&w.ext, &filter, Some(&ids[2].to_string())).await;
+    let reset = after.event().await;
+    assert_eq!(reset["event"], "reset", "{reset}");
+    call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/{alice}/status"),
+        Some(json!({"presence": "dnd"})),
+    )
+    .await;
+    let next = after.event().await;
+    assert_eq!(next["data"]["presence"], "dnd", "{next}");
+    let id: u64 = next["id"].as_str().unwrap().parse().unwrap();
+    assert!(
+        id > ids[2],
+        "ids must keep increasing across a restart: {id} after {}",
+        ids[2]
+    );
+    after.close().await;
+    bob.disconnect().await;
+}
+
+scenarios!(
+    session_observed,
+    session_closed_without_unavailable,
+    aggregate_session_and_synthetic,
+    contacts,
+    event_stream,
+);
