@@ -59,6 +59,8 @@ use xmpp::LinkConfig;
 
 /// Longest wait for in-flight HTTP requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// A client that reads nothing of its response (or event stream) for this long is disconnected.
+const HTTP_WRITE_STALL: Duration = Duration::from_secs(60);
 /// Longest wait for the `unavailable` fan-out and the stream close at shutdown.
 const XMPP_DRAIN: Duration = Duration::from_secs(5);
 
@@ -164,6 +166,7 @@ pub async fn run(
     let limits = http::listener::HttpLimits {
         max_connections: http::listener::connection_cap(settings.max_connections, open_files),
         header_timeout: settings.header_timeout,
+        write_stall: HTTP_WRITE_STALL,
     };
     if limits.max_connections < settings.max_connections {
         warn!(

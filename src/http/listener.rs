@@ -17,6 +17,10 @@
 //!   close, waits up to `PERMIT_WAIT` (1 s) for a permit and is dropped if none frees. The accept
 //!   loop waits with it, so at most one socket above the cap is ever open.
 //!
+//! - [`HttpLimits::write_stall`]: a connection whose writes make no progress for this long (the
+//!   client stopped reading: a stuck event-stream subscriber, a slow-read attack) is closed, so it
+//!   does not keep its socket buffers and its slot for ever ([`StallGuard`]).
+//!
 //! # Closing a connection (eviction, shutdown)
 //! hyper's `graceful_shutdown` closes a connection at once when it is idle between requests or
 //! has received nothing yet, and lets an in-flight request finish (its answer then carries
@@ -71,6 +75,105 @@ pub struct HttpLimits {
     /// from the end of the previous response — so it is also how long an idle keep-alive
     /// connection is kept.
     pub header_timeout: Duration,
+    /// Longest time a write may wait for the client to read before the connection is closed.
+    pub write_stall: Duration,
+}
+
+/// A socket whose writes fail with `TimedOut` once they have waited for the client for longer
+/// than the stall limit in a row. hyper retries a pending write when its task is woken, and the
+/// timer wakes it, so the limit holds even when the client never reads again.
+struct StallGuard {
+    io: TcpStream,
+    limit: Duration,
+    /// Armed while a write is pending.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(io: TcpStream, limit: Duration) -> StallGuard {
+        StallGuard {
+            io,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// After a write or flush returned `result`: disarm on progress, arm (or check) on pending.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match result {
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the client read nothing for {limit:?}"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Counters the listener keeps (relaxed atomics), rendered by `metrics.rs`.
@@ -208,7 +311,8 @@ pub async fn serve(
             inner: TowerToHyperService::new(router.clone()),
             in_flight: in_flight.clone(),
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = StallGuard::new(stream, limits.write_stall);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let slot = Slot {
             _open: open,
             _registered: registered,
@@ -252,7 +356,7 @@ pub async fn serve(
 /// Run one connection to its end, or until `close` is cancelled (eviction, shutdown): then shut
 /// it down gracefully, dropping it after [`CLOSE_GRACE`] if no request is in flight.
 async fn drive(
-    conn: http1::Connection<TokioIo<TcpStream>, Counted>,
+    conn: http1::Connection<TokioIo<StallGuard>, Counted>,
     close: CancellationToken,
     in_flight: &AtomicUsize,
 ) {
@@ -543,12 +647,30 @@ mod tests {
         header_timeout: Duration,
         drain: Duration,
     ) -> TestServer {
+        start_stalling(max_connections, header_timeout, drain, LONG).await
+    }
+
+    /// An endless response body: 64 KiB chunks for ever.
+    async fn endless() -> axum::body::Body {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+        axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }))
+    }
+
+    async fn start_stalling(
+        max_connections: usize,
+        header_timeout: Duration,
+        drain: Duration,
+        write_stall: Duration,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, entered) = mpsc::unbounded_channel();
         let router = Router::new()
             .route("/ok", get(|| async { "ok" }))
             .route("/sleep/{ms}", get(sleep_handler))
+            .route("/endless", get(endless))
             .with_state(tx);
         let stats = Arc::new(ConnStats::default());
         let shutdown = CancellationToken::new();
@@ -558,6 +680,7 @@ mod tests {
             HttpLimits {
                 max_connections,
                 header_timeout,
+                write_stall,
             },
             stats.clone(),
             shutdown.clone(),
@@ -820,5 +943,30 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(250));
         closed(&mut busy, Duration::from_secs(1)).await;
         assert_eq!(stat(&srv.stats.open), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected() {
+        let srv = start_stalling(8, LONG, LONG, Duration::from_millis(300)).await;
+        let mut stuck = srv.connect().await;
+        send_get(&mut stuck, "/endless").await;
+        // Read nothing while the socket buffers fill and the stall limit passes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The body is endless: only the server closing the connection ends it.
+        let mut chunk = vec![0u8; 1 << 16];
+        let drained = timeout(Duration::from_secs(10), async {
+            loop {
+                match stuck.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the stalled connection was not closed");
+        assert_eq!(stat(&srv.stats.open), 0);
+        // A reading client is not affected.
+        let mut ok = srv.connect().await;
+        assert_eq!(request(&mut ok, "/ok").await, 200);
     }
 }
