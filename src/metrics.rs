@@ -50,6 +50,14 @@ pub struct Gauges {
     pub http_evicted: u64,
     /// New HTTP connections dropped at the cap.
     pub http_refused: u64,
+    /// Real sessions observed now (forwarded presence).
+    pub observed_sessions: u64,
+    /// The observed sessions are complete (the server has told us everything).
+    pub observed_complete: bool,
+    /// Event-stream subscribers connected now.
+    pub event_subscribers: u64,
+    /// Events published since start.
+    pub events: u64,
 }
 
 /// Every counter extpresence exports.
@@ -125,6 +133,30 @@ impl Metrics {
             "gauge",
             "Synthetic resources held (including cleared ones whose unavailable is pending).",
             &[("", g.held.to_string())],
+        );
+        metric(
+            "extpresence_observed_sessions",
+            "gauge",
+            "Real sessions of users (and contacts) the server announced.",
+            &[("", g.observed_sessions.to_string())],
+        );
+        metric(
+            "extpresence_observed_complete",
+            "gauge",
+            "1 when the server has told us every session (GET presence `complete`), else 0.",
+            &[("", u8::from(g.observed_complete).to_string())],
+        );
+        metric(
+            "extpresence_event_subscribers",
+            "gauge",
+            "Event-stream (SSE) subscribers connected now.",
+            &[("", g.event_subscribers.to_string())],
+        );
+        metric(
+            "extpresence_events_total",
+            "counter",
+            "Presence events published (one per change of a served user's presence).",
+            &[("", g.events.to_string())],
         );
         let u = |o: Outcome| self.updates[o as usize].load(Relaxed).to_string();
         metric(

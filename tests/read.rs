@@ -14,7 +14,8 @@ use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
 use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
@@ -479,6 +480,184 @@ async fn event_stream(kind: Kind) {
     );
     after.close().await;
     bob.disconnect().await;
+}
+
+/// Open an event stream on a raw socket (for many subscribers; the library client is above).
+async fn raw_subscribe(
+    addr: std::net::SocketAddr,
+    query: &str,
+    recv_buffer: Option<u32>,
+) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET /v1/events{query} HTTP/1.1\r\nHost: t\r\nApi-Key: {API_KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// Scenario 5: 1,000 subscribers, one of which never reads. A flood of 20,000 events later, the
+/// 999 others and alice's contact get alice's next change at once; the stuck one, when it reads
+/// at last, finds `event: reset` and the end of the stream, not the whole flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_subscriber_is_reset_and_slows_nobody() {
+    // 1,000 sockets here and there: raise this process's descriptor limit (root, as in CI).
+    let me = std::process::id().to_string();
+    let raised = std::process::Command::new("prlimit")
+        .args(["--pid", &me, "--nofile=8192:8192"])
+        .status()
+        .expect("run prlimit");
+    assert!(
+        raised.success(),
+        "prlimit --pid {me} failed (the tests run as root)"
+    );
+    let server = Server::start(Kind::Prosody).await;
+    let users: Vec<String> = ["alice", "bob"].iter().map(|s| s.to_string()).collect();
+    server.register(&["alice", "bob"]).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    drop(users);
+    let mut ext = Ext::start_launched(
+        server.component_port(),
+        DOMAIN,
+        COMPONENT,
+        SECRET,
+        |c| c.replace("[http]\n", "[http]\nmax_connections = 2000\n"),
+        Vec::new(),
+        vec!["prlimit".into(), "--nofile=4096:4096".into()],
+    )
+    .await;
+    ext.wait_privileged(1).await;
+    let addr = ext.http;
+    let alice_jid = format!("alice@{DOMAIN}");
+
+    let stuck = raw_subscribe(addr, "", Some(4096)).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for chunk in (0..999).collect::<Vec<_>>().chunks(50) {
+        for _ in chunk {
+            let mut s = raw_subscribe(addr, &format!("?user={alice_jid}"), None).await;
+            let seen = seen_tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if got.windows(12).any(|w| w == b"final change") {
+                                let _ = seen.send(Instant::now());
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    drop(seen_tx);
+    // Every subscriber is registered with the hub before the flood.
+    let deadline = Instant::now() + WAIT;
+    while metric(&ext, "extpresence_event_subscribers").await < 1000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "1,000 subscribers never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The flood: 20 bulk commits of 1,000 changes each (other users than alice).
+    for round in 0..20 {
+        let updates: Vec<Value> = (0..1000)
+            .map(|i| json!({"user": format!("u{i}@{DOMAIN}"), "presence": "away", "status": format!("round {round}")}))
+            .collect();
+        let (code, v) = call(
+            &ext,
+            "POST",
+            "/v1/statuses",
+            Some(json!({"updates": updates})),
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let started = Instant::now();
+    let (code, v) = call(
+        &ext,
+        "PUT",
+        &format!("/v1/users/{alice_jid}/status"),
+        Some(json!({"presence": "dnd", "status": "final change"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    bob.expect_presence(WAIT, |p| p.statuses.values().any(|s| s == "final change"))
+        .await;
+    let to_contact = started.elapsed();
+    let mut n = 0;
+    let mut last = started;
+    while let Ok(Some(at)) = tokio::time::timeout(WAIT, seen_rx.recv()).await {
+        n += 1;
+        last = last.max(at);
+    }
+    assert_eq!(n, 999, "not every reading subscriber got alice's change");
+    let to_all = last - started;
+    eprintln!(
+        "alice's change after the flood: contact {to_contact:?}, all 999 subscribers {to_all:?}"
+    );
+    assert!(to_all < Duration::from_secs(10), "{to_all:?}");
+
+    // The stuck one reads at last: the start of the flood, then `reset`, then the end.
+    let mut stuck = stuck;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stuck.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stuck subscriber's stream did not end");
+    let text = String::from_utf8_lossy(&got);
+    let events = text.matches("event: presence").count();
+    assert!(
+        text.contains("event: reset"),
+        "no reset in {} bytes",
+        got.len()
+    );
+    assert!(
+        events < 20_000,
+        "the stuck subscriber got the whole flood ({events} events)"
+    );
+    assert!(
+        !text.contains("final change"),
+        "the stuck subscriber was not cut off"
+    );
+    eprintln!("stuck subscriber: {events} events, then reset");
+    for r in readers {
+        r.abort();
+    }
+    bob.disconnect().await;
+    ext.terminate().await;
+}
+
+async fn metric(ext: &Ext, name: &str) -> f64 {
+    let (code, text) = request(ext.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(code, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 scenarios!(

@@ -6,21 +6,23 @@
 //! One task ([`EventHub::run`]) turns each notification into an event: it reads the user's
 //! presence as it is now (held statuses and observed sessions, aggregated), renders it to JSON
 //! once, numbers it and publishes it:
-//! - to the resume buffer ([`BUFFER`] events) and a `tokio::sync::broadcast` channel that the
-//!   SSE streams read (`http/events.rs`). A subscriber that falls [`SUBSCRIBER_QUEUE`] events
-//!   behind loses its place (the channel overwrites, it never waits) and is sent `reset`: a slow
-//!   client never slows the others or this task.
+//! - to the resume buffer ([`BUFFER`] events), and to each subscriber whose [`Filter`] passes it
+//!   (subscribers are indexed by user and domain, so an event costs only its own subscribers).
+//!   Each subscriber (an SSE stream, `http/read.rs`) has a bounded queue of [`SUBSCRIBER_QUEUE`]
+//!   events; one that falls that far behind has its queue ended and is sent `reset`: publishing
+//!   never waits, so a slow client never slows the others or this task.
 //! - to the durable consumers ([`EventHub::tap`], the webhooks), which see every event in order.
 //!
 //! Event ids are unique and increasing, also across restarts: an id is the time in microseconds
 //! since the Unix epoch, or the previous id + 1 if that is not larger. A `Last-Event-ID` from
 //! before this process started (or older than the buffer) cannot be resumed: [`Resume::Reset`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jid::BareJid;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::{self, Observed};
@@ -66,15 +68,66 @@ pub struct Event {
     pub data: Arc<str>,
 }
 
-/// Where a subscriber starts.
+/// Which users a subscriber wants: those listed, and those of the domains listed; everyone when
+/// both are empty.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Users.
+    pub users: HashSet<BareJid>,
+    /// Domains.
+    pub domains: HashSet<String>,
+}
+
+impl Filter {
+    /// Whether `user`'s events pass.
+    pub fn wants(&self, user: &BareJid) -> bool {
+        (self.users.is_empty() && self.domains.is_empty())
+            || self.users.contains(user)
+            || self.domains.contains(user.domain().as_str())
+    }
+}
+
+/// A subscriber's end: the events it missed (when resuming), then its live queue.
 #[derive(Debug)]
-pub enum Resume {
-    /// From now on (no `Last-Event-ID`).
-    Live(broadcast::Receiver<Arc<Event>>),
-    /// The buffered events after the given id, then live.
-    From(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>),
-    /// The given id cannot be resumed (too old, from before a restart, or unknown).
-    Reset(broadcast::Receiver<Arc<Event>>),
+pub struct Subscription {
+    /// The resume could not be served (too old, from before a restart, or unknown): tell the
+    /// client to read again.
+    pub reset: bool,
+    /// Buffered events after the resumed id that pass the filter.
+    pub backlog: Vec<Arc<Event>>,
+    /// Live events that pass the filter. Ends when the hub closes, or when the subscriber fell
+    /// [`SUBSCRIBER_QUEUE`] events behind ([`Subscription::lagged`]).
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+    /// Unregisters on drop.
+    _guard: Registered,
+}
+
+impl Subscription {
+    /// Whether the queue was ended because the subscriber fell behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Relaxed)
+    }
+}
+
+/// A subscriber as the publisher sees it.
+#[derive(Debug)]
+struct Sub {
+    tx: mpsc::Sender<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+    /// The subscriber's user filter (a subscriber listed under a domain and also under the user
+    /// gets the event once).
+    users: Arc<HashSet<BareJid>>,
+}
+
+/// Subscribers indexed by what they want, so that an event costs only its own subscribers.
+#[derive(Debug, Default)]
+struct Registry {
+    all: HashMap<u64, Sub>,
+    by_user: HashMap<BareJid, HashMap<u64, Sub>>,
+    by_domain: HashMap<String, HashMap<u64, Sub>>,
+    next: u64,
+    count: usize,
 }
 
 #[derive(Debug)]
@@ -85,15 +138,53 @@ struct Buffer {
     floor: u64,
     /// The last id assigned.
     last: u64,
+    subs: Registry,
 }
 
 #[derive(Debug)]
 struct Inner {
     notify: mpsc::UnboundedSender<(BareJid, Cause, u64)>,
+    /// The resume buffer and the subscribers, under one lock: subscribing and publishing are
+    /// ordered, so a backlog and the live queue neither overlap nor leave a gap.
     buffer: Mutex<Buffer>,
-    live: broadcast::Sender<Arc<Event>>,
     taps: Mutex<Vec<mpsc::UnboundedSender<Arc<Event>>>>,
-    closing: CancellationToken,
+    closed: AtomicBool,
+    published: AtomicU64,
+}
+
+/// Removes a subscriber from the registry when its stream goes.
+#[derive(Debug)]
+struct Registered {
+    hub: EventHub,
+    id: u64,
+    filter: Filter,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut buf = self.hub.lock_buffer();
+        let r = &mut buf.subs;
+        let mut removed = r.all.remove(&self.id).is_some();
+        for u in &self.filter.users {
+            if let Some(m) = r.by_user.get_mut(u) {
+                removed |= m.remove(&self.id).is_some();
+                if m.is_empty() {
+                    r.by_user.remove(u);
+                }
+            }
+        }
+        for d in &self.filter.domains {
+            if let Some(m) = r.by_domain.get_mut(d) {
+                removed |= m.remove(&self.id).is_some();
+                if m.is_empty() {
+                    r.by_domain.remove(d);
+                }
+            }
+        }
+        if removed {
+            r.count -= 1;
+        }
+    }
 }
 
 /// Cheap-to-clone handle of the hub.
@@ -116,7 +207,6 @@ impl EventHub {
     /// A hub and the receiver its [`run`](Self::run) task reads.
     pub fn new() -> (EventHub, Notifications) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (live, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         let start = now_us();
         let hub = EventHub {
             inner: Arc::new(Inner {
@@ -125,10 +215,11 @@ impl EventHub {
                     events: VecDeque::new(),
                     floor: start,
                     last: start,
+                    subs: Registry::default(),
                 }),
-                live,
                 taps: Mutex::new(Vec::new()),
-                closing: CancellationToken::new(),
+                closed: AtomicBool::new(false),
+                published: AtomicU64::new(0),
             }),
         };
         (hub, Notifications(rx))
@@ -156,24 +247,68 @@ impl EventHub {
         self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Subscribe, resuming after `last_event_id` if given. Taken under the buffer's lock, so the
-    /// backlog and the live channel neither overlap nor leave a gap.
-    pub fn subscribe(&self, last_event_id: Option<u64>) -> Resume {
-        let buf = self.lock_buffer();
-        let rx = self.inner.live.subscribe();
-        match last_event_id {
-            None => Resume::Live(rx),
-            Some(id) if id < buf.floor || id > buf.last => Resume::Reset(rx),
+    /// Subscribe to the events `filter` passes, resuming after `last_event_id` if given.
+    pub fn subscribe(&self, filter: Filter, last_event_id: Option<u64>) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let mut buf = self.lock_buffer();
+        let (reset, backlog) = match last_event_id {
+            None => (false, Vec::new()),
+            Some(id) if id < buf.floor || id > buf.last => (true, Vec::new()),
             Some(id) => {
                 let skip = buf.events.partition_point(|e| e.id <= id);
-                Resume::From(buf.events.iter().skip(skip).cloned().collect(), rx)
+                let backlog = buf
+                    .events
+                    .iter()
+                    .skip(skip)
+                    .filter(|e| filter.wants(&e.user))
+                    .cloned()
+                    .collect();
+                (false, backlog)
+            }
+        };
+        let r = &mut buf.subs;
+        r.next += 1;
+        let id = r.next;
+        let sub = || Sub {
+            tx: tx.clone(),
+            lagged: lagged.clone(),
+            users: Arc::new(filter.users.clone()),
+        };
+        if !self.inner.closed.load(Ordering::Relaxed) {
+            r.count += 1;
+            if filter.users.is_empty() && filter.domains.is_empty() {
+                r.all.insert(id, sub());
+            }
+            for u in &filter.users {
+                r.by_user.entry(u.clone()).or_default().insert(id, sub());
+            }
+            for d in &filter.domains {
+                r.by_domain.entry(d.clone()).or_default().insert(id, sub());
             }
         }
+        drop(buf);
+        Subscription {
+            reset,
+            backlog,
+            rx,
+            lagged,
+            _guard: Registered {
+                hub: self.clone(),
+                id,
+                filter,
+            },
+        }
+    }
+
+    /// Events published since start.
+    pub fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::Relaxed)
     }
 
     /// Subscribers connected now.
     pub fn subscribers(&self) -> usize {
-        self.inner.live.receiver_count()
+        self.lock_buffer().subs.count
     }
 
     /// Number and publish one event.
@@ -193,8 +328,31 @@ impl EventHub {
             }
         }
         buf.events.push_back(event.clone());
-        // No subscriber is not an error.
-        let _ = self.inner.live.send(event.clone());
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let r = &mut buf.subs;
+        let offer = |subs: &mut HashMap<u64, Sub>, skip_listed_user: bool| {
+            subs.retain(|_, sub| {
+                if skip_listed_user && sub.users.contains(&event.user) {
+                    return true; // it has the event through its user list
+                }
+                match sub.tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Too far behind: its queue ends here, and it is told to read again.
+                        sub.lagged.store(true, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        };
+        offer(&mut r.all, false);
+        if let Some(subs) = r.by_user.get_mut(&event.user) {
+            offer(subs, false);
+        }
+        if let Some(subs) = r.by_domain.get_mut(event.user.domain().as_str()) {
+            offer(subs, true);
+        }
         drop(buf);
         self.lock_taps()
             .retain(|tap| tap.send(event.clone()).is_ok());
@@ -218,15 +376,14 @@ impl EventHub {
         self.close();
     }
 
-    /// End every subscriber's stream and every tap (at shutdown).
+    /// End every subscriber's stream and every tap (at shutdown): their queues' senders go.
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
         self.lock_taps().clear();
-        self.inner.closing.cancel();
-    }
-
-    /// Cancelled when the hub closes: SSE streams end on it (the broadcast sender lives as long
-    /// as any handle, so its closing cannot tell them).
-    pub fn closing(&self) -> CancellationToken {
-        self.inner.closing.clone()
+        let mut buf = self.lock_buffer();
+        let r = &mut buf.subs;
+        r.all.clear();
+        r.by_user.clear();
+        r.by_domain.clear();
     }
 }

@@ -12,7 +12,6 @@
 //! Like the rest of `/v1` it only translates: the model is [`crate::observe`] (the aggregation),
 //! [`crate::events`] (numbering, buffering, fan-out) and [`crate::observe::Rosters`].
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +27,6 @@ use axum::Router;
 use futures::Stream;
 use jid::BareJid;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
@@ -36,7 +34,7 @@ use super::input;
 use super::server::AppState;
 use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, user_of};
 use super::v1::{ErrorBody, MAX_BULK_BYTES};
-use crate::events::{Event, Resume};
+use crate::events::{Event, Filter, Subscription};
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
 use crate::status::now_ms;
 
@@ -276,45 +274,30 @@ pub(super) async fn get_contacts(
     finish(&state, &method, path_user(&path), r)
 }
 
-/// Which users a subscriber wants.
-#[derive(Debug, Default)]
-struct Filter {
-    users: HashSet<BareJid>,
-    domains: HashSet<String>,
-}
-
-impl Filter {
-    fn parse(state: &AppState, query: Option<&str>) -> Result<Filter, ApiError> {
-        let mut f = Filter::default();
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match k.as_ref() {
-                "user" => {
-                    f.users.insert(input::served_user(&v, &state.domains)?);
-                }
-                "domain" => {
-                    let d = jid::BareJid::new(&v)
-                        .ok()
-                        .filter(|j| j.node().is_none())
-                        .ok_or_else(|| {
-                            ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
-                        })?;
-                    let d = d.domain().to_string();
-                    if !state.domains.contains(&d) {
-                        return Err(ApiError::Domain(d));
-                    }
-                    f.domains.insert(d);
-                }
-                _ => {}
+fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiError> {
+    let mut f = Filter::default();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "user" => {
+                f.users.insert(input::served_user(&v, &state.domains)?);
             }
+            "domain" => {
+                let d = jid::BareJid::new(&v)
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .ok_or_else(|| {
+                        ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
+                    })?;
+                let d = d.domain().to_string();
+                if !state.domains.contains(&d) {
+                    return Err(ApiError::Domain(d));
+                }
+                f.domains.insert(d);
+            }
+            _ => {}
         }
-        Ok(f)
     }
-
-    fn wants(&self, event: &Event) -> bool {
-        (self.users.is_empty() && self.domains.is_empty())
-            || self.users.contains(&event.user)
-            || self.domains.contains(event.user.domain().as_str())
-    }
+    Ok(f)
 }
 
 fn sse(event: &Event) -> SseEvent {
@@ -330,50 +313,36 @@ fn reset(why: &str) -> SseEvent {
         .data(serde_json::json!({ "reason": why }).to_string())
 }
 
+const LAGGED: &str = "this client fell too far behind and was disconnected; read the presence \
+                      again with GET and reconnect";
+
 /// What an event stream has still to send.
 struct Subscriber {
-    backlog: std::vec::IntoIter<Arc<Event>>,
-    rx: broadcast::Receiver<Arc<Event>>,
-    filter: Filter,
     first: Option<SseEvent>,
+    backlog: std::vec::IntoIter<Arc<Event>>,
+    sub: Subscription,
     done: bool,
-    closing: tokio_util::sync::CancellationToken,
 }
 
 fn stream(s: Subscriber) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures::stream::unfold(Some(s), |s| async move {
-        let mut s = s?;
+    futures::stream::unfold(s, |mut s| async move {
         if let Some(first) = s.first.take() {
-            return Some((Ok(first), Some(s)));
+            return Some((Ok(first), s));
         }
         if s.done {
             return None;
         }
-        for e in s.backlog.by_ref() {
-            if s.filter.wants(&e) {
-                return Some((Ok(sse(&e)), Some(s)));
-            }
+        if let Some(e) = s.backlog.next() {
+            return Some((Ok(sse(&e)), s));
         }
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = s.closing.cancelled() => return None,
-                next = s.rx.recv() => next,
-            };
-            match next {
-                Ok(e) if s.filter.wants(&e) => return Some((Ok(sse(&e)), Some(s))),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    s.done = true;
-                    let why = format!(
-                        "this client fell {n} events behind and was disconnected; read the \
-                         presence again with GET and reconnect"
-                    );
-                    return Some((Ok(reset(&why)), Some(s)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+        let next = s.sub.rx.recv().await;
+        // Checked before every event: after a lag the queue may go on with a gap.
+        if s.sub.lagged() {
+            s.done = true;
+            return Some((Ok(reset(LAGGED)), s));
         }
+        let e = next?;
+        Some((Ok(sse(&e)), s))
     })
 }
 
@@ -404,7 +373,7 @@ pub(super) async fn events(
 ) -> Response {
     let r = (|| {
         state.keys.check(q.as_deref(), &headers)?;
-        let filter = Filter::parse(&state, q.as_deref())?;
+        let filter = parse_filter(&state, q.as_deref())?;
         let last = match headers.get("last-event-id") {
             None => None,
             Some(v) => {
@@ -415,25 +384,18 @@ pub(super) async fn events(
                 )
             }
         };
-        let (backlog, rx, first) = match state.hub.subscribe(last) {
-            Resume::Live(rx) => (Vec::new(), rx, None),
-            Resume::From(backlog, rx) => (backlog, rx, None),
-            Resume::Reset(rx) => (
-                Vec::new(),
-                rx,
-                Some(reset(
-                    "the events after Last-Event-ID are no longer buffered (too old, or \
-                     extpresence restarted); read the presence again with GET",
-                )),
-            ),
-        };
+        let mut sub = state.hub.subscribe(filter, last);
+        let first = sub.reset.then(|| {
+            reset(
+                "the events after Last-Event-ID are no longer buffered (too old, or \
+                 extpresence restarted); read the presence again with GET",
+            )
+        });
         let s = Subscriber {
-            backlog: backlog.into_iter(),
-            rx,
-            filter,
             first,
+            backlog: std::mem::take(&mut sub.backlog).into_iter(),
+            sub,
             done: false,
-            closing: state.hub.closing(),
         };
         Ok(Sse::new(stream(s))
             .keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))

@@ -110,6 +110,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         http_cap_hits: state.connections.cap_hits.load(Relaxed),
         http_evicted: state.connections.evicted.load(Relaxed),
         http_refused: state.connections.refused.load(Relaxed),
+        observed_sessions: state.observed.sessions() as u64,
+        observed_complete: state.observed.complete(),
+        event_subscribers: state.hub.subscribers() as u64,
+        events: state.hub.published(),
     });
     let mut r = body.into_response();
     r.headers_mut().insert(
