@@ -652,6 +652,105 @@ async fn stuck_subscriber_is_reset_and_slows_nobody() {
     ext.terminate().await;
 }
 
+/// The `sh` blocks of the README section `title`, with the address, key and domain substituted.
+fn readme_block(title: &str, nth: usize, ext: &Ext) -> String {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find(title).expect("section")..];
+    section
+        .split("```sh\n")
+        .nth(nth)
+        .and_then(|b| b.split("```").next())
+        .expect("sh block")
+        .replace("http://127.0.0.1:8080", &format!("http://{}", ext.http))
+        .replace("KEY", API_KEY)
+        .replace("example.com", DOMAIN)
+}
+
+/// The README's read-side examples, run as written against the real service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_work() {
+    let w = world(Kind::Prosody, &["alice", "bob", "carol"]).await;
+    let port = w.server.c2s_port();
+    let mut alice = TestClient::connect_as(port, "alice", Some("laptop"), false).await;
+    alice.send(presence(None, "at my desk", 0)).await;
+    alice
+        .send(Iq::from_set(
+            "add-carol",
+            Roster {
+                ver: None,
+                items: vec![Item {
+                    jid: format!("carol@{DOMAIN}").parse().unwrap(),
+                    name: Some("Carol".into()),
+                    subscription: Subscription::None,
+                    ask: Default::default(),
+                    groups: vec![Group("Friends".into())],
+                    approved: None,
+                }],
+            },
+        ))
+        .await;
+    let mut bob = TestClient::connect_as(port, "bob", Some("phone"), false).await;
+    bob.send(presence(Some(Show::Xa), "gone fishing", 0)).await;
+    call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/alice@{DOMAIN}/status"),
+        Some(json!({"presence": "dnd", "status": "On a call", "source": "pbx"})),
+    )
+    .await;
+    presence_until(&w.ext, "bob", "xa", |v| v["presence"] == "xa").await;
+    presence_until(&w.ext, "alice", "online", |v| v["presence"] == "online").await;
+
+    let title = "## Reading presence, contacts and events (`/v1`)";
+    let script = readme_block(title, 1, &w.ext).replace("curl ", "curl -sS -w '\\n' ");
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(answers.len(), 3, "{stdout}");
+    let a = &answers[0];
+    assert_eq!((&a["presence"], &a["status"]), (&json!("online"), &json!("at my desk")), "{a}");
+    assert_eq!(a["resources"][1]["sources"], json!(["pbx"]), "{a}");
+    assert_eq!(answers[1]["presence"][1]["presence"], "xa", "{stdout}");
+    let contacts = answers[2]["contacts"].as_array().expect("contacts");
+    assert!(
+        contacts.iter().any(|c| c["jid"] == format!("bob@{DOMAIN}") && c["presence"]["status"] == "gone fishing"),
+        "{stdout}"
+    );
+
+    // The event stream example, cut after 3 s, while alice's status changes.
+    let script = readme_block(title, 2, &w.ext).replace("curl -N ", "curl -sS -N --max-time 3 ");
+    let sse = tokio::process::Command::new("bash")
+        .args(["-uo", "pipefail", "-c", &script])
+        .output();
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        call(
+            &w.ext,
+            "PUT",
+            &format!("/v1/users/alice@{DOMAIN}/status"),
+            Some(json!({"presence": "away", "status": "Lunch", "source": "calendar"})),
+        )
+        .await
+    };
+    let (out, (code, _)) = tokio::join!(sse, change);
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&out.expect("bash").stdout).to_string();
+    assert!(text.contains("event: presence"), "{text}");
+    assert!(text.contains("\"cause\":\"status\""), "{text}");
+    assert!(text.contains("Lunch") || text.contains("at my desk"), "{text}");
+    alice.disconnect().await;
+    bob.disconnect().await;
+}
+
 async fn metric(ext: &Ext, name: &str) -> f64 {
     let (code, text) = request(ext.http, "GET", "/metrics", &[], b"").await;
     assert_eq!(code, 200);
