@@ -105,11 +105,18 @@ fn presence_of(state: &AppState, user: &BareJid) -> UserPresence {
     observe::presence(&state.table, &state.observed, user, now_ms())
 }
 
+/// A user JID of a served domain (documentation type).
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$")]
+#[allow(dead_code)]
+pub struct UserJid(String);
+
 /// The body of a presence query.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceQuery {
     /// Users of served domains, at most 1,000.
+    #[schema(value_type = Vec<UserJid>, max_items = 1000)]
     users: Vec<String>,
 }
 
