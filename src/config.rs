@@ -74,6 +74,35 @@ pub struct RawConfig {
     /// Tigase session mode (`backend = "tigase"`).
     #[serde(default)]
     pub tigase: RawTigase,
+    /// What extpresence observes of real sessions.
+    #[serde(default)]
+    pub observe: RawObserve,
+}
+
+/// `[observe]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObserve {
+    /// ejabberd's admin API (mod_http_api), e.g. `http://127.0.0.1:5281/api`: its
+    /// `connected_users_info` fills what ejabberd does not forward (sessions online at connect,
+    /// logouts without `unavailable`).
+    pub ejabberd_api: Option<String>,
+    /// How often that API is asked.
+    #[serde(default = "default_poll_secs")]
+    pub ejabberd_api_poll_secs: u64,
+}
+
+impl Default for RawObserve {
+    fn default() -> Self {
+        RawObserve {
+            ejabberd_api: None,
+            ejabberd_api_poll_secs: default_poll_secs(),
+        }
+    }
+}
+
+fn default_poll_secs() -> u64 {
+    10
 }
 
 /// `[store]` as written.
@@ -296,6 +325,8 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// What contacts see when extpresence stops.
     pub on_shutdown: OnShutdown,
+    /// ejabberd's admin API base URL (`[observe] ejabberd_api`), and how often to ask it.
+    pub ejabberd_api: Option<(reqwest::Url, Duration)>,
 }
 
 /// Why a configuration was refused; every message names the key and the fix.
@@ -492,7 +523,31 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         return Err(invalid("store.path", "must name the status store file"));
     }
 
+    let o = raw.observe;
+    let ejabberd_api = match o.ejabberd_api {
+        None => None,
+        Some(url) => {
+            let parsed = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    invalid(
+                        "observe.ejabberd_api",
+                        format!("{url:?} is not an http(s) URL (e.g. \"http://127.0.0.1:5281/api\")"),
+                    )
+                })?;
+            if o.ejabberd_api_poll_secs == 0 || o.ejabberd_api_poll_secs > 3600 {
+                return Err(invalid(
+                    "observe.ejabberd_api_poll_secs",
+                    format!("{} is not between 1 and 3600", o.ejabberd_api_poll_secs),
+                ));
+            }
+            Some((parsed, Duration::from_secs(o.ejabberd_api_poll_secs)))
+        }
+    };
+
     Ok(Settings {
+        ejabberd_api,
         component,
         server: x.server,
         secret,

@@ -135,6 +135,18 @@ pub async fn run(
                     domains: settings.domains.clone(),
                     observed: observed.clone(),
                     hub: hub.clone(),
+                    api: settings.ejabberd_api.clone().map(|(url, every)| {
+                        let (tx, rx) = mpsc::channel(2);
+                        let now = Arc::new(tokio::sync::Notify::new());
+                        tokio::spawn(observe::ejabberd_api::run(
+                            url,
+                            every,
+                            now.clone(),
+                            tx,
+                            shutdown.clone(),
+                        ));
+                        (rx, now)
+                    }),
                 },
                 table.clone(),
                 changes,

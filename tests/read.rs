@@ -329,6 +329,47 @@ async fn contacts(kind: Kind) {
     }
 }
 
+/// ejabberd with `[observe] ejabberd_api`: its admin API (mod_http_api `connected_users_info`)
+/// fills both gaps: a session online before extpresence connected is known, and sessions ended
+/// without `unavailable` (stream close, TCP drop) go; `complete` is true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_admin_api_closes_the_gaps() {
+    let e = common::ejabberd::Ejabberd::start_with_session_api(DOMAIN, COMPONENT, SECRET).await;
+    e.register(&["alice", "bob"], common::PASSWORD).await;
+    let api = e.api_port.expect("API port");
+    let mut early = TestClient::connect_as(e.c2s_port, "bob", Some("early"), false).await;
+    early.send(presence(Some(Show::Dnd), "busy", 5)).await;
+    let mut ext = Ext::start_with(e.component_port, DOMAIN, COMPONENT, SECRET, |c| {
+        format!("{c}\n[observe]\nejabberd_api = \"http://127.0.0.1:{api}/api\"\nejabberd_api_poll_secs = 1\n")
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let v = presence_until(&ext, "bob", "known from the API", |v| {
+        v["presence"] == "dnd" && v["complete"] == true
+    })
+    .await;
+    assert_eq!(v["status"], "busy", "{v}");
+    assert_eq!(v["resources"][0]["resource"], "early", "{v}");
+    assert_eq!(v["resources"][0]["priority"], 5, "{v}");
+
+    // A stream closed without `unavailable`, then a dropped connection: gone within a poll.
+    early.disconnect().await;
+    let closed = Instant::now();
+    let v = presence_until(&ext, "bob", "offline after the stream close", |v| {
+        v["presence"] == "offline"
+    })
+    .await;
+    assert_eq!(v["complete"], true, "{v}");
+    eprintln!("stream close noticed after {:?}", closed.elapsed());
+    let mut late = TestClient::connect_as(e.c2s_port, "bob", Some("late"), false).await;
+    late.send(presence(None, "here", 0)).await;
+    presence_until(&ext, "bob", "online", |v| v["presence"] == "online").await;
+    late.abort().await;
+    presence_until(&ext, "bob", "offline after the TCP drop", |v| v["presence"] == "offline").await;
+    assert!(ext.log().contains("observed sessions complete"), "{}", ext.log());
+    ext.terminate().await;
+}
+
 /// An SSE subscriber: tests/python/sse_client.py (httpx-sse) as a child process.
 struct Subscriber {
     child: Child,

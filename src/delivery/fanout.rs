@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -29,6 +29,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::events::{Cause, EventHub};
 use crate::metrics::Metrics;
+use crate::observe::ejabberd_api::Polled;
 use crate::observe::{Announced, Observed, RosterItem, RosterQuery};
 use crate::status::{now_ms, Changes, Held, Roster, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
@@ -71,6 +72,8 @@ pub struct FanoutConfig {
     pub observed: Observed,
     /// Told of every change of a served user's sessions.
     pub hub: EventHub,
+    /// ejabberd's admin API, when configured: its session lists, and the trigger of a poll.
+    pub api: Option<(mpsc::Receiver<Polled>, Arc<Notify>)>,
 }
 
 /// How long a roster read for the API is reused: at most one roster get per user and second.
@@ -129,6 +132,14 @@ struct Fanout {
     contacts: HashMap<BareJid, (Instant, Arc<[RosterItem]>)>,
     /// API readers waiting for a user's roster.
     contact_waiters: HashMap<BareJid, Vec<oneshot::Sender<Result<Arc<[RosterItem]>, String>>>>,
+    /// Asks ejabberd's admin API for the sessions at once (`[observe] ejabberd_api`).
+    api_now: Option<Arc<Notify>>,
+    /// The last poll of that API succeeded.
+    api_ok: bool,
+    /// Its failure has been logged since it last succeeded.
+    api_warned: bool,
+    /// Synchronised since the link came up (the disco answer arrived).
+    synced: bool,
 }
 
 /// Run the fan-out task until shutdown.
@@ -141,6 +152,11 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
     mut roster_queries: mpsc::Receiver<RosterQuery>,
 ) {
+    let mut cfg = cfg;
+    let (mut api_polls, api_now) = match cfg.api.take() {
+        Some((polls, now)) => (Some(polls), Some(now)),
+        None => (None, None),
+    };
     let mut f = Fanout {
         cfg,
         table,
@@ -161,6 +177,10 @@ pub async fn run(
         unconfirmed: HashSet::new(),
         contacts: HashMap::new(),
         contact_waiters: HashMap::new(),
+        api_now,
+        api_ok: false,
+        api_warned: false,
+        synced: false,
     };
     let mut refresh = tokio::time::interval(ROSTER_REFRESH);
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -191,6 +211,12 @@ pub async fn run(
                 f.contacts.retain(|_, (at, _)| now.duration_since(*at) < CONTACTS_FRESH);
             }
             Some(q) = roster_queries.recv() => f.on_roster_query(q).await,
+            Some(p) = async {
+                match api_polls.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => f.on_polled(p),
             _ = refresh.tick() => f.refresh_rosters().await,
             Some(ctl) = control.recv() => match ctl {
                 Control::Shutdown(done) => {
@@ -299,6 +325,7 @@ impl Fanout {
                 self.online.clear();
                 self.cfg.observed.set_complete(false);
                 self.sync_id = None;
+                self.synced = false;
                 for (_, waiters) in self.contact_waiters.drain() {
                     for w in waiters {
                         let _ = w.send(Err("the XMPP link is down".into()));
@@ -491,10 +518,23 @@ impl Fanout {
     /// it announces at connect came before. Decide whether what we observe is complete.
     async fn synced(&mut self, server: Option<String>) {
         self.sync_id = None;
+        self.synced = true;
         let name = server.unwrap_or_default();
         // ejabberd 23.01 announces no session at connect and forwards no `unavailable` when a
         // client closes its stream without one (measured; README "What the server tells").
-        let tells_all = self.presence_granted && !name.to_ascii_lowercase().contains("ejabberd");
+        let is_ejabberd = name.to_ascii_lowercase().contains("ejabberd");
+        let tells_all = self.presence_granted && !is_ejabberd;
+        if let Some(now) = &self.api_now {
+            // Its admin API fills the gaps: complete once a poll after this connect succeeded.
+            self.api_ok = false;
+            now.notify_one();
+            if is_ejabberd {
+                self.unconfirmed.clear();
+                self.cfg.observed.set_complete(false);
+                info!(server = %Escaped(&name), "observed sessions: asking ejabberd's admin API");
+                return;
+            }
+        }
         if tells_all {
             // Sessions known before the link went and not announced again are gone.
             for jid in std::mem::take(&mut self.unconfirmed) {
@@ -515,6 +555,71 @@ impl Fanout {
             complete = tells_all,
             "observed sessions synchronised"
         );
+    }
+
+    /// A session list from ejabberd's admin API: reconcile the observed sessions of served users
+    /// with it. What changed after the request was sent is newer than the list and kept.
+    fn on_polled(&mut self, p: Polled) {
+        let sessions = match p.result {
+            Ok(s) => s,
+            Err(e) => {
+                // Once per outage, not once per poll.
+                if self.api_ok || !self.api_warned {
+                    self.api_warned = true;
+                    warn!(error = %Escaped(&e), "ejabberd's admin API did not list the sessions; observed sessions are incomplete until it does");
+                }
+                self.api_ok = false;
+                self.cfg.observed.set_complete(false);
+                return;
+            }
+        };
+        if !self.synced {
+            return; // the next poll after the link is up counts
+        }
+        let observed = &self.cfg.observed;
+        let listed: HashSet<&FullJid> = sessions.iter().map(|s| &s.jid).collect();
+        let mut changed: HashSet<BareJid> = HashSet::new();
+        for jid in observed.session_jids() {
+            let user = jid.to_bare();
+            if !self.serves(&user) || listed.contains(&jid) {
+                continue;
+            }
+            if observed.session_since(&jid).is_some_and(|t| t >= p.started) {
+                continue; // announced after the list was made
+            }
+            if observed.announce(&jid, Announced::Unavailable) {
+                changed.insert(user);
+            }
+        }
+        let now = now_ms();
+        for s in sessions {
+            let user = s.jid.to_bare();
+            if !self.serves(&user) || observed.session_since(&s.jid).is_some() {
+                continue;
+            }
+            if observed.last_active(&user) >= p.started {
+                continue; // logged out (or changed) after the list was made
+            }
+            let since = now.saturating_sub(s.uptime_secs.saturating_mul(1000));
+            let what = Announced::Available {
+                show: s.show,
+                status: s.status,
+                priority: s.priority,
+                since,
+            };
+            if observed.announce(&s.jid, what) {
+                changed.insert(user);
+            }
+        }
+        for user in changed {
+            self.cfg.hub.notify(user, Cause::Session);
+        }
+        if !self.api_ok {
+            info!("observed sessions complete: ejabberd's admin API listed them");
+        }
+        self.api_ok = true;
+        self.api_warned = false;
+        observed.set_complete(true);
     }
 
     /// An API reader wants `q.user`'s roster: a fresh one from the cache, else from the server.

@@ -33,6 +33,8 @@ use utoipa::ToSchema;
 
 use crate::status::{now_ms, Show, StatusTable, Word};
 
+pub mod ejabberd_api;
+
 /// One real session, as the server last announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
@@ -248,6 +250,22 @@ impl Observed {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// When `jid`'s session got its presence, if it is observed.
+    pub fn session_since(&self, jid: &FullJid) -> Option<u64> {
+        let e = self.inner.map.get(&jid.to_bare())?;
+        let resource = jid.resource().as_str();
+        e.sessions
+            .as_slice()
+            .iter()
+            .find(|s| s.resource() == resource)
+            .map(|s| s.since)
+    }
+
+    /// `jid`'s last activity (ms since the Unix epoch; 0: unknown).
+    pub fn last_active(&self, jid: &jid::BareJid) -> u64 {
+        self.inner.map.get(jid).map_or(0, |e| e.last_active)
     }
 
     /// JIDs with an entry (sessions or a remembered last activity).

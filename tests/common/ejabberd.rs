@@ -43,6 +43,17 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 const CTL_PARALLEL: usize = 4;
 /// The admin-facing snippet the component / privilege part comes from.
 const SNIPPET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ejabberd/extpresence.yml");
+const API_SNIPPET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ejabberd/extpresence-api.yml");
+
+/// Which admin API the server opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    None,
+    /// Every command from loopback (benchmarks).
+    All,
+    /// etc/ejabberd/extpresence-api.yml.
+    Sessions,
+}
 
 /// Makes node names unique within this test process (the pid makes them unique across processes).
 static INSTANCE: AtomicUsize = AtomicUsize::new(0);
@@ -82,7 +93,7 @@ impl Ejabberd {
     /// (bounded) until the c2s and component ports accept TCP, else panics with the log tail.
     /// Panics (never skips) when ejabberd is not installed.
     pub async fn start(domain: &str, component: &str, secret: &str) -> Ejabberd {
-        Ejabberd::start_opts(domain, component, secret, false).await
+        Ejabberd::start_opts(domain, component, secret, Api::None).await
     }
 
     /// Like [`start`](Self::start), plus an `ejabberd_http` listener on a free loopback port
@@ -90,10 +101,17 @@ impl Ejabberd {
     /// command from 127.0.0.1 (benchmarks use `send_stanza`, `register`, `add_rosteritem`; the
     /// last needs mod_admin_extra, loaded too).
     pub async fn start_with_api(domain: &str, component: &str, secret: &str) -> Ejabberd {
-        Ejabberd::start_opts(domain, component, secret, true).await
+        Ejabberd::start_opts(domain, component, secret, Api::All).await
     }
 
-    async fn start_opts(domain: &str, component: &str, secret: &str, api: bool) -> Ejabberd {
+    /// Like [`start`](Self::start), plus `etc/ejabberd/extpresence-api.yml` (the admin API as the
+    /// README tells admins to open it for `[observe] ejabberd_api`: `connected_users_info` only)
+    /// on [`Ejabberd::api_port`].
+    pub async fn start_with_session_api(domain: &str, component: &str, secret: &str) -> Ejabberd {
+        Ejabberd::start_opts(domain, component, secret, Api::Sessions).await
+    }
+
+    async fn start_opts(domain: &str, component: &str, secret: &str, api: Api) -> Ejabberd {
         let ctl = find_ejabberdctl();
         let run_as = run_as();
         // As root, under /tmp: a TMPDIR such as /root/tmp would not be reachable for `ejabberd`.
@@ -106,7 +124,7 @@ impl Ejabberd {
             .tempdir_in(parent)
             .expect("create a temp dir for ejabberd");
         let [c2s_port, component_port, dist_port, api_port] = free_ports();
-        let api_port = api.then_some(api_port);
+        let api_port = (api != Api::None).then_some(api_port);
         let node = format!(
             "extp{}n{}@localhost",
             std::process::id(),
@@ -122,9 +140,23 @@ impl Ejabberd {
         let snippet = substitute_snippet(&snippet, domain, component, secret, component_port);
         let etc = root.join("etc");
         fs::write(etc.join("extpresence.yml"), snippet).expect("write extpresence.yml");
+        let mut includes = vec![etc.join("extpresence.yml")];
+        if api == Api::Sessions {
+            let port = api_port.expect("api port");
+            let text = fs::read_to_string(API_SNIPPET)
+                .unwrap_or_else(|e| panic!("cannot read {API_SNIPPET}: {e}"));
+            assert!(text.contains("port: 5281"), "{API_SNIPPET} no longer says port: 5281");
+            fs::write(
+                etc.join("extpresence-api.yml"),
+                text.replace("port: 5281", &format!("port: {port}")),
+            )
+            .expect("write extpresence-api.yml");
+            includes.push(etc.join("extpresence-api.yml"));
+        }
+        let own_api = if api == Api::All { api_port } else { None };
         fs::write(
             etc.join("ejabberd.yml"),
-            main_config(domain, c2s_port, api_port, &etc.join("extpresence.yml")),
+            main_config(domain, c2s_port, own_api, &includes),
         )
         .expect("write ejabberd.yml");
         fs::write(
@@ -409,7 +441,11 @@ fn substitute_snippet(
 
 /// Our part of ejabberd.yml; the snippet is merged in by `include_config_file`. With `api_port`,
 /// an `ejabberd_http` listener serving mod_http_api at `/api`, open to 127.0.0.1 only.
-fn main_config(domain: &str, c2s_port: u16, api_port: Option<u16>, snippet: &Path) -> String {
+fn main_config(domain: &str, c2s_port: u16, api_port: Option<u16>, includes: &[PathBuf]) -> String {
+    let includes: String = includes
+        .iter()
+        .map(|p| format!("  - \"{}\"\n", p.display()))
+        .collect();
     // (listener entry, top-level permissions, module) for the HTTP API, or nothing.
     let (api_listener, api_permissions, api_module) = match api_port {
         None => (String::new(), "", ""),
@@ -481,11 +517,10 @@ modules:
   mod_ping: {{}}
   mod_offline: {{}}
 {api_module}
-# The component listener, acl, access rule and mod_privilege: etc/ejabberd/extpresence.yml.
+# The component listener, acl, access rule and mod_privilege: etc/ejabberd/extpresence.yml
+# (and the admin API of etc/ejabberd/extpresence-api.yml, if asked for).
 include_config_file:
-  - "{snippet}"
-{api_permissions}"#,
-        snippet = snippet.display()
+{includes}{api_permissions}"#
     )
 }
 
