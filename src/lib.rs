@@ -6,10 +6,12 @@
 //!
 //! # Layout
 //! ```text
-//! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap),
-//!                            server.rs (routing, Tigase pipeline, ops endpoints), tigase.rs and
-//!                            v1.rs (dialects; v1.rs also the OpenAPI document), input.rs (JIDs,
-//!                            domains, bodies), auth.rs, error.rs, log.rs (escaped, rate-limited)
+//! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap,
+//!                            write stall), server.rs (routing, Tigase pipeline, ops endpoints),
+//!                            tigase.rs and v1.rs (dialects; v1.rs also the OpenAPI document),
+//!                            read.rs (v1's read side: presence, contacts, SSE events), input.rs
+//!                            (JIDs, domains, bodies), auth.rs, error.rs, log.rs (escaped,
+//!                            rate-limited)
 //!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
 //!                            (sources per resource, effective presence, expiry heap + task)
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade); reloaded
@@ -21,6 +23,11 @@
 //! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout.rs (roster results, contact
 //!                                    presence, iqs) or delivery/tigase.rs (command answers,
 //!                                    CHECK_USER_CONNECTION, iqs)
+//! read side:   observe/   the sessions the server announces (fed by fanout.rs; ejabberd_api.rs
+//!                         polls ejabberd's admin API when configured) and the aggregated presence
+//!              events/    one event per change of a served user's presence (fed by the table's
+//!                         commits and fanout.rs): numbered, buffered for resuming, fanned out
+//!                         to SSE subscribers (http/read.rs) and durable taps
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: CLI, tracing, signals.
 //! ```
