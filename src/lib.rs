@@ -66,6 +66,8 @@ use xmpp::LinkConfig;
 
 /// Longest wait for in-flight HTTP requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// Longest wait for the event hub to publish what the drained requests changed.
+const EVENTS_DRAIN: Duration = Duration::from_secs(2);
 /// A client that reads nothing of its response (or event stream) for this long is disconnected.
 const HTTP_WRITE_STALL: Duration = Duration::from_secs(60);
 /// Longest wait for the `unavailable` fan-out and the stream close at shutdown.
@@ -98,11 +100,13 @@ pub async fn run(
             hub.notify(user.clone(), cause);
         })
     });
+    // Stopped after the HTTP drain (see below), not at the shutdown signal.
+    let events_stop = CancellationToken::new();
     let events_task = tokio::spawn(hub.clone().run(
         notifications,
         table.clone(),
         observed.clone(),
-        shutdown.clone(),
+        events_stop.clone(),
     ));
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -241,9 +245,16 @@ pub async fn run(
     shutdown.cancelled().await;
     info!("shutting down: no new requests");
     sdnotify::notify("STOPPING=1");
+    // Event streams never end by themselves: end them so that they do not hold the drain.
+    hub.end_streams();
     // The listener drains in-flight requests itself, bounded by HTTP_DRAIN.
     if let Err(e) = server_task.await {
         warn!(error = %e, "the HTTP listener task failed");
+    }
+    // Every change the drained requests committed becomes an event before the taps close.
+    events_stop.cancel();
+    if tokio::time::timeout(EVENTS_DRAIN, events_task).await.is_err() {
+        warn!("the event hub did not finish in {EVENTS_DRAIN:?}");
     }
 
     let (done_tx, done_rx) = oneshot::channel();
@@ -260,8 +271,6 @@ pub async fn run(
     if drained.is_err() {
         warn!("XMPP shutdown did not finish in {XMPP_DRAIN:?}");
     }
-    hub.close();
-    events_task.abort();
     delivery_task.abort();
     link_task.abort();
     expiry.abort();

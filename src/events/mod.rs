@@ -360,26 +360,34 @@ impl EventHub {
 
     /// Turn notifications into events until `shutdown`; then close the live channel (the SSE
     /// streams end) and the taps.
+    ///
+    /// `stop` comes after the HTTP requests have drained: the changes they committed are still
+    /// published (to the taps: webhooks must not lose them) before the taps are closed.
     pub async fn run(
         self,
         mut notifications: Notifications,
         table: StatusTable,
         observed: Observed,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
     ) {
-        while let Some(Some((user, cause, at))) =
-            shutdown.run_until_cancelled(notifications.0.recv()).await
-        {
+        let event = |(user, cause, at): (BareJid, Cause, u64)| {
             let presence = observe::presence(&table, &observed, &user, at);
             self.publish(user, at, |_| presence.event_json(at, cause));
+        };
+        while let Some(Some(n)) = stop.run_until_cancelled(notifications.0.recv()).await {
+            event(n);
         }
-        self.close();
+        while let Ok(n) = notifications.0.try_recv() {
+            event(n);
+        }
+        self.end_streams();
+        self.lock_taps().clear();
     }
 
-    /// End every subscriber's stream and every tap (at shutdown): their queues' senders go.
-    pub fn close(&self) {
+    /// End every subscriber's stream (at shutdown, so that they do not hold the HTTP drain);
+    /// events are still published to the taps until [`run`](Self::run) stops.
+    pub fn end_streams(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        self.lock_taps().clear();
         let mut buf = self.lock_buffer();
         let r = &mut buf.subs;
         r.all.clear();

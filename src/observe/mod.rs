@@ -203,16 +203,6 @@ impl Observed {
         }
     }
 
-    /// Forget every session (the link went down: until the server tells us again, we do not
-    /// know who is online). Last activity is kept.
-    pub fn forget_sessions(&self) {
-        self.inner.map.retain(|_, e| {
-            e.sessions = Sessions::None;
-            e.last_active != 0
-        });
-        self.set_complete(false);
-    }
-
     /// Whether the server has told us everything since the link came up (module doc).
     pub fn complete(&self) -> bool {
         self.inner.complete.load(Ordering::Relaxed)
@@ -579,9 +569,10 @@ mod tests {
         assert!(o.announce(&full("bob@x/phone"), Announced::Unavailable));
         assert!(!o.announce(&full("bob@x/phone"), Announced::Unavailable));
         assert_eq!(o.sessions(), 1);
-        o.forget_sessions();
+        assert!(o.announce(&full("bob@x/laptop"), Announced::Unavailable));
         assert_eq!(o.sessions(), 0);
         assert_eq!(o.jids(), 1, "last activity is kept");
+        assert!(o.last_active(&BareJid::new("bob@x").unwrap()) > 30);
     }
 
     #[test]
