@@ -77,6 +77,9 @@ pub struct RawConfig {
     /// What extpresence observes of real sessions.
     #[serde(default)]
     pub observe: RawObserve,
+    /// `[[webhooks]]`: endpoints that receive every presence event, signed.
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhooks::RawWebhook>,
 }
 
 /// `[observe]` as written.
@@ -327,6 +330,8 @@ pub struct Settings {
     pub on_shutdown: OnShutdown,
     /// ejabberd's admin API base URL (`[observe] ejabberd_api`), and how often to ask it.
     pub ejabberd_api: Option<(reqwest::Url, Duration)>,
+    /// Webhook endpoints (`[[webhooks]]`).
+    pub webhooks: Vec<crate::webhooks::WebhookSettings>,
 }
 
 /// Why a configuration was refused; every message names the key and the fix.
@@ -377,7 +382,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     validate(raw)
 }
 
-fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+pub(crate) fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     let value = text.lines().next().unwrap_or("").trim().to_string();
@@ -533,7 +538,9 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 .ok_or_else(|| {
                     invalid(
                         "observe.ejabberd_api",
-                        format!("{url:?} is not an http(s) URL (e.g. \"http://127.0.0.1:5281/api\")"),
+                        format!(
+                            "{url:?} is not an http(s) URL (e.g. \"http://127.0.0.1:5281/api\")"
+                        ),
                     )
                 })?;
             if o.ejabberd_api_poll_secs == 0 || o.ejabberd_api_poll_secs > 3600 {
@@ -546,7 +553,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
     };
 
+    let webhooks = crate::webhooks::validate(raw.webhooks, &domains)?;
+
     Ok(Settings {
+        webhooks,
         ejabberd_api,
         component,
         server: x.server,

@@ -28,6 +28,9 @@
 //!              events/    one event per change of a served user's presence (fed by the table's
 //!                         commits and fanout.rs): numbered, buffered for resuming, fanned out
 //!                         to SSE subscribers (http/read.rs) and durable taps
+//!              webhooks/  a tap: every event POSTed to the `[[webhooks]]` endpoints, signed
+//!                         (Standard Webhooks), at least once and in order, from a durable
+//!                         outbox beside the store (outbox.rs, sender.rs, sign.rs)
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: CLI, tracing, signals.
 //! ```
@@ -42,6 +45,7 @@ pub mod observe;
 pub mod sdnotify;
 pub mod status;
 pub mod store;
+pub mod webhooks;
 pub mod xmpp;
 
 use std::sync::Arc;
@@ -72,6 +76,8 @@ const EVENTS_DRAIN: Duration = Duration::from_secs(2);
 const HTTP_WRITE_STALL: Duration = Duration::from_secs(60);
 /// Longest wait for the `unavailable` fan-out and the stream close at shutdown.
 const XMPP_DRAIN: Duration = Duration::from_secs(5);
+/// Longest wait for the webhook outbox's last commit at shutdown.
+const WEBHOOKS_DRAIN: Duration = Duration::from_secs(5);
 
 /// Run extpresence until `shutdown` is cancelled, then stop taking requests, send `unavailable`
 /// for every held resource (unless `on_shutdown = "keep"`), close the XMPP stream and return.
@@ -93,6 +99,8 @@ pub async fn run(
     // user's presence (held statuses and sessions).
     let observed = Observed::new();
     let (hub, notifications) = EventHub::new();
+    // Taken before anything can publish, so that the webhooks see every event.
+    let webhook_events = hub.tap();
     table.set_observer({
         let hub = hub.clone();
         Box::new(move |user, expiry| {
@@ -109,6 +117,17 @@ pub async fn run(
         events_stop.clone(),
     ));
     let metrics = Arc::new(Metrics::default());
+    // Webhooks: stopped after the hub's last events (below); a pending event waits in the
+    // outbox for the next start.
+    let webhooks_stop = CancellationToken::new();
+    let webhooks_task = webhooks::start(
+        settings.webhooks.clone(),
+        &settings.store_path,
+        webhook_events,
+        &metrics.webhooks,
+        webhooks_stop.clone(),
+    )
+    .await?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ping_to: Jid = jid::BareJid::new(
         settings
@@ -253,8 +272,19 @@ pub async fn run(
     }
     // Every change the drained requests committed becomes an event before the taps close.
     events_stop.cancel();
-    if tokio::time::timeout(EVENTS_DRAIN, events_task).await.is_err() {
+    if tokio::time::timeout(EVENTS_DRAIN, events_task)
+        .await
+        .is_err()
+    {
         warn!("the event hub did not finish in {EVENTS_DRAIN:?}");
+    }
+    // What the hub published last goes to the webhook outbox before the process ends.
+    webhooks_stop.cancel();
+    if tokio::time::timeout(WEBHOOKS_DRAIN, webhooks_task)
+        .await
+        .is_err()
+    {
+        warn!("the webhooks did not finish in {WEBHOOKS_DRAIN:?}");
     }
 
     let (done_tx, done_rx) = oneshot::channel();

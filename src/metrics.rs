@@ -80,6 +80,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// Per-endpoint webhook counters (filled by the webhook task, rendered last).
+    pub webhooks: crate::webhooks::WebhookMetrics,
 }
 
 impl Metrics {
@@ -279,6 +281,7 @@ impl Metrics {
              extpresence_http_request_duration_seconds_count {count}",
             self.latency_sum_micros.load(Relaxed) as f64 / 1e6
         );
+        self.webhooks.render(&mut out);
         out
     }
 }

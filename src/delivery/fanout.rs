@@ -76,6 +76,9 @@ pub struct FanoutConfig {
     pub api: Option<(mpsc::Receiver<Polled>, Arc<Notify>)>,
 }
 
+/// Where a roster read for the API is answered.
+type RosterAnswer = oneshot::Sender<Result<Arc<[RosterItem]>, String>>;
+
 /// How long a roster read for the API is reused: at most one roster get per user and second.
 const CONTACTS_FRESH: Duration = Duration::from_secs(1);
 
@@ -131,7 +134,7 @@ struct Fanout {
     /// Full rosters read for the API, reused for [`CONTACTS_FRESH`].
     contacts: HashMap<BareJid, (Instant, Arc<[RosterItem]>)>,
     /// API readers waiting for a user's roster.
-    contact_waiters: HashMap<BareJid, Vec<oneshot::Sender<Result<Arc<[RosterItem]>, String>>>>,
+    contact_waiters: HashMap<BareJid, Vec<RosterAnswer>>,
     /// Asks ejabberd's admin API for the sessions at once (`[observe] ejabberd_api`).
     api_now: Option<Arc<Notify>>,
     /// The last poll of that API succeeded.

@@ -461,7 +461,10 @@ mod tests {
         assert!(!none.reset);
         assert!(drain(&mut none).is_empty());
         // From before this process (ids are time-based: an older id), or from the future.
-        assert!(hub.subscribe(Filter::default(), Some(first - 1_000_000)).reset);
+        assert!(
+            hub.subscribe(Filter::default(), Some(first - 1_000_000))
+                .reset
+        );
         assert!(hub.subscribe(Filter::default(), Some(third + 1)).reset);
         // Live events follow the backlog without a gap.
         publish(&hub, "carol@a");

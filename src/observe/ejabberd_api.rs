@@ -160,7 +160,10 @@ mod tests {
             (s[0].show, s[0].status.as_deref(), s[0].priority),
             (Some(Show::Dnd), Some("busy"), 5)
         );
-        assert_eq!((s[1].show, s[1].status.as_deref(), s[1].uptime_secs), (None, None, 7));
+        assert_eq!(
+            (s[1].show, s[1].status.as_deref(), s[1].uptime_secs),
+            (None, None, 7)
+        );
         assert!(parse(b"{\"status\":\"error\"}").is_err());
     }
 }

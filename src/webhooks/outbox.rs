@@ -1,0 +1,626 @@
+//! The durable outbox: every event an endpoint is to receive, from the moment it is routed
+//! until it is delivered or dropped, in a redb file beside the status store
+//! (`<store.path>.webhooks`).
+//!
+//! One writer thread commits what is queued in one transaction (group commit, fsync'd): the
+//! events the router hands over (a batch per wake-up), and the removals the senders ask for
+//! after each delivery. Only after an insert's commit does the endpoint's sender see the event
+//! (it reads the outbox, never a copy in memory), so what was delivered was durable first, and
+//! the outbox is the only queue: its memory use does not grow with an endpoint's backlog.
+//! A removal that was not committed when the process stopped leaves the event in the outbox:
+//! it is delivered again after the restart (at least once).
+//!
+//! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s), the database
+//! is closed (redb refuses writes after an I/O error) and reopened, and the same batch is
+//! retried every second: nothing queued is lost while the process runs.
+//!
+//! # Format 1
+//! - table `meta`: `format` = 1 (u32 LE); a file of a newer format is refused at start;
+//! - a table `outbox/<endpoint name>` per endpoint: key the event id (u64, so iteration is in
+//!   event order), value `[at: u64 LE ms][user length: u16 LE][user][data: the event's JSON]`.
+//!   The table of an endpoint no longer configured is deleted at start.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info};
+
+use super::stats::EndpointStats;
+use crate::events::Event;
+
+/// The format this version writes (see the module doc).
+pub const FORMAT: u32 = 1;
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Prefix of an endpoint's table name.
+const TABLE_PREFIX: &str = "outbox/";
+/// The outbox is read in order and written at the end: a small page cache is plenty.
+const CACHE_BYTES: usize = 4 << 20;
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 4096;
+/// Wait between retries of a failed commit.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// At most one ERROR line about failing commits per this period.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// One pending event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The event id (`webhook-id`).
+    pub id: u64,
+    /// The user whose presence changed.
+    pub user: String,
+    /// When it changed (ms since the Unix epoch): the body's `timestamp`, and the age `max_age`
+    /// is measured from.
+    pub at: u64,
+    /// The event's JSON object.
+    pub data: String,
+}
+
+fn encode(event: &Event) -> Vec<u8> {
+    let user = event.user.as_str().as_bytes();
+    let mut v = Vec::with_capacity(10 + user.len() + event.data.len());
+    v.extend_from_slice(&event.at.to_le_bytes());
+    v.extend_from_slice(&(user.len() as u16).to_le_bytes());
+    v.extend_from_slice(user);
+    v.extend_from_slice(event.data.as_bytes());
+    v
+}
+
+fn decode(id: u64, bytes: &[u8]) -> Result<Entry, String> {
+    let (at, rest) = bytes.split_at_checked(8).ok_or("record too short")?;
+    let (len, rest) = rest.split_at_checked(2).ok_or("record too short")?;
+    let len = u16::from_le_bytes(len.try_into().expect("2 bytes")) as usize;
+    let (user, data) = rest.split_at_checked(len).ok_or("record too short")?;
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|e| e.to_string())
+    };
+    Ok(Entry {
+        id,
+        user: text(user)?,
+        at: u64::from_le_bytes(at.try_into().expect("8 bytes")),
+        data: text(data)?,
+    })
+}
+
+/// An endpoint as the outbox sees it.
+#[derive(Debug)]
+struct Slot {
+    /// Its table's name, `outbox/<name>`.
+    table: String,
+    /// The highest event id committed to its table: its sender waits on this.
+    committed: watch::Sender<u64>,
+    /// Its counters (pending, dropped) and its disabled flag.
+    stats: Arc<EndpointStats>,
+}
+
+impl Slot {
+    fn definition(&self) -> TableDefinition<'_, u64, &'static [u8]> {
+        TableDefinition::new(&self.table)
+    }
+}
+
+enum Op {
+    /// Append events, each to the outbox of the endpoint (index) it passed.
+    Insert(Vec<(usize, Arc<Event>)>),
+    /// An endpoint is done with an event (delivered or dropped).
+    Remove(usize, u64),
+    /// Drop everything an endpoint has pending (it was disabled).
+    Clear(usize),
+    /// Answered once everything queued before it is committed; then the database is closed
+    /// and the writer ends.
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The open database; `None` while a failed one is being reopened. Readers hold a clone
+    /// only for one read.
+    db: Mutex<Option<Arc<Database>>>,
+    slots: Vec<Slot>,
+    path: PathBuf,
+}
+
+impl Shared {
+    fn db(&self) -> Option<Arc<Database>> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Handle of the outbox: reads for the senders, writes queued to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    ops: std_mpsc::Sender<Op>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Insert(v) => write!(f, "Insert({} events)", v.len()),
+            Op::Remove(slot, id) => write!(f, "Remove({slot}, {id})"),
+            Op::Clear(slot) => write!(f, "Clear({slot})"),
+            Op::Close(_) => f.write_str("Close"),
+        }
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, String> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| e.to_string())
+}
+
+/// `meta.format` as stored (`None`: a new file).
+fn written_format(db: &Database) -> Result<Option<u32>, String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = match read.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(v) = meta.get("format").map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 4] = v
+        .value()
+        .try_into()
+        .map_err(|_| "damaged meta.format".to_string())?;
+    Ok(Some(u32::from_le_bytes(bytes)))
+}
+
+impl Outbox {
+    /// Open (or create) the outbox at `path` for these endpoints (their counters, in order; the
+    /// endpoint's name is the counters' name), count what each has pending, delete the tables
+    /// of endpoints no longer configured, and start the writer thread.
+    pub fn open(path: &Path, endpoints: Vec<Arc<EndpointStats>>) -> Result<Outbox, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let db = open_db(path)?;
+        if let Some(newer) = written_format(&db)?.filter(|f| *f > FORMAT) {
+            return Err(format!(
+                "the webhook outbox is in format {newer}, newer than the format {FORMAT} this \
+                 extpresence reads: run the newer extpresence that wrote it (nothing was changed)"
+            ));
+        }
+        let slots: Vec<Slot> = endpoints
+            .into_iter()
+            .map(|stats| Slot {
+                table: format!("{TABLE_PREFIX}{}", stats.name),
+                committed: watch::Sender::new(0),
+                stats,
+            })
+            .collect();
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        let configured: HashSet<&str> = slots.iter().map(|s| s.table.as_str()).collect();
+        let stale: Vec<String> = txn
+            .list_tables()
+            .map_err(|e| e.to_string())?
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with(TABLE_PREFIX) && !configured.contains(n.as_str()))
+            .collect();
+        for name in stale {
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            let n = txn
+                .open_table(def)
+                .and_then(|t| Ok(t.len()?))
+                .map_err(|e| e.to_string())?;
+            txn.delete_table(def).map_err(|e| e.to_string())?;
+            info!(
+                endpoint = &name[TABLE_PREFIX.len()..],
+                dropped = n,
+                "webhook endpoint no longer configured: its pending events were dropped"
+            );
+        }
+        for slot in &slots {
+            let table = txn
+                .open_table(slot.definition())
+                .map_err(|e| e.to_string())?;
+            slot.stats
+                .pending
+                .store(table.len().map_err(|e| e.to_string())?, Relaxed);
+            let last = table.last().map_err(|e| e.to_string())?;
+            if let Some((id, _)) = last {
+                slot.committed.send_replace(id.value());
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        for slot in &slots {
+            let pending = slot.stats.pending.load(Relaxed);
+            if pending > 0 {
+                info!(endpoint = %slot.stats.name, pending, "webhook events pending from before the restart are delivered first");
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            db: Mutex::new(Some(Arc::new(db))),
+            slots,
+            path: path.to_path_buf(),
+        });
+        let (tx, rx) = std_mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            reported: None,
+            failures_since_report: 0,
+        };
+        std::thread::Builder::new()
+            .name("extpresence-webhooks".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| e.to_string())?;
+        Ok(Outbox { ops: tx, shared })
+    }
+
+    /// Queue events for the outboxes of the endpoints (indices) they passed: one transaction.
+    pub fn insert(&self, events: Vec<(usize, Arc<Event>)>) {
+        if !events.is_empty() {
+            let _ = self.ops.send(Op::Insert(events));
+        }
+    }
+
+    /// Queue the removal of a delivered or dropped event.
+    pub fn remove(&self, slot: usize, id: u64) {
+        let _ = self.ops.send(Op::Remove(slot, id));
+    }
+
+    /// Queue the removal of everything `slot` has pending.
+    pub fn clear(&self, slot: usize) {
+        let _ = self.ops.send(Op::Clear(slot));
+    }
+
+    /// Commit everything queued so far, then close the database (the file can be opened again
+    /// when this returns, if no read is running) and end the writer thread.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.ops.send(Op::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The highest event id committed to `slot`'s outbox, to wait on.
+    pub fn committed(&self, slot: usize) -> watch::Receiver<u64> {
+        self.shared.slots[slot].committed.subscribe()
+    }
+
+    /// Up to `limit` events of `slot` with ids above `after`, in id order (blocking: call it
+    /// from a blocking thread). A damaged record is logged, removed and skipped.
+    pub fn read_after(&self, slot: usize, after: u64, limit: usize) -> Result<Vec<Entry>, String> {
+        let Some(after) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let db = self
+            .shared
+            .db()
+            .ok_or("the webhook outbox is being reopened")?;
+        let read = db.begin_read().map_err(|e| e.to_string())?;
+        let table = match read.open_table(self.shared.slots[slot].definition()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut entries = Vec::new();
+        for row in table.range(after..).map_err(|e| e.to_string())? {
+            let (k, v) = row.map_err(|e| e.to_string())?;
+            let id = k.value();
+            match decode(id, v.value()) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    error!(endpoint = %self.shared.slots[slot].stats.name, id, error = %e, "damaged record in the webhook outbox: removed");
+                    self.remove(slot, id);
+                }
+            }
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// What a committed batch changes in the counters and the senders' view.
+#[derive(Default)]
+struct Effects {
+    /// Per slot: events added, and the highest id added.
+    added: Vec<(u64, u64)>,
+    /// Per slot: events dropped because the endpoint is disabled (routed or cleared).
+    dropped: Vec<u64>,
+    /// Slots cleared.
+    cleared: Vec<bool>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    /// When the last ERROR line about failing commits was written, and the failures since.
+    reported: Option<Instant>,
+    failures_since_report: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
+        let mut batch: Vec<Op> = Vec::new();
+        loop {
+            if batch.is_empty() {
+                match rx.recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            match self.commit(&batch) {
+                Ok(effects) => {
+                    self.recovered();
+                    if self.apply(effects, std::mem::take(&mut batch)) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Keep the batch and try again; the database is reopened first.
+                    self.failed(&e);
+                    std::thread::sleep(RETRY_EVERY);
+                }
+            }
+        }
+        // Every handle is gone: the database closes when the last reader lets it go.
+    }
+
+    /// The open database, reopened first if a failure closed it.
+    fn database(&self) -> Result<Arc<Database>, String> {
+        let mut db = self.shared.db.lock().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            *db = Some(Arc::new(
+                open_db(&self.shared.path).map_err(|e| format!("reopening: {e}"))?,
+            ));
+        }
+        Ok(db.clone().expect("just opened"))
+    }
+
+    fn commit(&self, batch: &[Op]) -> Result<Effects, String> {
+        let slots = &self.shared.slots;
+        let n = slots.len();
+        let mut fx = Effects {
+            added: vec![(0, 0); n],
+            dropped: vec![0; n],
+            cleared: vec![false; n],
+        };
+        let db = self.database()?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut tables = Vec::with_capacity(n);
+            for slot in slots {
+                tables.push(
+                    txn.open_table(slot.definition())
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            for op in batch {
+                match op {
+                    Op::Insert(events) => {
+                        for (i, event) in events {
+                            if slots[*i].stats.disabled.load(Relaxed) {
+                                fx.dropped[*i] += 1;
+                                continue;
+                            }
+                            tables[*i]
+                                .insert(event.id, encode(event).as_slice())
+                                .map_err(|e| e.to_string())?;
+                            let (count, max) = &mut fx.added[*i];
+                            *count += 1;
+                            *max = (*max).max(event.id);
+                        }
+                    }
+                    Op::Remove(i, id) => {
+                        tables[*i].remove(id).map_err(|e| e.to_string())?;
+                    }
+                    Op::Clear(i) => {
+                        fx.dropped[*i] += tables[*i].len().map_err(|e| e.to_string())?;
+                        tables[*i].retain(|_, _| false).map_err(|e| e.to_string())?;
+                        fx.added[*i].0 = 0;
+                        fx.cleared[*i] = true;
+                    }
+                    Op::Close(_) => {}
+                }
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(fx)
+    }
+
+    /// Update the counters and wake the senders after a commit; `true` when asked to close
+    /// (the database is closed then, and the writer ends).
+    fn apply(&self, fx: Effects, batch: Vec<Op>) -> bool {
+        for (i, slot) in self.shared.slots.iter().enumerate() {
+            let stats = &slot.stats;
+            if fx.cleared[i] {
+                stats.pending.store(0, Relaxed);
+            }
+            let (added, max) = fx.added[i];
+            if added > 0 {
+                stats.pending.fetch_add(added, Relaxed);
+                slot.committed.send_if_modified(|c| {
+                    let newer = max > *c;
+                    *c = (*c).max(max);
+                    newer
+                });
+            }
+            stats.dropped.fetch_add(fx.dropped[i], Relaxed);
+        }
+        let mut closed = false;
+        for op in batch {
+            if let Op::Close(done) = op {
+                *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let _ = done.send(());
+                closed = true;
+            }
+        }
+        closed
+    }
+
+    fn failed(&mut self, e: &str) {
+        // redb refuses every later write on a database that saw an I/O error: close it (it is
+        // reopened before the retry, once no reader holds it).
+        *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.failures_since_report += 1;
+        if self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            error!(
+                path = %self.shared.path.display(),
+                error = %e,
+                failures = self.failures_since_report,
+                "the webhook outbox cannot commit; retrying every second (events wait in memory)"
+            );
+            self.reported = Some(Instant::now());
+            self.failures_since_report = 0;
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.reported.take().is_some() {
+            info!(path = %self.shared.path.display(), "the webhook outbox commits again");
+            self.failures_since_report = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jid::BareJid;
+
+    fn stats(name: &str) -> Arc<EndpointStats> {
+        super::super::stats::WebhookMetrics::default().register(name)
+    }
+
+    pub(crate) fn event(id: u64, user: &str, at: u64) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            user: BareJid::new(user).unwrap(),
+            at,
+            data: format!(r#"{{"user":"{user}","n":{id}}}"#).into(),
+        })
+    }
+
+    fn ids(outbox: &Outbox, slot: usize) -> Vec<u64> {
+        outbox
+            .read_after(slot, 0, 1000)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/statuses.redb.webhooks");
+        let a = stats("a");
+        let outbox = Outbox::open(&path, vec![a.clone(), stats("b")]).unwrap();
+        let committed = outbox.committed(0);
+        // Two batches; the second holds an id between those of the first (ids only ever grow,
+        // but the order on disk must not depend on the order of insertion).
+        outbox.insert(vec![
+            (0, event(10, "alice@example.com", 1)),
+            (1, event(10, "alice@example.com", 1)),
+            (0, event(30, "bob@example.com", 3)),
+        ]);
+        outbox.insert(vec![(0, event(20, "alice@example.com", 2))]);
+        outbox.remove(1, 10);
+        outbox.close().await;
+        assert_eq!(*committed.borrow(), 30);
+        assert_eq!(a.pending.load(Relaxed), 3);
+
+        let a = stats("a");
+        let outbox = Outbox::open(&path, vec![a.clone(), stats("b")]).unwrap();
+        assert_eq!(ids(&outbox, 0), vec![10, 20, 30]);
+        assert_eq!(ids(&outbox, 1), Vec::<u64>::new());
+        assert_eq!(a.pending.load(Relaxed), 3);
+        assert_eq!(*outbox.committed(0).borrow(), 30);
+        let after = outbox.read_after(0, 10, 1).unwrap();
+        assert_eq!(
+            after,
+            vec![Entry {
+                id: 20,
+                user: "alice@example.com".into(),
+                at: 2,
+                data: r#"{"user":"alice@example.com","n":20}"#.into()
+            }]
+        );
+        outbox.close().await;
+
+        // "b" is no longer configured: its table goes.
+        let outbox = Outbox::open(&path, vec![stats("a")]).unwrap();
+        let db = outbox.shared.db().unwrap();
+        let read = db.begin_read().unwrap();
+        let names: Vec<String> = read
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(names.iter().any(|n| n == "outbox/a"), "{names:?}");
+        assert!(!names.iter().any(|n| n == "outbox/b"), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn clear_and_disabled_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let outbox = Outbox::open(&path, vec![stats("a")]).unwrap();
+        outbox.insert(vec![(0, event(1, "a@x", 1)), (0, event(2, "a@x", 2))]);
+        outbox.close().await;
+        let a = stats("a");
+        let outbox = Outbox::open(&path, vec![a.clone()]).unwrap();
+        assert_eq!(a.pending.load(Relaxed), 2);
+        a.disabled.store(true, Relaxed);
+        outbox.clear(0);
+        outbox.insert(vec![(0, event(3, "a@x", 3))]);
+        outbox.close().await;
+        assert_eq!(a.pending.load(Relaxed), 0);
+        assert_eq!(a.dropped.load(Relaxed), 3);
+        let outbox = Outbox::open(&path, vec![stats("a")]).unwrap();
+        assert_eq!(ids(&outbox, 0), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn newer_format_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        {
+            let db = open_db(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Outbox::open(&path, vec![stats("a")]).unwrap_err();
+        assert!(e.contains("format 2"), "{e}");
+    }
+
+    #[test]
+    fn damaged_record_is_an_error_not_a_panic() {
+        assert!(decode(1, &[1, 2, 3]).is_err());
+        let mut v = encode(&event(5, "a@x", 9));
+        assert_eq!(decode(5, &v).unwrap().user, "a@x");
+        v[8] = 200; // user length beyond the record
+        assert!(decode(5, &v).is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! Webhooks against a real Prosody, every request verified by the Standard Webhooks reference
+//! library (tests/python/webhook_receiver.py, `standardwebhooks` from PyPI in `target/venv`):
+//! every event arrives; a receiver failing for 20 s while extpresence is restarted (SIGTERM)
+//! gets every event afterwards, in order, none lost; a 410 stops the deliveries. The README's
+//! `[[webhooks]]` example is the configuration, and its Python receiver is run as written.
+//!
+//! Events are made with `/v1` status updates (one event per update).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::ext::{request, Ext, API_KEY};
+use common::server::{Kind, Server};
+use common::{free_port, COMPONENT, DOMAIN, SECRET};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+/// A test secret: whsec_ + base64 of 32 bytes.
+const WEBHOOK_SECRET: &str = "whsec_dGVzdC1zZWNyZXQtb2YtMzItYnl0ZXMtZm9yLWhvb2s=";
+const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+
+fn python() -> &'static str {
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: run scripts/install-deps.sh (the test command does)"
+    );
+    PYTHON
+}
+
+/// tests/python/webhook_receiver.py as a child process.
+struct Receiver {
+    _child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), WEBHOOK_SECRET).unwrap();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/webhook_receiver.py"
+        );
+        let mut child = tokio::process::Command::new(python())
+            .arg(script)
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run webhook_receiver.py");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the receiver did not start")
+            .unwrap()
+            .expect("the receiver exited");
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("receiver said {first:?}"));
+        Receiver {
+            _child: child,
+            dir,
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/presence", self.port)
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+
+    /// Every request so far: {"id", "answer", "verified", "error", "payload"}.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Answer `code` to every request from now on (`None`: answer normally).
+    fn answer(&self, code: Option<u16>) {
+        let path = self.dir.path().join("answer");
+        match code {
+            Some(code) => {
+                let tmp = self.dir.path().join("answer.tmp");
+                std::fs::write(&tmp, code.to_string()).unwrap();
+                std::fs::rename(tmp, path).unwrap();
+            }
+            None => std::fs::remove_file(path).unwrap(),
+        }
+    }
+
+    /// The ids delivered (answered 204), in the order of their first delivery.
+    fn delivered(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        for r in self.requests() {
+            let id = id_of(&r);
+            if r["answer"] == 204 && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
+fn id_of(r: &Value) -> u64 {
+    r["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no webhook-id: {r}"))
+}
+
+/// The README's `[[webhooks]]` example, pointed at `url` and `secret_file`.
+fn readme_webhook(url: &str, secret_file: &Path) -> String {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme
+        .find("\n## Webhooks")
+        .expect("README section Webhooks")..];
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("toml block");
+    assert!(block.contains("[[webhooks]]"), "{block}");
+    block
+        .replace("https://crm.example.com/hooks/presence", url)
+        .replace(
+            "/etc/extpresence/webhook-crm",
+            &secret_file.display().to_string(),
+        )
+        .replace("example.com", DOMAIN)
+}
+
+async fn start_ext(server: &Server, webhook: String) -> Ext {
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        format!("{c}\n{webhook}")
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    ext
+}
+
+async fn prosody() -> Server {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice", "bob"]).await;
+    server
+}
+
+/// `PUT /v1/users/{user}@DOMAIN/status` away with `status`; must be 200.
+async fn put(ext: &Ext, user: &str, status: &str) {
+    let body = json!({"presence": "away", "status": status}).to_string();
+    let (code, answer) = request(
+        ext.http,
+        "PUT",
+        &format!("/v1/users/{user}@{DOMAIN}/status"),
+        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "PUT {user}: {answer}");
+}
+
+/// A `/metrics` sample (`name` with its labels), or `None` when absent.
+async fn metric(ext: &Ext, name: &str) -> Option<f64> {
+    let (code, text) = request(ext.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(code, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Wait (at most 5 s) until the `/metrics` sample `name` is `value`.
+async fn metric_becomes(ext: &Ext, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(ext, name).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, never {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every request carried a valid signature; the verified payloads are presence events.
+fn all_verified(r: &Receiver) {
+    for req in r.requests() {
+        assert_eq!(req["verified"], true, "not verified: {req}");
+        assert_eq!(req["payload"]["type"], "presence", "{req}");
+    }
+}
+
+/// (a) every event arrives, verified; (b) the receiver answers 500 for 20 s, meanwhile
+/// extpresence is stopped with SIGTERM and started again: afterwards every event arrives, in
+/// order, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_through_an_outage_and_a_restart() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    let mut ext = start_ext(&server, readme_webhook(&r.url(), &r.secret_file())).await;
+    let mut last = std::collections::HashMap::new();
+    let mut n = 0;
+    let mut update = |user: &'static str| {
+        n += 1;
+        let status = format!("{user} {n}");
+        last.insert(user, status.clone());
+        status
+    };
+
+    // (a)
+    for user in ["alice", "bob", "alice", "bob", "alice", "bob"] {
+        put(&ext, user, &update(user)).await;
+    }
+    until(15, "6 deliveries", || r.delivered().len() == 6).await;
+    all_verified(&r);
+
+    // (b) The receiver fails; events are queued behind the failing head.
+    let failing_since = Instant::now();
+    r.answer(Some(500));
+    for user in ["alice", "bob", "alice", "bob", "alice", "bob"] {
+        put(&ext, user, &update(user)).await;
+    }
+    until(15, "a failed attempt", || {
+        r.requests().iter().any(|q| q["answer"] == 500)
+    })
+    .await;
+    // All 6 wait in the outbox (the last ones reach it a moment after their PUT).
+    metric_becomes(&ext, "extpresence_webhook_pending{endpoint=\"crm\"}", 6.0).await;
+    let first_life = metric(&ext, "extpresence_events_total").await.unwrap();
+    assert_eq!(ext.terminate().await, Some(0), "{}", ext.log());
+    assert!(
+        ext.log().contains("webhook events kept in the outbox"),
+        "{}",
+        ext.log()
+    );
+
+    ext.restart().await;
+    ext.wait_privileged(1).await;
+    ext.wait_log("webhook events pending from before the restart")
+        .await;
+    for user in ["alice", "bob", "alice", "bob"] {
+        put(&ext, user, &update(user)).await;
+    }
+    let outage = Duration::from_secs(20);
+    tokio::time::sleep(outage.saturating_sub(failing_since.elapsed())).await;
+    assert!(
+        r.delivered().len() == 6,
+        "delivered while failing: {:?}",
+        r.requests()
+    );
+    r.answer(None);
+
+    // Backoff reaches 16 s during the outage: the next attempt comes within that, then the rest.
+    until(60, "16 deliveries", || r.delivered().len() >= 16).await;
+    let second_life = metric(&ext, "extpresence_events_total").await.unwrap();
+    let delivered = r.delivered();
+    assert_eq!(
+        delivered.len() as f64,
+        first_life + second_life,
+        "every published event once: {delivered:?}"
+    );
+    assert_eq!(delivered.len(), 16, "one event per update");
+    assert!(
+        delivered.windows(2).all(|w| w[0] < w[1]),
+        "not in event order: {delivered:?}"
+    );
+    all_verified(&r);
+    // Each user's last event shows the last update.
+    for (user, status) in &last {
+        let jid = format!("{user}@{DOMAIN}");
+        let last_event = r
+            .requests()
+            .into_iter()
+            .rfind(|q| q["answer"] == 204 && q["payload"]["data"]["user"] == jid.as_str())
+            .unwrap_or_else(|| panic!("no event for {jid}"));
+        assert_eq!(
+            last_event["payload"]["data"]["status"],
+            status.as_str(),
+            "{last_event}"
+        );
+    }
+    let retries = metric(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"retry\"}",
+    )
+    .await
+    .unwrap();
+    assert!(retries >= 1.0, "{retries}");
+    metric_becomes(&ext, "extpresence_webhook_pending{endpoint=\"crm\"}", 0.0).await;
+    assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// (c) A 410 Gone disables the endpoint: an ERROR line names it, and nothing more is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_stops_the_deliveries() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    let mut ext = start_ext(&server, readme_webhook(&r.url(), &r.secret_file())).await;
+    put(&ext, "alice", "before").await;
+    until(15, "the first delivery", || r.delivered().len() == 1).await;
+    r.answer(Some(410));
+    put(&ext, "alice", "gone").await;
+    until(15, "the request answered 410", || r.requests().len() == 2).await;
+    ext.wait_log("answered 410 Gone").await;
+    let line = ext
+        .log()
+        .lines()
+        .find(|l| l.contains("answered 410 Gone"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("ERROR") && line.contains("crm"), "{line}");
+    r.answer(None);
+    for n in 0..3 {
+        put(&ext, "bob", &format!("after {n}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        r.requests().len(),
+        2,
+        "sent after the 410: {:?}",
+        r.requests()
+    );
+    all_verified(&r);
+    assert_eq!(
+        metric(&ext, "extpresence_webhook_disabled{endpoint=\"crm\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&ext, "extpresence_webhook_pending{endpoint=\"crm\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &ext,
+            "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"dropped\"}"
+        )
+        .await,
+        Some(4.0)
+    );
+    assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// The README's Python receiver, run as written (secret file and port substituted), verifies
+/// what extpresence sends and prints the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_receiver_verifies_the_events() {
+    let server = prosody().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{WEBHOOK_SECRET}\n")).unwrap();
+    let readme = include_str!("../README.md");
+    let section = &readme[readme
+        .find("\n## Webhooks")
+        .expect("README section Webhooks")..];
+    let port = free_port();
+    let script = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("python block")
+        .replace(
+            "/etc/receiver/webhook-secret",
+            &secret_file.display().to_string(),
+        )
+        .replace("8000", &port.to_string());
+    let mut child = tokio::process::Command::new(python())
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the README receiver");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let webhook = format!(
+        "[[webhooks]]\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    let mut ext = start_ext(&server, webhook).await;
+    put(&ext, "alice", "In the README").await;
+    // Until the receiver listens, deliveries fail and are retried.
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the README receiver printed nothing")
+        .unwrap()
+        .expect("the README receiver exited");
+    let (id, data) = line.split_once(' ').expect("id and data");
+    assert!(id.parse::<u64>().is_ok(), "{line}");
+    let data: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(data["user"], format!("alice@{DOMAIN}"), "{data}");
+    assert_eq!(data["status"], "In the README", "{data}");
+    assert_eq!(data["cause"], "status", "{data}");
+    // Named after the URL's host when no name is given.
+    metric_becomes(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"127.0.0.1\",outcome=\"ok\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(ext.terminate().await, Some(0));
+}
