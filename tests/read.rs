@@ -365,8 +365,15 @@ async fn ejabberd_admin_api_closes_the_gaps() {
     late.send(presence(None, "here", 0)).await;
     presence_until(&ext, "bob", "online", |v| v["presence"] == "online").await;
     late.abort().await;
-    presence_until(&ext, "bob", "offline after the TCP drop", |v| v["presence"] == "offline").await;
-    assert!(ext.log().contains("observed sessions complete"), "{}", ext.log());
+    presence_until(&ext, "bob", "offline after the TCP drop", |v| {
+        v["presence"] == "offline"
+    })
+    .await;
+    assert!(
+        ext.log().contains("observed sessions complete"),
+        "{}",
+        ext.log()
+    );
     ext.terminate().await;
 }
 
@@ -750,7 +757,11 @@ async fn readme_examples_work() {
         .await
         .expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answers: Vec<Value> = stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -758,12 +769,19 @@ async fn readme_examples_work() {
         .collect();
     assert_eq!(answers.len(), 3, "{stdout}");
     let a = &answers[0];
-    assert_eq!((&a["presence"], &a["status"]), (&json!("online"), &json!("at my desk")), "{a}");
+    assert_eq!(
+        (&a["presence"], &a["status"]),
+        (&json!("online"), &json!("at my desk")),
+        "{a}"
+    );
     assert_eq!(a["resources"][1]["sources"], json!(["pbx"]), "{a}");
     assert_eq!(answers[1]["presence"][1]["presence"], "xa", "{stdout}");
     let contacts = answers[2]["contacts"].as_array().expect("contacts");
     assert!(
-        contacts.iter().any(|c| c["jid"] == format!("bob@{DOMAIN}") && c["presence"]["status"] == "gone fishing"),
+        contacts
+            .iter()
+            .any(|c| c["jid"] == format!("bob@{DOMAIN}")
+                && c["presence"]["status"] == "gone fishing"),
         "{stdout}"
     );
 
@@ -787,7 +805,10 @@ async fn readme_examples_work() {
     let text = String::from_utf8_lossy(&out.expect("bash").stdout).to_string();
     assert!(text.contains("event: presence"), "{text}");
     assert!(text.contains("\"cause\":\"status\""), "{text}");
-    assert!(text.contains("Lunch") || text.contains("at my desk"), "{text}");
+    assert!(
+        text.contains("Lunch") || text.contains("at my desk"),
+        "{text}"
+    );
     alice.disconnect().await;
     bob.disconnect().await;
 }

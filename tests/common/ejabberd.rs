@@ -43,7 +43,10 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 const CTL_PARALLEL: usize = 4;
 /// The admin-facing snippet the component / privilege part comes from.
 const SNIPPET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ejabberd/extpresence.yml");
-const API_SNIPPET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/ejabberd/extpresence-api.yml");
+const API_SNIPPET: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/etc/ejabberd/extpresence-api.yml"
+);
 
 /// Which admin API the server opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +148,10 @@ impl Ejabberd {
             let port = api_port.expect("api port");
             let text = fs::read_to_string(API_SNIPPET)
                 .unwrap_or_else(|e| panic!("cannot read {API_SNIPPET}: {e}"));
-            assert!(text.contains("port: 5281"), "{API_SNIPPET} no longer says port: 5281");
+            assert!(
+                text.contains("port: 5281"),
+                "{API_SNIPPET} no longer says port: 5281"
+            );
             fs::write(
                 etc.join("extpresence-api.yml"),
                 text.replace("port: 5281", &format!("port: {port}")),
