@@ -172,6 +172,40 @@ pub struct RawXmpp {
     pub reconnect_max_secs: u64,
 }
 
+/// One `[[http.keys]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// The key itself.
+    pub key: Option<Secret>,
+    /// Or a file holding it (first line, trimmed).
+    pub key_file: Option<PathBuf>,
+    /// `"admin"`, `{ domains = [...] }` or `{ user = "alice@example.com" }`.
+    pub scope: RawScope,
+    /// `"read"`, `"write"` or `"read-write"`.
+    pub access: crate::access::Access,
+    /// Shown in logs and metrics (never the key); default `key-<n>`.
+    pub name: Option<String>,
+}
+
+/// A key's scope as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawScope {
+    /// `"admin"`.
+    Word(String),
+    /// `{ domains = [...] }`.
+    Domains {
+        /// The domains.
+        domains: Vec<String>,
+    },
+    /// `{ user = "..." }`.
+    User {
+        /// The user.
+        user: String,
+    },
+}
+
 /// `[status]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +248,9 @@ pub struct RawHttp {
     /// Files each holding one API key (first line, trimmed).
     #[serde(default)]
     pub api_key_files: Vec<PathBuf>,
+    /// Keys with a scope and a right (`[[http.keys]]`).
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
     /// Concurrent HTTP connections at most (also bounded by the open-file limit).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -231,6 +268,7 @@ impl Default for RawHttp {
         RawHttp {
             listen: default_listen(),
             api_keys: Vec::new(),
+            keys: Vec::new(),
             api_key_files: Vec::new(),
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
@@ -316,8 +354,8 @@ pub struct Settings {
     pub policy: StatusPolicy,
     /// HTTP listen address.
     pub listen: SocketAddr,
-    /// Accepted API keys.
-    pub api_keys: Vec<Secret>,
+    /// Accepted keys and what each may do (the older `api_keys` as admin read-write).
+    pub keys: Vec<(Secret, crate::access::Grant)>,
     /// Configured cap on concurrent HTTP connections (`run` also bounds it by the open-file limit).
     pub max_connections: usize,
     /// Time for a complete request head; also the idle keep-alive time.
@@ -506,10 +544,84 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if api_keys.iter().any(|k| k.expose().trim().is_empty()) {
         return Err(invalid("http.api_keys", "an API key is empty"));
     }
-    if api_keys.is_empty() {
+    let mut keys: Vec<(Secret, crate::access::Grant)> = api_keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, crate::access::Grant::admin(format!("api-key-{}", i + 1))))
+        .collect();
+    for (i, k) in h.keys.into_iter().enumerate() {
+        let at = "http.keys";
+        let secret = match (k.key, k.key_file) {
+            (Some(_), Some(_)) => return Err(invalid(at, "set either key or key_file, not both")),
+            (Some(s), None) => s,
+            (None, Some(path)) => read_secret_file("http.keys.key_file", &path)?,
+            (None, None) => return Err(invalid(at, "each [[http.keys]] needs key or key_file")),
+        };
+        if secret.expose().trim().is_empty() {
+            return Err(invalid(at, "a key is empty"));
+        }
+        let scope = match k.scope {
+            RawScope::Word(w) if w == "admin" => crate::access::Scope::Admin,
+            RawScope::Word(w) => {
+                return Err(invalid(
+                    "http.keys.scope",
+                    format!("{w:?}: a scope is \"admin\", {{ domains = [...] }} or {{ user = \"...\" }}"),
+                ))
+            }
+            RawScope::Domains { domains: ds } => {
+                let mut set = BTreeSet::new();
+                for d in ds {
+                    let norm = BareJid::new(&d)
+                        .ok()
+                        .filter(|j| j.node().is_none())
+                        .map(|j| j.domain().to_string())
+                        .filter(|d| domains.contains(d))
+                        .ok_or_else(|| {
+                            invalid("http.keys.scope", format!("{d:?} is not one of xmpp.domains"))
+                        })?;
+                    set.insert(norm);
+                }
+                if set.is_empty() {
+                    return Err(invalid("http.keys.scope", "domains = [] covers nobody"));
+                }
+                crate::access::Scope::Domains(set)
+            }
+            RawScope::User { user } => {
+                let jid = BareJid::new(&user)
+                    .ok()
+                    .filter(|j| j.node().is_some() && domains.contains(j.domain().as_str()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "http.keys.scope",
+                            format!("{user:?} is not a user of one of xmpp.domains"),
+                        )
+                    })?;
+                crate::access::Scope::User(jid)
+            }
+        };
+        let name = k.name.unwrap_or_else(|| format!("key-{}", i + 1));
+        if name.is_empty()
+            || name.len() > 64
+            || name.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+        {
+            return Err(invalid(
+                "http.keys.name",
+                format!("{name:?}: 1 to 64 characters, no quotes, backslashes or control characters"),
+            ));
+        }
+        keys.push((
+            secret,
+            crate::access::Grant {
+                name: name.into(),
+                scope,
+                access: k.access,
+            },
+        ));
+    }
+    if keys.is_empty() {
         return Err(invalid(
             "http.api_keys",
-            "no API key configured: set api_keys or api_key_files",
+            "no API key configured: set api_keys, api_key_files or [[http.keys]]",
         ));
     }
 
@@ -573,7 +685,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             allow_non_negative_priority: s.allow_non_negative_priority,
         },
         listen,
-        api_keys,
+        keys,
         max_connections: h.max_connections,
         header_timeout: Duration::from_secs(h.header_timeout_secs),
         body_timeout: Duration::from_secs(h.body_timeout_secs),
@@ -615,6 +727,50 @@ mod tests {
         assert_eq!(s.policy.default_priority, -1);
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("k1\""), "{dbg}");
+    }
+
+    #[test]
+    fn scoped_keys() {
+        let text = GOOD.replace(
+            "[http]",
+            r#"[[http.keys]]
+            key = "adm"
+            scope = "admin"
+            access = "read-write"
+            name = "ops"
+            [[http.keys]]
+            key = "team"
+            scope = { domains = ["example.com"] }
+            access = "write"
+            [[http.keys]]
+            key = "al"
+            scope = { user = "Alice@Example.com" }
+            access = "read"
+            [http]"#,
+        );
+        let s = parse(&text).unwrap();
+        let grants: Vec<_> = s.keys.iter().map(|(_, g)| g.clone()).collect();
+        assert_eq!(grants.len(), 4, "api_keys and three [[http.keys]]");
+        assert_eq!(&*grants[1].name, "ops");
+        assert_eq!(grants[1].scope, crate::access::Scope::Admin);
+        assert_eq!(&*grants[2].name, "key-2");
+        assert_eq!(grants[2].access, crate::access::Access::Write);
+        assert_eq!(
+            grants[3].scope,
+            crate::access::Scope::User(BareJid::new("alice@example.com").unwrap())
+        );
+        for (bad, key) in [
+            (r#"scope = "root""#, "http.keys.scope"),
+            (r#"scope = { domains = ["other.org"] }"#, "http.keys.scope"),
+            (r#"scope = { user = "bob@other.org" }"#, "http.keys.scope"),
+        ] {
+            let text = GOOD.replace(
+                "[http]",
+                &format!("[[http.keys]]\nkey = \"x\"\n{bad}\naccess = \"read\"\n[http]"),
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! ```
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
 
+pub mod access;
 pub mod config;
 pub mod delivery;
 pub mod events;
@@ -229,7 +230,7 @@ pub async fn run(
         hub: hub.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
-        keys: http::auth::ApiKeys::new(&settings.api_keys),
+        keys: http::auth::ApiKeys::new(&settings.keys),
         delivery,
         metrics,
         link: link.clone(),

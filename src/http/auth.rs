@@ -7,17 +7,20 @@
 //! both sides are hashed (SHA-1, so lengths do not leak) and compared with `subtle`, against every
 //! configured key without an early exit.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::access::Grant;
 use crate::config::Secret;
 
-/// The configured keys, kept only as digests.
+/// The configured keys, kept only as digests, each with what it may do.
 #[derive(Clone)]
 pub struct ApiKeys {
-    digests: Vec<[u8; 20]>,
+    digests: Vec<([u8; 20], Arc<Grant>)>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -31,25 +34,32 @@ fn digest(s: &str) -> [u8; 20] {
 }
 
 impl ApiKeys {
-    /// Keep the digests of `keys`.
-    pub fn new(keys: &[Secret]) -> ApiKeys {
+    /// Keep the digests of `keys` and their grants.
+    pub fn new(keys: &[(Secret, Grant)]) -> ApiKeys {
         ApiKeys {
-            digests: keys.iter().map(|k| digest(k.expose())).collect(),
+            digests: keys
+                .iter()
+                .map(|(k, g)| (digest(k.expose()), Arc::new(g.clone())))
+                .collect(),
         }
     }
 
-    /// Whether `given` is one of the keys (constant time in the key's content).
-    pub fn accepts(&self, given: &str) -> bool {
+    /// The grant of `given`, if it is one of the keys (constant time in the key's content: every
+    /// key is compared, without an early exit).
+    pub fn grant(&self, given: &str) -> Option<Arc<Grant>> {
         let d = digest(given);
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
-            .into()
+        let mut found = None;
+        for (k, g) in &self.digests {
+            if bool::from(k.ct_eq(&d)) {
+                found = Some(g.clone());
+            }
+        }
+        found
     }
 
     /// Check the request's key: 401 when none is given, 400 when more than one credential is
     /// given, 403 when it is wrong.
-    pub fn check(&self, query: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check(&self, query: Option<&str>, headers: &HeaderMap) -> Result<Arc<Grant>, ApiError> {
         let from_query = query
             .into_iter()
             .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
@@ -79,8 +89,7 @@ impl ApiKeys {
         match first.flatten() {
             None => Err(ApiError::MissingKey),
             Some(k) if k.is_empty() => Err(ApiError::MissingKey),
-            Some(k) if self.accepts(&k) => Ok(()),
-            Some(_) => Err(ApiError::WrongKey),
+            Some(k) => self.grant(&k).ok_or(ApiError::WrongKey),
         }
     }
 }
@@ -92,7 +101,12 @@ mod tests {
 
     #[test]
     fn sources_and_outcomes() {
-        let keys = ApiKeys::new(&[Secret::new("k1"), Secret::new("second key")]);
+        let keys = ApiKeys::new(&[
+            (Secret::new("k1"), Grant::admin("one")),
+            (Secret::new("second key"), Grant::admin("two")),
+        ]);
+        assert_eq!(&*keys.grant("second key").unwrap().name, "two");
+        assert!(keys.grant("second").is_none());
         let none = HeaderMap::new();
         assert!(keys.check(Some("api-key=k1"), &none).is_ok());
         assert!(keys.check(Some("x=1&api-key=second%20key"), &none).is_ok());

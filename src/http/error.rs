@@ -120,6 +120,9 @@ pub enum ApiError {
     /// The backend cannot do this (e.g. read rosters on Tigase).
     #[error("{0}")]
     Unsupported(String),
+    /// The credential may not do this (scope or access).
+    #[error("{0}")]
+    Forbidden(#[from] crate::access::Denied),
     /// A `Last-Event-ID` that is not an event id.
     #[error("Last-Event-ID {0:?} is not an event id")]
     LastEventId(String),
@@ -130,7 +133,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey => StatusCode::UNAUTHORIZED,
-            ApiError::WrongKey | ApiError::Domain(_) => StatusCode::FORBIDDEN,
+            ApiError::WrongKey | ApiError::Domain(_) | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -183,6 +188,7 @@ impl ApiError {
             ApiError::Roster(_) => "roster_unavailable",
             ApiError::Unsupported(_) => "not_supported",
             ApiError::LastEventId(_) => "invalid_last_event_id",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 

@@ -34,6 +34,7 @@ use super::input;
 use super::server::AppState;
 use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, user_of};
 use super::v1::{ErrorBody, MAX_BULK_BYTES};
+use crate::access::{Grant, Need, Scope};
 use crate::events::{Event, Filter, Subscription};
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
 use crate::status::now_ms;
@@ -93,12 +94,35 @@ pub(super) async fn get_presence(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let r = (|| {
-        state.keys.check(q.as_deref(), &headers)?;
+    let r = async {
+        let grant = state.keys.check(q.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
+        may_read(&state, &grant, &user).await?;
         Ok(json(StatusCode::OK, &presence_of(&state, &user)))
-    })();
+    }
+    .await;
     finish(&state, &method, path_user(&path), r)
+}
+
+/// Whether `grant` may read `user`: directly, or (a user's own credential) because `user` is in
+/// its user's roster with subscription `to` or `both`.
+async fn may_read(state: &AppState, grant: &Grant, user: &BareJid) -> Result<(), ApiError> {
+    let Err(denied) = grant.allows(Need::Read, user) else {
+        return Ok(());
+    };
+    let Some(own) = grant.reads_through_roster(user) else {
+        return Err(denied.into());
+    };
+    let roster = state
+        .rosters
+        .get(own, ROSTER_WAIT)
+        .await
+        .map_err(|e| ApiError::Roster(e.to_string()))?;
+    if roster.iter().any(|i| &i.jid == user && i.sees_contact()) {
+        Ok(())
+    } else {
+        Err(denied.into())
+    }
 }
 
 fn presence_of(state: &AppState, user: &BareJid) -> UserPresence {
@@ -153,7 +177,8 @@ pub(super) async fn query(
     body: Body,
 ) -> Response {
     let r = async {
-        state.keys.check(q.as_deref(), &headers)?;
+        let grant = state.keys.check(q.as_deref(), &headers)?;
+        grant.has(Need::Read)?;
         require_json(&headers)?;
         let body = input::read_body(&headers, body, MAX_BULK_BYTES, state.body_timeout).await?;
         let asked: PresenceQuery = serde_json::from_slice(&body).map_err(malformed)?;
@@ -165,6 +190,9 @@ pub(super) async fn query(
             .iter()
             .map(|u| input::served_user(u, &state.domains))
             .collect::<Result<Vec<_>, _>>()?;
+        for u in &users {
+            may_read(&state, &grant, u).await?;
+        }
         let presence = users.iter().map(|u| presence_of(&state, u)).collect();
         Ok(json(StatusCode::OK, &PresenceAnswer { presence }))
     }
@@ -239,8 +267,9 @@ pub(super) async fn get_contacts(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        state.keys.check(q.as_deref(), &headers)?;
+        let grant = state.keys.check(q.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
+        grant.allows(Need::Read, &user)?;
         let items = state
             .rosters
             .get(&user, ROSTER_WAIT)
@@ -305,6 +334,39 @@ fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiErro
         }
     }
     Ok(f)
+}
+
+/// Restrict an event filter to what `grant` may read: every user and domain asked must be
+/// readable (else 403); no filter means everything the grant may read (a domain grant: its
+/// domains; a user's credential: its user and the contacts it may see, as of now).
+async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result<(), ApiError> {
+    for d in &f.domains {
+        if !grant.covers_domain(d) {
+            return Err(crate::access::Denied::Scope {
+                name: grant.name.to_string(),
+                user: format!("the users of {d}"),
+            }
+            .into());
+        }
+    }
+    for u in &f.users {
+        may_read(state, grant, u).await?;
+    }
+    if !f.users.is_empty() || !f.domains.is_empty() {
+        return Ok(());
+    }
+    match &grant.scope {
+        Scope::Admin => {}
+        Scope::Domains(ds) => f.domains = ds.iter().cloned().collect(),
+        Scope::User(own) => {
+            f.users.insert(own.clone());
+            if let Ok(roster) = state.rosters.get(own, ROSTER_WAIT).await {
+                f.users
+                    .extend(roster.iter().filter(|i| i.sees_contact()).map(|i| i.jid.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn sse(event: &Event) -> SseEvent {
@@ -378,9 +440,11 @@ pub(super) async fn events(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let r = (|| {
-        state.keys.check(q.as_deref(), &headers)?;
-        let filter = parse_filter(&state, q.as_deref())?;
+    let r = async {
+        let grant = state.keys.check(q.as_deref(), &headers)?;
+        grant.has(Need::Read)?;
+        let mut filter = parse_filter(&state, q.as_deref())?;
+        scope_filter(&state, &grant, &mut filter).await?;
         let last = match headers.get("last-event-id") {
             None => None,
             Some(v) => {
@@ -407,6 +471,7 @@ pub(super) async fn events(
         Ok(Sse::new(stream(s))
             .keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
             .into_response())
-    })();
+    }
+    .await;
     finish(&state, &method, "", r)
 }

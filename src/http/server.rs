@@ -22,6 +22,7 @@ use super::input;
 use super::listener::ConnStats;
 use super::log::{self, Escaped, RequestLog};
 use super::tigase::{self, Request};
+use crate::access::Need;
 use crate::delivery::Delivery;
 use crate::events::EventHub;
 use crate::metrics::{Gauges, Metrics, Outcome};
@@ -305,7 +306,7 @@ async fn set_status(
     if method != Method::POST {
         return Err(ApiError::Method(method.to_string()));
     }
-    state.keys.check(query, headers)?;
+    let grant = state.keys.check(query, headers)?;
     let (user, resource) = path.as_ref().map_err(|_| ApiError::InvalidPath)?;
     // Borrowed unless the header is not UTF-8 (no copy per request).
     let content_type = headers
@@ -320,6 +321,7 @@ async fn set_status(
     if !state.domains.contains(user.domain().as_str()) {
         return Err(ApiError::Domain(user.domain().as_str().to_string()));
     }
+    grant.allows(Need::Write, &user)?;
     let resource = state
         .policy
         .resource(resource.as_deref().or(jid_resource.as_deref()))?;

@@ -31,6 +31,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::error::{ApiError, Format};
 use super::input;
 use super::server::{refuse, AppState, MAX_BODY_BYTES};
+use crate::access::Need;
 use crate::metrics::Outcome;
 use crate::status::{now_ms, validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
 use crate::status::{Applied, Edit, ResourceStatus, SourceStatus};
@@ -529,8 +530,9 @@ async fn put_status(
     body: Body,
 ) -> Response {
     let r = async {
-        state.keys.check(query.as_deref(), &headers)?;
+        let grant = state.keys.check(query.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
+        grant.allows(Need::Write, &user)?;
         require_json(&headers)?;
         let body = input::read_body(&headers, body, MAX_BODY_BYTES, state.body_timeout).await?;
         let update: StatusUpdate = serde_json::from_slice(&body).map_err(malformed)?;
@@ -579,8 +581,9 @@ async fn delete_status(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        state.keys.check(query.as_deref(), &headers)?;
+        let grant = state.keys.check(query.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
+        grant.allows(Need::Write, &user)?;
         let (mut resource, mut source) = (None, None);
         for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
             let slot = match k.as_ref() {
@@ -662,8 +665,9 @@ async fn get_status(
     headers: HeaderMap,
 ) -> Response {
     let r = (|| {
-        state.keys.check(query.as_deref(), &headers)?;
+        let grant = state.keys.check(query.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
+        grant.allows(Need::Read, &user)?;
         let resources = state
             .table
             .statuses(&user)
@@ -708,7 +712,8 @@ async fn bulk(
     body: Body,
 ) -> Response {
     let r = async {
-        state.keys.check(query.as_deref(), &headers)?;
+        let grant = state.keys.check(query.as_deref(), &headers)?;
+        grant.has(Need::Write)?;
         require_json(&headers)?;
         let body = input::read_body(&headers, body, MAX_BULK_BYTES, state.body_timeout).await?;
         let request: BulkRequest = serde_json::from_slice(&body).map_err(malformed)?;
@@ -738,6 +743,7 @@ async fn bulk(
                         Some(Value::String(u)) => input::served_user(u, &state.domains)?,
                         _ => return Err(ApiError::Jid("(user missing or not a string)".into())),
                     };
+                    grant.allows(Need::Write, &user)?;
                     let update = StatusUpdate {
                         presence: item.presence,
                         status: item.status,
