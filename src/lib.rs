@@ -94,6 +94,7 @@ pub async fn run(
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
+    let tokens = Arc::new(access::tokens::Tokens::load(Some(store.clone())));
     let (table, changes) = StatusTable::new(Some(store), records);
     let expiry = tokio::spawn(table.clone().run_expiry());
     // The read side: sessions the server announces, and one event per change of a served
@@ -230,7 +231,7 @@ pub async fn run(
         hub: hub.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
-        keys: http::auth::ApiKeys::new(&settings.keys),
+        keys: http::auth::ApiKeys::new(&settings.keys, tokens),
         delivery,
         metrics,
         link: link.clone(),

@@ -11,6 +11,8 @@
 //!   ([`Grant::reads_through_roster`]).
 //! - Minting, listing and revoking tokens needs an admin grant with write access.
 
+pub mod tokens;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

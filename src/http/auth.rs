@@ -14,6 +14,7 @@ use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::access::tokens::{self, Tokens};
 use crate::access::Grant;
 use crate::config::Secret;
 
@@ -21,6 +22,8 @@ use crate::config::Secret;
 #[derive(Clone)]
 pub struct ApiKeys {
     digests: Vec<([u8; 20], Arc<Grant>)>,
+    /// Per-user tokens minted at run time (`ept_…`).
+    pub tokens: Arc<Tokens>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -35,18 +38,22 @@ fn digest(s: &str) -> [u8; 20] {
 
 impl ApiKeys {
     /// Keep the digests of `keys` and their grants.
-    pub fn new(keys: &[(Secret, Grant)]) -> ApiKeys {
+    pub fn new(keys: &[(Secret, Grant)], tokens: Arc<Tokens>) -> ApiKeys {
         ApiKeys {
             digests: keys
                 .iter()
                 .map(|(k, g)| (digest(k.expose()), Arc::new(g.clone())))
                 .collect(),
+            tokens,
         }
     }
 
     /// The grant of `given`, if it is one of the keys (constant time in the key's content: every
     /// key is compared, without an early exit).
     pub fn grant(&self, given: &str) -> Option<Arc<Grant>> {
+        if given.starts_with(tokens::PREFIX) {
+            return self.tokens.grant(given);
+        }
         let d = digest(given);
         let mut found = None;
         for (k, g) in &self.digests {
@@ -104,7 +111,7 @@ mod tests {
         let keys = ApiKeys::new(&[
             (Secret::new("k1"), Grant::admin("one")),
             (Secret::new("second key"), Grant::admin("two")),
-        ]);
+        ], Arc::new(Tokens::load(None)));
         assert_eq!(&*keys.grant("second key").unwrap().name, "two");
         assert!(keys.grant("second").is_none());
         let none = HeaderMap::new();

@@ -11,6 +11,7 @@ pub mod log;
 pub mod read;
 pub mod server;
 pub mod tigase;
+pub mod tokens;
 pub mod v1;
 
 pub use server::{router, AppState};

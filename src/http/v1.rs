@@ -44,6 +44,7 @@ pub const MAX_BULK_BYTES: usize = 1 << 20;
 /// The `/v1` routes (and the OpenAPI document).
 pub fn routes() -> Router<Arc<AppState>> {
     super::read::routes()
+        .merge(super::tokens::routes())
         .route(
             "/v1/users/{jid}/status",
             MethodRouter::new()
@@ -855,6 +856,9 @@ impl utoipa::Modify for Security {
         super::read::query,
         super::read::get_contacts,
         super::read::events,
+        super::tokens::mint,
+        super::tokens::list,
+        super::tokens::revoke,
         super::server::status_default,
         super::server::status_resource
     ),

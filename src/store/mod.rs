@@ -24,6 +24,10 @@
 //!   it (so removing a delivered tombstone never removes a newer one). A tombstone beside sources
 //!   of the same resource is stale (the resource was set again) and ignored.
 //!
+//! Table `tokens`: per-user API tokens (key: the token's public id; value: its record as JSON,
+//! holding only the SHA-256 of the secret; `access/tokens.rs`). Added within format 2: a store
+//! without it has no tokens, and an older release ignores it.
+//!
 //! Table `meta`: `format` = 2 (u32 LE). A store without it was written by format 1 (one record per
 //! resource: key `user@domain/resource`, value `[1][priority][show][text…]` or a tombstone); it is
 //! upgraded in one transaction when opened, every status becoming source `default`. A store of a
@@ -46,6 +50,7 @@ use crate::status::{now_ms, Show, Source, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// The format this version writes (see the module doc).
 pub const FORMAT: u32 = 2;
 /// Separates the resource's full JID from the source in a source record's key (NUL is in no JID).
@@ -133,6 +138,10 @@ pub enum Write {
     Expire(FullJid, Source, u64, u64),
     /// Remove every source of the resource, and mark it for `unavailable`.
     ClearAll(FullJid, u64),
+    /// Keep an API token's record (id, encoded record).
+    PutToken(String, Vec<u8>),
+    /// Remove an API token's record.
+    DeleteToken(String),
 }
 
 /// What is run on the writer thread once a write's commit succeeded or failed.
@@ -159,6 +168,8 @@ struct Health {
 pub struct Store {
     ops: std_mpsc::Sender<Op>,
     health: Arc<Health>,
+    /// The token records read at open, until taken.
+    tokens: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
 }
 
 impl std::fmt::Debug for Op {
@@ -405,7 +416,21 @@ impl Store {
                 records.push(record);
             }
         }
-        info!(path = %path.display(), records = records.len(), "status store open");
+        let mut tokens = Vec::new();
+        {
+            let read = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            match read.open_table(TOKENS) {
+                Ok(table) => {
+                    for row in table.iter().map_err(|e| open_err(e.to_string()))? {
+                        let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
+                        tokens.push((k.value().to_string(), v.value().to_vec()));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        }
+        info!(path = %path.display(), records = records.len(), tokens = tokens.len(), "status store open");
 
         let (tx, rx) = std_mpsc::channel();
         let health = Arc::new(Health::default());
@@ -424,7 +449,14 @@ impl Store {
                 .run(rx)
             })
             .map_err(|e| open_err(e.to_string()))?;
-        Ok((Store { ops: tx, health }, records))
+        Ok((
+            Store {
+                ops: tx,
+                health,
+                tokens: Arc::new(Mutex::new(tokens)),
+            },
+            records,
+        ))
     }
 
     /// Queue `writes`, committed together in one transaction; `ack` runs on the writer thread
@@ -453,6 +485,11 @@ impl Store {
     /// waits for it. A tombstone of the previous release (number 0) goes with any number.
     pub fn delete(&self, jid: &FullJid, seq: u64) {
         let _ = self.ops.send(Op::Delete(jid.as_str().to_owned(), seq));
+    }
+
+    /// The API token records read at open (once; later calls get none).
+    pub fn take_tokens(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Why the store cannot commit, while it cannot (`None` when the last commit succeeded).
@@ -625,6 +662,7 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+        let mut tokens = txn.open_table(TOKENS).map_err(|e| e.to_string())?;
         let e = |e: redb::StorageError| e.to_string();
         for op in batch {
             match op {
@@ -658,6 +696,14 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                                         .insert(jid.as_str(), tombstone(*seq).as_slice())
                                         .map_err(e)?;
                                 }
+                            }
+                            Write::PutToken(id, record) => {
+                                tokens
+                                    .insert(id.as_str(), record.as_slice())
+                                    .map_err(e)?;
+                            }
+                            Write::DeleteToken(id) => {
+                                tokens.remove(id.as_str()).map_err(e)?;
                             }
                             Write::ClearAll(jid, seq) => {
                                 let start = format!("{jid}{SOURCE_SEPARATOR}");

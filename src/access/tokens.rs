@@ -1,0 +1,309 @@
+//! Per-user API tokens, minted at run time by an admin credential.
+//!
+//! A token is `ept_<id>.<secret>`: the id (12 hex digits) is public and names the token in lists
+//! and in `DELETE /v1/tokens/{id}`; the secret is 32 random bytes (256 bits, base64url) that only
+//! the caller of `POST /v1/tokens` ever sees. The durable store keeps the SHA-256 of the secret
+//! with the token's user, access, name and expiry (table `tokens`), so tokens survive restarts
+//! and a copy of the store reveals none. A token is checked by its id, then its secret's digest
+//! compared in constant time; an expired token is refused and forgotten; a revoked one is
+//! refused at once (it leaves memory before the store has removed it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use jid::BareJid;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use super::{Access, Grant, Scope};
+use crate::status::now_ms;
+use crate::store::{Store, StoreError, Write};
+
+/// What every token starts with (so a token is never mistaken for a configured key).
+pub const PREFIX: &str = "ept_";
+/// Most tokens held at once.
+pub const MAX_TOKENS: usize = 100_000;
+
+/// What a token is, as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    /// The public id.
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// `read`, `write` or `read-write`.
+    pub access: String,
+    /// A name for people.
+    pub name: Option<String>,
+    /// When it was minted (ms since the Unix epoch).
+    pub created_at: u64,
+    /// When it stops working (ms since the Unix epoch), if ever.
+    pub expires_at: Option<u64>,
+}
+
+/// As stored: the info and the secret's digest.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    info: TokenInfo,
+    /// Hex SHA-256 of the secret.
+    sha256: String,
+}
+
+struct Entry {
+    digest: [u8; 32],
+    grant: Arc<Grant>,
+    info: TokenInfo,
+}
+
+/// The tokens held.
+pub struct Tokens {
+    map: RwLock<HashMap<String, Entry>>,
+    store: Option<Store>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} held, MASKED)", self.read().len())
+    }
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Too many tokens held.
+    #[error("{MAX_TOKENS} tokens are held already; revoke some first")]
+    Full,
+    /// The store could not commit it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn grant_of(info: &TokenInfo) -> Option<Grant> {
+    Some(Grant {
+        name: format!("token {}", info.id).into(),
+        scope: Scope::User(BareJid::new(&info.user).ok()?),
+        access: Access::parse(&info.access)?,
+    })
+}
+
+impl Tokens {
+    /// The tokens the store held at open (`store.take_tokens()`); damaged records are skipped
+    /// (logged), expired ones forgotten.
+    pub fn load(store: Option<Store>) -> Tokens {
+        let now = now_ms();
+        let mut map = HashMap::new();
+        for (id, bytes) in store.as_ref().map(Store::take_tokens).unwrap_or_default() {
+            let parsed = serde_json::from_slice::<Stored>(&bytes).ok().and_then(|s| {
+                let digest = unhex(&s.sha256)?;
+                let grant = grant_of(&s.info)?;
+                Some(Entry {
+                    digest,
+                    grant: Arc::new(grant),
+                    info: s.info,
+                })
+            });
+            match parsed {
+                Some(e) if e.info.expires_at.is_some_and(|at| at <= now) => {
+                    if let Some(store) = &store {
+                        store.write_then(vec![Write::DeleteToken(id)], Box::new(|_| {}));
+                    }
+                }
+                Some(e) => {
+                    map.insert(id, e);
+                }
+                None => warn!(id = %id, "a damaged API token record was skipped"),
+            }
+        }
+        Tokens {
+            map: RwLock::new(map),
+            store,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mint a token for `user`; returns it (the only time its secret is seen) once it is durable.
+    pub async fn mint(
+        &self,
+        user: &BareJid,
+        access: Access,
+        name: Option<String>,
+        expires_in_secs: Option<u64>,
+    ) -> Result<(String, TokenInfo), MintError> {
+        if self.read().len() >= MAX_TOKENS {
+            return Err(MintError::Full);
+        }
+        // (The thread's generator is not Send: it must not live across the await below.)
+        let (id, secret) = {
+            let mut rng = rand::rng();
+            let mut id = [0u8; 6];
+            rng.fill_bytes(&mut id);
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            (id, secret)
+        };
+        let id = hex(&id);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let now = now_ms();
+        let info = TokenInfo {
+            id: id.clone(),
+            user: user.to_string(),
+            access: access.as_str().to_string(),
+            name,
+            created_at: now,
+            expires_at: expires_in_secs.map(|s| now.saturating_add(s.saturating_mul(1000))),
+        };
+        let d = digest(&secret);
+        let stored = Stored {
+            info: info.clone(),
+            sha256: hex(&d),
+        };
+        if let Some(store) = &self.store {
+            let record = serde_json::to_vec(&stored).expect("serialisable");
+            store
+                .write(vec![Write::PutToken(id.clone(), record)])
+                .durable()
+                .await?;
+        }
+        let grant = grant_of(&info).expect("a served user and a known access");
+        self.write().insert(
+            id.clone(),
+            Entry {
+                digest: d,
+                grant: Arc::new(grant),
+                info: info.clone(),
+            },
+        );
+        Ok((format!("{PREFIX}{id}.{secret}"), info))
+    }
+
+    /// Every token held, oldest first (never a secret).
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let now = now_ms();
+        let mut v: Vec<TokenInfo> = self
+            .read()
+            .values()
+            .filter(|e| e.info.expires_at.is_none_or(|at| at > now))
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// Revoke token `id`: refused at once, removed from the store before this returns. `false`
+    /// when there is no such token.
+    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        if self.write().remove(id).is_none() {
+            return Ok(false);
+        }
+        if let Some(store) = &self.store {
+            store
+                .write(vec![Write::DeleteToken(id.to_string())])
+                .durable()
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// The grant of `credential` if it is a live token.
+    pub fn grant(&self, credential: &str) -> Option<Arc<Grant>> {
+        let (id, secret) = credential.strip_prefix(PREFIX)?.split_once('.')?;
+        let given = digest(secret);
+        let map = self.read();
+        let e = map.get(id)?;
+        if !bool::from(e.digest.ct_eq(&given)) {
+            return None;
+        }
+        if e.info.expires_at.is_some_and(|at| at <= now_ms()) {
+            return None;
+        }
+        Some(e.grant.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Open the store again once the previous writer thread has let go of the file.
+    fn reopen(path: &std::path::Path) -> Store {
+        for _ in 0..500 {
+            if let Ok((store, _)) = Store::open(path) {
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the store did not reopen");
+    }
+
+    #[tokio::test]
+    async fn mint_check_list_revoke_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let alice = BareJid::new("alice@example.com").unwrap();
+        let (token, info, kept) = {
+            let (store, _) = Store::open(&path).unwrap();
+            let t = Tokens::load(Some(store));
+            let (token, info) = t
+                .mint(&alice, Access::ReadWrite, Some("phone".into()), None)
+                .await
+                .unwrap();
+            let (short, _) = t.mint(&alice, Access::Read, None, Some(3600)).await.unwrap();
+            assert!(token.starts_with(PREFIX) && token.len() > 50);
+            let g = t.grant(&token).unwrap();
+            assert_eq!(g.scope, Scope::User(alice.clone()));
+            assert_eq!(g.access, Access::ReadWrite);
+            assert!(t.grant(&format!("{token}x")).is_none());
+            assert!(t.grant(&token.replace(PREFIX, "")).is_none());
+            assert_eq!(t.list().len(), 2);
+            assert!(!format!("{:?}", t.list()).contains(token.split('.').nth(1).unwrap()));
+            (token, info, short)
+        };
+        // The store file holds no secret.
+        let raw = std::fs::read(&path).unwrap();
+        let secret = token.split('.').nth(1).unwrap();
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        // After a restart: still valid; revoked at once.
+        let t = Tokens::load(Some(reopen(&path)));
+        assert_eq!(t.list()[0], info);
+        assert!(t.grant(&token).is_some());
+        assert!(t.grant(&kept).is_some());
+        assert!(t.revoke(&info.id).await.unwrap());
+        assert!(t.grant(&token).is_none());
+        assert!(!t.revoke(&info.id).await.unwrap());
+        drop(t);
+        let t = Tokens::load(Some(reopen(&path)));
+        assert!(t.grant(&token).is_none(), "revoked durably");
+        assert_eq!(t.list().len(), 1);
+    }
+}

@@ -1,0 +1,214 @@
+//! `/v1/tokens`: per-user tokens, managed with an admin credential (write access).
+//!
+//! - `POST /v1/tokens {"user","access","name","expires_in"}` → 201 with the token, the only time
+//!   it is shown;
+//! - `GET /v1/tokens` → every token held (never a secret);
+//! - `DELETE /v1/tokens/{id}` → 204; refused at once by every dialect.
+//!
+//! The model is [`crate::access::tokens`]; this file only translates.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, MethodRouter};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::input;
+use super::server::{AppState, MAX_BODY_BYTES};
+use super::v1::{finish, json, malformed, not_allowed, require_json, ErrorBody};
+use crate::access::tokens::{MintError, TokenInfo};
+use crate::access::Access;
+
+/// Longest lifetime of a token: 10 years.
+const MAX_EXPIRES_IN: u64 = 10 * 366 * 24 * 3600;
+
+/// The token routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/tokens",
+            MethodRouter::new()
+                .get(list)
+                .post(mint)
+                .fallback(|| async { not_allowed("GET, POST") }),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            delete(revoke).fallback(|| async { not_allowed("DELETE") }),
+        )
+}
+
+/// A token to mint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    /// The user it acts for (a served domain).
+    user: String,
+    /// `read`, `write` or `read-write`.
+    access: String,
+    /// A name for people (1..64 characters).
+    name: Option<String>,
+    /// Seconds until it stops working; never when absent.
+    expires_in: Option<u64>,
+}
+
+/// A minted token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Minted {
+    /// The token: give it as `Authorization: Bearer`, `Api-Key` or `?api-key=`. Shown only now.
+    token: String,
+    /// What it is.
+    #[serde(flatten)]
+    info: TokenInfo,
+}
+
+/// Every token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    /// Oldest first.
+    tokens: Vec<TokenInfo>,
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::Malformed {
+        format: "JSON",
+        message,
+    }
+}
+
+/// Mint a per-user token.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "v1",
+    request_body(content = MintRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Minted and durable; the token is in the answer only", body = Minted),
+        (status = 400, description = "A wrong field (`malformed_body`, `invalid_jid`)", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Not an admin credential with write access (`forbidden`), or a domain not served", body = ErrorBody),
+        (status = 503, description = "The store cannot commit: no token", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn mint(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let grant = state.keys.check(q.as_deref(), &headers)?;
+        grant.admin_write()?;
+        require_json(&headers)?;
+        let body = input::read_body(&headers, body, MAX_BODY_BYTES, state.body_timeout).await?;
+        let req: MintRequest = serde_json::from_slice(&body).map_err(malformed)?;
+        let user = input::served_user(&req.user, &state.domains)?;
+        let access = Access::parse(&req.access).ok_or_else(|| {
+            invalid(format!(
+                "access {:?} is not one of read, write, read-write",
+                req.access
+            ))
+        })?;
+        if let Some(n) = &req.name {
+            if n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) {
+                return Err(invalid(
+                    "name must be 1 to 64 characters without control characters".into(),
+                ));
+            }
+        }
+        if req.expires_in.is_some_and(|s| s == 0 || s > MAX_EXPIRES_IN) {
+            return Err(invalid(format!(
+                "expires_in must be between 1 and {MAX_EXPIRES_IN} seconds"
+            )));
+        }
+        let (token, info) = state
+            .keys
+            .tokens
+            .mint(&user, access, req.name, req.expires_in)
+            .await
+            .map_err(|e| match e {
+                MintError::Full => invalid(e.to_string()),
+                MintError::Store(e) => ApiError::Storage(e.to_string()),
+            })?;
+        Ok(json(StatusCode::CREATED, &Minted { token, info }))
+    }
+    .await;
+    finish(&state, &method, "", r)
+}
+
+/// Every token held (never a secret).
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "v1",
+    responses(
+        (status = 200, description = "The tokens, oldest first", body = TokenList),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Not an admin credential with write access", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        let grant = state.keys.check(q.as_deref(), &headers)?;
+        grant.admin_write()?;
+        Ok(json(
+            StatusCode::OK,
+            &TokenList {
+                tokens: state.keys.tokens.list(),
+            },
+        ))
+    })();
+    finish(&state, &method, "", r)
+}
+
+/// Revoke a token: refused at once, everywhere.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "v1",
+    params(("id" = String, Path, description = "The token's id (from the list or the mint answer)", pattern = "^[0-9a-f]{12}$")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Not an admin credential with write access", body = ErrorBody),
+        (status = 404, description = "No such token", body = ErrorBody),
+        (status = 503, description = "Refused from now on, but the store could not commit the removal", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let grant = state.keys.check(q.as_deref(), &headers)?;
+        grant.admin_write()?;
+        let Ok(Path(id)) = &path else {
+            return Err(ApiError::InvalidPath);
+        };
+        match state.keys.tokens.revoke(id).await {
+            Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Ok(false) => Err(ApiError::NotFound),
+            Err(e) => Err(ApiError::Storage(e.to_string())),
+        }
+    }
+    .await;
+    finish(&state, &method, "", r)
+}
