@@ -172,6 +172,19 @@ pub struct RawXmpp {
     pub reconnect_max_secs: u64,
 }
 
+fn default_rate() -> u32 {
+    crate::access::limits::RATE
+}
+fn default_burst() -> u32 {
+    crate::access::limits::BURST
+}
+fn default_global_rate() -> u32 {
+    crate::access::limits::GLOBAL_RATE
+}
+fn default_global_burst() -> u32 {
+    crate::access::limits::GLOBAL_BURST
+}
+
 /// One `[[http.keys]]` entry as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +264,18 @@ pub struct RawHttp {
     /// Keys with a scope and a right (`[[http.keys]]`).
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Sustained requests per second per credential.
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: u32,
+    /// Burst per credential.
+    #[serde(default = "default_burst")]
+    pub rate_burst: u32,
+    /// Sustained requests per second over all credentials.
+    #[serde(default = "default_global_rate")]
+    pub global_rate_per_sec: u32,
+    /// Global burst.
+    #[serde(default = "default_global_burst")]
+    pub global_rate_burst: u32,
     /// Concurrent HTTP connections at most (also bounded by the open-file limit).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -269,6 +294,10 @@ impl Default for RawHttp {
             listen: default_listen(),
             api_keys: Vec::new(),
             keys: Vec::new(),
+            rate_per_sec: default_rate(),
+            rate_burst: default_burst(),
+            global_rate_per_sec: default_global_rate(),
+            global_rate_burst: default_global_burst(),
             api_key_files: Vec::new(),
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
@@ -356,6 +385,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Accepted keys and what each may do (the older `api_keys` as admin read-write).
     pub keys: Vec<(Secret, crate::access::Grant)>,
+    /// Rate limits.
+    pub limits: crate::access::limits::LimitSettings,
     /// Configured cap on concurrent HTTP connections (`run` also bounds it by the open-file limit).
     pub max_connections: usize,
     /// Time for a complete request head; also the idle keep-alive time.
@@ -562,12 +593,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         let scope = match k.scope {
             RawScope::Word(w) if w == "admin" => crate::access::Scope::Admin,
-            RawScope::Word(w) => {
-                return Err(invalid(
-                    "http.keys.scope",
-                    format!("{w:?}: a scope is \"admin\", {{ domains = [...] }} or {{ user = \"...\" }}"),
-                ))
-            }
+            RawScope::Word(w) => return Err(invalid(
+                "http.keys.scope",
+                format!(
+                    "{w:?}: a scope is \"admin\", {{ domains = [...] }} or {{ user = \"...\" }}"
+                ),
+            )),
             RawScope::Domains { domains: ds } => {
                 let mut set = BTreeSet::new();
                 for d in ds {
@@ -577,7 +608,10 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                         .map(|j| j.domain().to_string())
                         .filter(|d| domains.contains(d))
                         .ok_or_else(|| {
-                            invalid("http.keys.scope", format!("{d:?} is not one of xmpp.domains"))
+                            invalid(
+                                "http.keys.scope",
+                                format!("{d:?} is not one of xmpp.domains"),
+                            )
                         })?;
                     set.insert(norm);
                 }
@@ -602,11 +636,15 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         let name = k.name.unwrap_or_else(|| format!("key-{}", i + 1));
         if name.is_empty()
             || name.len() > 64
-            || name.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+            || name
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\')
         {
             return Err(invalid(
                 "http.keys.name",
-                format!("{name:?}: 1 to 64 characters, no quotes, backslashes or control characters"),
+                format!(
+                    "{name:?}: 1 to 64 characters, no quotes, backslashes or control characters"
+                ),
             ));
         }
         keys.push((
@@ -625,6 +663,15 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
 
+    let nz = |key: &'static str, v: u32| {
+        std::num::NonZeroU32::new(v).ok_or_else(|| invalid(key, "must be at least 1"))
+    };
+    let limits = crate::access::limits::LimitSettings {
+        rate: nz("http.rate_per_sec", h.rate_per_sec)?,
+        burst: nz("http.rate_burst", h.rate_burst)?,
+        global_rate: nz("http.global_rate_per_sec", h.global_rate_per_sec)?,
+        global_burst: nz("http.global_rate_burst", h.global_rate_burst)?,
+    };
     if h.max_connections == 0 {
         return Err(invalid("http.max_connections", "must be at least 1"));
     }
@@ -686,6 +733,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         },
         listen,
         keys,
+        limits,
         max_connections: h.max_connections,
         header_timeout: Duration::from_secs(h.header_timeout_secs),
         body_timeout: Duration::from_secs(h.body_timeout_secs),

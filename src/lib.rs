@@ -231,7 +231,11 @@ pub async fn run(
         hub: hub.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
-        keys: http::auth::ApiKeys::new(&settings.keys, tokens),
+        keys: http::auth::ApiKeys::new(
+            &settings.keys,
+            tokens,
+            Arc::new(access::limits::Limits::new(settings.limits)),
+        ),
         delivery,
         metrics,
         link: link.clone(),

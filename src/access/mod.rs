@@ -11,6 +11,7 @@
 //!   ([`Grant::reads_through_roster`]).
 //! - Minting, listing and revoking tokens needs an admin grant with write access.
 
+pub mod limits;
 pub mod tokens;
 
 use std::collections::BTreeSet;
@@ -216,11 +217,20 @@ mod tests {
         assert!(admin.allows(Need::Write, &b).is_ok());
         assert!(admin.admin_write().is_ok());
         assert!(dom.allows(Need::Write, &a).is_ok());
-        assert!(matches!(dom.allows(Need::Write, &b), Err(Denied::Scope { .. })));
-        assert!(matches!(dom.allows(Need::Read, &a), Err(Denied::Access { .. })));
+        assert!(matches!(
+            dom.allows(Need::Write, &b),
+            Err(Denied::Scope { .. })
+        ));
+        assert!(matches!(
+            dom.allows(Need::Read, &a),
+            Err(Denied::Access { .. })
+        ));
         assert!(matches!(dom.admin_write(), Err(Denied::NotAdmin(_))));
         assert!(alice.allows(Need::Read, &a).is_ok());
-        assert!(matches!(alice.allows(Need::Write, &a), Err(Denied::Access { .. })));
+        assert!(matches!(
+            alice.allows(Need::Write, &a),
+            Err(Denied::Access { .. })
+        ));
         assert!(alice.allows(Need::Read, &b).is_err());
         assert_eq!(alice.reads_through_roster(&b), Some(&a));
         assert_eq!(alice.reads_through_roster(&a), None);

@@ -278,7 +278,10 @@ mod tests {
                 .mint(&alice, Access::ReadWrite, Some("phone".into()), None)
                 .await
                 .unwrap();
-            let (short, _) = t.mint(&alice, Access::Read, None, Some(3600)).await.unwrap();
+            let (short, _) = t
+                .mint(&alice, Access::Read, None, Some(3600))
+                .await
+                .unwrap();
             assert!(token.starts_with(PREFIX) && token.len() > 50);
             let g = t.grant(&token).unwrap();
             assert_eq!(g.scope, Scope::User(alice.clone()));

@@ -14,6 +14,7 @@ use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::access::limits::Limits;
 use crate::access::tokens::{self, Tokens};
 use crate::access::Grant;
 use crate::config::Secret;
@@ -24,6 +25,8 @@ pub struct ApiKeys {
     digests: Vec<([u8; 20], Arc<Grant>)>,
     /// Per-user tokens minted at run time (`ept_…`).
     pub tokens: Arc<Tokens>,
+    /// Token buckets per credential and global.
+    pub limits: Arc<Limits>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -38,13 +41,14 @@ fn digest(s: &str) -> [u8; 20] {
 
 impl ApiKeys {
     /// Keep the digests of `keys` and their grants.
-    pub fn new(keys: &[(Secret, Grant)], tokens: Arc<Tokens>) -> ApiKeys {
+    pub fn new(keys: &[(Secret, Grant)], tokens: Arc<Tokens>, limits: Arc<Limits>) -> ApiKeys {
         ApiKeys {
             digests: keys
                 .iter()
                 .map(|(k, g)| (digest(k.expose()), Arc::new(g.clone())))
                 .collect(),
             tokens,
+            limits,
         }
     }
 
@@ -96,7 +100,14 @@ impl ApiKeys {
         match first.flatten() {
             None => Err(ApiError::MissingKey),
             Some(k) if k.is_empty() => Err(ApiError::MissingKey),
-            Some(k) => self.grant(&k).ok_or(ApiError::WrongKey),
+            Some(k) => {
+                let grant = self.grant(&k).ok_or(ApiError::WrongKey)?;
+                // Before the body is read or anything is stored.
+                self.limits
+                    .check(&grant.name)
+                    .map_err(ApiError::RateLimited)?;
+                Ok(grant)
+            }
         }
     }
 }
@@ -108,10 +119,14 @@ mod tests {
 
     #[test]
     fn sources_and_outcomes() {
-        let keys = ApiKeys::new(&[
-            (Secret::new("k1"), Grant::admin("one")),
-            (Secret::new("second key"), Grant::admin("two")),
-        ], Arc::new(Tokens::load(None)));
+        let keys = ApiKeys::new(
+            &[
+                (Secret::new("k1"), Grant::admin("one")),
+                (Secret::new("second key"), Grant::admin("two")),
+            ],
+            Arc::new(Tokens::load(None)),
+            Arc::new(Limits::new(Default::default())),
+        );
         assert_eq!(&*keys.grant("second key").unwrap().name, "two");
         assert!(keys.grant("second").is_none());
         let none = HeaderMap::new();

@@ -123,6 +123,9 @@ pub enum ApiError {
     /// The credential may not do this (scope or access).
     #[error("{0}")]
     Forbidden(#[from] crate::access::Denied),
+    /// Over the credential's (or the global) rate limit: retry after this long.
+    #[error("too many requests: retry after {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
     /// A `Last-Event-ID` that is not an event id.
     #[error("Last-Event-ID {0:?} is not an event id")]
     LastEventId(String),
@@ -143,6 +146,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::Roster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyRead(_)
             | ApiError::AmbiguousCredentials(_)
             | ApiError::InvalidPath
@@ -189,6 +193,7 @@ impl ApiError {
             ApiError::Unsupported(_) => "not_supported",
             ApiError::LastEventId(_) => "invalid_last_event_id",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -221,10 +226,19 @@ impl ApiError {
             ApiError::MissingKey => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            ApiError::RateLimited(wait) => {
+                headers.insert(header::RETRY_AFTER, retry_after(wait));
+            }
             _ => {}
         }
         resp
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (at least 1).
+pub fn retry_after(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    HeaderValue::from_str(&secs.to_string()).expect("digits")
 }
 
 /// HTTP status of a status response whose change did not take effect on the server (the body is

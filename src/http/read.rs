@@ -361,8 +361,12 @@ async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result
         Scope::User(own) => {
             f.users.insert(own.clone());
             if let Ok(roster) = state.rosters.get(own, ROSTER_WAIT).await {
-                f.users
-                    .extend(roster.iter().filter(|i| i.sees_contact()).map(|i| i.jid.clone()));
+                f.users.extend(
+                    roster
+                        .iter()
+                        .filter(|i| i.sees_contact())
+                        .map(|i| i.jid.clone()),
+                );
             }
         }
     }

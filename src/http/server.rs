@@ -101,7 +101,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.metrics.render(&Gauges {
+    let mut body = state.metrics.render(&Gauges {
         held: state.table.len(),
         link_up: state.link.state() == LinkState::Up,
         store_ok: state.table.store_failure().is_none(),
@@ -116,6 +116,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         event_subscribers: state.hub.subscribers() as u64,
         events: state.hub.published(),
     });
+    body.push_str(
+        "# HELP extpresence_http_rate_limited_total Requests refused over a rate limit, by \
+         credential name (`global`: the global limit).\n\
+         # TYPE extpresence_http_rate_limited_total counter\n",
+    );
+    for (name, n) in state.keys.limits.refused() {
+        body.push_str(&format!(
+            "extpresence_http_rate_limited_total{{key=\"{name}\"}} {n}\n"
+        ));
+    }
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -108,6 +108,11 @@ default_priority = -1
 [http]
 listen = "127.0.0.1:0"
 api_keys = ["{API_KEY}"]
+# Tests and benchmarks flood on purpose; tests/access.rs sets low limits to test them.
+rate_per_sec = 1000000
+rate_burst = 1000000
+global_rate_per_sec = 1000000
+global_rate_burst = 1000000
 
 [store]
 path = "{store}"

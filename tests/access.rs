@@ -1,0 +1,341 @@
+//! Who may do what (issue 11), against a real Prosody with real XMPP clients: scoped keys
+//! (`[[http.keys]]`), per-user tokens minted at run time (also after a restart, revoked at once),
+//! and rate limits, in the Tigase dialect and `/v1`.
+//!
+//! alice and bob are mutual contacts; carol is nobody's. A second served domain
+//! (`other.localhost`) has no users: scope checks come before anything reaches the server.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::ext::{request, Ext, API_KEY};
+use common::server::{Kind, Server};
+use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use serde_json::{json, Value};
+
+const TEAM_KEY: &str = "team-key-0123456789";
+const READER_KEY: &str = "reader-key-0123456789";
+const OTHER: &str = "other.localhost";
+
+async fn start(server: &Server, tweak: impl FnOnce(String) -> String) -> Ext {
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        let c = c
+            .replace(
+                &format!("domains = [\"{DOMAIN}\"]"),
+                &format!("domains = [\"{DOMAIN}\", \"{OTHER}\"]"),
+            )
+            .replace(
+                "[http]\n",
+                &format!(
+                    "[[http.keys]]\nkey = \"{TEAM_KEY}\"\nscope = {{ domains = [\"{DOMAIN}\"] }}\n\
+                     access = \"write\"\nname = \"team\"\n\
+                     [[http.keys]]\nkey = \"{READER_KEY}\"\nscope = \"admin\"\naccess = \"read\"\n\
+                     name = \"dashboard\"\n\n[http]\n"
+                ),
+            );
+        tweak(c)
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    ext
+}
+
+async fn call(ext: &Ext, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (code, text) = request(ext.http, method, path, &headers, body.as_bytes()).await;
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text))
+    };
+    (code, v)
+}
+
+/// The Tigase dialect: set `user`'s default resource to `show`.
+async fn tigase(ext: &Ext, key: &str, user: &str) -> (u16, Value) {
+    call(
+        ext,
+        key,
+        "POST",
+        &format!("/rest/user/{user}/status"),
+        Some(json!({"show": "dnd", "status": "tigase"})),
+    )
+    .await
+}
+
+async fn put(ext: &Ext, key: &str, user: &str) -> (u16, Value) {
+    call(
+        ext,
+        key,
+        "PUT",
+        &format!("/v1/users/{user}/status"),
+        Some(json!({"presence": "away"})),
+    )
+    .await
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn world() -> Server {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice", "bob", "carol"]).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server
+}
+
+/// Scoped keys: a domain key cannot touch another domain, a read key cannot write, a write key
+/// cannot read — in both dialects; refusals are the dialect's 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_keys() {
+    let server = world().await;
+    let ext = start(&server, |c| c).await;
+    let alice = format!("alice@{DOMAIN}");
+    let stranger = format!("someone@{OTHER}");
+
+    assert_eq!(tigase(&ext, TEAM_KEY, &alice).await.0, 200);
+    assert_eq!(put(&ext, TEAM_KEY, &alice).await.0, 200);
+    for (what, (status, v)) in [
+        (
+            "tigase other domain",
+            tigase(&ext, TEAM_KEY, &stranger).await,
+        ),
+        ("v1 other domain", put(&ext, TEAM_KEY, &stranger).await),
+        ("tigase read key", tigase(&ext, READER_KEY, &alice).await),
+        ("v1 read key", put(&ext, READER_KEY, &alice).await),
+        (
+            "bulk read key",
+            call(
+                &ext,
+                READER_KEY,
+                "POST",
+                "/v1/statuses",
+                Some(json!({"updates": [{"user": alice, "presence": "away"}]})),
+            )
+            .await,
+        ),
+        (
+            "write key reads",
+            call(
+                &ext,
+                TEAM_KEY,
+                "GET",
+                &format!("/v1/users/{alice}/presence"),
+                None,
+            )
+            .await,
+        ),
+        (
+            "write key mints",
+            call(
+                &ext,
+                TEAM_KEY,
+                "POST",
+                "/v1/tokens",
+                Some(json!({"user": alice, "access": "read"})),
+            )
+            .await,
+        ),
+    ] {
+        assert_eq!(status, 403, "{what}: {v}");
+        assert_eq!(code(&v), "forbidden", "{what}: {v}");
+    }
+    // The Tigase dialect answers in its own format.
+    let (status, body) = request(
+        ext.http,
+        "POST",
+        &format!("/rest/user/{alice}/status"),
+        &[("Api-Key", READER_KEY), ("Content-Type", "application/xml")],
+        b"<command><available>true</available></command>",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("<code>forbidden</code>"), "{body}");
+    let (status, v) = call(
+        &ext,
+        READER_KEY,
+        "GET",
+        &format!("/v1/users/{alice}/presence"),
+        None,
+    )
+    .await;
+    assert_eq!((status, &v["presence"]), (200, &json!("away")), "{v}");
+}
+
+/// Per-user tokens: minted by an admin key; alice's token writes alice (both dialects), not bob
+/// (403); reads bob (her contact) but not carol; a revoked token fails at once; a token works
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tokens() {
+    let server = world().await;
+    let mut ext = start(&server, |c| c).await;
+    let (alice, bob, carol) = (
+        format!("alice@{DOMAIN}"),
+        format!("bob@{DOMAIN}"),
+        format!("carol@{DOMAIN}"),
+    );
+    let (status, minted) = call(
+        &ext,
+        API_KEY,
+        "POST",
+        "/v1/tokens",
+        Some(json!({"user": alice, "access": "read-write", "name": "alice's phone"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_string();
+    let id = minted["id"].as_str().unwrap().to_string();
+    assert_eq!(minted["user"], alice);
+
+    assert_eq!(tigase(&ext, &token, &alice).await.0, 200);
+    assert_eq!(put(&ext, &token, &alice).await.0, 200);
+    for (what, (status, v)) in [
+        ("tigase bob", tigase(&ext, &token, &bob).await),
+        ("v1 bob", put(&ext, &token, &bob).await),
+        (
+            "read carol",
+            call(
+                &ext,
+                &token,
+                "GET",
+                &format!("/v1/users/{carol}/presence"),
+                None,
+            )
+            .await,
+        ),
+        (
+            "bob's contacts",
+            call(
+                &ext,
+                &token,
+                "GET",
+                &format!("/v1/users/{bob}/contacts"),
+                None,
+            )
+            .await,
+        ),
+        (
+            "list tokens",
+            call(&ext, &token, "GET", "/v1/tokens", None).await,
+        ),
+    ] {
+        assert_eq!(status, 403, "{what}: {v}");
+    }
+    let (status, v) = call(
+        &ext,
+        &token,
+        "GET",
+        &format!("/v1/users/{bob}/presence"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "bob is alice's contact: {v}");
+    let (status, v) = call(
+        &ext,
+        &token,
+        "GET",
+        &format!("/v1/users/{alice}/contacts"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
+    // The list never shows a secret.
+    let (status, list) = call(&ext, API_KEY, "GET", "/v1/tokens", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["tokens"][0]["id"], id);
+    assert!(!list.to_string().contains(token.split('.').nth(1).unwrap()));
+    assert!(
+        !ext.log().contains(token.split('.').nth(1).unwrap()),
+        "the secret was logged"
+    );
+
+    // After a restart the token still works.
+    ext.terminate().await;
+    ext.restart().await;
+    ext.wait_privileged(1).await;
+    assert_eq!(
+        put(&ext, &token, &alice).await.0,
+        200,
+        "minted token after a restart"
+    );
+
+    // Revoked: refused at once, in both dialects.
+    let (status, _) = call(&ext, API_KEY, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(put(&ext, &token, &alice).await.0, 403);
+    assert_eq!(tigase(&ext, &token, &alice).await.0, 403);
+    let (status, _) = call(&ext, API_KEY, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+    assert_eq!(status, 404);
+}
+
+/// Rate limits: a burst over the limit gets 429 with `Retry-After` in each dialect; within the
+/// limit nothing is refused; refusals are counted by key name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits() {
+    let server = world().await;
+    let ext = start(&server, |c| {
+        c.replace("\nrate_per_sec = 1000000", "\nrate_per_sec = 5")
+            .replace("\nrate_burst = 1000000", "\nrate_burst = 10")
+    })
+    .await;
+    let alice = format!("alice@{DOMAIN}");
+    // Within the limit: 10 at once, then 5 per second.
+    for _ in 0..10 {
+        assert_eq!(put(&ext, TEAM_KEY, &alice).await.0, 200);
+    }
+    let (status, v) = put(&ext, TEAM_KEY, &alice).await;
+    assert_eq!((status, code(&v)), (429, "rate_limited"), "{v}");
+    let (status, body) = request(
+        ext.http,
+        "POST",
+        &format!("/rest/user/{alice}/status"),
+        &[("Api-Key", TEAM_KEY), ("Content-Type", "application/json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    // Retry-After is in the head: ask again with a raw request to see it.
+    let raw = format!(
+        "PUT /v1/users/{alice}/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\nApi-Key: {TEAM_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 20\r\n\r\n{{\"presence\":\"away\"}}"
+    );
+    let head = raw_head(ext.http, raw.as_bytes()).await;
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    // Another key has its own bucket.
+    assert_eq!(put(&ext, API_KEY, &alice).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(put(&ext, TEAM_KEY, &alice).await.0, 200, "refilled at 5/s");
+    }
+    let (_, metrics) = request(ext.http, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics.contains("extpresence_http_rate_limited_total{key=\"team\"} 3"),
+        "{metrics}"
+    );
+}
+
+async fn raw_head(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
