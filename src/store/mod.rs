@@ -163,13 +163,16 @@ struct Health {
     failed_commits: AtomicU64,
 }
 
+/// An API token's record as stored: its id and its encoded record (`access/tokens.rs`).
+pub type TokenRecord = (String, Vec<u8>);
+
 /// Handle to the writer thread.
 #[derive(Debug, Clone)]
 pub struct Store {
     ops: std_mpsc::Sender<Op>,
     health: Arc<Health>,
     /// The token records read at open, until taken.
-    tokens: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    tokens: Arc<Mutex<Vec<TokenRecord>>>,
 }
 
 impl std::fmt::Debug for Op {
@@ -488,7 +491,7 @@ impl Store {
     }
 
     /// The API token records read at open (once; later calls get none).
-    pub fn take_tokens(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn take_tokens(&self) -> Vec<TokenRecord> {
         std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -698,9 +701,7 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                                 }
                             }
                             Write::PutToken(id, record) => {
-                                tokens
-                                    .insert(id.as_str(), record.as_slice())
-                                    .map_err(e)?;
+                                tokens.insert(id.as_str(), record.as_slice()).map_err(e)?;
                             }
                             Write::DeleteToken(id) => {
                                 tokens.remove(id.as_str()).map_err(e)?;
