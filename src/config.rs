@@ -77,9 +77,23 @@ pub struct RawConfig {
     /// What extpresence observes of real sessions.
     #[serde(default)]
     pub observe: RawObserve,
+    /// The Matrix dialect.
+    #[serde(default)]
+    pub matrix: RawMatrix,
     /// `[[webhooks]]`: endpoints that receive every presence event, signed.
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
+}
+
+/// `[matrix]` as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatrix {
+    /// The source Matrix writes as (default `matrix`).
+    pub source: Option<String>,
+    /// Matrix server name → XMPP domain.
+    #[serde(default)]
+    pub server_names: std::collections::BTreeMap<String, String>,
 }
 
 /// `[observe]` as written.
@@ -387,6 +401,8 @@ pub struct Settings {
     pub keys: Vec<(Secret, crate::access::Grant)>,
     /// Rate limits.
     pub limits: crate::access::limits::LimitSettings,
+    /// The Matrix dialect.
+    pub matrix: crate::http::matrix::MatrixSettings,
     /// Configured cap on concurrent HTTP connections (`run` also bounds it by the open-file limit).
     pub max_connections: usize,
     /// Time for a complete request head; also the idle keep-alive time.
@@ -593,12 +609,14 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         let scope = match k.scope {
             RawScope::Word(w) if w == "admin" => crate::access::Scope::Admin,
-            RawScope::Word(w) => return Err(invalid(
-                "http.keys.scope",
-                format!(
+            RawScope::Word(w) => {
+                return Err(invalid(
+                    "http.keys.scope",
+                    format!(
                     "{w:?}: a scope is \"admin\", {{ domains = [...] }} or {{ user = \"...\" }}"
                 ),
-            )),
+                ))
+            }
             RawScope::Domains { domains: ds } => {
                 let mut set = BTreeSet::new();
                 for d in ds {
@@ -713,6 +731,28 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     let webhooks = crate::webhooks::validate(raw.webhooks, &domains)?;
+    let m = raw.matrix;
+    let matrix_source = crate::status::Source::parse(m.source.as_deref().unwrap_or("matrix"))
+        .map_err(|e| invalid("matrix.source", e.to_string()))?;
+    let mut server_names = std::collections::BTreeMap::new();
+    for (server, domain) in m.server_names {
+        let d = BareJid::new(&domain)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .map(|j| j.domain().to_string())
+            .filter(|d| domains.contains(d))
+            .ok_or_else(|| {
+                invalid(
+                    "matrix.server_names",
+                    format!("{server:?} maps to {domain:?}, which is not one of xmpp.domains"),
+                )
+            })?;
+        server_names.insert(server, d);
+    }
+    let matrix = crate::http::matrix::MatrixSettings {
+        source: matrix_source,
+        server_names,
+    };
 
     Ok(Settings {
         webhooks,
@@ -734,6 +774,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         listen,
         keys,
         limits,
+        matrix,
         max_connections: h.max_connections,
         header_timeout: Duration::from_secs(h.header_timeout_secs),
         body_timeout: Duration::from_secs(h.body_timeout_secs),

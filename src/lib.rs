@@ -229,6 +229,7 @@ pub async fn run(
         observed,
         rosters,
         hub: hub.clone(),
+        matrix: settings.matrix.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(

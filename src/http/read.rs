@@ -106,7 +106,11 @@ pub(super) async fn get_presence(
 
 /// Whether `grant` may read `user`: directly, or (a user's own credential) because `user` is in
 /// its user's roster with subscription `to` or `both`.
-async fn may_read(state: &AppState, grant: &Grant, user: &BareJid) -> Result<(), ApiError> {
+pub(super) async fn may_read(
+    state: &AppState,
+    grant: &Grant,
+    user: &BareJid,
+) -> Result<(), ApiError> {
     let Err(denied) = grant.allows(Need::Read, user) else {
         return Ok(());
     };

@@ -44,6 +44,8 @@ pub struct AppState {
     pub rosters: Rosters,
     /// The event hub (SSE subscriptions).
     pub hub: EventHub,
+    /// The Matrix dialect's source and server-name mapping.
+    pub matrix: super::matrix::MatrixSettings,
     /// Defaults and limits.
     pub policy: StatusPolicy,
     /// Served user domains.
@@ -75,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(super::v1::routes())
+        .merge(super::matrix::routes())
         .fallback(not_found)
         .with_state(state)
 }
