@@ -49,13 +49,36 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[serde(deny_unknown_fields)]
 pub struct MintRequest {
     /// The user it acts for (a served domain).
+    #[schema(
+        pattern = "^[a-z0-9._-]{1,64}@[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?){0,4}$"
+    )]
     user: String,
     /// `read`, `write` or `read-write`.
+    #[schema(value_type = AccessDoc)]
     access: String,
-    /// A name for people (1..64 characters).
+    /// A name for people (1..64 characters, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
-    /// Seconds until it stops working; never when absent.
-    expires_in: Option<u64>,
+    /// Seconds until it stops working (1..316,224,000); never when absent.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 316224000)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// What a token may do (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum AccessDoc {
+    /// Read presence, contacts and events.
+    Read,
+    /// Set and clear statuses.
+    Write,
+    /// Both.
+    ReadWrite,
 }
 
 /// A minted token.
@@ -93,6 +116,10 @@ fn invalid(message: String) -> ApiError {
         (status = 400, description = "A wrong field (`malformed_body`, `invalid_jid`)", body = ErrorBody),
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Not an admin credential with write access (`forbidden`), or a domain not served", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the rate limit (`rate_limited`, `Retry-After`)", body = ErrorBody),
         (status = 503, description = "The store cannot commit: no token", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -124,15 +151,24 @@ pub(super) async fn mint(
                 ));
             }
         }
-        if req.expires_in.is_some_and(|s| s == 0 || s > MAX_EXPIRES_IN) {
-            return Err(invalid(format!(
-                "expires_in must be between 1 and {MAX_EXPIRES_IN} seconds"
-            )));
-        }
+        // JSON has numbers, not integers: 3600.0 is 3600.
+        let expires_in = match &req.expires_in {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                    .filter(|s| (1..=MAX_EXPIRES_IN).contains(s))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "expires_in must be a whole number of seconds between 1 and {MAX_EXPIRES_IN}"
+                        ))
+                    })?,
+            ),
+        };
         let (token, info) = state
             .keys
             .tokens
-            .mint(&user, access, req.name, req.expires_in)
+            .mint(&user, access, req.name, expires_in)
             .await
             .map_err(|e| match e {
                 MintError::Full => invalid(e.to_string()),
