@@ -1,9 +1,10 @@
 //! Fan-out delivery for Prosody and ejabberd (XEP-0356).
 //!
 //! This task owns what the server tells us about users and contacts: the roster cache (who
-//! receives a user's presence: subscription `from` or `both`), its reverse index (whose presence a
-//! contact receives), and which contact resources are online (from the presence the server forwards
-//! under the XEP-0356 presence permission). It turns table changes into one directed presence per
+//! receives a user's presence: subscription `from` or `both`) and its reverse index (whose
+//! presence a contact receives); it feeds the read model ([`Observed`]) with the presence the
+//! server forwards under the XEP-0356 presence permission, which is also its list of the contact
+//! resources online. It turns table changes into one directed presence per
 //! subscribed contact, re-sends held presences to a contact resource that comes online, replays
 //! everything after every (re)connect, and sends `unavailable` for every held resource on shutdown.
 //!
@@ -112,8 +113,6 @@ struct Fanout {
     no_contacts: Roster,
     /// contact → users whose presence the contact receives.
     followers: HashMap<BareJid, HashSet<BareJid>>,
-    /// contact → online resources, from forwarded presence.
-    online: HashMap<BareJid, HashSet<String>>,
     /// Users whose roster is still to be requested for the replay after a (re)connect; they
     /// take a request slot when one is free (the replay itself is the table's `delivered`
     /// marks being reset, so the fresh roster delivers everything). Emptied, and its memory
@@ -170,7 +169,6 @@ pub async fn run(
         warned_no_privilege: false,
         no_contacts: Arc::new(Box::new([])),
         followers: HashMap::new(),
-        online: HashMap::new(),
         replay: Vec::new(),
         requests: RosterRequests::default(),
         refresh: HashSet::new(),
@@ -323,9 +321,7 @@ impl Fanout {
                 self.up = false;
                 self.ready = false;
                 self.privilege_deadline = None;
-                // The server re-announces who is online after reconnect (Prosody), and answers
-                // to requests of the old stream never come.
-                self.online.clear();
+                // Answers to requests of the old stream never come.
                 self.cfg.observed.set_complete(false);
                 self.sync_id = None;
                 self.synced = false;
@@ -396,36 +392,21 @@ impl Fanout {
         };
         let from = from.clone();
         let contact = from.to_bare();
-        let resource = from.resource().as_str().to_string();
         if stanzas::is_own_echo(&p) {
             return; // one of our own presences, forwarded back (ejabberd, presence = roster)
         }
+        // A resource that comes online (the read model's sessions are also the list of contact
+        // resources online: one copy of each, BENCHMARKS.md P8).
+        let newly =
+            p.type_ == PresenceType::None && self.cfg.observed.session_since(&from).is_none();
         if let Some(what) = stanzas::announced(&p, now_ms()) {
             self.unconfirmed.remove(&from);
             if self.cfg.observed.announce(&from, what) && self.serves(&contact) {
-                self.cfg.hub.notify(contact.clone(), Cause::Session);
+                self.cfg.hub.notify(contact, Cause::Session);
             }
         }
-        match p.type_ {
-            PresenceType::None => {
-                let newly = self
-                    .online
-                    .entry(contact.clone())
-                    .or_default()
-                    .insert(resource);
-                if newly {
-                    self.greet(&from).await;
-                }
-            }
-            PresenceType::Unavailable => {
-                if let Some(set) = self.online.get_mut(&contact) {
-                    set.remove(&resource);
-                    if set.is_empty() {
-                        self.online.remove(&contact);
-                    }
-                }
-            }
-            _ => {}
+        if newly {
+            self.greet(&from).await;
         }
     }
 
