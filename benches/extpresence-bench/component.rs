@@ -6,7 +6,8 @@
 //! - [`Sink`]: a fake XMPP server for measuring extpresence without one. It completes the
 //!   handshake, advertises XEP-0356 privileges (roster get, managed_entity presence), answers
 //!   every iq get (roster gets with an empty roster, pings with a result) and discards
-//!   everything else.
+//!   everything else. [`Sink::forward`] writes stanzas to the component as the server would
+//!   forward them (users' presence, for the read side's phases).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 
 const STREAM_NS: &str = "xmlns='jabber:component:accept' \
@@ -145,6 +147,33 @@ pub fn presence(from: &str, to: &str, n: u64) -> String {
     )
 }
 
+/// A presence the server forwards to the component for a user's real session (what the read
+/// model keeps): `<show/>`, a status text of 10 to 20 characters and a priority, varied with `n`
+/// as real clients vary them.
+pub fn session_presence(from: &str, component: &str, n: u64) -> String {
+    const SHOWS: [&str; 5] = ["", "away", "xa", "dnd", "chat"];
+    const TEXTS: [&str; 8] = [
+        "In a meeting",
+        "Working from home",
+        "Out for lunch",
+        "On the phone",
+        "Back in 10 minutes",
+        "Do not disturb",
+        "At the office",
+        "Travelling today",
+    ];
+    let show = match SHOWS[(n % 5) as usize] {
+        "" => String::new(),
+        s => format!("<show>{s}</show>"),
+    };
+    format!(
+        "<presence from='{from}' to='{component}'>{show}<status>{}</status>\
+         <priority>{}</priority></presence>",
+        TEXTS[(n % 8) as usize],
+        n % 10
+    )
+}
+
 /// A fake XMPP server's component listener that accepts one component at a time.
 pub struct Sink {
     /// Loopback port to point extpresence at.
@@ -153,8 +182,14 @@ pub struct Sink {
     roster_gets: Arc<AtomicU64>,
     /// When each `unavailable` presence arrived (ms since the Unix epoch).
     unavailable: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// The write side of the component connection, once it has logged in (for [`Sink::forward`]).
+    link: Link,
     accept: JoinHandle<()>,
 }
+
+/// The logged-in component's write side, shared by the connection task (its answers) and
+/// [`Sink::forward`].
+type Link = Arc<AsyncMutex<Option<OwnedWriteHalf>>>;
 
 impl Sink {
     /// Listen on a free loopback port; `domain` is the user domain the advertisement comes from.
@@ -171,13 +206,20 @@ impl Sink {
         let item = contact
             .map(|c| format!("<item jid='{c}' subscription='from'/>"))
             .unwrap_or_default();
+        let link: Link = Arc::default();
         let (domain, gets, seen) = (domain.to_string(), roster_gets.clone(), unavailable.clone());
+        let current = link.clone();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (domain, gets, seen, item) =
-                    (domain.clone(), gets.clone(), seen.clone(), item.clone());
+                let (domain, gets, seen, item, link) = (
+                    domain.clone(),
+                    gets.clone(),
+                    seen.clone(),
+                    item.clone(),
+                    current.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = serve(stream, &domain, &gets, &seen, &item).await;
+                    let _ = serve(stream, &domain, &gets, &seen, &item, &link).await;
                 });
             }
         });
@@ -185,7 +227,19 @@ impl Sink {
             port,
             roster_gets,
             unavailable,
+            link,
             accept,
+        }
+    }
+
+    /// Write `bytes` (whole stanzas) to the logged-in component, as the server forwards them,
+    /// in pieces of 64 KiB so the connection task can answer in between. Panics if no component
+    /// is logged in.
+    pub async fn forward(&self, bytes: &[u8]) {
+        for piece in bytes.chunks(64 * 1024) {
+            let mut link = self.link.lock().await;
+            let write = link.as_mut().expect("sink: no component logged in");
+            write.write_all(piece).await.expect("sink: forward");
         }
     }
 
@@ -212,6 +266,7 @@ async fn serve(
     roster_gets: &AtomicU64,
     unavailable: &std::sync::Mutex<Vec<u64>>,
     item: &str,
+    link: &Link,
 ) -> io::Result<()> {
     const UNAVAILABLE: &[u8] = b"type='unavailable'";
     let mut scanned = 0usize;
@@ -238,6 +293,8 @@ async fn serve(
             .as_bytes(),
         )
         .await?;
+    let (mut stream, write) = stream.into_split();
+    *link.lock().await = Some(write);
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut answers = String::new();
@@ -253,7 +310,9 @@ async fn serve(
             scanned += off + UNAVAILABLE.len();
         }
         if find(&pending, b"</stream:stream>").is_some() {
-            let _ = stream.write_all(b"</stream:stream>").await;
+            if let Some(mut write) = link.lock().await.take() {
+                let _ = write.write_all(b"</stream:stream>").await;
+            }
             return Ok(());
         }
         let mut pos = 0;
@@ -290,7 +349,9 @@ async fn serve(
         pending.drain(..keep);
         scanned = scanned.saturating_sub(keep);
         if !answers.is_empty() {
-            stream.write_all(answers.as_bytes()).await?;
+            if let Some(write) = link.lock().await.as_mut() {
+                write.write_all(answers.as_bytes()).await?;
+            }
             answers.clear();
         }
     }

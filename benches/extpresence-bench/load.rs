@@ -269,7 +269,17 @@ pub fn with_body(method: &str, path: &str, content_type: &str, body: &str) -> Ve
 
 /// A GET request, as raw bytes.
 pub fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+    get_with(path, &[])
+}
+
+/// A GET request with extra header fields (`("Api-Key", key)`), as raw bytes.
+pub fn get_with(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
 }
 
 /// One request on a fresh connection (setup calls, readiness probes): (status, body).

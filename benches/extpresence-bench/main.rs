@@ -8,6 +8,9 @@
 //! | P3 HTTP overhead | requests/s of the status endpoint, XMPP side a sink | a bare hyper handler returning a fixed body |
 //! | P4 scale | RSS with 1,000,000 held statuses; start → ready with 1,000,000 persisted | goals |
 //! | latency | p50 / p99 from the HTTP response to receipt at a contact, at half the max rate | |
+//! | P7 read | requests/s of `GET /v1/users/{jid}/presence`, XMPP side a sink | the bare hyper handler answering the same body |
+//! | P8 observed sessions | RSS growth per session the server forwards (100,000, then 100,000 more) | goal |
+//! | P9 events | PUT → event at each of 10,000 SSE subscribers, p50 / p99; RSS and CPU per subscriber | a bare hyper event stream writing one pre-rendered event to all |
 //!
 //! Everything runs on loopback and is bounded: every load has a request count and a deadline,
 //! every wait a timeout; the run takes a few minutes on 2 cores and stops by itself. The servers,
@@ -15,9 +18,10 @@
 //! real c2s sessions that count the presences they receive ([`contacts`]). Numbers go to stdout as
 //! one table, never into assertions.
 //!
-//! Options: `--only p1,p2,p3,p4` runs a subset (latency belongs to p1); `--p3-connections N`
-//! runs P3 (both sides) with N keep-alive connections instead of 32. Without `--bench` (i.e.
-//! under `cargo test --all-targets`) only a short smoke check of the harness pieces runs.
+//! Options: `--only p1,p2,p3,p4` runs a subset (latency belongs to p1; p7, p8, p9 are the read
+//! side, [`read`]); `--p3-connections N` runs P3 (both sides) with N keep-alive connections
+//! instead of 32. Without `--bench` (i.e. under `cargo test --all-targets`) only a short smoke
+//! check of the harness pieces runs, and the read side's phases in a small size.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -25,7 +29,9 @@ mod common;
 mod bare;
 mod component;
 mod contacts;
+mod events;
 mod load;
+mod read;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -118,6 +124,15 @@ fn main() {
         if wants("p6") {
             p6(&mut rows).await;
         }
+        if wants("p7") {
+            read::p7(&mut rows, read::Size::Bench).await;
+        }
+        if wants("p8") {
+            read::p8(&mut rows, read::Size::Bench).await;
+        }
+        if wants("p9") {
+            read::p9(&mut rows, read::Size::Bench).await;
+        }
         println!(
             "\nextpresence-bench: {} s in all; load average at the end: {}",
             started.elapsed().as_secs(),
@@ -148,8 +163,35 @@ fn machine() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|_| "not found".into())
     };
+    let binary = match std::env::var("EXTPRESENCE_BIN") {
+        Ok(bin) => format!("EXTPRESENCE_BIN={bin}"),
+        Err(_) => {
+            // What the binary is built from (the benchmark's own files do not count).
+            let changed = cmd(
+                "git",
+                &[
+                    "status",
+                    "--porcelain",
+                    "--",
+                    "src",
+                    "Cargo.toml",
+                    "Cargo.lock",
+                ],
+            )
+            .lines()
+            .count();
+            format!(
+                "release build of this tree: commit {}{}",
+                cmd("git", &["rev-parse", "--short", "HEAD"]),
+                match changed {
+                    0 => String::new(),
+                    n => format!(" with {n} files of src/ and Cargo.* changed"),
+                }
+            )
+        }
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "extpresence-bench (release build of this tree)");
+    let _ = writeln!(out, "extpresence-bench: extpresence = {binary}");
     let _ = writeln!(
         out,
         "machine: {} cores ({}), {mem} memory, kernel {}",
@@ -1131,9 +1173,11 @@ async fn p4(rows: &mut Vec<Row>, deadlines: bool) {
     });
 }
 
-/// Under `cargo test`: check the harness pieces quickly (no XMPP server needed).
+/// Under `cargo test`: check the harness pieces quickly (no XMPP server needed), and run the read
+/// side's phases in their small size.
 async fn smoke() {
     contacts::scanner_self_check();
+    events::scanner_self_check();
     let make: load::MakeRequest = Arc::new(|i| status_request(i as usize % 10, i));
     let plan = |addr| load::Plan {
         addr,
@@ -1156,8 +1200,12 @@ async fn smoke() {
         "extpresence: {through:?}"
     );
     ext.terminate().await;
+    let mut rows = Vec::new();
+    assert!(read::p7(&mut rows, read::Size::Smoke).await, "p7 smoke");
+    assert!(read::p8(&mut rows, read::Size::Smoke).await, "p8 smoke");
+    assert!(read::p9(&mut rows, read::Size::Smoke).await, "p9 smoke");
     println!(
-        "extpresence-bench smoke check: 1 passed, 0 failed (run the benchmark with \
+        "extpresence-bench smoke check: 4 passed, 0 failed (run the benchmark with \
          `cargo bench --bench extpresence-bench`)"
     );
 }
