@@ -173,6 +173,40 @@ async fn scoped_keys() {
     )
     .await;
     assert_eq!((status, &v["presence"]), (200, &json!("away")), "{v}");
+
+    // The Matrix dialect: the same scopes, Matrix's 403.
+    let matrix = |id: &str| format!("/_matrix/client/v3/presence/{id}/status");
+    let online = Some(json!({"presence": "online"}));
+    let other = format!("@someone:{OTHER}");
+    for (what, (status, v)) in [
+        (
+            "matrix read key",
+            call(
+                &ext,
+                READER_KEY,
+                "PUT",
+                &matrix("@alice:localhost"),
+                online.clone(),
+            )
+            .await,
+        ),
+        (
+            "matrix other domain",
+            call(&ext, TEAM_KEY, "PUT", &matrix(&other), online.clone()).await,
+        ),
+        (
+            "matrix write key reads",
+            call(&ext, TEAM_KEY, "GET", &matrix("@alice:localhost"), None).await,
+        ),
+    ] {
+        assert_eq!(
+            (status, v["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{what}: {v}"
+        );
+    }
+    let (status, v) = call(&ext, TEAM_KEY, "PUT", &matrix("@alice:localhost"), online).await;
+    assert_eq!(status, 200, "{v}");
 }
 
 /// Per-user tokens: minted by an admin key; alice's token writes alice (both dialects), not bob
@@ -253,6 +287,26 @@ async fn user_tokens() {
     .await;
     assert_eq!(status, 200, "{v}");
 
+    // Events: her own and her contacts', not carol's.
+    let (status, v) = call(
+        &ext,
+        &token,
+        "GET",
+        &format!("/v1/events?user={carol}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, code(&v)), (403, "forbidden"), "{v}");
+    let (status, v) = call(
+        &ext,
+        &token,
+        "GET",
+        &format!("/v1/events?domain={DOMAIN}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, code(&v)), (403, "forbidden"), "{v}");
+
     // The list never shows a secret.
     let (status, list) = call(&ext, API_KEY, "GET", "/v1/tokens", None).await;
     assert_eq!(status, 200);
@@ -278,6 +332,19 @@ async fn user_tokens() {
     assert_eq!(status, 204);
     assert_eq!(put(&ext, &token, &alice).await.0, 403);
     assert_eq!(tigase(&ext, &token, &alice).await.0, 403);
+    let (status, v) = call(
+        &ext,
+        &token,
+        "PUT",
+        &format!("/_matrix/client/v3/presence/@alice:{DOMAIN}/status"),
+        Some(json!({"presence": "online"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN")),
+        "{v}"
+    );
     let (status, _) = call(&ext, API_KEY, "DELETE", &format!("/v1/tokens/{id}"), None).await;
     assert_eq!(status, 404);
 }
