@@ -380,11 +380,26 @@ async fn rate_limits() {
         "PUT /v1/users/{alice}/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\nApi-Key: {TEAM_KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: 20\r\n\r\n{{\"presence\":\"away\"}}"
     );
-    let head = raw_head(ext.http, raw.as_bytes()).await;
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
+    let tigase_raw = format!(
+        "POST /rest/user/{alice}/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\nApi-Key: {TEAM_KEY}\r\n\
+         Content-Type: application/xml\r\nContent-Length: 10\r\n\r\n<command/>"
     );
+    let matrix_raw = format!(
+        "PUT /_matrix/client/v3/presence/@alice:{DOMAIN}/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Authorization: Bearer {TEAM_KEY}\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n\
+         {{\"presence\":\"online\"}}"
+    );
+    for (dialect, raw, body) in [
+        ("v1", raw, "\"code\":\"rate_limited\""),
+        ("tigase", tigase_raw, "<code>rate_limited</code>"),
+        ("matrix", matrix_raw, "\"errcode\":\"M_LIMIT_EXCEEDED\""),
+    ] {
+        let answer = raw_head(ext.http, raw.as_bytes()).await;
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 429"), "{dialect}: {answer}");
+        assert!(lower.contains("retry-after: 1"), "{dialect}: {answer}");
+        assert!(answer.contains(body), "{dialect}: {answer}");
+    }
     // Another key has its own bucket.
     assert_eq!(put(&ext, API_KEY, &alice).await.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -393,7 +408,7 @@ async fn rate_limits() {
     }
     let (_, metrics) = request(ext.http, "GET", "/metrics", &[], b"").await;
     assert!(
-        metrics.contains("extpresence_http_rate_limited_total{key=\"team\"} 3"),
+        metrics.contains("extpresence_http_rate_limited_total{key=\"team\"} 5"),
         "{metrics}"
     );
 }
