@@ -23,36 +23,7 @@ use xmpp_parsers::roster::{Group, Item, Roster, Subscription};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct World {
-    server: Server,
-    ext: Ext,
-}
-
-async fn world(kind: Kind, users: &[&str]) -> World {
-    let server = Server::start(kind).await;
-    server.register(users).await;
-    let port = server.c2s_port();
-    let mut alice = TestClient::connect(port, "alice", true).await;
-    let mut bob = TestClient::connect(port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
-    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
-    ext.wait_privileged(1).await;
-    World { server, ext }
-}
-
-async fn call(ext: &Ext, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut headers = vec![("Api-Key", API_KEY)];
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let (code, text) = request(ext.http, method, path, &headers, body.as_bytes()).await;
-    let v = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
-    (code, v)
-}
+use common::{call_json as call, world};
 
 async fn get_presence(ext: &Ext, user: &str) -> Value {
     let (code, v) = call(
@@ -254,27 +225,33 @@ async fn aggregate_session_and_synthetic(kind: Kind) {
     alice.disconnect().await;
 }
 
+/// alice puts carol in her roster ("Carol", group "Friends") without a subscription.
+async fn add_carol(alice: &mut TestClient) {
+    let item = Item {
+        jid: format!("carol@{DOMAIN}").parse().unwrap(),
+        name: Some("Carol".into()),
+        subscription: Subscription::None,
+        ask: Default::default(),
+        groups: vec![Group("Friends".into())],
+        approved: None,
+    };
+    let set = Iq::from_set(
+        "add-carol",
+        Roster {
+            ver: None,
+            items: vec![item],
+        },
+    );
+    alice.send(set).await;
+}
+
 /// Scenario 3: alice's contacts: bob (both) with his presence as alice sees it; carol (in the
 /// roster, no subscription) without.
 async fn contacts(kind: Kind) {
     let w = world(kind, &["alice", "bob", "carol"]).await;
     let port = w.server.c2s_port();
     let mut alice = TestClient::connect(port, "alice", false).await;
-    let add_carol = Iq::from_set(
-        "add-carol",
-        Roster {
-            ver: None,
-            items: vec![Item {
-                jid: format!("carol@{DOMAIN}").parse().unwrap(),
-                name: Some("Carol".into()),
-                subscription: Subscription::None,
-                ask: Default::default(),
-                groups: vec![Group("Friends".into())],
-                approved: None,
-            }],
-        },
-    );
-    alice.send(add_carol).await;
+    add_carol(&mut alice).await;
     let mut bob = TestClient::connect_as(port, "bob", Some("phone"), false).await;
     bob.send(presence(Some(Show::Xa), "gone fishing", 0)).await;
     let mut carol = TestClient::connect(port, "carol", false).await;
@@ -721,22 +698,7 @@ async fn readme_examples_work() {
     let port = w.server.c2s_port();
     let mut alice = TestClient::connect_as(port, "alice", Some("laptop"), false).await;
     alice.send(presence(None, "at my desk", 0)).await;
-    alice
-        .send(Iq::from_set(
-            "add-carol",
-            Roster {
-                ver: None,
-                items: vec![Item {
-                    jid: format!("carol@{DOMAIN}").parse().unwrap(),
-                    name: Some("Carol".into()),
-                    subscription: Subscription::None,
-                    ask: Default::default(),
-                    groups: vec![Group("Friends".into())],
-                    approved: None,
-                }],
-            },
-        ))
-        .await;
+    add_carol(&mut alice).await;
     let mut bob = TestClient::connect_as(port, "bob", Some("phone"), false).await;
     bob.send(presence(Some(Show::Xa), "gone fishing", 0)).await;
     call(

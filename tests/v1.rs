@@ -12,43 +12,14 @@ use std::time::{Duration, Instant};
 
 use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
-use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use common::{TestClient, COMPONENT, DOMAIN, SECRET};
 use serde_json::{json, Value};
 use xmpp_parsers::presence::{Presence, Show, Type as PresenceType};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(1500);
 
-struct World {
-    server: Server,
-    ext: Ext,
-}
-
-async fn world(kind: Kind, users: &[&str]) -> World {
-    let server = Server::start(kind).await;
-    server.register(users).await;
-    let port = server.c2s_port();
-    let mut alice = TestClient::connect(port, "alice", true).await;
-    let mut bob = TestClient::connect(port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
-    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
-    ext.wait_privileged(1).await;
-    World { server, ext }
-}
-
-async fn call(ext: &Ext, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut headers = vec![("Api-Key", API_KEY)];
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let (code, text) = request(ext.http, method, path, &headers, body.as_bytes()).await;
-    let v = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
-    (code, v)
-}
+use common::{call_json as call, world};
 
 async fn put(ext: &Ext, user: &str, body: Value) -> Value {
     let (code, v) = call(ext, "PUT", &format!("/v1/users/{user}/status"), Some(body)).await;

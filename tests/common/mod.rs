@@ -79,3 +79,45 @@ pub fn free_port() -> u16 {
     }
     panic!("no fresh free port on 127.0.0.1 after 100 tries");
 }
+
+/// A server of `kind` with `users` registered, alice and bob mutual contacts (made by real
+/// clients, then logged out), and extpresence connected and privileged.
+pub struct World {
+    /// The XMPP server.
+    pub server: server::Server,
+    /// extpresence.
+    pub ext: ext::Ext,
+}
+
+/// Start a [`World`].
+pub async fn world(kind: server::Kind, users: &[&str]) -> World {
+    let server = server::Server::start(kind).await;
+    server.register(users).await;
+    let port = server.c2s_port();
+    let mut alice = TestClient::connect(port, "alice", true).await;
+    let mut bob = TestClient::connect(port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+    let mut ext = ext::Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    World { server, ext }
+}
+
+/// A JSON call with the test key: the status and the answer parsed (panics if it is not JSON).
+pub async fn call_json(
+    ext: &ext::Ext,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut headers = vec![("Api-Key", ext::API_KEY)];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (code, text) = ext::request(ext.http, method, path, &headers, body.as_bytes()).await;
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+    (code, v)
+}
