@@ -9,9 +9,12 @@
 //! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap,
 //!                            write stall), server.rs (routing, Tigase pipeline, ops endpoints),
 //!                            tigase.rs and v1.rs (dialects; v1.rs also the OpenAPI document),
-//!                            read.rs (v1's read side: presence, contacts, SSE events), input.rs
-//!                            (JIDs, domains, bodies), auth.rs, error.rs, log.rs (escaped,
-//!                            rate-limited)
+//!                            read.rs (v1's read side: presence, contacts, SSE events),
+//!                            tokens.rs (v1's /v1/tokens), matrix.rs (the Matrix dialect),
+//!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
+//!                            rate limit), error.rs, log.rs (escaped, rate-limited)
+//!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
+//!                            tokens, hashed in the store), limits.rs (token buckets)
 //!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
 //!                            (sources per resource, effective presence, expiry heap + task)
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade); reloaded
