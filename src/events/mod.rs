@@ -70,6 +70,9 @@ pub struct Event {
     pub at: u64,
     /// The presence object (`GET /v1/users/{jid}/presence`) plus `"at"` and `"cause"`, as JSON.
     pub data: Arc<str>,
+    /// The event as a Server-Sent Events frame, rendered once by the first stream that sends it
+    /// and shared by every other (`http/read.rs`; BENCHMARKS.md P9).
+    pub sse_frame: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Which users a subscriber wants: those listed, and those of the domains listed; everyone when
@@ -328,6 +331,7 @@ impl EventHub {
             user,
             at,
             data: render(id).into(),
+            sse_frame: std::sync::OnceLock::new(),
         });
         buf.bytes += event.data.len();
         buf.events.push_back(event.clone());

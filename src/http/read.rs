@@ -20,10 +20,10 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use bytes::Bytes;
 use futures::Stream;
 use jid::BareJid;
 use serde::{Deserialize, Serialize};
@@ -377,31 +377,41 @@ async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result
     Ok(())
 }
 
-fn sse(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.id.to_string())
-        .event("presence")
-        .data(&*event.data)
+/// The event's SSE frame, rendered once for all streams (its JSON has no line breaks).
+fn sse(event: &Event) -> Bytes {
+    event
+        .sse_frame
+        .get_or_init(|| {
+            Bytes::from(format!(
+                "id: {}\nevent: presence\ndata: {}\n\n",
+                event.id, event.data
+            ))
+        })
+        .clone()
 }
 
-fn reset(why: &str) -> SseEvent {
-    SseEvent::default()
-        .event("reset")
-        .data(serde_json::json!({ "reason": why }).to_string())
+fn reset(why: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: reset\ndata: {}\n\n",
+        serde_json::json!({ "reason": why })
+    ))
 }
+
+/// The comment sent after [`KEEPALIVE`] of silence.
+const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
 
 const LAGGED: &str = "this client fell too far behind and was disconnected; read the presence \
                       again with GET and reconnect";
 
 /// What an event stream has still to send.
 struct Subscriber {
-    first: Option<SseEvent>,
+    first: Option<Bytes>,
     backlog: std::vec::IntoIter<Arc<Event>>,
     sub: Subscription,
     done: bool,
 }
 
-fn stream(s: Subscriber) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
     futures::stream::unfold(s, |mut s| async move {
         if let Some(first) = s.first.take() {
             return Some((Ok(first), s));
@@ -412,7 +422,12 @@ fn stream(s: Subscriber) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         if let Some(e) = s.backlog.next() {
             return Some((Ok(sse(&e)), s));
         }
-        let next = s.sub.rx.recv().await;
+        let next = tokio::select! {
+            next = s.sub.rx.recv() => next,
+            () = tokio::time::sleep(KEEPALIVE) => {
+                return Some((Ok(Bytes::from_static(KEEPALIVE_FRAME)), s));
+            }
+        };
         // Checked before every event: after a lag the queue may go on with a gap.
         if s.sub.lagged() {
             s.done = true;
@@ -476,9 +491,17 @@ pub(super) async fn events(
             sub,
             done: false,
         };
-        Ok(Sse::new(stream(s))
-            .keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
-            .into_response())
+        let mut r = Body::from_stream(stream(s)).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-cache"),
+        );
+        Ok(r)
     }
     .await;
     finish(&state, &method, "", r)

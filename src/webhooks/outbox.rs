@@ -515,6 +515,7 @@ mod tests {
             user: BareJid::new(user).unwrap(),
             at,
             data: format!(r#"{{"user":"{user}","n":{id}}}"#).into(),
+            sse_frame: Default::default(),
         })
     }
 

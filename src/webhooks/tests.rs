@@ -107,6 +107,7 @@ fn event_at(id: u64, user: &str, at: u64) -> Arc<Event> {
         user: BareJid::new(user).unwrap(),
         at,
         data: format!(r#"{{"user":"{user}","n":{id}}}"#).into(),
+        sse_frame: Default::default(),
     })
 }
 
