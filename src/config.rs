@@ -372,6 +372,15 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
+/// `s` as a domain (stringprep-normalised), or `None` if it is not one (a JID with a local part,
+/// or unparsable).
+pub fn normalize_domain(s: &str) -> Option<String> {
+    BareJid::new(s)
+        .ok()
+        .filter(|j| j.node().is_none())
+        .map(|j| j.domain().as_str().to_string())
+}
+
 /// Validated settings: what the rest of the program runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -529,11 +538,9 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     }
     let mut domains = BTreeSet::new();
     for d in &x.domains {
-        let jid = BareJid::new(d)
-            .ok()
-            .filter(|j| j.node().is_none())
+        let domain = normalize_domain(d)
             .ok_or_else(|| invalid("xmpp.domains", format!("{d:?} is not a domain")))?;
-        domains.insert(jid.domain().as_str().to_string());
+        domains.insert(domain);
     }
     if raw.tigase.timeout_secs == 0 || raw.tigase.timeout_secs > 300 {
         return Err(invalid(
@@ -620,10 +627,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             RawScope::Domains { domains: ds } => {
                 let mut set = BTreeSet::new();
                 for d in ds {
-                    let norm = BareJid::new(&d)
-                        .ok()
-                        .filter(|j| j.node().is_none())
-                        .map(|j| j.domain().to_string())
+                    let norm = normalize_domain(&d)
                         .filter(|d| domains.contains(d))
                         .ok_or_else(|| {
                             invalid(
@@ -736,10 +740,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .map_err(|e| invalid("matrix.source", e.to_string()))?;
     let mut server_names = std::collections::BTreeMap::new();
     for (server, domain) in m.server_names {
-        let d = BareJid::new(&domain)
-            .ok()
-            .filter(|j| j.node().is_none())
-            .map(|j| j.domain().to_string())
+        let d = normalize_domain(&domain)
             .filter(|d| domains.contains(d))
             .ok_or_else(|| {
                 invalid(

@@ -322,13 +322,9 @@ fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiErro
                 f.users.insert(input::served_user(&v, &state.domains)?);
             }
             "domain" => {
-                let d = jid::BareJid::new(&v)
-                    .ok()
-                    .filter(|j| j.node().is_none())
-                    .ok_or_else(|| {
-                        ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
-                    })?;
-                let d = d.domain().to_string();
+                let d = crate::config::normalize_domain(&v).ok_or_else(|| {
+                    ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
+                })?;
                 if !state.domains.contains(&d) {
                     return Err(ApiError::Domain(d));
                 }

@@ -284,7 +284,8 @@ fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
 }
 
 /// `meta.format` as stored, read without writing (`None`: no meta table or no format in it).
-fn written_format(db: &Database) -> Result<Option<u32>, String> {
+/// Also the webhook outbox's (`webhooks/outbox.rs`), which versions its file the same way.
+pub(crate) fn written_format(db: &Database) -> Result<Option<u32>, String> {
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let meta = match read.open_table(META) {
         Ok(t) => t,

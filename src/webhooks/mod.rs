@@ -205,10 +205,7 @@ pub fn validate(
             filter.users.insert(jid);
         }
         for d in &w.domains {
-            let domain = BareJid::new(d)
-                .ok()
-                .filter(|j| j.node().is_none())
-                .map(|j| j.domain().as_str().to_string())
+            let domain = crate::config::normalize_domain(d)
                 .ok_or_else(|| invalid("webhooks.domains", n, format!("{d:?} is not a domain")))?;
             if !served.contains(&domain) {
                 return Err(invalid(

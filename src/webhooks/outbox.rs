@@ -35,6 +35,7 @@ use tracing::{error, info};
 
 use super::stats::EndpointStats;
 use crate::events::Event;
+use crate::store::written_format;
 
 /// The format this version writes (see the module doc).
 pub const FORMAT: u32 = 1;
@@ -159,24 +160,6 @@ fn open_db(path: &Path) -> Result<Database, String> {
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|e| e.to_string())
-}
-
-/// `meta.format` as stored (`None`: a new file).
-fn written_format(db: &Database) -> Result<Option<u32>, String> {
-    let read = db.begin_read().map_err(|e| e.to_string())?;
-    let meta = match read.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let Some(v) = meta.get("format").map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let bytes: [u8; 4] = v
-        .value()
-        .try_into()
-        .map_err(|_| "damaged meta.format".to_string())?;
-    Ok(Some(u32::from_le_bytes(bytes)))
 }
 
 impl Outbox {
