@@ -713,23 +713,8 @@ async fn readme_examples_work() {
 
     let title = "## Reading presence, contacts and events (`/v1`)";
     let script = readme_block(title, 1, &w.ext).replace("curl ", "curl -sS -w '\\n' ");
-    let out = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .output()
-        .await
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<Value> = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_eq!(answers.len(), 3, "{stdout}");
+    let answers = common::run_sh_json(&script).await;
+    assert_eq!(answers.len(), 3, "{answers:?}");
     let a = &answers[0];
     assert_eq!(
         (&a["presence"], &a["status"]),
@@ -737,14 +722,14 @@ async fn readme_examples_work() {
         "{a}"
     );
     assert_eq!(a["resources"][1]["sources"], json!(["pbx"]), "{a}");
-    assert_eq!(answers[1]["presence"][1]["presence"], "xa", "{stdout}");
+    assert_eq!(answers[1]["presence"][1]["presence"], "xa", "{answers:?}");
     let contacts = answers[2]["contacts"].as_array().expect("contacts");
     assert!(
         contacts
             .iter()
             .any(|c| c["jid"] == format!("bob@{DOMAIN}")
                 && c["presence"]["status"] == "gone fishing"),
-        "{stdout}"
+        "{answers:?}"
     );
 
     // The event stream example, cut after 3 s, while alice's status changes.

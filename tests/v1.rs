@@ -595,23 +595,8 @@ async fn readme_examples_work() {
         .replace("example.com", DOMAIN)
         .replace("2026-12-01T15:00:00Z", &future)
         .replace("curl ", "curl -sS -w '\\n' ");
-    let out = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .output()
-        .await
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<Value> = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_eq!(answers.len(), 5, "{stdout}");
+    let answers = common::run_sh_json(&script).await;
+    assert_eq!(answers.len(), 5, "{answers:?}");
     assert_eq!(answers[0]["effective"]["source"], "pbx");
     assert_eq!(
         answers[1]["effective"]["source"], "pbx",

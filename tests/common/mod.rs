@@ -121,3 +121,24 @@ pub async fn call_json(
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
     (code, v)
 }
+
+/// Run a README `sh` block with `bash -euo pipefail` (it must succeed) and parse each non-empty
+/// line of its output as JSON.
+pub async fn run_sh_json(script: &str) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
