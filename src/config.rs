@@ -74,9 +74,15 @@ pub struct RawConfig {
     /// Tigase session mode (`backend = "tigase"`).
     #[serde(default)]
     pub tigase: RawTigase,
-    /// What extpresence observes of real sessions.
+    /// What extpresence observes of real sessions (the older place of `[ejabberd] api_url`).
     #[serde(default)]
     pub observe: RawObserve,
+    /// ejabberd's admin API.
+    #[serde(default)]
+    pub ejabberd: RawEjabberd,
+    /// Acting in users' names (the Waher Agent API calls).
+    #[serde(default)]
+    pub agent: RawAgent,
     /// The Matrix dialect.
     #[serde(default)]
     pub matrix: RawMatrix,
@@ -94,6 +100,39 @@ pub struct RawMatrix {
     /// Matrix server name → XMPP domain.
     #[serde(default)]
     pub server_names: std::collections::BTreeMap<String, String>,
+}
+
+/// `[ejabberd]` as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEjabberd {
+    /// ejabberd's admin API (mod_http_api), e.g. `http://127.0.0.1:5281/api`: its
+    /// `connected_users_info` fills what ejabberd does not forward, its `add_rosteritem` writes
+    /// the user's side of a subscription requested in the user's name.
+    pub api_url: Option<String>,
+    /// How often `connected_users_info` is asked (default 10).
+    pub poll_secs: Option<u64>,
+}
+
+/// `[agent]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// How long the approval of a subscription requested in a user's name is watched.
+    #[serde(default = "default_watch_secs")]
+    pub watch_secs: u64,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        RawAgent {
+            watch_secs: default_watch_secs(),
+        }
+    }
+}
+
+fn default_watch_secs() -> u64 {
+    86_400
 }
 
 /// `[observe]` as written.
@@ -422,8 +461,10 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// What contacts see when extpresence stops.
     pub on_shutdown: OnShutdown,
-    /// ejabberd's admin API base URL (`[observe] ejabberd_api`), and how often to ask it.
+    /// ejabberd's admin API base URL (`[ejabberd] api_url`), and how often to ask it.
     pub ejabberd_api: Option<(reqwest::Url, Duration)>,
+    /// How long the approval of a subscription requested in a user's name is watched.
+    pub agent_watch: Duration,
     /// Webhook endpoints (`[[webhooks]]`).
     pub webhooks: Vec<crate::webhooks::WebhookSettings>,
 }
@@ -709,8 +750,19 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         return Err(invalid("store.path", "must name the status store file"));
     }
 
-    let o = raw.observe;
-    let ejabberd_api = match o.ejabberd_api {
+    let (o, e) = (raw.observe, raw.ejabberd);
+    if o.ejabberd_api.is_some() && e.api_url.is_some() {
+        return Err(invalid(
+            "observe.ejabberd_api",
+            "is the older name of ejabberd.api_url; set only ejabberd.api_url",
+        ));
+    }
+    let (url_key, poll_key) = match o.ejabberd_api {
+        Some(_) => ("observe.ejabberd_api", "observe.ejabberd_api_poll_secs"),
+        None => ("ejabberd.api_url", "ejabberd.poll_secs"),
+    };
+    let poll_secs = e.poll_secs.unwrap_or(o.ejabberd_api_poll_secs);
+    let ejabberd_api = match o.ejabberd_api.or(e.api_url) {
         None => None,
         Some(url) => {
             let parsed = reqwest::Url::parse(&url)
@@ -718,21 +770,28 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| {
                     invalid(
-                        "observe.ejabberd_api",
+                        url_key,
                         format!(
                             "{url:?} is not an http(s) URL (e.g. \"http://127.0.0.1:5281/api\")"
                         ),
                     )
                 })?;
-            if o.ejabberd_api_poll_secs == 0 || o.ejabberd_api_poll_secs > 3600 {
+            if poll_secs == 0 || poll_secs > 3600 {
                 return Err(invalid(
-                    "observe.ejabberd_api_poll_secs",
-                    format!("{} is not between 1 and 3600", o.ejabberd_api_poll_secs),
+                    poll_key,
+                    format!("{poll_secs} is not between 1 and 3600"),
                 ));
             }
-            Some((parsed, Duration::from_secs(o.ejabberd_api_poll_secs)))
+            Some((parsed, Duration::from_secs(poll_secs)))
         }
     };
+    let watch_secs = raw.agent.watch_secs;
+    if !(60..=30 * 86_400).contains(&watch_secs) {
+        return Err(invalid(
+            "agent.watch_secs",
+            format!("{watch_secs} is not between 60 and 2592000 (30 days)"),
+        ));
+    }
 
     let webhooks = crate::webhooks::validate(raw.webhooks, &domains)?;
     let m = raw.matrix;
@@ -758,6 +817,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     Ok(Settings {
         webhooks,
         ejabberd_api,
+        agent_watch: Duration::from_secs(watch_secs),
         component,
         server: x.server,
         secret,

@@ -40,6 +40,7 @@
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
 
 pub mod access;
+pub mod agent;
 pub mod config;
 pub mod delivery;
 pub mod events;
@@ -61,6 +62,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use agent::{Agent, AgentLink, AgentSettings};
 use config::{BackendKind, OnShutdown, Settings};
 use delivery::fanout::{self, Control, FanoutConfig};
 use delivery::tigase::{self, TigaseConfig};
@@ -98,6 +100,7 @@ pub async fn run(
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     let tokens = Arc::new(access::tokens::Tokens::load(Some(store.clone())));
+    let agent_store = store.clone();
     let (table, changes) = StatusTable::new(Some(store), records);
     let expiry = tokio::spawn(table.clone().run_expiry());
     // The read side: sessions the server announces, and one event per change of a served
@@ -158,10 +161,12 @@ pub async fn run(
     );
     let (control_tx, control_rx) = mpsc::channel(4);
     let (rosters, roster_queries) = Rosters::new();
-    let (delivery, rosters, delivery_task) = match settings.backend {
+    let (agent_link, exchanges, agent_ready) = AgentLink::new();
+    let (delivery, rosters, agent_link, delivery_task) = match settings.backend {
         BackendKind::Fanout => (
             Delivery::Fanout,
             rosters,
+            Some(agent_link),
             tokio::spawn(fanout::run(
                 FanoutConfig {
                     component: settings.component.clone(),
@@ -182,6 +187,7 @@ pub async fn run(
                         ));
                         (rx, now)
                     }),
+                    agent: Some((exchanges, agent_ready)),
                 },
                 table.clone(),
                 changes,
@@ -205,9 +211,23 @@ pub async fn run(
                 events_rx,
                 control_rx,
             ));
-            (Delivery::Tigase(handle), Rosters::unsupported(), task)
+            (Delivery::Tigase(handle), Rosters::unsupported(), None, task)
         }
     };
+    // Acting in users' names: held subscription requests go out once the link is ready.
+    let agent = Agent::new(
+        settings.component.clone(),
+        agent_link,
+        rosters.clone(),
+        observed.clone(),
+        Some(agent_store),
+        settings.domains.clone(),
+        AgentSettings {
+            watch: settings.agent_watch,
+            ejabberd_api: settings.ejabberd_api.as_ref().map(|(url, _)| url.clone()),
+        },
+    );
+    tokio::spawn(agent.clone().run(shutdown.clone()));
 
     let open_files = http::listener::open_file_limit();
     let limits = http::listener::HttpLimits {
@@ -231,6 +251,7 @@ pub async fn run(
         table,
         observed,
         rosters,
+        agent,
         hub: hub.clone(),
         matrix: settings.matrix.clone(),
         policy: settings.policy.clone(),

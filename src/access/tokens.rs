@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::{Access, Grant, Scope};
 use crate::status::now_ms;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Side, Store, StoreError, Write};
 
 /// What every token starts with (so a token is never mistaken for a configured key).
 pub const PREFIX: &str = "ept_";
@@ -111,12 +111,16 @@ fn grant_of(info: &TokenInfo) -> Option<Grant> {
 }
 
 impl Tokens {
-    /// The tokens the store held at open (`store.take_tokens()`); damaged records are skipped
+    /// The tokens the store held at open (`store.take(Side::Tokens)`); damaged records are skipped
     /// (logged), expired ones forgotten.
     pub fn load(store: Option<Store>) -> Tokens {
         let now = now_ms();
         let mut map = HashMap::new();
-        for (id, bytes) in store.as_ref().map(Store::take_tokens).unwrap_or_default() {
+        for (id, bytes) in store
+            .as_ref()
+            .map(|s| s.take(Side::Tokens))
+            .unwrap_or_default()
+        {
             let parsed = serde_json::from_slice::<Stored>(&bytes).ok().and_then(|s| {
                 let digest = unhex(&s.sha256)?;
                 let grant = grant_of(&s.info)?;
@@ -129,7 +133,7 @@ impl Tokens {
             match parsed {
                 Some(e) if e.info.expires_at.is_some_and(|at| at <= now) => {
                     if let Some(store) = &store {
-                        store.write_then(vec![Write::DeleteToken(id)], Box::new(|_| {}));
+                        store.write_then(vec![Write::Remove(Side::Tokens, id)], Box::new(|_| {}));
                     }
                 }
                 Some(e) => {
@@ -191,7 +195,7 @@ impl Tokens {
         if let Some(store) = &self.store {
             let record = serde_json::to_vec(&stored).expect("serialisable");
             store
-                .write(vec![Write::PutToken(id.clone(), record)])
+                .write(vec![Write::Put(Side::Tokens, id.clone(), record)])
                 .durable()
                 .await?;
         }
@@ -228,7 +232,7 @@ impl Tokens {
         }
         if let Some(store) = &self.store {
             store
-                .write(vec![Write::DeleteToken(id.to_string())])
+                .write(vec![Write::Remove(Side::Tokens, id.to_string())])
                 .durable()
                 .await?;
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,7 @@ use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
+use crate::agent::Exchange;
 use crate::events::{Cause, EventHub};
 use crate::metrics::Metrics;
 use crate::observe::ejabberd_api::Polled;
@@ -75,6 +76,15 @@ pub struct FanoutConfig {
     pub hub: EventHub,
     /// ejabberd's admin API, when configured: its session lists, and the trigger of a poll.
     pub api: Option<(mpsc::Receiver<Polled>, Arc<Notify>)>,
+    /// The agent's exchanges (stanzas in users' names), and where readiness is told.
+    pub agent: Option<(mpsc::Receiver<Exchange>, watch::Sender<bool>)>,
+}
+
+/// An exchange of the agent waiting for its iq's answer.
+struct Waiting {
+    since: Instant,
+    changes_roster_of: Option<BareJid>,
+    answer: oneshot::Sender<Result<Result<Option<minidom::Element>, String>, String>>,
 }
 
 /// Where a roster read for the API is answered.
@@ -142,6 +152,10 @@ struct Fanout {
     api_warned: bool,
     /// Synchronised since the link came up (the disco answer arrived).
     synced: bool,
+    /// Told whether we are ready (the agent sends only then).
+    agent_ready: Option<watch::Sender<bool>>,
+    /// The agent's exchanges waiting for their iq's answer, by iq id.
+    exchanges: HashMap<String, Waiting>,
 }
 
 /// Run the fan-out task until shutdown.
@@ -157,6 +171,10 @@ pub async fn run(
     let mut cfg = cfg;
     let (mut api_polls, api_now) = match cfg.api.take() {
         Some((polls, now)) => (Some(polls), Some(now)),
+        None => (None, None),
+    };
+    let (mut agent_rx, agent_ready) = match cfg.agent.take() {
+        Some((rx, ready)) => (Some(rx), Some(ready)),
         None => (None, None),
     };
     let mut f = Fanout {
@@ -182,6 +200,8 @@ pub async fn run(
         api_ok: false,
         api_warned: false,
         synced: false,
+        agent_ready,
+        exchanges: HashMap::new(),
     };
     let mut refresh = tokio::time::interval(ROSTER_REFRESH);
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -208,10 +228,17 @@ pub async fn run(
             }
             _ = sweep.tick() => {
                 f.expire_requests().await;
+                f.expire_exchanges();
                 let now = Instant::now();
                 f.contacts.retain(|_, (at, _)| now.duration_since(*at) < CONTACTS_FRESH);
             }
             Some(q) = roster_queries.recv() => f.on_roster_query(q).await,
+            Some(x) = async {
+                match agent_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => f.on_exchange(x).await,
             Some(p) = async {
                 match api_polls.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -234,6 +261,46 @@ pub async fn run(
 impl Fanout {
     async fn send(&self, stanza: stanzas::Outbound) {
         self.link.send(stanza).await;
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
+        if let Some(tx) = &self.agent_ready {
+            tx.send_replace(ready);
+        }
+    }
+
+    /// The agent's stanzas: sent in order when ready, the iq's answer routed back.
+    async fn on_exchange(&mut self, x: Exchange) {
+        if !self.ready {
+            let _ = x.answer.send(Err("the XMPP link is down".into()));
+            return;
+        }
+        self.link.send_batch(x.presences).await;
+        self.exchanges.insert(
+            x.id,
+            Waiting {
+                since: Instant::now(),
+                changes_roster_of: x.changes_roster_of,
+                answer: x.answer,
+            },
+        );
+        self.send(x.iq).await;
+    }
+
+    fn expire_exchanges(&mut self) {
+        let now = Instant::now();
+        let old: Vec<String> = self
+            .exchanges
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) > ROSTER_TIMEOUT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            if let Some(w) = self.exchanges.remove(&id) {
+                let _ = w.answer.send(Err("no answer from the server".into()));
+            }
+        }
     }
 
     fn full(user: &BareJid, held: &Held) -> FullJid {
@@ -310,7 +377,7 @@ impl Fanout {
         match ev {
             LinkEvent::Up => {
                 self.up = true;
-                self.ready = false;
+                self.set_ready(false);
                 self.privilege_deadline = Some(Instant::now() + PRIVILEGE_WAIT);
                 self.presence_granted = false;
                 // Sessions seen before are kept (flagged incomplete) until the server has
@@ -319,7 +386,10 @@ impl Fanout {
             }
             LinkEvent::Down => {
                 self.up = false;
-                self.ready = false;
+                self.set_ready(false);
+                for (_, w) in self.exchanges.drain() {
+                    let _ = w.answer.send(Err("the XMPP link went down".into()));
+                }
                 self.privilege_deadline = None;
                 // Answers to requests of the old stream never come.
                 self.cfg.observed.set_complete(false);
@@ -344,7 +414,7 @@ impl Fanout {
         if self.ready || !self.up {
             return;
         }
-        self.ready = true;
+        self.set_ready(true);
         self.privilege_deadline = None;
         self.table.forget_deliveries();
         self.sync_count += 1;
@@ -434,6 +504,20 @@ impl Fanout {
     }
 
     async fn on_iq(&mut self, iq: Iq) {
+        if let Iq::Result { id, .. } | Iq::Error { id, .. } = &iq {
+            if let Some(w) = self.exchanges.remove(id.as_str()) {
+                if let Some(user) = &w.changes_roster_of {
+                    self.contacts.remove(user);
+                }
+                let answer = match iq {
+                    Iq::Result { payload, .. } => Ok(payload),
+                    Iq::Error { error, .. } => Err(stanzas::error_reason(&error)),
+                    _ => unreachable!("matched above"),
+                };
+                let _ = w.answer.send(Ok(answer));
+                return;
+            }
+        }
         match &iq {
             Iq::Get { .. } | Iq::Set { .. } => {
                 if let Some(answer) = stanzas::answer_request(&self.cfg.component, &iq) {
@@ -522,7 +606,11 @@ impl Fanout {
         if tells_all {
             // Sessions known before the link went and not announced again are gone.
             for jid in std::mem::take(&mut self.unconfirmed) {
-                if self.cfg.observed.announce(&jid, Announced::Unavailable) {
+                if self
+                    .cfg
+                    .observed
+                    .announce(&jid, Announced::Unavailable { status: None })
+                {
                     let user = jid.to_bare();
                     if self.serves(&user) {
                         self.cfg.hub.notify(user, Cause::Session);
@@ -571,7 +659,7 @@ impl Fanout {
             if observed.session_since(&jid).is_some_and(|t| t >= p.started) {
                 continue; // announced after the list was made
             }
-            if observed.announce(&jid, Announced::Unavailable) {
+            if observed.announce(&jid, Announced::Unavailable { status: None }) {
                 changed.insert(user);
             }
         }
@@ -590,6 +678,7 @@ impl Fanout {
                 status: s.status,
                 priority: s.priority,
                 since,
+                extra: None,
             };
             if observed.announce(&s.jid, what) {
                 changed.insert(user);

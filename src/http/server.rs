@@ -42,6 +42,8 @@ pub struct AppState {
     pub observed: Observed,
     /// Users' rosters, read through the delivery backend.
     pub rosters: Rosters,
+    /// Acting in users' names (the Waher calls).
+    pub agent: crate::agent::Agent,
     /// The event hub (SSE subscriptions).
     pub hub: EventHub,
     /// The Matrix dialect's source and server-name mapping.

@@ -143,6 +143,49 @@ pub async fn run(
     }
 }
 
+/// Set `user`'s roster item for `item.jid` with `subscription` through the admin command
+/// `add_rosteritem` (ejabberd 23.01 refuses privileged roster sets: upstream bug #3942). Its
+/// arguments as 23.01 has them: one group (the first), nick, subs.
+pub async fn add_rosteritem(
+    base: &reqwest::Url,
+    user: &jid::BareJid,
+    item: &crate::observe::RosterItem,
+    subscription: &str,
+) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/add_rosteritem", base.as_str().trim_end_matches('/'));
+    let body = serde_json::json!({
+        "localuser": user.node().map(|n| n.as_str()).unwrap_or_default(),
+        "localhost": user.domain().as_str(),
+        "user": item.jid.node().map(|n| n.as_str()).unwrap_or_default(),
+        "host": item.jid.domain().as_str(),
+        "nick": item.name.clone().unwrap_or_default(),
+        "group": item.groups.first().cloned().unwrap_or_default(),
+        "subs": subscription,
+    });
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let code = answer.status();
+    let text = answer.text().await.unwrap_or_default();
+    // Success is 200 with `0` (the command's result code).
+    if code.is_success() && text.trim() == "0" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url} answered {code}: {}",
+            text.chars().take(200).collect::<String>()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

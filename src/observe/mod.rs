@@ -38,7 +38,8 @@ pub mod ejabberd_api;
 /// One real session, as the server last announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
-    /// The resource, then `\0` and the status text if any (resourceprep forbids `\0`).
+    /// The resource, then `\0` and the status text if any, then `\0` and the presence's other
+    /// children as XML if any (resourceprep forbids `\0`, and XML has none): [`pack`].
     text: Box<str>,
     /// When the server announced its current presence (ms since the Unix epoch).
     since: u64,
@@ -46,15 +47,36 @@ struct Session {
     priority: i8,
 }
 
+/// `resource[\0status[\0extra]]`, one allocation.
+fn pack(resource: &str, status: Option<&str>, extra: Option<&str>) -> Box<str> {
+    let status = status.filter(|s| !s.is_empty());
+    match (status, extra.filter(|x| !x.is_empty())) {
+        (None, None) => resource.into(),
+        (Some(s), None) => format!("{resource}\0{s}").into(),
+        (s, Some(x)) => format!("{resource}\0{}\0{x}", s.unwrap_or_default()).into(),
+    }
+}
+
+/// The parts of a [`pack`]ed text: resource, status, extra children.
+fn unpack(text: &str) -> (&str, Option<&str>, Option<&str>) {
+    let mut parts = text.splitn(3, '\0');
+    let resource = parts.next().unwrap_or_default();
+    let status = parts.next().filter(|s| !s.is_empty());
+    (resource, status, parts.next())
+}
+
 impl Session {
     fn resource(&self) -> &str {
-        self.text.split('\0').next().unwrap_or_default()
+        unpack(&self.text).0
     }
 
     fn status(&self) -> Option<&str> {
-        self.text.split_once('\0').map(|(_, s)| s)
+        unpack(&self.text).1
     }
 }
+
+/// The largest presence children kept per session (bytes of XML); larger ones are dropped.
+pub const MAX_EXTRA: usize = 2048;
 
 /// A JID's sessions: most have none or one, held inline.
 #[derive(Debug, Default)]
@@ -63,12 +85,14 @@ enum Sessions {
     None,
     One(Session),
     Many(Box<[Session]>),
+    /// None, and the last one left with this `unavailable` ([`pack`]ed; at `last_active`).
+    Gone(Box<str>),
 }
 
 impl Sessions {
     fn as_slice(&self) -> &[Session] {
         match self {
-            Sessions::None => &[],
+            Sessions::None | Sessions::Gone(_) => &[],
             Sessions::One(s) => std::slice::from_ref(s),
             Sessions::Many(v) => v,
         }
@@ -104,9 +128,33 @@ pub enum Announced {
         priority: i8,
         /// Since when.
         since: u64,
+        /// The presence's other children, as XML (at most [`MAX_EXTRA`] bytes are kept).
+        extra: Option<String>,
     },
-    /// Gone.
-    Unavailable,
+    /// Gone, with this status text (`None` also when we inferred it).
+    Unavailable {
+        /// `<status/>` of the `unavailable`.
+        status: Option<String>,
+    },
+}
+
+/// The latest presence observed from a JID (a PresenceProbe's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latest {
+    /// The full JID it came from.
+    pub from: FullJid,
+    /// Available (else `unavailable`).
+    pub available: bool,
+    /// When it was received (ms; for an announcement at connect, its delay stamp).
+    pub received: u64,
+    /// `<show/>`.
+    pub show: Option<Show>,
+    /// `<status/>`.
+    pub status: Option<String>,
+    /// `<priority/>`.
+    pub priority: i8,
+    /// Its other children, as XML.
+    pub extra: Option<String>,
 }
 
 #[derive(Debug)]
@@ -149,11 +197,10 @@ impl Observed {
                 status,
                 priority,
                 since,
+                extra,
             } => {
-                let text: Box<str> = match status {
-                    Some(s) if !s.is_empty() => format!("{resource}\0{s}").into(),
-                    _ => resource.into(),
-                };
+                let extra = extra.filter(|x| x.len() <= MAX_EXTRA);
+                let text = pack(resource, status.as_deref(), extra.as_deref());
                 let session = Session {
                     text,
                     since,
@@ -184,17 +231,24 @@ impl Observed {
                 e.sessions = Sessions::from_vec(v);
                 changed
             }
-            Announced::Unavailable => {
+            Announced::Unavailable { status } => {
+                let gone = || Sessions::Gone(pack(resource, status.as_deref(), None));
                 let Some(mut e) = self.inner.map.get_mut(&bare) else {
-                    // Logged out before we knew of it: remember the time all the same.
-                    self.inner.map.entry(bare).or_default().last_active = now;
+                    // Logged out before we knew of it: remember it all the same.
+                    let mut e = self.inner.map.entry(bare).or_default();
+                    e.last_active = now;
+                    e.sessions = gone();
                     return true;
                 };
                 let mut v = std::mem::take(&mut e.sessions).as_slice().to_vec();
                 let before = v.len();
                 v.retain(|s| s.resource() != resource);
                 let changed = v.len() != before;
-                e.sessions = Sessions::from_vec(v);
+                e.sessions = if v.is_empty() {
+                    gone()
+                } else {
+                    Sessions::from_vec(v)
+                };
                 if changed {
                     e.last_active = now;
                 }
@@ -258,6 +312,32 @@ impl Observed {
         self.inner.map.get(jid).map_or(0, |e| e.last_active)
     }
 
+    /// The latest presence observed from `jid`: of its sessions online, the one announced last;
+    /// else the `unavailable` of the last to leave. `None` when nothing was observed.
+    pub fn latest(&self, jid: &BareJid) -> Option<Latest> {
+        let e = self.inner.map.get(jid)?;
+        let latest = |text: &str, available, received, show, priority| {
+            let (resource, status, extra) = unpack(text);
+            Some(Latest {
+                from: jid.with_resource(&jid::ResourcePart::new(resource).ok()?),
+                available,
+                received,
+                show,
+                status: status.map(str::to_string),
+                priority,
+                extra: extra.map(str::to_string),
+            })
+        };
+        match &e.sessions {
+            Sessions::Gone(text) => latest(text, false, e.last_active, None, 0),
+            Sessions::None => None,
+            sessions => {
+                let s = sessions.as_slice().iter().max_by_key(|s| s.since)?;
+                latest(&s.text, true, s.since, s.show, s.priority)
+            }
+        }
+    }
+
     /// JIDs with an entry (sessions or a remembered last activity).
     pub fn jids(&self) -> usize {
         self.inner.map.len()
@@ -279,6 +359,8 @@ pub struct RosterItem {
     pub jid: BareJid,
     /// `none`, `to`, `from` or `both`.
     pub subscription: &'static str,
+    /// The user asked for a subscription that is not approved yet (`ask='subscribe'`).
+    pub asked: bool,
     /// The name the user gave the contact.
     pub name: Option<String>,
     /// The user's groups of the contact.
@@ -545,6 +627,7 @@ mod tests {
             status: status.map(str::to_string),
             priority,
             since,
+            extra: None,
         }
     }
 
@@ -566,10 +649,19 @@ mod tests {
         assert_eq!(s[0].status(), Some("busy"));
         assert_eq!(s[1].status(), None);
         assert_eq!(last, 30);
-        assert!(o.announce(&full("bob@x/phone"), Announced::Unavailable));
-        assert!(!o.announce(&full("bob@x/phone"), Announced::Unavailable));
+        assert!(o.announce(
+            &full("bob@x/phone"),
+            Announced::Unavailable { status: None }
+        ));
+        assert!(!o.announce(
+            &full("bob@x/phone"),
+            Announced::Unavailable { status: None }
+        ));
         assert_eq!(o.sessions(), 1);
-        assert!(o.announce(&full("bob@x/laptop"), Announced::Unavailable));
+        assert!(o.announce(
+            &full("bob@x/laptop"),
+            Announced::Unavailable { status: None }
+        ));
         assert_eq!(o.sessions(), 0);
         assert_eq!(o.jids(), 1, "last activity is kept");
         assert!(o.last_active(&BareJid::new("bob@x").unwrap()) > 30);

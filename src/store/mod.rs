@@ -24,9 +24,13 @@
 //!   it (so removing a delivered tombstone never removes a newer one). A tombstone beside sources
 //!   of the same resource is stale (the resource was set again) and ignored.
 //!
-//! Table `tokens`: per-user API tokens (key: the token's public id; value: its record as JSON,
-//! holding only the SHA-256 of the secret; `access/tokens.rs`). Added within format 2: a store
-//! without it has no tokens, and an older release ignores it.
+//! Side tables, each a map of string keys to records the owning module encodes (as JSON) and
+//! reads back at start ([`Store::take`]); added within format 2: a store without one has nothing
+//! in it, and an older release ignores it.
+//! - `tokens`: per-user API tokens (key: the token's public id; value: its record, holding only
+//!   the SHA-256 of the secret; `access/tokens.rs`);
+//! - `subscriptions`: subscription requests sent in a user's name, held until sent and then
+//!   while their approval is watched (key: `user` NUL `contact`; `agent/`).
 //!
 //! Table `meta`: `format` = 2 (u32 LE). A store without it was written by format 1 (one record per
 //! resource: key `user@domain/resource`, value `[1][priority][show][text…]` or a tombstone); it is
@@ -51,6 +55,7 @@ use crate::status::{now_ms, Show, Source, Status};
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
 /// The format this version writes (see the module doc).
 pub const FORMAT: u32 = 2;
 /// Separates the resource's full JID from the source in a source record's key (NUL is in no JID).
@@ -138,10 +143,34 @@ pub enum Write {
     Expire(FullJid, Source, u64, u64),
     /// Remove every source of the resource, and mark it for `unavailable`.
     ClearAll(FullJid, u64),
-    /// Keep an API token's record (id, encoded record).
-    PutToken(String, Vec<u8>),
-    /// Remove an API token's record.
-    DeleteToken(String),
+    /// Keep a record in a side table (key, encoded record), replacing one with the same key.
+    Put(Side, String, Vec<u8>),
+    /// Remove a record from a side table.
+    Remove(Side, String),
+}
+
+/// The side tables (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Per-user API tokens.
+    Tokens,
+    /// Subscription requests sent in a user's name.
+    Subscriptions,
+}
+
+impl Side {
+    const ALL: [Side; 2] = [Side::Tokens, Side::Subscriptions];
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Side::Tokens => TOKENS,
+            Side::Subscriptions => SUBSCRIPTIONS,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What is run on the writer thread once a write's commit succeeded or failed.
@@ -163,16 +192,16 @@ struct Health {
     failed_commits: AtomicU64,
 }
 
-/// An API token's record as stored: its id and its encoded record (`access/tokens.rs`).
-pub type TokenRecord = (String, Vec<u8>);
+/// A side table's record as stored: its key and its encoded record.
+pub type SideRecord = (String, Vec<u8>);
 
 /// Handle to the writer thread.
 #[derive(Debug, Clone)]
 pub struct Store {
     ops: std_mpsc::Sender<Op>,
     health: Arc<Health>,
-    /// The token records read at open, until taken.
-    tokens: Arc<Mutex<Vec<TokenRecord>>>,
+    /// The side tables' records read at open, until taken (by [`Side::index`]).
+    sides: Arc<Mutex<[Vec<SideRecord>; 2]>>,
 }
 
 impl std::fmt::Debug for Op {
@@ -420,21 +449,29 @@ impl Store {
                 records.push(record);
             }
         }
-        let mut tokens = Vec::new();
+        let mut sides: [Vec<SideRecord>; 2] = Default::default();
         {
             let read = db.begin_read().map_err(|e| open_err(e.to_string()))?;
-            match read.open_table(TOKENS) {
-                Ok(table) => {
-                    for row in table.iter().map_err(|e| open_err(e.to_string()))? {
-                        let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
-                        tokens.push((k.value().to_string(), v.value().to_vec()));
+            for side in Side::ALL {
+                match read.open_table(side.table()) {
+                    Ok(table) => {
+                        for row in table.iter().map_err(|e| open_err(e.to_string()))? {
+                            let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
+                            sides[side.index()].push((k.value().to_string(), v.value().to_vec()));
+                        }
                     }
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(open_err(e.to_string())),
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(open_err(e.to_string())),
             }
         }
-        info!(path = %path.display(), records = records.len(), tokens = tokens.len(), "status store open");
+        info!(
+            path = %path.display(),
+            records = records.len(),
+            tokens = sides[Side::Tokens.index()].len(),
+            subscriptions = sides[Side::Subscriptions.index()].len(),
+            "status store open"
+        );
 
         let (tx, rx) = std_mpsc::channel();
         let health = Arc::new(Health::default());
@@ -457,7 +494,7 @@ impl Store {
             Store {
                 ops: tx,
                 health,
-                tokens: Arc::new(Mutex::new(tokens)),
+                sides: Arc::new(Mutex::new(sides)),
             },
             records,
         ))
@@ -491,9 +528,9 @@ impl Store {
         let _ = self.ops.send(Op::Delete(jid.as_str().to_owned(), seq));
     }
 
-    /// The API token records read at open (once; later calls get none).
-    pub fn take_tokens(&self) -> Vec<TokenRecord> {
-        std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The records of side table `side` read at open (once; later calls get none).
+    pub fn take(&self, side: Side) -> Vec<SideRecord> {
+        std::mem::take(&mut self.sides.lock().unwrap_or_else(|e| e.into_inner())[side.index()])
     }
 
     /// Why the store cannot commit, while it cannot (`None` when the last commit succeeded).
@@ -666,7 +703,10 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
-        let mut tokens = txn.open_table(TOKENS).map_err(|e| e.to_string())?;
+        let mut sides = [
+            txn.open_table(TOKENS).map_err(|e| e.to_string())?,
+            txn.open_table(SUBSCRIPTIONS).map_err(|e| e.to_string())?,
+        ];
         let e = |e: redb::StorageError| e.to_string();
         for op in batch {
             match op {
@@ -701,11 +741,13 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
                                         .map_err(e)?;
                                 }
                             }
-                            Write::PutToken(id, record) => {
-                                tokens.insert(id.as_str(), record.as_slice()).map_err(e)?;
+                            Write::Put(side, key, record) => {
+                                sides[side.index()]
+                                    .insert(key.as_str(), record.as_slice())
+                                    .map_err(e)?;
                             }
-                            Write::DeleteToken(id) => {
-                                tokens.remove(id.as_str()).map_err(e)?;
+                            Write::Remove(side, key) => {
+                                sides[side.index()].remove(key.as_str()).map_err(e)?;
                             }
                             Write::ClearAll(jid, seq) => {
                                 let start = format!("{jid}{SOURCE_SEPARATOR}");

@@ -194,6 +194,50 @@ impl PresenceBatch {
     }
 }
 
+impl PresenceBatch {
+    /// A batch of one presence sent in a user's name: `type_` (`subscribe`, `probe`) from the
+    /// user's bare JID `from` to `to`, with `id`, `xml:lang` and `children` (validated XML
+    /// elements, e.g. a subscription request's custom XML) as given.
+    pub fn in_users_name(
+        type_: &str,
+        from: &BareJid,
+        to: &BareJid,
+        id: &str,
+        lang: Option<&str>,
+        children: &[Element],
+    ) -> PresenceBatch {
+        let mut xml = String::with_capacity(160);
+        xml.push_str("<presence xmlns='jabber:component:accept' type='");
+        escape_into(&mut xml, type_, true);
+        xml.push_str("' from='");
+        escape_into(&mut xml, from.as_str(), true);
+        xml.push_str("' to='");
+        escape_into(&mut xml, to.as_str(), true);
+        xml.push_str("' id='");
+        escape_into(&mut xml, id, true);
+        if let Some(lang) = lang {
+            xml.push_str("' xml:lang='");
+            escape_into(&mut xml, lang, true);
+        }
+        if children.is_empty() {
+            xml.push_str("'/>");
+        } else {
+            xml.push_str("'>");
+            for child in children {
+                xml.push_str(&String::from(child));
+            }
+            xml.push_str("</presence>");
+        }
+        PresenceBatch { xml, count: 1 }
+    }
+
+    /// Append the presences of `other`.
+    pub fn append(&mut self, other: PresenceBatch) {
+        self.xml.push_str(&other.xml);
+        self.count += other.count;
+    }
+}
+
 /// XML-escape `s` into `out`: `&`, `<`, `>` always; quotes and whitespace other than a space too
 /// in an attribute value (where a parser would normalise them); `\r` also in text.
 fn escape_into(out: &mut String, s: &str, attribute: bool) {
@@ -226,6 +270,44 @@ pub fn roster_get(component: &BareJid, user: &BareJid, id: String) -> Outbound {
             to: Some(user.clone().into()),
             id,
             payload: Element::builder("query", NS_ROSTER).build(),
+        }
+        .into(),
+    ))
+}
+
+/// Privileged roster set (XEP-0356) of `user`'s item for `item.jid`, with `subscription`
+/// (Prosody applies it as given; ejabberd 23.01 refuses every privileged set).
+pub fn roster_set(
+    component: &BareJid,
+    user: &BareJid,
+    item: &crate::observe::RosterItem,
+    subscription: &str,
+    id: String,
+) -> Outbound {
+    use xmpp_parsers::roster::{Ask, Group, Item};
+    let subscription = match subscription {
+        "to" => Subscription::To,
+        "from" => Subscription::From,
+        "both" => Subscription::Both,
+        _ => Subscription::None,
+    };
+    let roster = Roster {
+        ver: None,
+        items: vec![Item {
+            jid: item.jid.clone(),
+            name: item.name.clone(),
+            subscription,
+            ask: Ask::None,
+            groups: item.groups.iter().map(|g| Group(g.clone())).collect(),
+            approved: None,
+        }],
+    };
+    Outbound(Box::new(
+        Iq::Set {
+            from: Some(component.clone().into()),
+            to: Some(user.clone().into()),
+            id,
+            payload: roster.into(),
         }
         .into(),
     ))
@@ -516,6 +598,7 @@ pub fn roster_items(payload: Option<&Element>) -> Result<Vec<crate::observe::Ros
             Some(RosterItem {
                 jid: i.jid,
                 subscription,
+                asked: i.ask == xmpp_parsers::roster::Ask::Subscribe,
                 name: i.name.filter(|n| !n.is_empty()),
                 groups: i.groups.into_iter().map(|g| g.0).collect(),
             })
@@ -550,6 +633,12 @@ pub fn server_name(payload: Option<&Element>) -> Option<String> {
 /// older presence (a XEP-0203 delay stamp) dates from its stamp.
 pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
     use crate::observe::Announced;
+    let status = || {
+        p.statuses
+            .get("")
+            .or_else(|| p.statuses.values().next())
+            .map(|s| s.chars().filter(|c| !c.is_control()).take(1024).collect())
+    };
     match p.type_ {
         PresenceType::None => {
             let show = p.show.as_ref().map(|s| match s {
@@ -558,11 +647,6 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
                 XShow::Dnd => Show::Dnd,
                 XShow::Xa => Show::Xa,
             });
-            let status = p
-                .statuses
-                .get("")
-                .or_else(|| p.statuses.values().next())
-                .map(|s| s.chars().filter(|c| !c.is_control()).take(1024).collect());
             let since = p
                 .payloads
                 .iter()
@@ -571,14 +655,17 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
                 .and_then(|st| chrono::DateTime::parse_from_rfc3339(st).ok())
                 .map(|t| (t.timestamp_millis().max(0) as u64).min(now))
                 .unwrap_or(now);
+            // The other children (capabilities, avatar hash, the delay stamp…), as sent.
+            let extra: String = p.payloads.iter().map(String::from).collect();
             Some(Announced::Available {
                 show,
-                status,
+                status: status(),
                 priority: p.priority.0,
                 since,
+                extra: (!extra.is_empty()).then_some(extra),
             })
         }
-        PresenceType::Unavailable => Some(Announced::Unavailable),
+        PresenceType::Unavailable => Some(Announced::Unavailable { status: status() }),
         _ => None,
     }
 }

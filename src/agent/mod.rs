@@ -1,0 +1,837 @@
+//! Acting in a user's name, as far as the server allows (the Waher Agent API's calls,
+//! `http/waher/`): probing a contact's presence, requesting a presence subscription, reading the
+//! roster.
+//!
+//! What the servers allow was measured (README "Acting in a user's name"): a probe sent in a
+//! user's name is answered to the user's sessions, never to us, so [`Agent::probe`] answers from
+//! the read model ([`Observed::latest`]); a `subscribe` sent in the user's name reaches the contact
+//! as a normal request, but the user's roster gets nothing and the contact's approval is not
+//! reported to anyone we can hear. So [`Agent::subscribe`] holds the request durably (store side
+//! table `subscriptions`), sends it once the link is ready (its confirmation is the answer to a
+//! ping sent after it: the server handles a stream's stanzas in order), then completes the user's
+//! side where it can: it adds the contact to the user's roster (Prosody: privileged roster set;
+//! ejabberd 23.01, whose privileged sets fail: its admin API's `add_rosteritem` when
+//! `[ejabberd] api_url` is set), and for a contact of a served domain it watches the contact's
+//! roster (privileged roster get; 1 s after sending, then backing off to once a minute, at most
+//! [`CHECKS_PER_TICK`] reads a second overall) until it shows the approval (`from`/`both`), then
+//! sets the user's item to `to` (or `both`) and sends a probe in the user's name, which the
+//! contact's server answers to the user's sessions. It gives up after `[agent] watch_secs`. A
+//! request is pending (`pendingSubscription`) while it is held here, or while the roster says
+//! `ask='subscribe'` (a request the user's own client made).
+//!
+//! The backend carries the stanzas: [`Exchange`] is a batch of presences followed by one iq,
+//! answered with the iq's result ([`AgentLink`]; the fan-out task serves it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jid::BareJid;
+use minidom::Element;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::http::log::Escaped;
+use crate::observe::{Latest, Observed, RosterError, RosterItem, Rosters};
+use crate::status::now_ms;
+use crate::store::{Side, Store, StoreError, Write};
+use crate::xmpp::stanzas::{self, Outbound, PresenceBatch};
+
+/// Custom XML of a subscription request: at most this many bytes.
+pub const MAX_CUSTOM_XML: usize = 4096;
+/// At most one automatic subscription request (a probe without subscription) per user and
+/// contact in this time.
+pub const AUTO_SUBSCRIBE_EVERY: Duration = Duration::from_secs(3600);
+/// Most subscription requests held at once.
+pub const MAX_HELD: usize = 100_000;
+/// Most roster reads of the approval watch per second.
+pub const CHECKS_PER_TICK: usize = 20;
+/// The longest wait between two reads of one contact's roster.
+const CHECK_MAX: Duration = Duration::from_secs(60);
+/// How long [`Agent::subscribe`] waits for its request to be sent before answering `sent: false`.
+const SEND_WAIT: Duration = Duration::from_secs(3);
+/// How long a roster read may take.
+const ROSTER_WAIT: Duration = Duration::from_secs(5);
+
+/// A batch of presences, then one iq (with its id), for the backend to send in order; the answer
+/// is the iq's (`Ok(Ok(payload))` a result, `Ok(Err(reason))` an error) or why nothing came
+/// (`Err`: the link is down or went down).
+pub struct Exchange {
+    /// Presences sent first (may be empty).
+    pub presences: PresenceBatch,
+    /// The iq sent after them.
+    pub iq: Outbound,
+    /// The iq's id.
+    pub id: String,
+    /// The user whose roster this changes (cached reads of it are dropped when answered).
+    pub changes_roster_of: Option<BareJid>,
+    /// Where the answer goes.
+    pub answer: oneshot::Sender<Result<Result<Option<Element>, String>, String>>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("presences", &self.presences.len())
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// The backend's side for the agent: exchanges, and whether it is ready to send.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    /// Exchanges to send.
+    pub tx: mpsc::Sender<Exchange>,
+    /// Ready (link up, privileges known).
+    pub ready: watch::Receiver<bool>,
+}
+
+impl AgentLink {
+    /// A link for the backend to serve: the handle, and the backend's ends.
+    pub fn new() -> (AgentLink, mpsc::Receiver<Exchange>, watch::Sender<bool>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (ready_tx, ready) = watch::channel(false);
+        (AgentLink { tx, ready }, rx, ready_tx)
+    }
+}
+
+/// Settings (`[agent]`, `[ejabberd] api_url`).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// How long the approval of a request is watched.
+    pub watch: Duration,
+    /// ejabberd's admin API, for the user's side of a subscription.
+    pub ejabberd_api: Option<reqwest::Url>,
+}
+
+/// Why a call cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The backend cannot act in users' names (Tigase).
+    #[error("not offered with this backend: extpresence cannot read rosters or send stanzas in a user's name through Tigase's USER_STATUS")]
+    Unsupported,
+    /// The user's roster could not be read.
+    #[error("{0}")]
+    Roster(String),
+    /// No subscription to the contact's presence.
+    #[error("{user} has no subscription to {contact}'s presence (roster subscription `to` or `both`); {sent}")]
+    NotSubscribed {
+        /// The user.
+        user: String,
+        /// The contact.
+        contact: String,
+        /// What was done about it.
+        sent: String,
+    },
+    /// Nothing observed from the contact.
+    #[error("extpresence has received no presence from {0} since it started (the server forwards the presence of local users, and of remote contacts to users while they are offline)")]
+    Unknown(String),
+    /// Not in the roster.
+    #[error("{contact} is not in {user}'s roster")]
+    NotInRoster {
+        /// The user.
+        user: String,
+        /// The contact.
+        contact: String,
+    },
+    /// Too many held requests.
+    #[error("{MAX_HELD} subscription requests are held already; try again later")]
+    Full,
+    /// The store could not commit.
+    #[error("the request could not be stored: {0}")]
+    Storage(String),
+}
+
+impl From<RosterError> for AgentError {
+    fn from(e: RosterError) -> AgentError {
+        match e {
+            RosterError::Unsupported => AgentError::Unsupported,
+            RosterError::Unavailable(s) => AgentError::Roster(s),
+        }
+    }
+}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> AgentError {
+        AgentError::Storage(e.to_string())
+    }
+}
+
+/// A subscription request, as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    /// The contact.
+    pub to: BareJid,
+    /// Custom XML elements (already checked by the dialect: well-formed, no DOCTYPE, at most
+    /// [`MAX_CUSTOM_XML`] bytes).
+    pub custom_xml: Option<String>,
+    /// `xml:lang`.
+    pub language: Option<String>,
+    /// The stanza's id (generated when absent).
+    pub id: Option<String>,
+}
+
+/// A roster item as the calls show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The contact.
+    pub jid: BareJid,
+    /// `none`, `to`, `from` or `both` (`none` also for a contact not in the roster).
+    pub subscription: &'static str,
+    /// The user's name for the contact.
+    pub name: Option<String>,
+    /// The user's groups of it.
+    pub groups: Vec<String>,
+    /// A subscription request to the contact is pending.
+    pub pending: bool,
+    /// It is in the roster.
+    pub in_roster: bool,
+}
+
+/// The answer of [`Agent::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Sent to the server already (else held and sent when the link allows).
+    pub sent: bool,
+    /// The stanza's id.
+    pub id: String,
+    /// The user's roster item for the contact now.
+    pub item: Contact,
+}
+
+/// A held request, as stored (JSON, `v` 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    v: u32,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lang: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xml: Option<String>,
+    /// When it was asked (ms).
+    requested: u64,
+    /// Sent to the server.
+    sent: bool,
+    /// The watch ends (ms).
+    until: u64,
+    /// Not stored: the next read of the contact's roster (ms), and how many reads were made.
+    #[serde(skip)]
+    next_check: u64,
+    #[serde(skip)]
+    checks: u32,
+}
+
+type Pair = (BareJid, BareJid);
+
+fn key(user: &BareJid, contact: &BareJid) -> String {
+    format!("{user}\0{contact}")
+}
+
+struct Inner {
+    /// The component's JID (sender of iqs).
+    component: BareJid,
+    link: Option<AgentLink>,
+    rosters: Rosters,
+    observed: Observed,
+    store: Option<Store>,
+    domains: std::collections::BTreeSet<String>,
+    settings: AgentSettings,
+    held: Mutex<HashMap<Pair, Held>>,
+    /// Automatic requests: when each was sent (ms).
+    auto: Mutex<HashMap<Pair, u64>>,
+    /// Something to send.
+    wake: Notify,
+    /// Bumped whenever requests were sent.
+    sent: watch::Sender<u64>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// Cheap-to-clone handle.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Agent({} held)", self.lock_held().len())
+    }
+}
+
+impl Agent {
+    /// The agent over `link` (`None`: the backend cannot act in users' names), with the requests
+    /// the store held at open.
+    pub fn new(
+        component: BareJid,
+        link: Option<AgentLink>,
+        rosters: Rosters,
+        observed: Observed,
+        store: Option<Store>,
+        domains: std::collections::BTreeSet<String>,
+        settings: AgentSettings,
+    ) -> Agent {
+        let mut held = HashMap::new();
+        for (k, bytes) in store
+            .as_ref()
+            .map(|s| s.take(Side::Subscriptions))
+            .unwrap_or_default()
+        {
+            let parsed = k.split_once('\0').and_then(|(u, c)| {
+                let h: Held = serde_json::from_slice(&bytes).ok()?;
+                Some(((BareJid::new(u).ok()?, BareJid::new(c).ok()?), h))
+            });
+            match parsed {
+                Some((pair, h)) => {
+                    held.insert(pair, h);
+                }
+                None => {
+                    warn!(key = %Escaped(&k), "a damaged subscription request record was skipped")
+                }
+            }
+        }
+        if !held.is_empty() {
+            info!(held = held.len(), "subscription requests held");
+        }
+        Agent {
+            inner: Arc::new(Inner {
+                component,
+                link,
+                rosters,
+                observed,
+                store,
+                domains,
+                settings,
+                held: Mutex::new(held),
+                auto: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                sent: watch::channel(0).0,
+                next_id: std::sync::atomic::AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, Held>> {
+        self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn offered(&self) -> Result<&AgentLink, AgentError> {
+        self.inner.link.as_ref().ok_or(AgentError::Unsupported)
+    }
+
+    /// Requests held now (for `/metrics`).
+    pub fn held(&self) -> usize {
+        self.lock_held().len()
+    }
+
+    async fn roster_of(&self, user: &BareJid) -> Result<Arc<[RosterItem]>, AgentError> {
+        Ok(self.inner.rosters.get(user, ROSTER_WAIT).await?)
+    }
+
+    fn contact(&self, user: &BareJid, jid: &BareJid, item: Option<&RosterItem>) -> Contact {
+        let held = self.lock_held().contains_key(&(user.clone(), jid.clone()));
+        match item {
+            Some(i) => Contact {
+                jid: jid.clone(),
+                subscription: i.subscription,
+                name: i.name.clone(),
+                groups: i.groups.clone(),
+                pending: held || i.asked,
+                in_roster: true,
+            },
+            None => Contact {
+                jid: jid.clone(),
+                subscription: "none",
+                name: None,
+                groups: Vec::new(),
+                pending: held,
+                in_roster: false,
+            },
+        }
+    }
+
+    /// `user`'s roster, as the calls show it.
+    pub async fn roster(&self, user: &BareJid) -> Result<Vec<Contact>, AgentError> {
+        self.offered()?;
+        let items = self.roster_of(user).await?;
+        Ok(items
+            .iter()
+            .map(|i| self.contact(user, &i.jid, Some(i)))
+            .collect())
+    }
+
+    /// `user`'s item for `contact`.
+    pub async fn roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+    ) -> Result<Contact, AgentError> {
+        self.offered()?;
+        let items = self.roster_of(user).await?;
+        match items.iter().find(|i| &i.jid == contact) {
+            Some(i) => Ok(self.contact(user, contact, Some(i))),
+            None => Err(AgentError::NotInRoster {
+                user: user.to_string(),
+                contact: contact.to_string(),
+            }),
+        }
+    }
+
+    /// The latest presence `user` has from `contact`. Without a subscription (`to`/`both`) a
+    /// request is sent in the user's name (when `may_request`; at most once per pair per
+    /// [`AUTO_SUBSCRIBE_EVERY`]) and the answer is [`AgentError::NotSubscribed`].
+    pub async fn probe(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        may_request: bool,
+    ) -> Result<Latest, AgentError> {
+        self.offered()?;
+        let items = self.roster_of(user).await?;
+        let subscribed = items.iter().any(|i| &i.jid == contact && i.sees_contact());
+        if !subscribed {
+            let sent = if !may_request {
+                "none was requested: the credential may not write".to_string()
+            } else if self.auto_due(user, contact) {
+                self.subscribe(
+                    user,
+                    SubscribeRequest {
+                        to: contact.clone(),
+                        custom_xml: None,
+                        language: None,
+                        id: None,
+                    },
+                )
+                .await?;
+                format!("a subscription request was sent in {user}'s name")
+            } else {
+                format!(
+                    "a subscription request was sent in {user}'s name less than {} minutes ago; none was sent now",
+                    AUTO_SUBSCRIBE_EVERY.as_secs() / 60
+                )
+            };
+            return Err(AgentError::NotSubscribed {
+                user: user.to_string(),
+                contact: contact.to_string(),
+                sent,
+            });
+        }
+        self.inner
+            .observed
+            .latest(contact)
+            .ok_or_else(|| AgentError::Unknown(contact.to_string()))
+    }
+
+    /// Whether an automatic request for the pair may go now (and if so, it counts as sent).
+    fn auto_due(&self, user: &BareJid, contact: &BareJid) -> bool {
+        let now = now_ms();
+        let every = AUTO_SUBSCRIBE_EVERY.as_millis() as u64;
+        let mut auto = self.inner.auto.lock().unwrap_or_else(|e| e.into_inner());
+        if auto.len() > MAX_HELD {
+            auto.retain(|_, at| now.saturating_sub(*at) < every);
+        }
+        let pair = (user.clone(), contact.clone());
+        match auto.get(&pair) {
+            Some(at) if now.saturating_sub(*at) < every => false,
+            _ => {
+                auto.insert(pair, now);
+                true
+            }
+        }
+    }
+
+    /// Request a subscription to `req.to`'s presence in `user`'s name: held durably before this
+    /// returns, sent when the link allows (waits a little for that), the user's side completed
+    /// where the server allows (module doc).
+    pub async fn subscribe(
+        &self,
+        user: &BareJid,
+        req: SubscribeRequest,
+    ) -> Result<Subscribed, AgentError> {
+        self.offered()?;
+        let now = now_ms();
+        let id = req.id.clone().unwrap_or_else(|| {
+            format!(
+                "extpresence-sub-{:x}-{}",
+                now,
+                self.inner
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        });
+        let held = Held {
+            v: 1,
+            id: id.clone(),
+            lang: req.language.clone(),
+            xml: req.custom_xml.clone(),
+            requested: now,
+            sent: false,
+            until: now.saturating_add(self.inner.settings.watch.as_millis() as u64),
+            next_check: 0,
+            checks: 0,
+        };
+        let pair = (user.clone(), req.to.clone());
+        {
+            let map = self.lock_held();
+            if map.len() >= MAX_HELD && !map.contains_key(&pair) {
+                return Err(AgentError::Full);
+            }
+        }
+        let mut sent_rx = self.inner.sent.subscribe();
+        self.persist(&pair, &held).await?;
+        self.lock_held().insert(pair.clone(), held);
+        self.inner.wake.notify_one();
+        // Wait a little for it to go out, so the answer can say so.
+        let is_sent = |agent: &Agent| {
+            agent
+                .lock_held()
+                .get(&pair)
+                .is_none_or(|h| h.id != id || h.sent)
+        };
+        let _ = tokio::time::timeout(SEND_WAIT, async {
+            while !is_sent(self) {
+                if sent_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let sent = is_sent(self);
+        let item = match self.roster_of(user).await {
+            Ok(items) => {
+                let i = items.iter().find(|i| i.jid == req.to);
+                self.contact(user, &req.to, i)
+            }
+            Err(_) => self.contact(user, &req.to, None),
+        };
+        Ok(Subscribed { sent, id, item })
+    }
+
+    async fn persist(&self, pair: &Pair, held: &Held) -> Result<(), StoreError> {
+        if let Some(store) = &self.inner.store {
+            let bytes = serde_json::to_vec(held).expect("serialisable");
+            store
+                .write(vec![Write::Put(
+                    Side::Subscriptions,
+                    key(&pair.0, &pair.1),
+                    bytes,
+                )])
+                .durable()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, pair: &Pair, id: &str) {
+        let removed = {
+            let mut map = self.lock_held();
+            match map.get(pair) {
+                Some(h) if h.id == id => map.remove(pair).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            if let Some(store) = &self.inner.store {
+                let _ = store
+                    .write(vec![Write::Remove(
+                        Side::Subscriptions,
+                        key(&pair.0, &pair.1),
+                    )])
+                    .durable()
+                    .await;
+            }
+        }
+    }
+
+    fn next_iq_id(&self) -> String {
+        format!(
+            "agent-{}",
+            self.inner
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
+    /// Send `presences` then a ping; `Ok` once the server has handled them.
+    async fn exchange(
+        &self,
+        presences: PresenceBatch,
+        iq: Option<(Outbound, String, BareJid)>,
+    ) -> Result<Result<Option<Element>, String>, String> {
+        let link = self.offered().map_err(|e| e.to_string())?;
+        let (iq, id, changes_roster_of) = match iq {
+            Some((iq, id, user)) => (iq, id, Some(user)),
+            None => {
+                let id = self.next_iq_id();
+                let domain = self
+                    .inner
+                    .domains
+                    .iter()
+                    .next()
+                    .cloned()
+                    .unwrap_or_default();
+                let to = BareJid::new(&domain).map_err(|e| e.to_string())?;
+                let ping = stanzas::ping(&self.inner.component, to.into(), id.clone());
+                (ping, id, None)
+            }
+        };
+        let (answer, rx) = oneshot::channel();
+        link.tx
+            .send(Exchange {
+                presences,
+                iq,
+                id,
+                changes_roster_of,
+                answer,
+            })
+            .await
+            .map_err(|_| "shutting down".to_string())?;
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .map_err(|_| "no answer from the server".to_string())?
+            .map_err(|_| "shutting down".to_string())?
+    }
+
+    /// Set `user`'s item for `contact` to `subscription` (keeping name and groups): a privileged
+    /// roster set, else ejabberd's admin API when configured.
+    async fn set_user_item(
+        &self,
+        user: &BareJid,
+        item: &RosterItem,
+        subscription: &str,
+    ) -> Result<(), String> {
+        let id = self.next_iq_id();
+        let iq = stanzas::roster_set(&self.inner.component, user, item, subscription, id.clone());
+        let refused = match self
+            .exchange(PresenceBatch::new(), Some((iq, id, user.clone())))
+            .await?
+        {
+            Ok(_) => return Ok(()),
+            Err(reason) => reason,
+        };
+        match &self.inner.settings.ejabberd_api {
+            Some(api) => crate::observe::ejabberd_api::add_rosteritem(api, user, item, subscription)
+                .await
+                .map_err(|e| format!("the privileged roster set was refused ({refused}), and ejabberd's admin API: {e}")),
+            None => Err(format!("the server refused the privileged roster set ({refused}); with ejabberd 23.01 set [ejabberd] api_url")),
+        }
+    }
+
+    /// Send what is held and unsent, complete the user's side, and watch approvals, until
+    /// `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let Some(link) = self.inner.link.clone() else {
+            return;
+        };
+        let mut ready = link.ready.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.inner.wake.notified() => {}
+                _ = tick.tick() => {}
+                r = ready.changed() => if r.is_err() { return },
+            }
+            if !*ready.borrow() {
+                continue;
+            }
+            self.send_held().await;
+            self.watch_approvals().await;
+        }
+    }
+
+    async fn send_held(&self) {
+        loop {
+            let unsent: Vec<(Pair, Held)> = self
+                .lock_held()
+                .iter()
+                .filter(|(_, h)| !h.sent)
+                .take(32)
+                .map(|(p, h)| (p.clone(), h.clone()))
+                .collect();
+            if unsent.is_empty() {
+                return;
+            }
+            let mut batch = PresenceBatch::new();
+            for ((user, contact), h) in &unsent {
+                let children = h
+                    .xml
+                    .as_deref()
+                    .and_then(|x| parse_elements(x).ok())
+                    .unwrap_or_default();
+                batch.append(PresenceBatch::in_users_name(
+                    "subscribe",
+                    user,
+                    contact,
+                    &h.id,
+                    h.lang.as_deref(),
+                    &children,
+                ));
+            }
+            if let Err(e) = self.exchange(batch, None).await {
+                debug!(error = %e, "subscription requests not sent yet");
+                return;
+            }
+            for (pair, h) in unsent {
+                info!(user = %pair.0, contact = %pair.1, id = %Escaped(&h.id), "subscription request sent in the user's name");
+                self.add_to_user_roster(&pair).await;
+                let now = now_ms();
+                let mut sent = h.clone();
+                sent.sent = true;
+                sent.next_check = now + 1000;
+                let still = {
+                    let mut map = self.lock_held();
+                    match map.get_mut(&pair) {
+                        Some(cur) if cur.id == h.id => {
+                            *cur = sent.clone();
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if still {
+                    if let Err(e) = self.persist(&pair, &sent).await {
+                        warn!(error = %e, "a sent subscription request could not be marked sent; it may be sent again");
+                    }
+                }
+            }
+            self.inner.sent.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Put the contact in the user's roster (subscription as it is, `none` for a new item).
+    async fn add_to_user_roster(&self, pair: &Pair) {
+        let (user, contact) = pair;
+        let Ok(items) = self.roster_of(user).await else {
+            return;
+        };
+        if items.iter().any(|i| &i.jid == contact) {
+            return;
+        }
+        let item = RosterItem {
+            jid: contact.clone(),
+            subscription: "none",
+            asked: false,
+            name: None,
+            groups: Vec::new(),
+        };
+        if let Err(e) = self.set_user_item(user, &item, "none").await {
+            debug!(%user, %contact, error = %Escaped(&e), "the contact could not be added to the user's roster");
+        }
+    }
+
+    async fn watch_approvals(&self) {
+        let now = now_ms();
+        let (due, expired): (Vec<(Pair, Held)>, Vec<(Pair, Held)>) = {
+            let map = self.lock_held();
+            let expired = map
+                .iter()
+                .filter(|(_, h)| h.until <= now)
+                .map(|(p, h)| (p.clone(), h.clone()))
+                .collect();
+            let mut due: Vec<(Pair, Held)> = map
+                .iter()
+                .filter(|((_, c), h)| {
+                    h.sent
+                        && h.until > now
+                        && h.next_check <= now
+                        && self.inner.domains.contains(c.domain().as_str())
+                })
+                .map(|(p, h)| (p.clone(), h.clone()))
+                .collect();
+            due.sort_by_key(|(_, h)| h.next_check);
+            due.truncate(CHECKS_PER_TICK);
+            (due, expired)
+        };
+        for (pair, h) in expired {
+            info!(user = %pair.0, contact = %pair.1, "no approval of the subscription request seen; no longer watched");
+            self.forget(&pair, &h.id).await;
+        }
+        for (pair, h) in due {
+            let (user, contact) = &pair;
+            let approved = match self.roster_of(contact).await {
+                Ok(items) => items.iter().any(|i| &i.jid == user && i.sees_user()),
+                Err(e) => {
+                    debug!(%contact, error = %e, "the contact's roster could not be read");
+                    false
+                }
+            };
+            if !approved {
+                let mut map = self.lock_held();
+                if let Some(cur) = map.get_mut(&pair).filter(|c| c.id == h.id) {
+                    cur.checks += 1;
+                    let wait = Duration::from_secs(1u64 << cur.checks.min(6)).min(CHECK_MAX);
+                    cur.next_check = now_ms() + wait.as_millis() as u64;
+                }
+                continue;
+            }
+            info!(%user, %contact, "the contact approved the subscription request");
+            self.complete(user, contact).await;
+            self.forget(&pair, &h.id).await;
+        }
+    }
+
+    /// The contact approved: the user's item becomes `to` (`both` if it was `from`), and a
+    /// probe in the user's name makes the contact's server send its presence to the user.
+    async fn complete(&self, user: &BareJid, contact: &BareJid) {
+        let item = match self.roster_of(user).await {
+            Ok(items) => items.iter().find(|i| &i.jid == contact).cloned(),
+            Err(e) => {
+                warn!(%user, error = %e, "the user's roster could not be read to record the approval");
+                return;
+            }
+        };
+        let item = item.unwrap_or(RosterItem {
+            jid: contact.clone(),
+            subscription: "none",
+            asked: false,
+            name: None,
+            groups: Vec::new(),
+        });
+        if !item.sees_contact() {
+            let to = if item.sees_user() { "both" } else { "to" };
+            if let Err(e) = self.set_user_item(user, &item, to).await {
+                warn!(%user, %contact, error = %Escaped(&e), "the approval could not be recorded in the user's roster; the user's side stays as it is (README \"Acting in a user's name\")");
+                return;
+            }
+        }
+        let probe =
+            PresenceBatch::in_users_name("probe", user, contact, &self.next_iq_id(), None, &[]);
+        if let Err(e) = self.exchange(probe, None).await {
+            debug!(%user, %contact, error = %e, "the probe after the approval was not sent");
+        }
+    }
+}
+
+/// Parse XML elements (a subscription request's custom XML): elements only (whitespace between
+/// them allowed), unprefixed ones in `jabber:client`.
+pub fn parse_elements(xml: &str) -> Result<Vec<Element>, String> {
+    let wrapped = format!("<x xmlns='jabber:client'>{xml}</x>");
+    let root: Element = wrapped
+        .parse()
+        .map_err(|e: minidom::Error| format!("not well-formed XML: {e}"))?;
+    if root.texts().any(|t| !t.trim().is_empty()) {
+        return Err("text outside of an element".into());
+    }
+    Ok(root.children().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_xml_is_elements_only() {
+        let els = parse_elements("<a xmlns='urn:x'><b/></a> <c/>").unwrap();
+        assert_eq!(els.len(), 2);
+        assert_eq!(els[0].ns(), "urn:x");
+        assert_eq!(els[1].ns(), "jabber:client");
+        assert!(parse_elements("text").is_err());
+        assert!(parse_elements("<a>").is_err());
+        assert!(parse_elements("</x><y>").is_err());
+        assert!(parse_elements("<!DOCTYPE x [<!ENTITY e 'x'>]><a/>").is_err());
+    }
+}
