@@ -225,6 +225,8 @@ struct Held {
 }
 
 type Pair = (BareJid, BareJid);
+/// Held requests taken out of the map to work on.
+type Taken = Vec<(Pair, Held)>;
 
 fn key(user: &BareJid, contact: &BareJid) -> String {
     format!("{user}\0{contact}")
@@ -645,7 +647,7 @@ impl Agent {
 
     async fn send_held(&self) {
         loop {
-            let unsent: Vec<(Pair, Held)> = self
+            let unsent: Taken = self
                 .lock_held()
                 .iter()
                 .filter(|(_, h)| !h.sent)
@@ -725,14 +727,14 @@ impl Agent {
 
     async fn watch_approvals(&self) {
         let now = now_ms();
-        let (due, expired): (Vec<(Pair, Held)>, Vec<(Pair, Held)>) = {
+        let (due, expired): (Taken, Taken) = {
             let map = self.lock_held();
             let expired = map
                 .iter()
                 .filter(|(_, h)| h.until <= now)
                 .map(|(p, h)| (p.clone(), h.clone()))
                 .collect();
-            let mut due: Vec<(Pair, Held)> = map
+            let mut due: Taken = map
                 .iter()
                 .filter(|((_, c), h)| {
                     h.sent
@@ -809,10 +811,8 @@ impl Agent {
 /// Parse XML elements (a subscription request's custom XML): elements only (whitespace between
 /// them allowed), unprefixed ones in `jabber:client`.
 pub fn parse_elements(xml: &str) -> Result<Vec<Element>, String> {
-    let wrapped = format!("<x xmlns='jabber:client'>{xml}</x>");
-    let root: Element = wrapped
-        .parse()
-        .map_err(|e: minidom::Error| format!("not well-formed XML: {e}"))?;
+    let root = stanzas::parse_fragment(xml, "jabber:client")
+        .map_err(|e| format!("not well-formed XML: {e}"))?;
     if root.texts().any(|t| !t.trim().is_empty()) {
         return Err("text outside of an element".into());
     }
@@ -831,7 +831,8 @@ mod tests {
         assert_eq!(els[1].ns(), "jabber:client");
         assert!(parse_elements("text").is_err());
         assert!(parse_elements("<a>").is_err());
-        assert!(parse_elements("</x><y>").is_err());
+        assert!(parse_elements("</extpresence-body><y>").is_err());
+        assert!(parse_elements("<a/></x><y>").is_err());
         assert!(parse_elements("<!DOCTYPE x [<!ENTITY e 'x'>]><a/>").is_err());
     }
 }

@@ -80,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::v1::routes())
         .merge(super::matrix::routes())
+        .merge(super::waher::routes())
         .fallback(not_found)
         .with_state(state)
 }

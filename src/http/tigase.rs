@@ -9,11 +9,11 @@
 
 use std::fmt::Write as _;
 
-use minidom::Element;
 use serde_json::Value;
 
 use super::error::{xml_escape, ApiError, Format};
 use crate::status::{validate_text, Show, Status, StatusPolicy};
+use crate::xmpp::stanzas;
 
 /// The fields of a request, as given (strings), before validation.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -61,33 +61,11 @@ fn malformed(format: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Element the body is wrapped in for parsing: minidom stops reading after the first root
-/// element, so whatever follows it is only seen (and refused) inside a wrapper.
-const WRAPPER: &str = "extpresence-body";
-
 /// Parse an XML body: one `<command>` root, optionally after an XML declaration, and nothing
 /// but white space after it.
 pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| malformed("XML", "not UTF-8"))?;
-    if text.contains("<!") {
-        return Err(malformed(
-            "XML",
-            "DOCTYPE, entity declarations, CDATA and comments are not allowed",
-        ));
-    }
-    if text.contains(WRAPPER) {
-        return Err(malformed("XML", format!("<{WRAPPER}> is not allowed")));
-    }
-    let content = match text.trim_start().strip_prefix("<?xml") {
-        Some(rest) => match rest.split_once("?>") {
-            Some((_, content)) => content,
-            None => return Err(malformed("XML", "unterminated XML declaration")),
-        },
-        None => text,
-    };
-    let wrapped = format!("<{WRAPPER}>{content}</{WRAPPER}>");
-    let wrapper = Element::from_reader_with_prefixes(wrapped.as_bytes(), NS_BODY.to_string())
-        .map_err(|e| malformed("XML", e.to_string()))?;
+    let wrapper = stanzas::parse_fragment(text, NS_BODY).map_err(|e| malformed("XML", e))?;
     let mut roots = wrapper.children();
     let (Some(root), None) = (roots.next(), roots.next()) else {
         return Err(malformed(

@@ -670,6 +670,33 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
     }
 }
 
+/// The element that wraps XML content while it is parsed: the parser stops after one root
+/// element, so whatever follows it is only seen (and refused) inside a wrapper.
+const WRAPPER: &str = "extpresence-body";
+
+/// Parse XML content (elements and text) given by an API client: inside a wrapper element whose
+/// default namespace is `ns` (returned; its children and texts are the content). An XML
+/// declaration at the start is skipped; `<!` (DOCTYPE, entity declarations, CDATA, comments) is
+/// refused, and so is the wrapper's name.
+pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
+    if text.contains("<!") {
+        return Err("DOCTYPE, entity declarations, CDATA and comments are not allowed".into());
+    }
+    if text.contains(WRAPPER) {
+        return Err(format!("<{WRAPPER}> is not allowed"));
+    }
+    let content = match text.trim_start().strip_prefix("<?xml") {
+        Some(rest) => match rest.split_once("?>") {
+            Some((_, content)) => content,
+            None => return Err("unterminated XML declaration".into()),
+        },
+        None => text,
+    };
+    let wrapped = format!("<{WRAPPER}>{content}</{WRAPPER}>");
+    Element::from_reader_with_prefixes(wrapped.as_bytes(), ns.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Serialise a stanza (for logs at TRACE and tests).
 pub fn to_xml(stanza: &Stanza) -> String {
     let el: Element = match stanza {
