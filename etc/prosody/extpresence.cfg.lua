@@ -8,11 +8,13 @@ component_interfaces = { "127.0.0.1" }
 
 -- Your users' domain. "privilege" (mod_privilege, from prosody-modules) is added to the global
 -- modules_enabled for this host; privileged_entities lets the component read rosters and see
--- users' presence (XEP-0356).
+-- users' presence (XEP-0356). roster = "both" also lets it write a user's roster item when it
+-- requests a subscription in the user's name (the Agent API's SendPresenceSubscription; README
+-- "Acting in a user's name"); "get" is enough for everything else.
 VirtualHost "example.com"
     modules_enabled = { "privilege" }
     privileged_entities = {
-        ["status.example.com"] = { roster = "get"; presence = "managed_entity" };
+        ["status.example.com"] = { roster = "both"; presence = "managed_entity" };
     }
 
 -- The component extpresence logs in as: [xmpp] component in extpresence.toml.

@@ -1,9 +1,11 @@
-//! ejabberd's admin API as a source of sessions: what ejabberd 23.01 does not forward.
+//! ejabberd's admin API (`[ejabberd] api_url`): a source of sessions — what ejabberd 23.01 does
+//! not forward — and the writer of a user's side of a subscription requested in the user's name
+//! ([`add_rosteritem`]; its privileged roster sets fail).
 //!
 //! ejabberd announces no session to a component at connect and forwards no `unavailable` when a
 //! client closes its stream or loses its connection without one (README, "What the server
-//! tells"). With `[observe] ejabberd_api` set, this task asks mod_http_api's
-//! `connected_users_info` every `ejabberd_api_poll_secs` (and at once when the fan-out task asks,
+//! tells"). With `[ejabberd] api_url` set, this task asks mod_http_api's
+//! `connected_users_info` every `poll_secs` (and at once when the fan-out task asks,
 //! right after each connect) and hands the list to the fan-out task, which reconciles the
 //! observed sessions with it ([`Polled`]).
 
@@ -145,7 +147,7 @@ pub async fn run(
 
 /// Set `user`'s roster item for `item.jid` with `subscription` through the admin command
 /// `add_rosteritem` (ejabberd 23.01 refuses privileged roster sets: upstream bug #3942). Its
-/// arguments as 23.01 has them: one group (the first), nick, subs.
+/// arguments as 23.01 has them: `group` holds the groups separated by `;`.
 pub async fn add_rosteritem(
     base: &reqwest::Url,
     user: &jid::BareJid,
@@ -163,7 +165,7 @@ pub async fn add_rosteritem(
         "user": item.jid.node().map(|n| n.as_str()).unwrap_or_default(),
         "host": item.jid.domain().as_str(),
         "nick": item.name.clone().unwrap_or_default(),
-        "group": item.groups.first().cloned().unwrap_or_default(),
+        "group": item.groups.join(";"),
         "subs": subscription,
     });
     let answer = client

@@ -87,6 +87,9 @@ pub struct TestClient {
     /// Whether this session has sent initial presence (and not `unavailable` since).
     available: bool,
     task: Option<JoinHandle<()>>,
+    /// The last presences received, as the server sent them (what parsing drops, e.g.
+    /// `xml:lang`, is still there).
+    raw_presences: std::sync::Arc<std::sync::Mutex<VecDeque<Element>>>,
 }
 
 impl TestClient {
@@ -113,7 +116,13 @@ impl TestClient {
         };
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(stream, command_rx, incoming_tx));
+        let raw_presences = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let task = tokio::spawn(drive(
+            stream,
+            command_rx,
+            incoming_tx,
+            raw_presences.clone(),
+        ));
         let mut client = TestClient {
             jid,
             commands,
@@ -121,11 +130,17 @@ impl TestClient {
             pending: VecDeque::new(),
             available: false,
             task: Some(task),
+            raw_presences,
         };
         if initial_presence {
             client.send(Presence::available()).await;
         }
         client
+    }
+
+    /// The last (at most 100) presences received, as the server sent them.
+    pub fn raw_presences(&self) -> Vec<Element> {
+        self.raw_presences.lock().unwrap().iter().cloned().collect()
     }
 
     /// The bound JID without resource.
@@ -436,6 +451,7 @@ async fn drive(
     mut stream: C2s,
     mut commands: mpsc::UnboundedReceiver<Command>,
     incoming: mpsc::UnboundedSender<Incoming>,
+    raw_presences: std::sync::Arc<std::sync::Mutex<VecDeque<Element>>>,
 ) {
     let mut pings = 0u64;
     loop {
@@ -445,6 +461,13 @@ async fn drive(
                     if element.is("error", NS_STREAMS) {
                         let _ = incoming.send(Incoming::Disconnected(format!("stream error: {}", xml(&element))));
                         return;
+                    }
+                    if element.name() == "presence" {
+                        let mut raw = raw_presences.lock().unwrap();
+                        if raw.len() >= 100 {
+                            raw.pop_front();
+                        }
+                        raw.push_back(element.clone());
                     }
                     match from_wire(element.clone()) {
                         Some(stanza) => {

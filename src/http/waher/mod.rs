@@ -566,7 +566,7 @@ impl Request {
 
     fn parse_xml(call: Call, body: &[u8]) -> Result<Request, WaherError> {
         let text = std::str::from_utf8(body).map_err(|_| bad("malformed XML body: not UTF-8"))?;
-        let wrapper = stanzas::parse_fragment(text, NS)
+        let wrapper = stanzas::parse_fragment(text, "")
             .map_err(|e| bad(format!("malformed XML body: {e}")))?;
         let mut roots = wrapper.children();
         let (Some(el), None) = (roots.next(), roots.next()) else {
