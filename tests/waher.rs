@@ -540,6 +540,9 @@ async fn ejabberd_agent_calls_with_admin_api() {
     scenario(Setup::EjabberdApi).await;
 }
 
+/// One refusal: what, the call, the headers, the body, the status, a part of the message.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+
 /// Point 4: every refusal, in the Agent API's plain-text form.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals() {
@@ -553,7 +556,7 @@ async fn refusals() {
     let probe = r#"{"to":"bob@localhost"}"#;
     let big = format!("<x xmlns='urn:x'>{}</x>", "a".repeat(5000));
     let sub = |xml: &str| json!({"to": "carol@localhost", "customXml": xml}).to_string();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no token",
             "PresenceProbe",
