@@ -11,23 +11,30 @@
 //!                            tigase.rs and v1.rs (dialects; v1.rs also the OpenAPI document),
 //!                            read.rs (v1's read side: presence, contacts, SSE events),
 //!                            tokens.rs (v1's /v1/tokens), matrix.rs (the Matrix dialect),
+//!                            waher/ (the Agent API calls; xml_json.rs: stanzas as JSON),
 //!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
 //!                            rate limit), error.rs, log.rs (escaped, rate-limited)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
 //!                            tokens, hashed in the store), limits.rs (token buckets)
+//!              ─► agent/     acting in a user's name: probes answered from observe/,
+//!                            subscription requests held in the store, sent through the
+//!                            backend (Exchange), the user's roster side completed
 //!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
 //!                            (sources per resource, effective presence, expiry heap + task)
-//!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade); reloaded
-//!                            at start; reopened after a failed commit
+//!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
+//!                            tables: tokens, subscriptions); reloaded at start; reopened after
+//!                            a failed commit
 //!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
 //!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
 //!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)
 //!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
 //! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout.rs (roster results, contact
-//!                                    presence, iqs) or delivery/tigase.rs (command answers,
-//!                                    CHECK_USER_CONNECTION, iqs)
-//! read side:   observe/   the sessions the server announces (fed by fanout.rs; ejabberd_api.rs
-//!                         polls ejabberd's admin API when configured) and the aggregated presence
+//!                                    presence, the agent's iq answers, iqs) or delivery/tigase.rs
+//!                                    (command answers, CHECK_USER_CONNECTION, iqs)
+//! read side:   observe/   the sessions the server announces, with each one's latest presence
+//!                         (fed by fanout.rs; ejabberd_api.rs polls ejabberd's admin API when
+//!                         configured, and writes roster items for agent/) and the aggregated
+//!                         presence
 //!              events/    one event per change of a served user's presence (fed by the table's
 //!                         commits and fanout.rs): numbered, buffered for resuming, fanned out
 //!                         to SSE subscribers (http/read.rs) and durable taps

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ext::Ext;
+use common::ext::{request, Ext, API_KEY};
 use common::tigase_double::{
     bare, CheckOutcome, DoubleConfig, Presence, Reply, SessionManager, TigaseDouble,
 };
@@ -999,5 +999,34 @@ mod double {
         .unwrap();
         assert!(s.handle(&presence, Instant::now()).is_empty());
         assert_eq!(s.violations.len(), 1);
+    }
+}
+
+/// The Agent API calls act through rosters and stanzas in a user's name, which Tigase's
+/// USER_STATUS sessions do not give: not offered (404 with the reason), never a fake answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_calls_are_not_offered() {
+    let (_double, ext) = setup(5, |_| {}).await;
+    for (call, body) in [
+        ("PresenceProbe", format!(r#"{{"to":"bob@{DOMAIN}"}}"#)),
+        (
+            "SendPresenceSubscription",
+            format!(r#"{{"to":"bob@{DOMAIN}"}}"#),
+        ),
+        ("GetRoster", "{}".to_string()),
+    ] {
+        let (code, text) = request(
+            ext.http,
+            "POST",
+            &format!("/Agent/Xmpp/{call}?user=alice@{DOMAIN}"),
+            &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 404, "{call}: {text}");
+        assert!(
+            text.contains("not offered with this backend"),
+            "{call}: {text}"
+        );
     }
 }

@@ -541,7 +541,14 @@ async fn ejabberd_agent_calls_with_admin_api() {
 }
 
 /// One refusal: what, the call, the headers, the body, the status, a part of the message.
-type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    String,
+    u16,
+    &'a str,
+);
 
 /// Point 4: every refusal, in the Agent API's plain-text form.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,5 +820,66 @@ async fn subscription_request_is_durable() {
         })
         .await;
     carol.disconnect().await;
+    ext.terminate().await;
+}
+
+/// The README's Agent API examples, run as written against the real service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_agent_examples_work() {
+    let (server, mut ext) = start(Setup::Prosody).await;
+    let token = mint(&ext, "alice@localhost", "read-write").await;
+    let mut bob = TestClient::connect_as(server.c2s_port(), "bob", Some("laptop"), false).await;
+    bob.send(presence(Some(Show::Dnd), "busy", 0)).await;
+    call_until(
+        &ext,
+        &token,
+        "PresenceProbe",
+        json!({"to": "bob@localhost"}),
+        "bob's presence",
+        |a| a.code == 200,
+    )
+    .await;
+    let readme = include_str!("../README.md");
+    let title = "## Acting in a user's name (Waher Agent API calls)";
+    let script = readme[readme.find(title).expect("section")..]
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("sh block")
+        .replace("http://127.0.0.1:8080", &format!("http://{}", ext.http))
+        .replace("TOKEN", &token)
+        .replace("example.com", DOMAIN)
+        .replace("curl ", "curl -sS -w '\\n' ");
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    let json = |i: usize| -> Value {
+        serde_json::from_str(lines[i]).unwrap_or_else(|e| panic!("{e}: {}", lines[i]))
+    };
+    let probe = json(0);
+    assert_eq!(probe["jid"], "bob@localhost/laptop", "{probe}");
+    assert_eq!(probe["Stanza"]["show"]["value"], "dnd", "{probe}");
+    let xml: Element = lines[1].parse().expect("XML");
+    assert!(xml.is("ProbeResult", NS), "{}", lines[1]);
+    let sub = json(2);
+    assert_eq!(sub["RosterItem"]["bareJid"], "carol@localhost", "{sub}");
+    assert_eq!(sub["RosterItem"]["pendingSubscription"], true, "{sub}");
+    assert!(json(3)["RosterItems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["bareJid"] == "bob@localhost" && i["status"] == "both"));
+    assert_eq!(json(4)["bareJid"], "bob@localhost");
+    bob.disconnect().await;
     ext.terminate().await;
 }

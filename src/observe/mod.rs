@@ -668,6 +668,60 @@ mod tests {
     }
 
     #[test]
+    fn latest_is_the_last_announced_session_else_the_last_unavailable() {
+        let o = Observed::new();
+        let bob = BareJid::new("bob@x").unwrap();
+        assert_eq!(o.latest(&bob), None, "nothing observed: unknown");
+        let mut with_caps = avail(Some(Show::Dnd), Some("busy"), 5, 10);
+        if let Announced::Available { extra, .. } = &mut with_caps {
+            *extra = Some("<c xmlns='urn:caps' ver='v'/>".into());
+        }
+        o.announce(&full("bob@x/phone"), with_caps);
+        o.announce(&full("bob@x/laptop"), avail(None, None, 0, 20));
+        let l = o.latest(&bob).unwrap();
+        assert_eq!(
+            (l.from.to_string(), l.available, l.received),
+            ("bob@x/laptop".into(), true, 20)
+        );
+        o.announce(
+            &full("bob@x/laptop"),
+            Announced::Unavailable { status: None },
+        );
+        let l = o.latest(&bob).unwrap();
+        assert_eq!(
+            l.from.to_string(),
+            "bob@x/phone",
+            "another session is still online"
+        );
+        assert_eq!(
+            (l.show, l.status.as_deref(), l.priority),
+            (Some(Show::Dnd), Some("busy"), 5)
+        );
+        assert_eq!(l.extra.as_deref(), Some("<c xmlns='urn:caps' ver='v'/>"));
+        o.announce(
+            &full("bob@x/phone"),
+            Announced::Unavailable {
+                status: Some("bye".into()),
+            },
+        );
+        let l = o.latest(&bob).unwrap();
+        assert!(!l.available);
+        assert_eq!(
+            (l.from.to_string(), l.status.as_deref()),
+            ("bob@x/phone".into(), Some("bye"))
+        );
+        assert_eq!(o.sessions(), 0);
+        // Too large other children are dropped, the rest kept.
+        let mut big = avail(None, None, 0, 30);
+        if let Announced::Available { extra, .. } = &mut big {
+            *extra = Some("x".repeat(MAX_EXTRA + 1));
+        }
+        o.announce(&full("bob@x/phone"), big);
+        assert_eq!(o.latest(&bob).unwrap().extra, None);
+        assert!(o.latest(&bob).unwrap().available);
+    }
+
+    #[test]
     fn aggregate_prefers_priority_then_availability_then_recency() {
         let (table, _changes) = StatusTable::in_memory();
         let o = Observed::new();
