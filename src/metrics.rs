@@ -58,6 +58,8 @@ pub struct Gauges {
     pub event_subscribers: u64,
     /// Events published since start.
     pub events: u64,
+    /// Subscription requests held in users' names (unsent, or their approval watched).
+    pub agent_held: u64,
 }
 
 /// Every counter extpresence exports.
@@ -159,6 +161,12 @@ impl Metrics {
             "counter",
             "Presence events published (one per change of a served user's presence).",
             &[("", g.events.to_string())],
+        );
+        metric(
+            "extpresence_agent_subscription_requests",
+            "gauge",
+            "Subscription requests held in users' names (Agent API): not sent yet, or their approval watched.",
+            &[("", g.agent_held.to_string())],
         );
         let u = |o: Outcome| self.updates[o as usize].load(Relaxed).to_string();
         metric(
@@ -307,10 +315,12 @@ mod tests {
             store_ok: false,
             store_failed_commits: 2,
             http_open: 5,
+            agent_held: 4,
             ..Gauges::default()
         });
         for line in [
             "extpresence_held_statuses 3",
+            "extpresence_agent_subscription_requests 4",
             "extpresence_updates_total{outcome=\"set\"} 2",
             "extpresence_updates_total{outcome=\"rejected\"} 1",
             "extpresence_stanzas_sent_total 1",

@@ -803,6 +803,11 @@ async fn subscription_request_is_durable() {
     assert_eq!(a.code, 200, "{a:?}");
     assert_eq!(a.json()["sent"], false, "the link is down: {a:?}");
     assert_eq!(a.json()["RosterItem"]["pendingSubscription"], true, "{a:?}");
+    let (_, metrics) = request(ext.http, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics.contains("extpresence_agent_subscription_requests 1"),
+        "{metrics}"
+    );
     ext.terminate().await;
     ext.restart().await;
     server.start_again().await;

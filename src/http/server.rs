@@ -121,6 +121,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         observed_complete: state.observed.complete(),
         event_subscribers: state.hub.subscribers() as u64,
         events: state.hub.published(),
+        agent_held: state.agent.held() as u64,
     });
     body.push_str(
         "# HELP extpresence_http_rate_limited_total Requests refused over a rate limit, by \
