@@ -87,6 +87,8 @@ async fn mint(ext: &Ext, user: &str, access: &str) -> String {
 struct Answer {
     code: u16,
     content_type: String,
+    /// The `Extpresence-Complete` header (probes).
+    complete: Option<String>,
     body: String,
 }
 
@@ -127,9 +129,14 @@ async fn post(ext: &Ext, call: &str, headers: &[(&str, &str)], body: &str) -> An
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
+    let complete = r
+        .headers()
+        .get("extpresence-complete")
+        .map(|v| v.to_str().unwrap().to_string());
     Answer {
         code,
         content_type,
+        complete,
         body: r.text().await.unwrap(),
     }
 }
@@ -222,6 +229,12 @@ async fn scenario(setup: Setup) {
     )
     .await;
     assert!(a.content_type.starts_with("application/json"), "{a:?}");
+    // Whether the server tells every session: Prosody does, ejabberd 23.01 alone does not.
+    match setup {
+        Setup::Prosody => assert_eq!(a.complete.as_deref(), Some("true")),
+        Setup::Ejabberd => assert_eq!(a.complete.as_deref(), Some("false")),
+        Setup::EjabberdApi => assert!(a.complete.is_some()),
+    }
     let v = a.json();
     assert_eq!(v["jid"], bob.jid.to_string(), "{v}");
     assert_eq!(v["type"], "", "{v}");
@@ -627,6 +640,30 @@ async fn refusals() {
             r#"{"to":"@@"}"#.into(),
             400,
             "not a valid JID",
+        ),
+        (
+            "a probe of oneself",
+            "PresenceProbe",
+            vec![json_ct, ("Authorization", &alice_b)],
+            r#"{"to":"alice@localhost"}"#.into(),
+            400,
+            "own presence",
+        ),
+        (
+            "an id XML cannot carry",
+            "SendPresenceSubscription",
+            vec![json_ct, ("Authorization", &alice_b)],
+            json!({"to": "carol@localhost", "id": "a\u{fffe}"}).to_string(),
+            400,
+            "U+FFFE",
+        ),
+        (
+            "a declaration of the xml prefix",
+            "SendPresenceSubscription",
+            vec![json_ct, ("Authorization", &alice_b)],
+            sub("<a xmlns='urn:a' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>"),
+            400,
+            "reserved prefixes",
         ),
         (
             "an unsupported Accept",

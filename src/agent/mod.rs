@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::http::log::Escaped;
 use crate::observe::{Latest, Observed, RosterError, RosterItem, Rosters};
 use crate::status::now_ms;
-use crate::store::{Side, Store, StoreError, Write};
+use crate::store::{Pending, Side, Store, StoreError, Write};
 use crate::xmpp::stanzas::{self, Outbound, PresenceBatch};
 
 /// Custom XML of a subscription request: at most this many bytes.
@@ -46,6 +46,8 @@ pub const MAX_CUSTOM_XML: usize = 4096;
 pub const AUTO_SUBSCRIBE_EVERY: Duration = Duration::from_secs(3600);
 /// Most subscription requests held at once.
 pub const MAX_HELD: usize = 100_000;
+/// Most subscription requests held at once for one user.
+pub const MAX_PER_USER: usize = 1_000;
 /// Most roster reads of the approval watch per second.
 pub const CHECKS_PER_TICK: usize = 20;
 /// The longest wait between two reads of one contact's roster.
@@ -138,8 +140,8 @@ pub enum AgentError {
         contact: String,
     },
     /// Too many held requests.
-    #[error("{MAX_HELD} subscription requests are held already; try again later")]
-    Full,
+    #[error("{0}; try again later")]
+    Full(String),
     /// The store could not commit.
     #[error("the request could not be stored: {0}")]
     Storage(String),
@@ -217,7 +219,10 @@ struct Held {
     sent: bool,
     /// The watch ends (ms).
     until: u64,
-    /// Not stored: the next read of the contact's roster (ms), and how many reads were made.
+    /// Not stored: which request this is (ids come from clients and may repeat), the next read
+    /// of the contact's roster (ms), and how many reads were made.
+    #[serde(skip)]
+    gen: u64,
     #[serde(skip)]
     next_check: u64,
     #[serde(skip)]
@@ -227,6 +232,8 @@ struct Held {
 type Pair = (BareJid, BareJid);
 /// Held requests taken out of the map to work on.
 type Taken = Vec<(Pair, Held)>;
+/// Held requests picked by pair and generation.
+type Picked = Vec<(Pair, u64)>;
 
 fn key(user: &BareJid, contact: &BareJid) -> String {
     format!("{user}\0{contact}")
@@ -282,7 +289,8 @@ impl Agent {
             .unwrap_or_default()
         {
             let parsed = k.split_once('\0').and_then(|(u, c)| {
-                let h: Held = serde_json::from_slice(&bytes).ok()?;
+                let mut h: Held = serde_json::from_slice(&bytes).ok()?;
+                h.gen = held.len() as u64 + 1;
                 Some(((BareJid::new(u).ok()?, BareJid::new(c).ok()?), h))
             });
             match parsed {
@@ -297,6 +305,7 @@ impl Agent {
         if !held.is_empty() {
             info!(held = held.len(), "subscription requests held");
         }
+        let loaded = held.len() as u64;
         Agent {
             inner: Arc::new(Inner {
                 component,
@@ -310,7 +319,7 @@ impl Agent {
                 auto: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 sent: watch::channel(0).0,
-                next_id: std::sync::atomic::AtomicU64::new(1),
+                next_id: std::sync::atomic::AtomicU64::new(loaded + 1),
             }),
         }
     }
@@ -382,8 +391,9 @@ impl Agent {
     }
 
     /// The latest presence `user` has from `contact`. Without a subscription (`to`/`both`) a
-    /// request is sent in the user's name (when `may_request`; at most once per pair per
-    /// [`AUTO_SUBSCRIBE_EVERY`]) and the answer is [`AgentError::NotSubscribed`].
+    /// request is sent in the user's name (when `may_request`, none is pending already, and none
+    /// was sent automatically for the pair in the last [`AUTO_SUBSCRIBE_EVERY`]) and the answer
+    /// is [`AgentError::NotSubscribed`].
     pub async fn probe(
         &self,
         user: &BareJid,
@@ -392,11 +402,17 @@ impl Agent {
     ) -> Result<Latest, AgentError> {
         self.offered()?;
         let items = self.roster_of(user).await?;
-        let subscribed = items.iter().any(|i| &i.jid == contact && i.sees_contact());
-        if !subscribed {
-            let sent = if !may_request {
+        let item = items.iter().find(|i| &i.jid == contact);
+        if !item.is_some_and(RosterItem::sees_contact) {
+            let pair = (user.clone(), contact.clone());
+            let pending = item.is_some_and(|i| i.asked) || self.lock_held().contains_key(&pair);
+            let sent = if pending {
+                format!("a subscription request of {user} to {contact} is pending already; none was sent now")
+            } else if !may_request {
                 "none was requested: the credential may not write".to_string()
-            } else if self.auto_due(user, contact) {
+            } else if let Err(why) = self.auto_allowed(&pair) {
+                why
+            } else {
                 self.subscribe(
                     user,
                     SubscribeRequest {
@@ -407,12 +423,8 @@ impl Agent {
                     },
                 )
                 .await?;
+                self.auto_record(pair);
                 format!("a subscription request was sent in {user}'s name")
-            } else {
-                format!(
-                    "a subscription request was sent in {user}'s name less than {} minutes ago; none was sent now",
-                    AUTO_SUBSCRIBE_EVERY.as_secs() / 60
-                )
             };
             return Err(AgentError::NotSubscribed {
                 user: user.to_string(),
@@ -426,22 +438,39 @@ impl Agent {
             .ok_or_else(|| AgentError::Unknown(contact.to_string()))
     }
 
-    /// Whether an automatic request for the pair may go now (and if so, it counts as sent).
-    fn auto_due(&self, user: &BareJid, contact: &BareJid) -> bool {
+    fn lock_auto(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, u64>> {
+        self.inner.auto.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an automatic request for the pair may go now, else why not.
+    fn auto_allowed(&self, pair: &Pair) -> Result<(), String> {
         let now = now_ms();
         let every = AUTO_SUBSCRIBE_EVERY.as_millis() as u64;
-        let mut auto = self.inner.auto.lock().unwrap_or_else(|e| e.into_inner());
-        if auto.len() > MAX_HELD {
+        let mut auto = self.lock_auto();
+        if auto.len() >= MAX_HELD {
             auto.retain(|_, at| now.saturating_sub(*at) < every);
         }
-        let pair = (user.clone(), contact.clone());
-        match auto.get(&pair) {
-            Some(at) if now.saturating_sub(*at) < every => false,
-            _ => {
-                auto.insert(pair, now);
-                true
-            }
+        match auto.get(pair) {
+            Some(at) if now.saturating_sub(*at) < every => Err(format!(
+                "a subscription request was sent in {}'s name less than {} minutes ago; none was sent now",
+                pair.0,
+                every / 60_000
+            )),
+            None if auto.len() >= MAX_HELD => Err(format!(
+                "{MAX_HELD} automatic subscription requests were sent in the last hour; none was sent now"
+            )),
+            _ => Ok(()),
         }
+    }
+
+    fn auto_record(&self, pair: Pair) {
+        self.lock_auto().insert(pair, now_ms());
+    }
+
+    fn next_gen(&self) -> u64 {
+        self.inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Request a subscription to `req.to`'s presence in `user`'s name: held durably before this
@@ -454,15 +483,11 @@ impl Agent {
     ) -> Result<Subscribed, AgentError> {
         self.offered()?;
         let now = now_ms();
-        let id = req.id.clone().unwrap_or_else(|| {
-            format!(
-                "extpresence-sub-{:x}-{}",
-                now,
-                self.inner
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )
-        });
+        let gen = self.next_gen();
+        let id = req
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("extpresence-sub-{now:x}-{gen}"));
         let held = Held {
             v: 1,
             id: id.clone(),
@@ -471,26 +496,47 @@ impl Agent {
             requested: now,
             sent: false,
             until: now.saturating_add(self.inner.settings.watch.as_millis() as u64),
+            gen,
             next_check: 0,
             checks: 0,
         };
         let pair = (user.clone(), req.to.clone());
-        {
-            let map = self.lock_held();
-            if map.len() >= MAX_HELD && !map.contains_key(&pair) {
-                return Err(AgentError::Full);
-            }
-        }
         let mut sent_rx = self.inner.sent.subscribe();
-        self.persist(&pair, &held).await?;
-        self.lock_held().insert(pair.clone(), held);
+        // Into the map and the store's queue under one lock, so that the store sees the changes
+        // of a pair in the order the map does.
+        let written = {
+            let mut map = self.lock_held();
+            if !map.contains_key(&pair) {
+                if map.len() >= MAX_HELD {
+                    return Err(AgentError::Full(format!(
+                        "{MAX_HELD} subscription requests are held already"
+                    )));
+                }
+                if map.keys().filter(|(u, _)| u == user).count() >= MAX_PER_USER {
+                    return Err(AgentError::Full(format!(
+                        "{MAX_PER_USER} subscription requests of {user} are held already"
+                    )));
+                }
+            }
+            let written = self.queue_put(&pair, &held);
+            map.insert(pair.clone(), held);
+            written
+        };
+        if let Err(e) = written.durable().await {
+            // Not acknowledged: take it back (unless a newer request replaced it).
+            let mut map = self.lock_held();
+            if map.get(&pair).is_some_and(|h| h.gen == gen) {
+                map.remove(&pair);
+            }
+            return Err(e.into());
+        }
         self.inner.wake.notify_one();
         // Wait a little for it to go out, so the answer can say so.
         let is_sent = |agent: &Agent| {
             agent
                 .lock_held()
                 .get(&pair)
-                .is_none_or(|h| h.id != id || h.sent)
+                .is_none_or(|h| h.gen != gen || h.sent)
         };
         let _ = tokio::time::timeout(SEND_WAIT, async {
             while !is_sent(self) {
@@ -511,38 +557,38 @@ impl Agent {
         Ok(Subscribed { sent, id, item })
     }
 
-    async fn persist(&self, pair: &Pair, held: &Held) -> Result<(), StoreError> {
-        if let Some(store) = &self.inner.store {
-            let bytes = serde_json::to_vec(held).expect("serialisable");
-            store
-                .write(vec![Write::Put(
-                    Side::Subscriptions,
-                    key(&pair.0, &pair.1),
-                    bytes,
-                )])
-                .durable()
-                .await?;
+    /// Queue the store write of `held` (call with the map locked).
+    fn queue_put(&self, pair: &Pair, held: &Held) -> Pending {
+        match &self.inner.store {
+            Some(store) => store.write(vec![Write::Put(
+                Side::Subscriptions,
+                key(&pair.0, &pair.1),
+                serde_json::to_vec(held).expect("serialisable"),
+            )]),
+            None => Pending::done(),
         }
-        Ok(())
     }
 
-    async fn forget(&self, pair: &Pair, id: &str) {
-        let removed = {
+    /// Drop request `gen` of `pair` (a newer one stays), from the map and the store.
+    async fn forget(&self, pair: &Pair, gen: u64) {
+        let written = {
             let mut map = self.lock_held();
             match map.get(pair) {
-                Some(h) if h.id == id => map.remove(pair).is_some(),
-                _ => false,
+                Some(h) if h.gen == gen => {
+                    map.remove(pair);
+                    self.inner.store.as_ref().map(|store| {
+                        store.write(vec![Write::Remove(
+                            Side::Subscriptions,
+                            key(&pair.0, &pair.1),
+                        )])
+                    })
+                }
+                _ => None,
             }
         };
-        if removed {
-            if let Some(store) = &self.inner.store {
-                let _ = store
-                    .write(vec![Write::Remove(
-                        Side::Subscriptions,
-                        key(&pair.0, &pair.1),
-                    )])
-                    .durable()
-                    .await;
+        if let Some(written) = written {
+            if let Err(e) = written.durable().await {
+                warn!(error = %e, "a finished subscription request could not be removed from the store; it is loaded again at the next start");
             }
         }
     }
@@ -597,32 +643,34 @@ impl Agent {
     }
 
     /// Set `user`'s item for `contact` to `subscription` (keeping name and groups): a privileged
-    /// roster set, else ejabberd's admin API when configured.
+    /// roster set, else ejabberd's admin API when configured. `Err((retry, why))`: `retry` when
+    /// the link failed (worth trying again), not when the server refused.
     async fn set_user_item(
         &self,
         user: &BareJid,
         item: &RosterItem,
         subscription: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), (bool, String)> {
         let id = self.next_iq_id();
         let iq = stanzas::roster_set(&self.inner.component, user, item, subscription, id.clone());
         let refused = match self
             .exchange(PresenceBatch::new(), Some((iq, id, user.clone())))
-            .await?
+            .await
         {
-            Ok(_) => return Ok(()),
-            Err(reason) => reason,
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(reason)) => reason,
+            Err(link) => return Err((true, link)),
         };
         match &self.inner.settings.ejabberd_api {
             Some(api) => crate::observe::ejabberd_api::add_rosteritem(api, user, item, subscription)
                 .await
-                .map_err(|e| format!("the privileged roster set was refused ({refused}), and ejabberd's admin API: {e}")),
-            None => Err(format!("the server refused the privileged roster set ({refused}); with ejabberd 23.01 set [ejabberd] api_url")),
+                .map_err(|e| (true, format!("the privileged roster set was refused ({refused}), and ejabberd's admin API: {e}"))),
+            None => Err((false, format!("the server refused the privileged roster set ({refused}); with ejabberd 23.01 set [ejabberd] api_url"))),
         }
     }
 
-    /// Send what is held and unsent, complete the user's side, and watch approvals, until
-    /// `stop`.
+    /// Send what is held and unsent, complete the user's side, and (once a second) watch
+    /// approvals, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let Some(link) = self.inner.link.clone() else {
             return;
@@ -631,17 +679,19 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let watch = tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.inner.wake.notified() => {}
-                _ = tick.tick() => {}
-                r = ready.changed() => if r.is_err() { return },
-            }
+                () = self.inner.wake.notified() => false,
+                _ = tick.tick() => true,
+                r = ready.changed() => if r.is_err() { return } else { false },
+            };
             if !*ready.borrow() {
                 continue;
             }
             self.send_held().await;
-            self.watch_approvals().await;
+            if watch {
+                self.watch_approvals().await;
+            }
         }
     }
 
@@ -658,49 +708,68 @@ impl Agent {
                 return;
             }
             let mut batch = PresenceBatch::new();
+            let mut bad = Vec::new();
             for ((user, contact), h) in &unsent {
-                let children = h
-                    .xml
-                    .as_deref()
-                    .and_then(|x| parse_elements(x).ok())
-                    .unwrap_or_default();
-                batch.append(PresenceBatch::in_users_name(
-                    "subscribe",
-                    user,
-                    contact,
-                    &h.id,
-                    h.lang.as_deref(),
-                    &children,
-                ));
+                // Validated when asked; a record that still cannot be rendered is dropped, never
+                // allowed to stop this task.
+                let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let children = match h.xml.as_deref() {
+                        Some(x) => parse_elements(x)?,
+                        None => Vec::new(),
+                    };
+                    Ok::<_, String>(PresenceBatch::in_users_name(
+                        "subscribe",
+                        user,
+                        contact,
+                        &h.id,
+                        h.lang.as_deref(),
+                        &children,
+                    ))
+                }));
+                match rendered {
+                    Ok(Ok(b)) => batch.append(b),
+                    Ok(Err(e)) => bad.push((user, contact, h.gen, e)),
+                    Err(_) => bad.push((user, contact, h.gen, "it cannot be rendered".into())),
+                }
+            }
+            for (user, contact, gen, why) in bad {
+                warn!(%user, %contact, error = %Escaped(&why), "a held subscription request was dropped");
+                self.forget(&(user.clone(), contact.clone()), gen).await;
+            }
+            if batch.is_empty() {
+                continue;
             }
             if let Err(e) = self.exchange(batch, None).await {
                 debug!(error = %e, "subscription requests not sent yet");
                 return;
             }
-            for (pair, h) in unsent {
-                info!(user = %pair.0, contact = %pair.1, id = %Escaped(&h.id), "subscription request sent in the user's name");
-                self.add_to_user_roster(&pair).await;
-                let now = now_ms();
-                let mut sent = h.clone();
-                sent.sent = true;
-                sent.next_check = now + 1000;
-                let still = {
-                    let mut map = self.lock_held();
-                    match map.get_mut(&pair) {
-                        Some(cur) if cur.id == h.id => {
-                            *cur = sent.clone();
-                            true
-                        }
-                        _ => false,
-                    }
-                };
-                if still {
-                    if let Err(e) = self.persist(&pair, &sent).await {
-                        warn!(error = %e, "a sent subscription request could not be marked sent; it may be sent again");
-                    }
+            // Sent: marked at once (a crash from here on does not send them again), then the
+            // users' sides.
+            let now = now_ms();
+            let written: Vec<Pending> = {
+                let mut map = self.lock_held();
+                unsent
+                    .iter()
+                    .filter_map(|(pair, h)| {
+                        let cur = map.get_mut(pair).filter(|c| c.gen == h.gen)?;
+                        cur.sent = true;
+                        cur.xml = None;
+                        cur.next_check = now + 1000;
+                        let cur = cur.clone();
+                        Some(self.queue_put(pair, &cur))
+                    })
+                    .collect()
+            };
+            for w in written {
+                if let Err(e) = w.durable().await {
+                    warn!(error = %e, "a sent subscription request could not be marked sent; it may be sent again after a restart");
                 }
             }
             self.inner.sent.send_modify(|n| *n += 1);
+            for (pair, h) in &unsent {
+                info!(user = %pair.0, contact = %pair.1, id = %Escaped(&h.id), "subscription request sent in the user's name");
+                self.add_to_user_roster(pair).await;
+            }
         }
     }
 
@@ -720,21 +789,23 @@ impl Agent {
             name: None,
             groups: Vec::new(),
         };
-        if let Err(e) = self.set_user_item(user, &item, "none").await {
+        if let Err((_, e)) = self.set_user_item(user, &item, "none").await {
             debug!(%user, %contact, error = %Escaped(&e), "the contact could not be added to the user's roster");
         }
     }
 
+    /// Read the rosters of up to [`CHECKS_PER_TICK`] local contacts whose approval is due, and
+    /// drop the requests whose watch is over.
     async fn watch_approvals(&self) {
         let now = now_ms();
-        let (due, expired): (Taken, Taken) = {
+        let (due, expired): (Picked, Picked) = {
             let map = self.lock_held();
             let expired = map
                 .iter()
                 .filter(|(_, h)| h.until <= now)
-                .map(|(p, h)| (p.clone(), h.clone()))
+                .map(|(p, h)| (p.clone(), h.gen))
                 .collect();
-            let mut due: Taken = map
+            let mut due: Vec<(u64, &Pair, u64)> = map
                 .iter()
                 .filter(|((_, c), h)| {
                     h.sent
@@ -742,17 +813,20 @@ impl Agent {
                         && h.next_check <= now
                         && self.inner.domains.contains(c.domain().as_str())
                 })
-                .map(|(p, h)| (p.clone(), h.clone()))
+                .map(|(p, h)| (h.next_check, p, h.gen))
                 .collect();
-            due.sort_by_key(|(_, h)| h.next_check);
-            due.truncate(CHECKS_PER_TICK);
+            if due.len() > CHECKS_PER_TICK {
+                due.select_nth_unstable_by_key(CHECKS_PER_TICK, |(at, _, _)| *at);
+                due.truncate(CHECKS_PER_TICK);
+            }
+            let due = due.into_iter().map(|(_, p, g)| (p.clone(), g)).collect();
             (due, expired)
         };
-        for (pair, h) in expired {
+        for (pair, gen) in expired {
             info!(user = %pair.0, contact = %pair.1, "no approval of the subscription request seen; no longer watched");
-            self.forget(&pair, &h.id).await;
+            self.forget(&pair, gen).await;
         }
-        for (pair, h) in due {
+        for (pair, gen) in due {
             let (user, contact) = &pair;
             let approved = match self.roster_of(contact).await {
                 Ok(items) => items.iter().any(|i| &i.jid == user && i.sees_user()),
@@ -761,29 +835,31 @@ impl Agent {
                     false
                 }
             };
-            if !approved {
-                let mut map = self.lock_held();
-                if let Some(cur) = map.get_mut(&pair).filter(|c| c.id == h.id) {
-                    cur.checks += 1;
-                    let wait = Duration::from_secs(1u64 << cur.checks.min(6)).min(CHECK_MAX);
-                    cur.next_check = now_ms() + wait.as_millis() as u64;
+            if approved {
+                info!(%user, %contact, "the contact approved the subscription request");
+                if self.complete(user, contact).await {
+                    self.forget(&pair, gen).await;
+                    continue;
                 }
-                continue;
             }
-            info!(%user, %contact, "the contact approved the subscription request");
-            self.complete(user, contact).await;
-            self.forget(&pair, &h.id).await;
+            let mut map = self.lock_held();
+            if let Some(cur) = map.get_mut(&pair).filter(|c| c.gen == gen) {
+                cur.checks += 1;
+                let wait = Duration::from_secs(1u64 << cur.checks.min(6)).min(CHECK_MAX);
+                cur.next_check = now_ms() + wait.as_millis() as u64;
+            }
         }
     }
 
     /// The contact approved: the user's item becomes `to` (`both` if it was `from`), and a
     /// probe in the user's name makes the contact's server send its presence to the user.
-    async fn complete(&self, user: &BareJid, contact: &BareJid) {
+    /// `false`: not done, try again at the next check.
+    async fn complete(&self, user: &BareJid, contact: &BareJid) -> bool {
         let item = match self.roster_of(user).await {
             Ok(items) => items.iter().find(|i| &i.jid == contact).cloned(),
             Err(e) => {
-                warn!(%user, error = %e, "the user's roster could not be read to record the approval");
-                return;
+                debug!(%user, error = %e, "the user's roster could not be read to record the approval");
+                return false;
             }
         };
         let item = item.unwrap_or(RosterItem {
@@ -795,9 +871,16 @@ impl Agent {
         });
         if !item.sees_contact() {
             let to = if item.sees_user() { "both" } else { "to" };
-            if let Err(e) = self.set_user_item(user, &item, to).await {
-                warn!(%user, %contact, error = %Escaped(&e), "the approval could not be recorded in the user's roster; the user's side stays as it is (README \"Acting in a user's name\")");
-                return;
+            match self.set_user_item(user, &item, to).await {
+                Ok(()) => {}
+                Err((true, e)) => {
+                    debug!(%user, %contact, error = %Escaped(&e), "the approval could not be recorded yet");
+                    return false;
+                }
+                Err((false, e)) => {
+                    warn!(%user, %contact, error = %Escaped(&e), "the approval could not be recorded in the user's roster; the user's side stays as it is (README \"Acting in a user's name\")");
+                    return true;
+                }
             }
         }
         let probe =
@@ -805,6 +888,7 @@ impl Agent {
         if let Err(e) = self.exchange(probe, None).await {
             debug!(%user, %contact, error = %e, "the probe after the approval was not sent");
         }
+        true
     }
 }
 
@@ -834,5 +918,9 @@ mod tests {
         assert!(parse_elements("</extpresence-body><y>").is_err());
         assert!(parse_elements("<a/></x><y>").is_err());
         assert!(parse_elements("<!DOCTYPE x [<!ENTITY e 'x'>]><a/>").is_err());
+        assert!(parse_elements(
+            "<a xmlns='urn:a' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>"
+        )
+        .is_err());
     }
 }

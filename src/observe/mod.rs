@@ -18,8 +18,10 @@
 //! XMPP client would show (highest priority, then the most available show, then the most recent)
 //! — the object of `GET /v1/users/{jid}/presence`, the events and the webhooks.
 //!
-//! Memory: a session is 32 bytes plus one allocation for its resource and status text; a JID's
-//! entry holds one session inline (BENCHMARKS.md, P8).
+//! Memory: a session is 32 bytes plus one allocation for its resource, status text and other
+//! presence children (capabilities, avatar hash…; at most [`MAX_EXTRA`] bytes, kept for the Agent
+//! API's PresenceProbe); a JID's entry holds one session inline, or, once the last session left,
+//! that `unavailable`'s resource and status (BENCHMARKS.md, P8).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -215,10 +217,14 @@ impl Observed {
                 let mut v = std::mem::take(&mut e.sessions).as_slice().to_vec();
                 let changed = match v.iter_mut().find(|s| s.resource() == resource) {
                     Some(old) => {
-                        let same = old.text == session.text
+                        // Only show, status and priority make a change (an event); other
+                        // children (a new capabilities hash, an avatar) are kept silently.
+                        let same = old.status() == session.status()
                             && old.show == session.show
                             && old.priority == session.priority;
-                        if !same {
+                        if same {
+                            old.text = session.text;
+                        } else {
                             *old = session;
                         }
                         !same
@@ -711,6 +717,22 @@ mod tests {
             ("bob@x/phone".into(), Some("bye"))
         );
         assert_eq!(o.sessions(), 0);
+        // Other children change without a change of the presence: kept, no event.
+        let mut caps = avail(None, None, 0, 40);
+        if let Announced::Available { extra, .. } = &mut caps {
+            *extra = Some("<c xmlns='urn:caps' ver='v2'/>".into());
+        }
+        o.announce(&full("bob@x/tablet"), avail(None, None, 0, 35));
+        assert!(!o.announce(&full("bob@x/tablet"), caps), "not a change");
+        let l = o.latest(&bob).unwrap();
+        assert_eq!(
+            (l.received, l.extra.as_deref()),
+            (35, Some("<c xmlns='urn:caps' ver='v2'/>"))
+        );
+        o.announce(
+            &full("bob@x/tablet"),
+            Announced::Unavailable { status: None },
+        );
         // Too large other children are dropped, the rest kept.
         let mut big = avail(None, None, 0, 30);
         if let Announced::Available { extra, .. } = &mut big {

@@ -655,8 +655,14 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
                 .and_then(|st| chrono::DateTime::parse_from_rfc3339(st).ok())
                 .map(|t| (t.timestamp_millis().max(0) as u64).min(now))
                 .unwrap_or(now);
-            // The other children (capabilities, avatar hash, the delay stamp…), as sent.
-            let extra: String = p.payloads.iter().map(String::from).collect();
+            // The other children (capabilities, avatar hash…), as sent; the delay stamp is
+            // `since`.
+            let extra: String = p
+                .payloads
+                .iter()
+                .filter(|el| !el.is("delay", NS_DELAY))
+                .map(String::from)
+                .collect();
             Some(Announced::Available {
                 show,
                 status: status(),
@@ -684,6 +690,10 @@ pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
     }
     if text.contains(WRAPPER) {
         return Err(format!("<{WRAPPER}> is not allowed"));
+    }
+    // The parser takes a declaration of the reserved prefix, the writer then panics on it.
+    if text.contains("xmlns:xml") {
+        return Err("the reserved prefixes xml and xmlns may not be declared".into());
     }
     let content = match text.trim_start().strip_prefix("<?xml") {
         Some(rest) => match rest.split_once("?>") {

@@ -32,6 +32,7 @@ use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need, Scope};
 use crate::agent::{self, AgentError, Contact, SubscribeRequest, MAX_CUSTOM_XML};
 use crate::observe::{rfc3339, Latest};
+use crate::status::validate_text;
 use crate::xmpp::stanzas;
 
 /// The Agent API's XML namespace.
@@ -100,7 +101,7 @@ impl From<AgentError> for WaherError {
                 StatusCode::NOT_FOUND
             }
             AgentError::NotSubscribed { .. } => StatusCode::FORBIDDEN,
-            AgentError::Roster(_) | AgentError::Full | AgentError::Storage(_) => {
+            AgentError::Roster(_) | AgentError::Full(_) | AgentError::Storage(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
@@ -145,7 +146,8 @@ fn request_format(headers: &HeaderMap) -> Result<Format, WaherError> {
     })
 }
 
-/// The answer's format, from `Accept` (the first acceptable range; none: the request's).
+/// The answer's format, from `Accept` (the most preferred acceptable range; none: the
+/// request's).
 fn answer_format(headers: &HeaderMap, request: Format) -> Result<Format, WaherError> {
     let values: Vec<String> = headers
         .get_all(header::ACCEPT)
@@ -155,18 +157,21 @@ fn answer_format(headers: &HeaderMap, request: Format) -> Result<Format, WaherEr
     if values.is_empty() {
         return Ok(request);
     }
-    for range in values.iter().flat_map(|v| v.split(',')) {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let refused = parts.any(|p| {
-            p.trim()
-                .strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q == 0.0)
-        });
-        if refused || media.is_empty() {
-            continue;
-        }
+    // Media ranges by preference (q, highest first; in order among equals); q=0 refuses.
+    let mut ranges: Vec<(f32, String)> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q=").map(str::to_string))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())?;
+            (q > 0.0 && !media.is_empty()).then_some((q, media))
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (_, media) in &ranges {
         let f = match media.as_str() {
             "*/*" => Some(request),
             "application/*" => Some(match request {
@@ -292,10 +297,24 @@ async fn handle(
     let json = |v: Value| Ok(typed(v.to_string(), output));
     match request {
         Request::Probe { to } => {
+            if to == user {
+                return Err(bad("to: a user does not probe their own presence"));
+            }
             let latest = agent
                 .probe(&user, &to, grant.has(Need::Write).is_ok())
                 .await?;
-            Ok(probe_result(&user, &latest, output))
+            let mut r = probe_result(&user, &latest, output);
+            // Whether the server has told everything (else a session may have ended unseen:
+            // README "What the server tells"); the Agent API's format has no place for it.
+            r.headers_mut().insert(
+                "extpresence-complete",
+                HeaderValue::from_static(if state.observed.complete() {
+                    "true"
+                } else {
+                    "false"
+                }),
+            );
+            Ok(r)
         }
         Request::Subscribe(req) => {
             if req.to == user {
@@ -437,9 +456,10 @@ fn text_field(
     max: usize,
 ) -> Result<Option<String>, WaherError> {
     match value {
-        Some(v) if v.chars().any(char::is_control) => {
-            Err(bad(format!("{field} may not contain control characters")))
-        }
+        // Control characters, and what XML cannot carry (U+FFFE, U+FFFF).
+        Some(v) if v.chars().any(char::is_control) || validate_text(&v).is_err() => Err(bad(
+            format!("{field} may not contain control characters or U+FFFE/U+FFFF"),
+        )),
         Some(v) if v.len() > max => Err(bad(format!("{field} is longer than {max} bytes"))),
         Some(v) if v.is_empty() => Ok(None),
         v => Ok(v),
@@ -740,4 +760,41 @@ fn typed(body: String, format: Format) -> Response {
 
 fn xml_answer(root: &Element, format: Format) -> Response {
     typed(String::from(root), format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Result<Format, WaherError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        answer_format(&h, Format::Json)
+    }
+
+    #[test]
+    fn accept_follows_preference() {
+        assert_eq!(
+            answer_format(&HeaderMap::new(), Format::Json).unwrap(),
+            Format::Json
+        );
+        assert_eq!(accept("*/*").unwrap(), Format::Json);
+        assert_eq!(accept("text/xml").unwrap(), Format::Xml("text/xml"));
+        assert_eq!(
+            accept("application/json;q=0.5, application/xml").unwrap(),
+            Format::Xml("application/xml")
+        );
+        assert_eq!(
+            accept("application/xml;q=0, application/json;q=0.1").unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            accept("image/png, text/html").unwrap_err().status,
+            StatusCode::NOT_ACCEPTABLE
+        );
+        assert_eq!(
+            accept("application/xml;q=0").unwrap_err().status,
+            StatusCode::NOT_ACCEPTABLE
+        );
+    }
 }
