@@ -223,6 +223,9 @@ struct Held {
     /// of the contact's roster (ms), and how many reads were made.
     #[serde(skip)]
     gen: u64,
+    /// Not stored: sent and the user's side done (an answer waiting for it may go).
+    #[serde(skip)]
+    settled: bool,
     #[serde(skip)]
     next_check: u64,
     #[serde(skip)]
@@ -349,7 +352,8 @@ impl Agent {
                 subscription: i.subscription,
                 name: i.name.clone(),
                 groups: i.groups.clone(),
-                pending: held || i.asked,
+                // A held request is moot once the roster says the user is subscribed.
+                pending: (held && !i.sees_contact()) || i.asked,
                 in_roster: true,
             },
             None => Contact {
@@ -497,6 +501,7 @@ impl Agent {
             sent: false,
             until: now.saturating_add(self.inner.settings.watch.as_millis() as u64),
             gen,
+            settled: false,
             next_check: 0,
             checks: 0,
         };
@@ -531,22 +536,24 @@ impl Agent {
             return Err(e.into());
         }
         self.inner.wake.notify_one();
-        // Wait a little for it to go out, so the answer can say so.
-        let is_sent = |agent: &Agent| {
+        // Wait a little for it to go out and the user's side to be done, so the answer can say
+        // so (a record gone or replaced was sent).
+        let settled = |agent: &Agent| {
             agent
                 .lock_held()
                 .get(&pair)
-                .is_none_or(|h| h.gen != gen || h.sent)
+                .filter(|h| h.gen == gen)
+                .map_or((true, true), |h| (h.sent, h.settled))
         };
         let _ = tokio::time::timeout(SEND_WAIT, async {
-            while !is_sent(self) {
+            while !settled(self).1 {
                 if sent_rx.changed().await.is_err() {
                     break;
                 }
             }
         })
         .await;
-        let sent = is_sent(self);
+        let sent = settled(self).0;
         let item = match self.roster_of(user).await {
             Ok(items) => {
                 let i = items.iter().find(|i| i.jid == req.to);
@@ -765,11 +772,14 @@ impl Agent {
                     warn!(error = %e, "a sent subscription request could not be marked sent; it may be sent again after a restart");
                 }
             }
-            self.inner.sent.send_modify(|n| *n += 1);
             for (pair, h) in &unsent {
                 info!(user = %pair.0, contact = %pair.1, id = %Escaped(&h.id), "subscription request sent in the user's name");
                 self.add_to_user_roster(pair).await;
+                if let Some(cur) = self.lock_held().get_mut(pair).filter(|c| c.gen == h.gen) {
+                    cur.settled = true;
+                }
             }
+            self.inner.sent.send_modify(|n| *n += 1);
         }
     }
 

@@ -7,6 +7,8 @@
 //! resources online. It turns table changes into one directed presence per
 //! subscribed contact, re-sends held presences to a contact resource that comes online, replays
 //! everything after every (re)connect, and sends `unavailable` for every held resource on shutdown.
+//! It also carries the agent's stanzas in users' names ([`Exchange`]: presences, then an iq whose
+//! answer it routes back) while it is ready, and tells the agent when it is.
 //!
 //! Rosters are cached for immediate delivery, but every change of a user also schedules a refresh
 //! of that user's roster, sent at the next [`ROSTER_REFRESH`] tick (so at most one per user and
