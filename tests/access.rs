@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
-use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use common::{COMPONENT, DOMAIN, SECRET};
 use serde_json::{json, Value};
 
 const TEAM_KEY: &str = "team-key-0123456789";
@@ -88,12 +88,7 @@ fn code(v: &Value) -> &str {
 async fn world() -> Server {
     let server = Server::start(Kind::Prosody).await;
     server.register(&["alice", "bob", "carol"]).await;
-    let port = server.c2s_port();
-    let mut alice = TestClient::connect(port, "alice", true).await;
-    let mut bob = TestClient::connect(port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
+    common::alice_and_bob_mutual(&server).await;
     server
 }
 

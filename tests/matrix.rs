@@ -36,24 +36,6 @@ async fn world() -> (Server, Ext) {
     (server, ext)
 }
 
-async fn mint(ext: &Ext, user: &str, access: &str) -> String {
-    let (code, text) = request(
-        ext.http,
-        "POST",
-        "/v1/tokens",
-        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
-        json!({"user": user, "access": access})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(code, 201, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// Run tests/python/matrix_client.py (matrix-nio) with `args`; one JSON answer per command.
 async fn nio(ext: &Ext, token: &str, user_id: &str, args: &[&str]) -> Vec<Value> {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
@@ -93,7 +75,7 @@ async fn nio(ext: &Ext, token: &str, user_id: &str, args: &[&str]) -> Vec<Value>
 async fn matrix_nio_sets_and_reads_presence() {
     let (server, ext) = world().await;
     let mut bob = TestClient::connect(server.c2s_port(), "bob", true).await;
-    let token = mint(&ext, &format!("alice@{DOMAIN}"), "read-write").await;
+    let token = common::mint_token(&ext, &format!("alice@{DOMAIN}"), "read-write").await;
     let me = format!("@alice:{DOMAIN}");
     let answers = nio(
         &ext,
@@ -145,7 +127,7 @@ type Case<'a> = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_errors() {
     let (_server, ext) = world().await;
-    let alice_token = mint(&ext, &format!("alice@{DOMAIN}"), "read-write").await;
+    let alice_token = common::mint_token(&ext, &format!("alice@{DOMAIN}"), "read-write").await;
     let alice_bearer = format!("Bearer {alice_token}");
     let admin = format!("Bearer {API_KEY}");
     let path = |id: &str| format!("/_matrix/client/v3/presence/{id}/status");

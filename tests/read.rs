@@ -23,7 +23,7 @@ use xmpp_parsers::roster::{Group, Item, Roster, Subscription};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-use common::{call_json as call, world};
+use common::{call_json as call, presence, world};
 
 async fn get_presence(ext: &Ext, user: &str) -> Value {
     let (code, v) = call(
@@ -48,17 +48,6 @@ async fn presence_until(ext: &Ext, user: &str, what: &str, pred: impl Fn(&Value)
         assert!(Instant::now() < deadline, "{user}: never {what}; last: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn presence(show: Option<Show>, status: &str, priority: i8) -> Presence {
-    let mut p = Presence::available();
-    p.show = show;
-    p.priority = xmpp_parsers::presence::Priority(priority);
-    p.statuses.insert(
-        xmpp_parsers::message::Lang(String::new()),
-        status.to_string(),
-    );
-    p
 }
 
 /// Scenario 1: bob's session as the server announces it: dnd "busy" at priority 5, then away,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::ejabberd::Ejabberd;
 use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
-use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, SECRET};
+use common::{mint_token, presence, TestClient, COMPONENT, DOMAIN, SECRET};
 use minidom::Element;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -44,12 +44,7 @@ async fn start(setup: Setup) -> (Server, Ext) {
         }
     };
     server.register(&["alice", "bob", "carol", "dave"]).await;
-    let port = server.c2s_port();
-    let mut alice = TestClient::connect(port, "alice", true).await;
-    let mut bob = TestClient::connect(port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
+    common::alice_and_bob_mutual(&server).await;
     let mut ext = Ext::start_with(
         server.component_port(),
         DOMAIN,
@@ -63,24 +58,6 @@ async fn start(setup: Setup) -> (Server, Ext) {
     .await;
     ext.wait_privileged(1).await;
     (server, ext)
-}
-
-async fn mint(ext: &Ext, user: &str, access: &str) -> String {
-    let (code, text) = request(
-        ext.http,
-        "POST",
-        "/v1/tokens",
-        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
-        json!({"user": user, "access": access})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(code, 201, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// An answer: status, Content-Type, body.
@@ -176,17 +153,6 @@ async fn call_until(
     }
 }
 
-fn presence(show: Option<Show>, status: &str, priority: i8) -> Presence {
-    let mut p = Presence::available();
-    p.show = show;
-    p.priority = xmpp_parsers::presence::Priority(priority);
-    p.statuses.insert(
-        xmpp_parsers::message::Lang(String::new()),
-        status.to_string(),
-    );
-    p
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -213,7 +179,7 @@ fn xml_lang(el: &Element) -> Option<String> {
 async fn scenario(setup: Setup) {
     let (server, mut ext) = start(setup).await;
     let port = server.c2s_port();
-    let token = mint(&ext, "alice@localhost", "read-write").await;
+    let token = mint_token(&ext, "alice@localhost", "read-write").await;
 
     // 1. bob online dnd "busy": alice's token probes bob.
     let mut bob = TestClient::connect(port, "bob", false).await;
@@ -567,8 +533,8 @@ type Case<'a> = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals() {
     let (server, mut ext) = start(Setup::Prosody).await;
-    let alice = mint(&ext, "alice@localhost", "read-write").await;
-    let reader = mint(&ext, "alice@localhost", "read").await;
+    let alice = mint_token(&ext, "alice@localhost", "read-write").await;
+    let reader = mint_token(&ext, "alice@localhost", "read").await;
     let alice_b = format!("Bearer {alice}");
     let reader_b = format!("Bearer {reader}");
     let admin_b = format!("Bearer {API_KEY}");
@@ -828,7 +794,7 @@ async fn refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_request_is_durable() {
     let (mut server, mut ext) = start(Setup::Prosody).await;
-    let token = mint(&ext, "alice@localhost", "read-write").await;
+    let token = mint_token(&ext, "alice@localhost", "read-write").await;
     server.stop().await;
     let a = call(
         &ext,
@@ -869,7 +835,7 @@ async fn subscription_request_is_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_agent_examples_work() {
     let (server, mut ext) = start(Setup::Prosody).await;
-    let token = mint(&ext, "alice@localhost", "read-write").await;
+    let token = mint_token(&ext, "alice@localhost", "read-write").await;
     let mut bob = TestClient::connect_as(server.c2s_port(), "bob", Some("laptop"), false).await;
     bob.send(presence(Some(Show::Dnd), "busy", 0)).await;
     call_until(

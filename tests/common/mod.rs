@@ -89,16 +89,59 @@ pub struct World {
     pub ext: ext::Ext,
 }
 
-/// Start a [`World`].
-pub async fn world(kind: server::Kind, users: &[&str]) -> World {
-    let server = server::Server::start(kind).await;
-    server.register(users).await;
+/// Make alice and bob mutual contacts on `server` with real clients, then log them out.
+pub async fn alice_and_bob_mutual(server: &server::Server) {
     let port = server.c2s_port();
     let mut alice = TestClient::connect(port, "alice", true).await;
     let mut bob = TestClient::connect(port, "bob", true).await;
     subscribe_mutual(&mut alice, &mut bob).await;
     alice.disconnect().await;
     bob.disconnect().await;
+}
+
+/// Mint a token for `user` with `access` through `POST /v1/tokens` (the test's admin key).
+pub async fn mint_token(ext: &ext::Ext, user: &str, access: &str) -> String {
+    let (code, text) = ext::request(
+        ext.http,
+        "POST",
+        "/v1/tokens",
+        &[
+            ("Api-Key", ext::API_KEY),
+            ("Content-Type", "application/json"),
+        ],
+        serde_json::json!({"user": user, "access": access})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// An available presence with `show`, status text and priority.
+pub fn presence(
+    show: Option<xmpp_parsers::presence::Show>,
+    status: &str,
+    priority: i8,
+) -> xmpp_parsers::presence::Presence {
+    let mut p = xmpp_parsers::presence::Presence::available();
+    p.show = show;
+    p.priority = xmpp_parsers::presence::Priority(priority);
+    p.statuses.insert(
+        xmpp_parsers::message::Lang(String::new()),
+        status.to_string(),
+    );
+    p
+}
+
+/// Start a [`World`].
+pub async fn world(kind: server::Kind, users: &[&str]) -> World {
+    let server = server::Server::start(kind).await;
+    server.register(users).await;
+    alice_and_bob_mutual(&server).await;
     let mut ext = ext::Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
     ext.wait_privileged(1).await;
     World { server, ext }
