@@ -83,6 +83,9 @@ pub struct RawConfig {
     /// Acting in users' names (the Waher Agent API calls).
     #[serde(default)]
     pub agent: RawAgent,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
     /// The Matrix dialect.
     #[serde(default)]
     pub matrix: RawMatrix,
@@ -112,6 +115,14 @@ pub struct RawEjabberd {
     pub api_url: Option<String>,
     /// How often `connected_users_info` is asked (default 10).
     pub poll_secs: Option<u64>,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json` (one JSON object per line, with the span fields).
+    pub format: Option<String>,
 }
 
 /// `[agent]` as written.
@@ -465,6 +476,8 @@ pub struct Settings {
     pub ejabberd_api: Option<(reqwest::Url, Duration)>,
     /// How long the approval of a subscription requested in a user's name is watched.
     pub agent_watch: Duration,
+    /// Log lines as JSON objects (`[log] format = "json"`), else text.
+    pub log_json: bool,
     /// Webhook endpoints (`[[webhooks]]`).
     pub webhooks: Vec<crate::webhooks::WebhookSettings>,
 }
@@ -785,6 +798,16 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             Some((parsed, Duration::from_secs(poll_secs)))
         }
     };
+    let log_json = match raw.log.format.as_deref().map(str::trim) {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(invalid(
+                "log.format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            ))
+        }
+    };
     let watch_secs = raw.agent.watch_secs;
     if !(60..=30 * 86_400).contains(&watch_secs) {
         return Err(invalid(
@@ -818,6 +841,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         webhooks,
         ejabberd_api,
         agent_watch: Duration::from_secs(watch_secs),
+        log_json,
         component,
         server: x.server,
         secret,

@@ -42,12 +42,15 @@
 //!                         (Standard Webhooks), at least once and in order, from a durable
 //!                         outbox beside the store (outbox.rs, sender.rs, sign.rs)
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
-//! sdnotify.rs: systemd READY/STOPPING. main.rs: CLI, tracing, signals.
+//! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
+//! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,
+//! `watch`, `token`) of a running extpresence over `/v1`.
 //! ```
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
 
 pub mod access;
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod events;

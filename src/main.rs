@@ -8,17 +8,25 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// Set and read the presence of XMPP users over HTTP (XEP-0114 component).
+/// Set and read the presence of XMPP users over HTTP (XEP-0114 component). Without a command it
+/// runs the daemon; the other commands are a client of a running one.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (TOML); EXTPRESENCE__SECTION__KEY variables override it.
+    /// Configuration file (TOML); EXTPRESENCE__SECTION__KEY variables override it. The client
+    /// commands read it for the URL and an admin key when --url or a key are not given.
     #[arg(
         long,
         global = true,
         default_value = "/etc/extpresence/extpresence.toml"
     )]
     config: PathBuf,
+    /// The running extpresence, e.g. http://127.0.0.1:8080 (client commands).
+    #[arg(long, global = true, env = "EXTPRESENCE_URL")]
+    url: Option<String>,
+    /// A file whose first line is the API key (client commands; else EXTPRESENCE_KEY).
+    #[arg(long, global = true, env = "EXTPRESENCE_KEY_FILE")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -27,6 +35,99 @@ struct Cli {
 enum Command {
     /// Validate the configuration and exit (non-zero with a message when it is invalid).
     CheckConfig,
+    /// Set a user's status: `set alice@example.com away "On the phone" --expires 45m`.
+    Set {
+        /// The user, e.g. alice@example.com.
+        user: String,
+        /// The presence; offline clears the source.
+        #[arg(value_parser = ["online", "chat", "away", "xa", "dnd", "offline"])]
+        presence: String,
+        /// The status text.
+        status: Option<String>,
+        /// The resource (default: the daemon's default resource).
+        #[arg(long)]
+        resource: Option<String>,
+        /// The source, the system speaking (default: default).
+        #[arg(long)]
+        source: Option<String>,
+        /// How long it holds, e.g. 90s, 45m, 2h (default: until cleared).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a user's status (one source of one resource by default; --source '*' for all).
+    Clear {
+        /// The user.
+        user: String,
+        /// The resource (default: the daemon's default resource).
+        #[arg(long)]
+        resource: Option<String>,
+        /// The source (default: default).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a user's presence: what contacts see, and every resource.
+    Get {
+        /// The user.
+        user: String,
+        /// Print the raw JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print presence events, one line each, until Ctrl-C (resumes after interruptions).
+    Watch {
+        /// Only this user (repeatable).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// Only users of this domain (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Print each event's JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage per-user API tokens (admin key).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for a user; it is shown once.
+    Create {
+        /// The user it acts for.
+        user: String,
+        /// What it may do.
+        #[arg(long, default_value = "read-write", value_parser = ["read", "write", "read-write"])]
+        access: String,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long it works, e.g. 30d (default: until revoked).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens (never their secrets).
+    List {
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// The token's id (`token list`).
+        id: String,
+    },
 }
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -34,21 +135,39 @@ const EXIT_CONFIG: u8 = 64;
 /// Exit code when the HTTP listener cannot be bound (EX_UNAVAILABLE).
 const EXIT_BIND: u8 = 69;
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+fn init_tracing(json: bool) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A log line that cannot be written (stderr a broken pipe: journald restarted, or the
         // parent that read it died) is lost, nothing more. By default tracing-subscriber reports
         // that with `eprintln!`, which panics on the same broken stderr: the task that logged
         // died, e.g. the signal handler, and SIGTERM no longer stopped the daemon (seen in a
         // benchmark run whose parent was killed).
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    if json {
+        // One JSON object per line, with the fields of the current span and of every span above.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    let check_only = match cli.command.take() {
+        None => false,
+        Some(Command::CheckConfig) => true,
+        Some(command) => return client(command, &cli),
+    };
 
     let settings = match extpresence::config::load(&cli.config) {
         Ok(s) => s,
@@ -60,7 +179,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
+    if check_only {
         println!(
             "configuration {} is valid: component {}, server {}, domains {:?}, HTTP on {}",
             cli.config.display(),
@@ -71,6 +190,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    init_tracing(settings.log_json);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -108,4 +228,146 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = int.recv() => info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// Run a client command; the exit code says how it went (extpresence::cli).
+fn client(command: Command, cli: &Cli) -> ExitCode {
+    use extpresence::cli::{self as c, Client, Failure, Target, TargetArgs};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("extpresence: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = TargetArgs {
+        url: cli.url.clone(),
+        key_file: cli.key_file.clone(),
+        config: cli.config.clone(),
+    };
+    let result: Result<(), Failure> = runtime.block_on(async move {
+        let expires = |e: &Option<String>| e.as_deref().map(c::parse_duration).transpose();
+        let target = Target::resolve(&args)?;
+        let client = Client::new(target);
+        let print = |v: &serde_json::Value| println!("{v}");
+        match command {
+            Command::Set {
+                user,
+                presence,
+                status,
+                resource,
+                source,
+                expires: e,
+                json,
+            } => {
+                let e = expires(&e)?;
+                let v = client
+                    .set(
+                        &user,
+                        &presence,
+                        status.as_deref(),
+                        resource.as_deref(),
+                        source.as_deref(),
+                        e,
+                    )
+                    .await?;
+                if json {
+                    print(&v);
+                } else if presence == "offline" {
+                    println!("{user}: cleared");
+                } else {
+                    println!("{}", c::render_set(&v));
+                }
+            }
+            Command::Clear {
+                user,
+                resource,
+                source,
+                json,
+            } => {
+                let v = client
+                    .clear(&user, resource.as_deref(), source.as_deref())
+                    .await?;
+                if json {
+                    print(&v);
+                } else {
+                    println!("{user}: cleared");
+                }
+            }
+            Command::Get { user, json } => {
+                let v = client.get(&user).await?;
+                if json {
+                    print(&v);
+                } else {
+                    print!("{}", c::render_presence(&v));
+                }
+            }
+            Command::Watch {
+                users,
+                domains,
+                json,
+            } => {
+                let stop = CancellationToken::new();
+                tokio::spawn({
+                    let stop = stop.clone();
+                    async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        stop.cancel();
+                    }
+                });
+                let mut out = std::io::stdout();
+                client.watch(&users, &domains, json, &mut out, stop).await?;
+            }
+            Command::Token { command } => match command {
+                TokenCommand::Create {
+                    user,
+                    access,
+                    name,
+                    expires: e,
+                    json,
+                } => {
+                    let e = expires(&e)?;
+                    let v = client
+                        .token_create(&user, &access, name.as_deref(), e)
+                        .await?;
+                    if json {
+                        print(&v);
+                    } else {
+                        println!(
+                            "{}\n(token {} for {}, {}; shown only now: keep it in a file with \
+                             mode 600)",
+                            v["token"].as_str().unwrap_or_default(),
+                            v["id"].as_str().unwrap_or_default(),
+                            v["user"].as_str().unwrap_or_default(),
+                            v["access"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+                TokenCommand::List { json } => {
+                    let v = client.token_list().await?;
+                    if json {
+                        print(&v);
+                    } else {
+                        print!("{}", c::render_tokens(&v));
+                    }
+                }
+                TokenCommand::Revoke { id } => {
+                    client.token_revoke(&id).await?;
+                    println!("token {id} revoked");
+                }
+            },
+            Command::CheckConfig => unreachable!("handled by main"),
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::from(c::EXIT_OK),
+        Err(f) => {
+            eprintln!("extpresence: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
 }

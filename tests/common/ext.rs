@@ -164,11 +164,14 @@ path = "{store}"
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("HTTP API listening") {
-                    if let Some(a) = line
+                    // `addr=…` in text logs, `"addr":"…"` in JSON logs.
+                    let text = line
                         .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .and_then(|a| a.parse().ok())
-                    {
+                        .find_map(|w| w.strip_prefix("addr="));
+                    let json = line
+                        .split_once("\"addr\":\"")
+                        .and_then(|(_, rest)| rest.split('"').next());
+                    if let Some(a) = text.or(json).and_then(|a| a.parse().ok()) {
                         let _ = addr_tx.send(Some(a));
                     }
                 }

@@ -1,0 +1,638 @@
+//! The command-line client (`extpresence set|clear|get|watch|token`): the native API `/v1`
+//! driven from the shell, with human-readable output (`--json` for the raw objects).
+//!
+//! Where the server is: `--url` / `EXTPRESENCE_URL`, the key from `--key-file` /
+//! `EXTPRESENCE_KEY_FILE` / `EXTPRESENCE_KEY`; without them (run on the server host) the daemon's
+//! own configuration gives the URL (`[http] listen`) and an admin key. Exit codes: [`EXIT_OK`],
+//! [`EXIT_REFUSED`] (the server's error message is shown), [`EXIT_USAGE`], [`EXIT_UNREACHABLE`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::access::Scope;
+use crate::config::Settings;
+
+/// Done.
+pub const EXIT_OK: u8 = 0;
+/// The server refused (its message is printed).
+pub const EXIT_REFUSED: u8 = 1;
+/// The command line is wrong (also clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// The server could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Longest wait for one answer (not for `watch`).
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A failure, with its exit code and a message that says what to do.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// For stderr.
+    pub message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+}
+
+/// Where the server is and the key to use.
+#[derive(Clone)]
+pub struct Target {
+    /// `http://host:port`, no trailing slash.
+    pub url: String,
+    key: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Target({}, key MASKED)", self.url)
+    }
+}
+
+/// How the target was given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct TargetArgs {
+    /// `--url`.
+    pub url: Option<String>,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
+    /// `--config` (the daemon's configuration, read when URL or key are not given otherwise).
+    pub config: PathBuf,
+}
+
+impl Target {
+    /// Resolve flags, then environment, then the daemon's configuration.
+    pub fn resolve(args: &TargetArgs) -> Result<Target, Failure> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let url = args.url.clone().or_else(|| env("EXTPRESENCE_URL"));
+        let key_file = args
+            .key_file
+            .clone()
+            .or_else(|| env("EXTPRESENCE_KEY_FILE").map(PathBuf::from));
+        let mut key = match key_file {
+            Some(path) => Some(read_key(&path)?),
+            None => env("EXTPRESENCE_KEY"),
+        };
+        let url = match url {
+            Some(u) => u,
+            None => {
+                let settings = daemon_settings(&args.config)?;
+                if key.is_none() {
+                    key = admin_key(&settings);
+                }
+                let mut addr = settings.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        };
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let settings = daemon_settings(&args.config)?;
+                admin_key(&settings).ok_or_else(|| {
+                    usage(format!(
+                        "no API key: give --key-file, EXTPRESENCE_KEY_FILE or EXTPRESENCE_KEY \
+                         ({} has no admin key with write access)",
+                        args.config.display()
+                    ))
+                })?
+            }
+        };
+        let url = url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(usage(format!(
+                "--url {url:?} is not an http(s) URL (e.g. http://127.0.0.1:8080)"
+            )));
+        }
+        Ok(Target { url, key })
+    }
+}
+
+fn read_key(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read the key file {}: {e}", path.display())))?;
+    text.lines()
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| usage(format!("the key file {} is empty", path.display())))
+}
+
+fn daemon_settings(config: &Path) -> Result<Settings, Failure> {
+    crate::config::load(config).map_err(|e| {
+        usage(format!(
+            "no --url given and the daemon's configuration {} cannot be used ({e}); give --url \
+             and --key-file, or EXTPRESENCE_URL and EXTPRESENCE_KEY_FILE",
+            config.display()
+        ))
+    })
+}
+
+/// The first admin key with write access in the daemon's configuration.
+fn admin_key(settings: &Settings) -> Option<String> {
+    settings
+        .keys
+        .iter()
+        .find(|(_, g)| g.scope == Scope::Admin && g.access == crate::access::Access::ReadWrite)
+        .map(|(k, _)| k.expose().to_string())
+}
+
+/// Parse a duration such as `45m`, `2h`, `1h30m`, `90s` or `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, Failure> {
+    humantime::parse_duration(s).map_err(|e| {
+        usage(format!(
+            "{s:?} is not a duration ({e}); e.g. 90s, 45m, 2h, 1h30m, 30d"
+        ))
+    })
+}
+
+/// An HTTP client of the target.
+pub struct Client {
+    http: reqwest::Client,
+    target: Target,
+}
+
+/// An answer: status and parsed body (`Value::Null` when empty).
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+fn unreachable(target: &Target, e: &reqwest::Error) -> Failure {
+    let why = if e.is_timeout() {
+        "no answer in time".to_string()
+    } else if e.is_connect() {
+        "connection refused or no route".to_string()
+    } else {
+        e.to_string()
+    };
+    Failure {
+        code: EXIT_UNREACHABLE,
+        message: format!(
+            "extpresence at {} cannot be reached: {why}. Is it running (systemctl status \
+             extpresence)? Is --url / EXTPRESENCE_URL right?",
+            target.url
+        ),
+    }
+}
+
+/// The server's error message (`{"error":{"code","message"}}`), or the raw body.
+fn refused(answer: &Answer) -> Failure {
+    let message = match &answer.body {
+        Value::Object(o) => o
+            .get("error")
+            .and_then(|e| {
+                let msg = e.get("message")?.as_str()?;
+                Some(match e.get("code").and_then(Value::as_str) {
+                    Some(code) => format!("{msg} ({code})"),
+                    None => msg.to_string(),
+                })
+            })
+            .unwrap_or_else(|| answer.body.to_string()),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Failure {
+        code: EXIT_REFUSED,
+        message: format!("refused by the server ({}): {message}", answer.status),
+    }
+}
+
+fn path_segment(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl Client {
+    /// A client of `target`.
+    pub fn new(target: Target) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client"),
+            target,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Answer, Failure> {
+        let r = req
+            .header("Api-Key", &self.target.key)
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.target, &e))?;
+        let status = r.status().as_u16();
+        let text = r.text().await.map_err(|e| unreachable(&self.target, &e))?;
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        let answer = Answer { status, body };
+        if (200..300).contains(&status) {
+            Ok(answer)
+        } else {
+            Err(refused(&answer))
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.target.url)
+    }
+
+    /// `PUT /v1/users/{user}/status`.
+    pub async fn set(
+        &self,
+        user: &str,
+        presence: &str,
+        status: Option<&str>,
+        resource: Option<&str>,
+        source: Option<&str>,
+        expires: Option<Duration>,
+    ) -> Result<Value, Failure> {
+        let mut body = json!({ "presence": presence });
+        if let Some(s) = status {
+            body["status"] = json!(s);
+        }
+        if let Some(r) = resource {
+            body["resource"] = json!(r);
+        }
+        if let Some(s) = source {
+            body["source"] = json!(s);
+        }
+        if let Some(d) = expires {
+            body["expires_in"] = json!(d.as_secs().max(1));
+        }
+        let req = self
+            .http
+            .put(self.url(&format!("/v1/users/{}/status", path_segment(user))))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        Ok(self.send(req).await?.body)
+    }
+
+    /// `DELETE /v1/users/{user}/status`.
+    pub async fn clear(
+        &self,
+        user: &str,
+        resource: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(r) = resource {
+            query.push(("resource", r));
+        }
+        if let Some(s) = source {
+            query.push(("source", s));
+        }
+        let req = self
+            .http
+            .delete(self.url(&format!("/v1/users/{}/status", path_segment(user))))
+            .query(&query);
+        Ok(self.send(req).await?.body)
+    }
+
+    /// `GET /v1/users/{user}/presence`.
+    pub async fn get(&self, user: &str) -> Result<Value, Failure> {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/users/{}/presence", path_segment(user))));
+        Ok(self.send(req).await?.body)
+    }
+
+    /// `POST /v1/tokens`.
+    pub async fn token_create(
+        &self,
+        user: &str,
+        access: &str,
+        name: Option<&str>,
+        expires: Option<Duration>,
+    ) -> Result<Value, Failure> {
+        let mut body = json!({ "user": user, "access": access });
+        if let Some(n) = name {
+            body["name"] = json!(n);
+        }
+        if let Some(d) = expires {
+            body["expires_in"] = json!(d.as_secs().max(1));
+        }
+        let req = self
+            .http
+            .post(self.url("/v1/tokens"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        Ok(self.send(req).await?.body)
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn token_list(&self) -> Result<Value, Failure> {
+        Ok(self.send(self.http.get(self.url("/v1/tokens"))).await?.body)
+    }
+
+    /// `DELETE /v1/tokens/{id}`.
+    pub async fn token_revoke(&self, id: &str) -> Result<Value, Failure> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/v1/tokens/{}", path_segment(id))));
+        Ok(self.send(req).await?.body)
+    }
+
+    /// `GET /v1/events` as lines on `out`, one per event, until `stop`; reconnects (after 1 s,
+    /// then backing off to 30 s) and resumes with `Last-Event-ID`. Returns an error only when the
+    /// server refuses the stream (or never answers the first time).
+    pub async fn watch(
+        &self,
+        users: &[String],
+        domains: &[String],
+        json: bool,
+        out: &mut (dyn std::io::Write + Send),
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(), Failure> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        for u in users {
+            query.push(("user", u));
+        }
+        for d in domains {
+            query.push(("domain", d));
+        }
+        let mut last_id: Option<String> = None;
+        let mut connected_once = false;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut req = self
+                .http
+                .get(self.url("/v1/events"))
+                .query(&query)
+                .header("Api-Key", &self.target.key)
+                .header("Accept", "text/event-stream");
+            if let Some(id) = &last_id {
+                req = req.header("Last-Event-ID", id);
+            }
+            let response = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                r = req.send() => r,
+            };
+            let mut response = match response {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let text = r.text().await.unwrap_or_default();
+                    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    return Err(refused(&Answer { status, body }));
+                }
+                Err(e) if !connected_once => return Err(unreachable(&self.target, &e)),
+                Err(e) => {
+                    eprintln!(
+                        "extpresence: the event stream is down ({}); retrying in {}s",
+                        unreachable(&self.target, &e).message,
+                        backoff.as_secs()
+                    );
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            connected_once = true;
+            backoff = Duration::from_secs(1);
+            let mut buf = String::new();
+            let mut event = SseEvent::default();
+            loop {
+                let chunk = tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    c = response.chunk() => c,
+                };
+                let Ok(Some(bytes)) = chunk else {
+                    break; // ended or broken: reconnect
+                };
+                buf.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(i) = buf.find('\n') {
+                    let line: String = buf.drain(..=i).collect();
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if line.is_empty() {
+                        if let Some(data) = event.data.take() {
+                            if let Some(id) = event.id.take() {
+                                last_id = Some(id);
+                            }
+                            let kind = event.kind.take().unwrap_or_else(|| "message".into());
+                            let text = if json {
+                                data
+                            } else {
+                                render_event(&kind, &data)
+                            };
+                            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                                return Ok(()); // stdout closed (a pipe into head)
+                            }
+                        }
+                        event = SseEvent::default();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        let v = v.strip_prefix(' ').unwrap_or(v);
+                        match &mut event.data {
+                            Some(d) => {
+                                d.push('\n');
+                                d.push_str(v);
+                            }
+                            None => event.data = Some(v.to_string()),
+                        }
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.kind = Some(v.trim().to_string());
+                    }
+                }
+            }
+            eprintln!("extpresence: the event stream ended; resuming");
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct SseEvent {
+    id: Option<String>,
+    kind: Option<String>,
+    data: Option<String>,
+}
+
+/// One event as a line: `time user presence "status" (cause)`; a `reset` says events were lost.
+fn render_event(kind: &str, data: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return format!("{kind}: {data}");
+    };
+    if kind == "reset" {
+        return format!(
+            "-- events were missed ({}); what follows is current",
+            v.get("reason").and_then(Value::as_str).unwrap_or("reset")
+        );
+    }
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut line = format!("{} {} {}", s("at"), s("user"), s("presence"));
+    if let Some(status) = v.get("status").and_then(Value::as_str) {
+        line.push_str(&format!(" {status:?}"));
+    }
+    line.push_str(&format!(" ({})", s("cause")));
+    line
+}
+
+/// A user's presence as people read it.
+pub fn render_presence(v: &Value) -> String {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let mut out = format!("{}: {}", s(v, "user"), s(v, "presence"));
+    if let Some(status) = v.get("status").and_then(Value::as_str) {
+        out.push_str(&format!(" {status:?}"));
+    }
+    if v.get("complete") == Some(&Value::Bool(false)) {
+        out.push_str("  (the server may not have told every session)");
+    }
+    out.push('\n');
+    for r in v
+        .get("resources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let origin = match s(r, "origin").as_str() {
+            "session" => "session".to_string(),
+            _ => format!(
+                "held by {}",
+                r.get("sources")
+                    .and_then(Value::as_array)
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ),
+        };
+        let status = r
+            .get("status")
+            .and_then(Value::as_str)
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<20} {:<7} {:<24} priority {:>4}  since {}  {}\n",
+            s(r, "resource"),
+            s(r, "presence"),
+            status,
+            r.get("priority").and_then(Value::as_i64).unwrap_or(0),
+            s(r, "since"),
+            origin
+        ));
+    }
+    out
+}
+
+/// A set's answer as people read it.
+pub fn render_set(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut out = format!(
+        "{}/{} source {}: {}",
+        s("user"),
+        s("resource"),
+        s("source"),
+        s("presence")
+    );
+    if let Some(status) = v.get("status").and_then(Value::as_str) {
+        out.push_str(&format!(" {status:?}"));
+    }
+    if let Some(at) = v.get("expires_at").and_then(Value::as_str) {
+        out.push_str(&format!(", until {at}"));
+    }
+    if let Some(e) = v.get("effective").filter(|e| e.is_object()) {
+        let es = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+        out.push_str(&format!(
+            "; contacts see {} (source {})",
+            es("presence"),
+            es("source")
+        ));
+    }
+    out
+}
+
+/// The token list as a table.
+pub fn render_tokens(v: &Value) -> String {
+    let mut out = format!(
+        "{:<14} {:<32} {:<10} {:<24} {:<26} {}\n",
+        "ID", "USER", "ACCESS", "NAME", "CREATED", "EXPIRES"
+    );
+    for t in v
+        .get("tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| match t.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "-".into(),
+            Some(other) => other.to_string(),
+        };
+        out.push_str(&format!(
+            "{:<14} {:<32} {:<10} {:<24} {:<26} {}\n",
+            s("id"),
+            s("user"),
+            s("access"),
+            s("name"),
+            s("created_at"),
+            s("expires_at")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("45m").unwrap(), Duration::from_secs(2700));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(2_592_000)
+        );
+        assert_eq!(parse_duration("soon").unwrap_err().code, EXIT_USAGE);
+    }
+
+    #[test]
+    fn events_render_as_lines() {
+        let line = render_event(
+            "presence",
+            r#"{"user":"alice@x","presence":"away","status":"Lunch","at":"2026-11-29T12:00:00.000Z","cause":"status"}"#,
+        );
+        assert_eq!(
+            line,
+            "2026-11-29T12:00:00.000Z alice@x away \"Lunch\" (status)"
+        );
+        assert!(render_event("reset", r#"{"reason":"lagged"}"#).contains("missed"));
+    }
+
+    #[test]
+    fn user_text_is_quoted_not_interpreted() {
+        let v = json!({"user":"alice@x","presence":"dnd","status":"a\u{1b}[31mred\n","complete":true,
+            "resources":[{"resource":"phone","origin":"extpresence","presence":"dnd","status":"x","priority":-1,"since":"t","sources":["pbx"]}]});
+        let text = render_presence(&v);
+        assert!(
+            !text.contains('\u{1b}'),
+            "escape sequences are quoted: {text}"
+        );
+        assert!(text.contains("held by pbx"), "{text}");
+    }
+}
