@@ -96,6 +96,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write the man page and the bash and zsh completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write extpresence.1, extpresence.bash and _extpresence.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +172,7 @@ fn main() -> ExitCode {
     let check_only = match cli.command.take() {
         None => false,
         Some(Command::CheckConfig) => true,
+        Some(Command::GenerateAssets { dir }) => return generate_assets(&dir),
         Some(command) => return client(command, &cli),
     };
 
@@ -359,7 +366,9 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
                     println!("token {id} revoked");
                 }
             },
-            Command::CheckConfig => unreachable!("handled by main"),
+            Command::CheckConfig | Command::GenerateAssets { .. } => {
+                unreachable!("handled by main")
+            }
         }
         Ok(())
     });
@@ -368,6 +377,33 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
         Err(f) => {
             eprintln!("extpresence: {}", f.message);
             ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The man page and shell completions, from the clap definitions.
+fn generate_assets(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut man)?;
+        std::fs::write(dir.join("extpresence.1"), man)?;
+        for (shell, file) in [
+            (clap_complete::Shell::Bash, "extpresence.bash"),
+            (clap_complete::Shell::Zsh, "_extpresence"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "extpresence", &mut out);
+            std::fs::write(dir.join(file), out)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("extpresence: cannot write to {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }
