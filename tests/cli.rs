@@ -57,6 +57,23 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// Wait until the event hub has `n` subscribers (`/metrics`).
+async fn wait_subscribers(ext: &Ext, n: usize) {
+    let want = format!("extpresence_event_subscribers {n}\n");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = common::ext::request(ext.http, "GET", "/metrics", &[], b"").await;
+        if metrics.contains(&want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {n} subscribers: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn json(r: &Run) -> Value {
     serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
 }
@@ -79,6 +96,7 @@ async fn every_subcommand_and_exit_code() {
         .spawn()
         .expect("watch");
     let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
+    wait_subscribers(ext, 1).await;
 
     // set: human output, and bob's client gets it.
     let r = cli(

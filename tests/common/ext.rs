@@ -298,7 +298,7 @@ path = "{store}"
 /// The `extpresence` binary: `EXTPRESENCE_BIN` when set (benchmarks compare builds or wrap it in
 /// a profiler); else Cargo names it for tests; an example (the demo) finds it beside its own
 /// directory (`target/<profile>/examples/demo` → `target/<profile>/extpresence`).
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("EXTPRESENCE_BIN") {
         return PathBuf::from(path);
     }
