@@ -58,10 +58,22 @@ test -f /usr/share/bash-completion/completions/extpresence
 test -f /usr/share/zsh/vendor-completions/_extpresence
 test -f /usr/share/doc/extpresence/examples/prosody/extpresence.cfg.lua
 grep -q 'ConditionPathExists=/etc/extpresence/component-secret' /lib/systemd/system/extpresence.service
+# Without its secrets the unit does not start, and systemd names the missing file (what
+# `systemctl status` shows); with them its start conditions hold.
+mapfile -t conditions < <(grep '^Condition' /lib/systemd/system/extpresence.service)
+[ ${#conditions[@]} -eq 2 ]
+for c in "${conditions[@]}"; do
+  if out=$(systemd-analyze condition "$c" 2>&1); then
+    echo "the unit would start without its secrets ($c):" >&2; echo "$out" >&2; exit 1
+  fi
+  echo "$out" | grep -q "${c#*=} failed" || { echo "$out" >&2; exit 1; }
+  echo "$out" | head -n 1
+done
 # The installed example with test secrets passes check-config.
 (umask 077; echo 'test-component-secret' | $sudo tee /etc/extpresence/component-secret >/dev/null)
 (umask 077; echo 'test-api-key' | $sudo tee /etc/extpresence/api-key >/dev/null)
 $sudo /usr/bin/extpresence check-config --config /etc/extpresence/extpresence.toml
+systemd-analyze condition "${conditions[@]}"
 man -l /usr/share/man/man1/extpresence.1.gz >/dev/null 2>&1 || zcat /usr/share/man/man1/extpresence.1.gz | grep -q 'extpresence'
 systemd-analyze verify /lib/systemd/system/extpresence.service
 

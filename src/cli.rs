@@ -83,7 +83,7 @@ impl Target {
         let url = match url {
             Some(u) => u,
             None => {
-                let settings = daemon_settings(&args.config)?;
+                let settings = daemon_settings(&args.config, "no --url given")?;
                 if key.is_none() {
                     key = admin_key(&settings);
                 }
@@ -97,7 +97,7 @@ impl Target {
         let key = match key {
             Some(k) => k,
             None => {
-                let settings = daemon_settings(&args.config)?;
+                let settings = daemon_settings(&args.config, "no API key given")?;
                 admin_key(&settings).ok_or_else(|| {
                     usage(format!(
                         "no API key: give --key-file, EXTPRESENCE_KEY_FILE or EXTPRESENCE_KEY \
@@ -128,11 +128,12 @@ fn read_key(path: &Path) -> Result<String, Failure> {
         .ok_or_else(|| usage(format!("the key file {} is empty", path.display())))
 }
 
-fn daemon_settings(config: &Path) -> Result<Settings, Failure> {
+/// The daemon's configuration, read because `missing` (what the command line did not give).
+fn daemon_settings(config: &Path, missing: &str) -> Result<Settings, Failure> {
     crate::config::load(config).map_err(|e| {
         usage(format!(
-            "no --url given and the daemon's configuration {} cannot be used ({e}); give --url \
-             and --key-file, or EXTPRESENCE_URL and EXTPRESENCE_KEY_FILE",
+            "{missing} and the daemon's configuration {} cannot be used ({e}); give --url and \
+             --key-file, or EXTPRESENCE_URL and EXTPRESENCE_KEY_FILE",
             config.display()
         ))
     })
