@@ -59,26 +59,24 @@ impl std::fmt::Debug for Target {
 /// How the target was given on the command line.
 #[derive(Debug, Default, Clone)]
 pub struct TargetArgs {
-    /// `--url`.
+    /// `--url` (or `EXTPRESENCE_URL`).
     pub url: Option<String>,
-    /// `--key-file`.
+    /// `--key-file` (or `EXTPRESENCE_KEY_FILE`).
     pub key_file: Option<PathBuf>,
     /// `--config` (the daemon's configuration, read when URL or key are not given otherwise).
     pub config: PathBuf,
 }
 
 impl Target {
-    /// Resolve flags, then environment, then the daemon's configuration.
+    /// Resolve the flags (clap fills them from `EXTPRESENCE_URL` and `EXTPRESENCE_KEY_FILE` too),
+    /// then `EXTPRESENCE_KEY`, then the daemon's configuration.
     pub fn resolve(args: &TargetArgs) -> Result<Target, Failure> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let url = args.url.clone().or_else(|| env("EXTPRESENCE_URL"));
-        let key_file = args
-            .key_file
-            .clone()
-            .or_else(|| env("EXTPRESENCE_KEY_FILE").map(PathBuf::from));
-        let mut key = match key_file {
-            Some(path) => Some(read_key(&path)?),
-            None => env("EXTPRESENCE_KEY"),
+        let url = args.url.clone();
+        let mut key = match &args.key_file {
+            Some(path) => Some(read_key(path)?),
+            None => std::env::var("EXTPRESENCE_KEY")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         };
         let url = match url {
             Some(u) => u,
