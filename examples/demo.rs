@@ -35,6 +35,10 @@ async fn main() {
     let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
     ext.wait_privileged(1).await;
     println!("   HTTP API on http://{}", ext.http);
+    println!(
+        "   status page: http://{}/  (sign in with the key {API_KEY})",
+        ext.http
+    );
 
     let alice = format!("alice@{DOMAIN}");
     let bin = common::ext::binary();
@@ -125,6 +129,7 @@ async fn main() {
              {bin} set {alice} dnd \"In a meeting\" --expires 2m\n  \
              {bin} get {alice}\n  \
              curl -H 'Api-Key: {API_KEY}' {url}/v1/users/{alice}/presence\n\
+             and open {url}/ in a browser (key {API_KEY}).\n\
              bob's client prints what it receives:",
             bin = bin.display()
         );

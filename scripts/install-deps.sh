@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need (Debian): Prosody with prosody-modules (mod_privilege),
-# ejabberd, systemd-analyze (to verify the unit file), and schemathesis in target/venv.
+# ejabberd, systemd-analyze (to verify the unit file), Chromium (the status page's browser test),
+# and the Python test tools in target/venv.
 # Does nothing when everything is there already. Needs root (or sudo) when something is missing.
 set -euo pipefail
 need=()
@@ -8,6 +9,8 @@ command -v prosody >/dev/null 2>&1 || need+=(prosody)
 [ -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ] || need+=(prosody-modules)
 command -v ejabberdctl >/dev/null 2>&1 || [ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The status page's test drives a real headless browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

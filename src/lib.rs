@@ -12,6 +12,7 @@
 //!                            read.rs (v1's read side: presence, contacts, SSE events),
 //!                            tokens.rs (v1's /v1/tokens), matrix.rs (the Matrix dialect),
 //!                            waher/ (the Agent API calls; xml_json.rs: stanzas as JSON),
+//!                            ui/ (the live status page: sign-in cookie, its JSON, assets),
 //!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
 //!                            rate limit), error.rs, log.rs (escaped, rate-limited)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
@@ -257,11 +258,17 @@ pub async fn run(
     }
     let connections = Arc::new(http::listener::ConnStats::default());
     let requests = Arc::new(http::log::RequestLog::default());
+    let ui = Arc::new(http::ui::UiState::new(
+        settings.server.to_string(),
+        settings.component.to_string(),
+    ));
+    tokio::spawn(http::ui::track_link(ui.clone(), link.watch_state()));
     let state = Arc::new(http::AppState {
         table,
         observed,
         rosters,
         agent,
+        ui,
         hub: hub.clone(),
         matrix: settings.matrix.clone(),
         policy: settings.policy.clone(),

@@ -92,6 +92,11 @@ impl Metrics {
         self.updates[outcome as usize].fetch_add(1, Relaxed);
     }
 
+    /// Update requests with `outcome` since start.
+    pub fn updates(&self, outcome: Outcome) -> u64 {
+        self.updates[outcome as usize].load(Relaxed)
+    }
+
     /// Count one refused or failed request by its error code.
     pub fn refused(&self, code: &'static str) {
         *self

@@ -461,9 +461,24 @@ pub(super) async fn events(
 ) -> Response {
     let r = async {
         let grant = state.keys.check(q.as_deref(), &headers)?;
+        event_stream(&state, &grant, q.as_deref(), &headers).await
+    }
+    .await;
+    finish(&state, &method, "", r)
+}
+
+/// The event stream of `grant` (filtered by the query's `user`/`domain`, resumed after
+/// `Last-Event-ID`): `/v1/events`, and the status page's live events.
+pub(super) async fn event_stream(
+    state: &AppState,
+    grant: &Grant,
+    q: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    {
         grant.has(Need::Read)?;
-        let mut filter = parse_filter(&state, q.as_deref())?;
-        scope_filter(&state, &grant, &mut filter).await?;
+        let mut filter = parse_filter(state, q)?;
+        scope_filter(state, grant, &mut filter).await?;
         let last = match headers.get("last-event-id") {
             None => None,
             Some(v) => {
@@ -499,6 +514,4 @@ pub(super) async fn events(
         );
         Ok(r)
     }
-    .await;
-    finish(&state, &method, "", r)
 }

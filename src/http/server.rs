@@ -44,6 +44,8 @@ pub struct AppState {
     pub rosters: Rosters,
     /// Acting in users' names (the Waher calls).
     pub agent: crate::agent::Agent,
+    /// The status page's own state (server, component, link since, sessions).
+    pub ui: Arc<super::ui::UiState>,
     /// The event hub (SSE subscriptions).
     pub hub: EventHub,
     /// The Matrix dialect's source and server-name mapping.
@@ -81,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(super::v1::routes())
         .merge(super::matrix::routes())
         .merge(super::waher::routes())
+        .merge(super::ui::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -44,6 +44,11 @@ impl WebhookMetrics {
         stats
     }
 
+    /// Every endpoint's counters, in configuration order.
+    pub fn endpoints(&self) -> Vec<Arc<EndpointStats>> {
+        self.lock().clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EndpointStats>>> {
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
