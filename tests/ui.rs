@@ -90,8 +90,18 @@ async fn sign_in_cookie_headers_and_data() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    // Wrong key, a user's token: refused; the admin key: a session cookie.
+    // Wrong key, a user's token, another site's form: refused; the admin key: a session cookie.
     assert_eq!(sign_in(ext, "wrong").await.status(), 401);
+    let r = client()
+        .post(format!("{base}/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Origin", "https://evil.example")
+        .body(format!("key={API_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
     let token = mint_token(ext, &alice, "read-write").await;
     assert_eq!(sign_in(ext, &token).await.status(), 403);
     let r = sign_in(ext, API_KEY).await;

@@ -6,7 +6,8 @@
 //!
 //! Signing in takes an admin key or a domain key with read access (never a user's token): the key
 //! is posted once, and a random session id goes into an `HttpOnly; SameSite=Strict` cookie (kept
-//! hashed here, 12 h); no key ever travels in a URL. The page only reads; every answer has a
+//! hashed here, 12 h); no key ever travels in a URL, and a sign-in posted from another origin is
+//! refused. The page only reads; every answer has a
 //! `Content-Security-Policy` of `default-src 'self'` (no inline script or style), and the script
 //! puts server text into the page as text only.
 
@@ -162,7 +163,7 @@ fn secure(mut r: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
@@ -198,7 +199,23 @@ async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     }
 }
 
+/// Whether a form post comes from this page: an `Origin` that is present must name this host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not sent by the browser (same-origin GET-like navigation, or not a browser)
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
 async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    if !same_origin(&headers) {
+        return login_page(StatusCode::FORBIDDEN, "Sign in from this page.");
+    }
     let Ok(body) = input::read_body(&headers, body, 4096, state.body_timeout).await else {
         return login_page(StatusCode::BAD_REQUEST, "The form could not be read.");
     };
@@ -245,7 +262,9 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 }
 
 async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    state.ui.close(&headers);
+    if same_origin(&headers) {
+        state.ui.close(&headers);
+    }
     let mut r = StatusCode::SEE_OTHER.into_response();
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
