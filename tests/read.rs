@@ -668,13 +668,7 @@ async fn stuck_subscriber_is_reset_and_slows_nobody() {
 
 /// The `sh` blocks of the README section `title`, with the address, key and domain substituted.
 fn readme_block(title: &str, nth: usize, ext: &Ext) -> String {
-    let readme = include_str!("../README.md");
-    let section = &readme[readme.find(title).expect("section")..];
-    section
-        .split("```sh\n")
-        .nth(nth)
-        .and_then(|b| b.split("```").next())
-        .expect("sh block")
+    common::readme_code(title, "sh", nth)
         .replace("http://127.0.0.1:8080", &format!("http://{}", ext.http))
         .replace("KEY", API_KEY)
         .replace("example.com", DOMAIN)

@@ -578,13 +578,8 @@ async fn openapi_document_holds_against_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_examples_work() {
     let w = world(Kind::Prosody, &["alice", "bob"]).await;
-    let readme = include_str!("../README.md");
-    let section = &readme[readme.find("## Native API `/v1` (JSON)").expect("section")..];
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("sh block");
+    let block = common::readme_code("## Native API `/v1` (JSON)", "sh", 1);
+    let block = block.as_str();
     let future =
         chrono::DateTime::from_timestamp_millis(extpresence::status::now_ms() as i64 + 3_600_000)
             .unwrap()

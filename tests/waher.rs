@@ -847,13 +847,8 @@ async fn readme_agent_examples_work() {
         |a| a.code == 200,
     )
     .await;
-    let readme = include_str!("../README.md");
     let title = "## Acting in a user's name (Waher Agent API calls)";
-    let script = readme[readme.find(title).expect("section")..]
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("sh block")
+    let script = common::readme_code(title, "sh", 1)
         .replace("http://127.0.0.1:8080", &format!("http://{}", ext.http))
         .replace("TOKEN", &token)
         .replace("example.com", DOMAIN)

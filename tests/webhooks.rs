@@ -123,15 +123,8 @@ fn id_of(r: &Value) -> u64 {
 
 /// The README's `[[webhooks]]` example, pointed at `url` and `secret_file`.
 fn readme_webhook(url: &str, secret_file: &Path) -> String {
-    let readme = include_str!("../README.md");
-    let section = &readme[readme
-        .find("\n## Webhooks")
-        .expect("README section Webhooks")..];
-    let block = section
-        .split("```toml\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("toml block");
+    let block = common::readme_code("\n## Webhooks", "toml", 1);
+    let block = block.as_str();
     assert!(block.contains("[[webhooks]]"), "{block}");
     block
         .replace("https://crm.example.com/hooks/presence", url)
@@ -369,16 +362,8 @@ async fn readme_receiver_verifies_the_events() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("webhook-secret");
     std::fs::write(&secret_file, format!("{WEBHOOK_SECRET}\n")).unwrap();
-    let readme = include_str!("../README.md");
-    let section = &readme[readme
-        .find("\n## Webhooks")
-        .expect("README section Webhooks")..];
     let port = free_port();
-    let script = section
-        .split("```python\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("python block")
+    let script = common::readme_code("\n## Webhooks", "python", 1)
         .replace(
             "/etc/receiver/webhook-secret",
             &secret_file.display().to_string(),

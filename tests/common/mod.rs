@@ -185,3 +185,17 @@ pub async fn run_sh_json(script: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// The `nth` (1-based) code block in `lang` of the README section titled `title`, as written.
+pub fn readme_code(title: &str, lang: &str, nth: usize) -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find(title)
+        .unwrap_or_else(|| panic!("README section {title}"))..];
+    section
+        .split(&format!("```{lang}\n"))
+        .nth(nth)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("{lang} block {nth} of {title}"))
+        .to_string()
+}

@@ -275,18 +275,20 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     secure(r)
 }
 
-fn unauthorized() -> Response {
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        json!({"error": {"code": "signed_out", "message": "sign in on / first", "status": 401}})
-            .to_string(),
-    )
-        .into_response();
+fn json_answer(status: StatusCode, body: &Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     secure(r)
+}
+
+fn unauthorized() -> Response {
+    json_answer(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": {"code": "signed_out", "message": "sign in on / first", "status": 401}}),
+    )
 }
 
 async fn status_json(
@@ -374,12 +376,7 @@ async fn status_json(
             "event subscribers": state.hub.subscribers(),
         },
     });
-    let mut r = body.to_string().into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    secure(r)
+    json_answer(StatusCode::OK, &body)
 }
 
 async fn events(
