@@ -607,3 +607,47 @@ async fn readme_examples_work() {
         "invalid_presence"
     );
 }
+
+/// A wrong method on a `/v1` path (and the Tigase dialect's) answers 405 naming the method given
+/// and the methods the path serves, in the body and in `Allow` (RFC 9110 §15.5.6) — not "use POST".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_names_the_allowed_ones() {
+    let server = Server::start(Kind::Prosody).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    let http = reqwest::Client::new();
+    for (method, path, allow) in [
+        ("PUT", "/v1/tokens".to_string(), "GET, POST"),
+        ("GET", "/v1/tokens/0123456789ab".to_string(), "DELETE"),
+        (
+            "PATCH",
+            format!("/v1/users/alice@{DOMAIN}/status"),
+            "GET, PUT, DELETE",
+        ),
+        ("GET", "/v1/statuses".to_string(), "POST"),
+        ("DELETE", "/v1/openapi.json".to_string(), "GET"),
+        ("PUT", format!("/v1/users/alice@{DOMAIN}/presence"), "GET"),
+        ("GET", "/v1/presence/query".to_string(), "POST"),
+        ("POST", "/v1/events".to_string(), "GET"),
+        ("GET", format!("/rest/user/alice@{DOMAIN}/status"), "POST"),
+    ] {
+        let r = http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{}{path}", ext.http),
+            )
+            .header("Api-Key", API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+        assert_eq!(
+            v["error"]["message"],
+            format!("method {method} is not allowed here; allowed: {allow}"),
+            "{method} {path}"
+        );
+    }
+    ext.terminate().await;
+}

@@ -67,9 +67,10 @@ pub enum ApiError {
     /// More than one credential was given.
     #[error("{0} credentials given; give the API key once: ?api-key=, an Api-Key header or Authorization: Bearer")]
     AmbiguousCredentials(usize),
-    /// Method other than the ones the endpoint serves.
-    #[error("method {0} is not allowed here; use POST")]
-    Method(String),
+    /// Method other than the ones the endpoint serves: the method, and the ones it serves (the
+    /// `Allow` header, RFC 9110 §15.5.6).
+    #[error("method {0} is not allowed here; allowed: {1}")]
+    Method(String, &'static str),
     /// Content-Type is not JSON or XML.
     #[error("Content-Type {0:?} is not supported; use application/json or application/xml")]
     MediaType(String),
@@ -139,7 +140,7 @@ impl ApiError {
             ApiError::WrongKey | ApiError::Domain(_) | ApiError::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }
-            ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -168,7 +169,7 @@ impl ApiError {
             ApiError::InvalidPath => "invalid_path",
             ApiError::MalformedQuery(_) => "malformed_query",
             ApiError::TooManyUpdates(..) => "too_many_updates",
-            ApiError::Method(_) => "method_not_allowed",
+            ApiError::Method(..) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",
             ApiError::BodyRead(_) => "body_unreadable",
@@ -220,8 +221,8 @@ impl ApiError {
             HeaderValue::from_static(format.content_type()),
         );
         match self {
-            ApiError::Method(_) => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            ApiError::Method(_, allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::MissingKey => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

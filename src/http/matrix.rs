@@ -231,11 +231,18 @@ async fn status(
     let r = match method {
         Method::PUT => put(&state, &settings, &id, query.as_deref(), &headers, body).await,
         Method::GET => get_presence(&state, &settings, &id, query.as_deref(), &headers).await,
-        _ => Err(err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "M_UNRECOGNIZED",
-            "Unrecognized request",
-        )),
+        _ => {
+            // As Synapse: M_UNRECOGNIZED; and the Allow header RFC 9110 asks of a 405.
+            let mut r = err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "M_UNRECOGNIZED",
+                "Unrecognized request",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, PUT"));
+            return r;
+        }
     };
     r.unwrap_or_else(IntoResponse::into_response)
 }

@@ -53,21 +53,21 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/v1/users/{jid}/presence",
             MethodRouter::new()
                 .get(get_presence)
-                .fallback(|| async { not_allowed("GET") }),
+                .fallback(|m: Method| async move { not_allowed(m, "GET") }),
         )
         .route(
             "/v1/users/{jid}/contacts",
             MethodRouter::new()
                 .get(get_contacts)
-                .fallback(|| async { not_allowed("GET") }),
+                .fallback(|m: Method| async move { not_allowed(m, "GET") }),
         )
         .route(
             "/v1/presence/query",
-            post(query).fallback(|| async { not_allowed("POST") }),
+            post(query).fallback(|m: Method| async move { not_allowed(m, "POST") }),
         )
         .route(
             "/v1/events",
-            get(events).fallback(|| async { not_allowed("GET") }),
+            get(events).fallback(|m: Method| async move { not_allowed(m, "GET") }),
         )
 }
 

@@ -324,7 +324,7 @@ async fn set_status(
     body: Body,
 ) -> Result<(Format, StatusCode, String, bool), ApiError> {
     if method != Method::POST {
-        return Err(ApiError::Method(method.to_string()));
+        return Err(ApiError::Method(method.to_string(), "POST"));
     }
     let grant = state.keys.check(query, headers)?;
     let (user, resource) = path.as_ref().map_err(|_| ApiError::InvalidPath)?;

@@ -36,11 +36,11 @@ pub fn routes() -> Router<Arc<AppState>> {
             MethodRouter::new()
                 .get(list)
                 .post(mint)
-                .fallback(|| async { not_allowed("GET, POST") }),
+                .fallback(|m: Method| async move { not_allowed(m, "GET, POST") }),
         )
         .route(
             "/v1/tokens/{id}",
-            delete(revoke).fallback(|| async { not_allowed("DELETE") }),
+            delete(revoke).fallback(|m: Method| async move { not_allowed(m, "DELETE") }),
         )
 }
 

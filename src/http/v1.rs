@@ -51,23 +51,22 @@ pub fn routes() -> Router<Arc<AppState>> {
                 .get(get_status)
                 .put(put_status)
                 .delete(delete_status)
-                .fallback(|| async { not_allowed("GET, PUT, DELETE") }),
+                .fallback(|m: Method| async move { not_allowed(m, "GET, PUT, DELETE") }),
         )
         .route(
             "/v1/statuses",
-            post(bulk).fallback(|| async { not_allowed("POST") }),
+            post(bulk).fallback(|m: Method| async move { not_allowed(m, "POST") }),
         )
         .route(
             "/v1/openapi.json",
-            get(openapi).fallback(|| async { not_allowed("GET") }),
+            get(openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
         )
 }
 
-pub(super) fn not_allowed(allow: &'static str) -> Response {
-    let mut r = ApiError::Method(allow.to_string()).into_response(Format::Json);
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
+/// The 405 of a `/v1` path: names the method given and, in the body and the `Allow` header, the
+/// methods the path serves.
+pub(super) fn not_allowed(method: Method, allow: &'static str) -> Response {
+    ApiError::Method(method.to_string(), allow).into_response(Format::Json)
 }
 
 /// A presence word (`offline` clears the source).

@@ -275,10 +275,7 @@ async fn handle(
         }
     };
     if method != Method::POST {
-        return Err(err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("Method {method} not allowed: use POST"),
-        ));
+        return Err(ApiError::Method(method.to_string(), "POST").into());
     }
     let grant = state.keys.check(query, headers)?;
     let user = acting_user(state, &grant, query)?;
