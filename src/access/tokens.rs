@@ -5,8 +5,13 @@
 //! the caller of `POST /v1/tokens` ever sees. The durable store keeps the SHA-256 of the secret
 //! with the token's user, access, name and expiry (table `tokens`), so tokens survive restarts
 //! and a copy of the store reveals none. A token is checked by its id, then its secret's digest
-//! compared in constant time; an expired token is refused and forgotten; a revoked one is
-//! refused at once (it leaves memory before the store has removed it).
+//! compared in constant time; an expired token is refused; a revoked one is refused at once (it
+//! leaves memory before the store has removed it).
+//!
+//! At most [`MAX_TOKENS`] are held. Expired tokens do not count: they are purged (from memory
+//! and the store) when the cap is reached and at most once a minute while tokens are minted, so
+//! short-lived tokens never fill the cap. A mint over the cap is refused ([`MintError::Full`],
+//! `409 too_many_tokens`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -25,8 +30,11 @@ use crate::store::{Side, Store, StoreError, Write};
 
 /// What every token starts with (so a token is never mistaken for a configured key).
 pub const PREFIX: &str = "ept_";
-/// Most tokens held at once.
+/// Most live tokens held at once.
 pub const MAX_TOKENS: usize = 100_000;
+/// Expired tokens are purged at most this often while tokens are minted (and always when the
+/// cap is reached).
+const PURGE_EVERY_MS: u64 = 60_000;
 
 /// What a token is, as listed (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -64,6 +72,10 @@ struct Entry {
 pub struct Tokens {
     map: RwLock<HashMap<String, Entry>>,
     store: Option<Store>,
+    /// Most tokens held ([`MAX_TOKENS`]; smaller in tests).
+    cap: usize,
+    /// When expired tokens were last purged (ms since the Unix epoch).
+    purged_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -75,9 +87,9 @@ impl std::fmt::Debug for Tokens {
 /// Why a token could not be minted.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    /// Too many tokens held.
-    #[error("{MAX_TOKENS} tokens are held already; revoke some first")]
-    Full,
+    /// Too many live tokens held (the cap).
+    #[error("{0} live tokens are held already (the cap); revoke some first")]
+    Full(usize),
     /// The store could not commit it.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -114,6 +126,11 @@ impl Tokens {
     /// The tokens the store held at open (`store.take(Side::Tokens)`); damaged records are skipped
     /// (logged), expired ones forgotten.
     pub fn load(store: Option<Store>) -> Tokens {
+        Tokens::load_with_cap(store, MAX_TOKENS)
+    }
+
+    /// [`load`](Self::load) holding at most `cap` live tokens.
+    pub fn load_with_cap(store: Option<Store>, cap: usize) -> Tokens {
         let now = now_ms();
         let mut map = HashMap::new();
         for (id, bytes) in store
@@ -145,7 +162,38 @@ impl Tokens {
         Tokens {
             map: RwLock::new(map),
             store,
+            cap,
+            purged_at: std::sync::atomic::AtomicU64::new(now),
         }
+    }
+
+    /// Forget every expired token, in memory and (not awaited) in the store; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = now_ms();
+        self.purged_at
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        let gone: Vec<String> = {
+            let mut map = self.write();
+            let gone: Vec<String> = map
+                .iter()
+                .filter(|(_, e)| e.info.expires_at.is_some_and(|at| at <= now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                map.remove(id);
+            }
+            gone
+        };
+        if let (Some(store), false) = (&self.store, gone.is_empty()) {
+            // If this write fails, the next purge or start removes them (a start forgets
+            // expired tokens too).
+            let writes = gone
+                .iter()
+                .map(|id| Write::Remove(Side::Tokens, id.clone()))
+                .collect();
+            store.write_then(writes, Box::new(|_| {}));
+        }
+        gone.len()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
@@ -164,8 +212,14 @@ impl Tokens {
         name: Option<String>,
         expires_in_secs: Option<u64>,
     ) -> Result<(String, TokenInfo), MintError> {
-        if self.read().len() >= MAX_TOKENS {
-            return Err(MintError::Full);
+        let due = now_ms()
+            .saturating_sub(self.purged_at.load(std::sync::atomic::Ordering::Relaxed))
+            >= PURGE_EVERY_MS;
+        if due || self.read().len() >= self.cap {
+            self.purge_expired();
+        }
+        if self.read().len() >= self.cap {
+            return Err(MintError::Full(self.cap));
         }
         // (The thread's generator is not Send: it must not live across the await below.)
         let (id, secret) = {
@@ -312,5 +366,44 @@ mod tests {
         let t = Tokens::load(Some(reopen(&path)));
         assert!(t.grant(&token).is_none(), "revoked durably");
         assert_eq!(t.list().len(), 1);
+    }
+
+    /// The cap counts live tokens only: expired ones are purged (from memory and the store) when
+    /// it is reached; over it, minting is refused with `Full` (409 `too_many_tokens`).
+    #[tokio::test]
+    async fn expired_tokens_do_not_count_toward_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let alice = BareJid::new("alice@example.com").unwrap();
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            let t = Tokens::load_with_cap(Some(store), 10);
+            for _ in 0..10 {
+                t.mint(&alice, Access::Read, None, Some(1)).await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            // Ten expired tokens held, none live: the cap is not reached.
+            let mut kept = Vec::new();
+            for _ in 0..10 {
+                kept.push(t.mint(&alice, Access::Read, None, None).await.unwrap().0);
+            }
+            assert_eq!(t.list().len(), 10);
+            assert_eq!(t.read().len(), 10, "the expired ones left memory");
+            let e = t.mint(&alice, Access::Read, None, None).await.unwrap_err();
+            assert!(matches!(e, MintError::Full(10)), "{e}");
+            let api = crate::http::error::ApiError::from(e);
+            assert_eq!(
+                (api.status().as_u16(), api.code()),
+                (409, "too_many_tokens")
+            );
+            assert!(kept.iter().all(|k| t.grant(k).is_some()));
+            // A revocation makes room again.
+            let id = t.list()[0].id.clone();
+            assert!(t.revoke(&id).await.unwrap());
+            t.mint(&alice, Access::Read, None, None).await.unwrap();
+        }
+        // The expired ones left the store too (purged there, not only forgotten at load).
+        let store = reopen(&path);
+        assert_eq!(store.take(Side::Tokens).len(), 10);
     }
 }

@@ -127,6 +127,9 @@ pub enum ApiError {
     /// Over the credential's (or the global) rate limit: retry after this long.
     #[error("too many requests: retry after {} s", .0.as_secs().max(1))]
     RateLimited(std::time::Duration),
+    /// As many live tokens as the cap are held: revoke some first.
+    #[error("{0} live tokens are held already (the cap); revoke some first")]
+    TooManyTokens(usize),
     /// A `Last-Event-ID` that is not an event id.
     #[error("Last-Event-ID {0:?} is not an event id")]
     LastEventId(String),
@@ -148,6 +151,7 @@ impl ApiError {
             ApiError::Storage(_) | ApiError::Roster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyTokens(_) => StatusCode::CONFLICT,
             ApiError::BodyRead(_)
             | ApiError::AmbiguousCredentials(_)
             | ApiError::InvalidPath
@@ -195,6 +199,7 @@ impl ApiError {
             ApiError::LastEventId(_) => "invalid_last_event_id",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::TooManyTokens(_) => "too_many_tokens",
         }
     }
 
@@ -233,6 +238,16 @@ impl ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+impl From<crate::access::tokens::MintError> for ApiError {
+    fn from(e: crate::access::tokens::MintError) -> ApiError {
+        use crate::access::tokens::MintError;
+        match e {
+            MintError::Full(cap) => ApiError::TooManyTokens(cap),
+            MintError::Store(e) => ApiError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::input;
 use super::server::{AppState, MAX_BODY_BYTES};
 use super::v1::{finish, json, malformed, not_allowed, require_json, ErrorBody};
-use crate::access::tokens::{MintError, TokenInfo};
+use crate::access::tokens::TokenInfo;
 use crate::access::Access;
 
 /// Longest lifetime of a token: 10 years.
@@ -118,6 +118,7 @@ fn invalid(message: String) -> ApiError {
         (status = 403, description = "Not an admin credential with write access (`forbidden`), or a domain not served", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 409, description = "100,000 live tokens are held already (`too_many_tokens`): revoke some first (expired tokens do not count)", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 429, description = "Over the rate limit (`rate_limited`, `Retry-After`)", body = ErrorBody),
         (status = 503, description = "The store cannot commit: no token", body = ErrorBody),
@@ -169,11 +170,7 @@ pub(super) async fn mint(
             .keys
             .tokens
             .mint(&user, access, req.name, expires_in)
-            .await
-            .map_err(|e| match e {
-                MintError::Full => invalid(e.to_string()),
-                MintError::Store(e) => ApiError::Storage(e.to_string()),
-            })?;
+            .await?;
         Ok(json(StatusCode::CREATED, &Minted { token, info }))
     }
     .await;
