@@ -758,3 +758,103 @@ scenarios!(
     contacts,
     event_stream,
 );
+
+/// `POST /v1/presence/query` names each user once (19 KB naming alice 1,000 times answered
+/// 215 MB): a repeat is refused with 400 `duplicate_user`. Its answer is at most 8 MiB: 1,000
+/// users with two statuses of 1,024 four-byte characters each (about 12 MB) are refused with 400
+/// `answer_too_large`; 100 of them are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_query_names_each_user_once_and_is_bounded() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice", "bob"]).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    let alice = format!("alice@{DOMAIN}");
+    let bob = format!("bob@{DOMAIN}");
+    let (code, v) = call(
+        &ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({"users": [alice, bob, alice]})),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("duplicate_user")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("users[2] repeats users[0]"),
+        "{v}"
+    );
+    let (code, v) = call(
+        &ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({"users": vec![alice.clone(); 1000]})),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("duplicate_user")),
+        "{v}"
+    );
+
+    let text = "\u{1F600}".repeat(1024);
+    let items: Vec<Value> = (0..1000)
+        .flat_map(|i| {
+            let text = text.clone();
+            (0..2).map(move |r| {
+                json!({"user": format!("u{i}@{DOMAIN}"), "presence": "away",
+                       "status": text, "resource": format!("r{r}")})
+            })
+        })
+        .collect();
+    for chunk in items.chunks(200) {
+        let (code, v) = call(
+            &ext,
+            "POST",
+            "/v1/statuses",
+            Some(json!({ "updates": chunk })),
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        assert!(
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["ok"] == true),
+            "{v}"
+        );
+    }
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i}@{DOMAIN}")).collect();
+    let (code, v) = call(
+        &ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({ "users": users })),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("answer_too_large")),
+        "{}",
+        v.to_string().chars().take(300).collect::<String>()
+    );
+    let (code, v) = call(
+        &ext,
+        "POST",
+        "/v1/presence/query",
+        Some(json!({ "users": users[..100] })),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let presence = v["presence"].as_array().unwrap();
+    assert_eq!(presence.len(), 100);
+    assert_eq!(presence[99]["status"], text.as_str());
+    ext.terminate().await;
+}

@@ -127,6 +127,15 @@ pub enum ApiError {
     /// Over the credential's (or the global) rate limit: retry after this long.
     #[error("too many requests: retry after {} s", .0.as_secs().max(1))]
     RateLimited(std::time::Duration),
+    /// A presence query names a user twice: the index of the repeat, of the first, and the user.
+    #[error("users[{0}] repeats users[{1}] ({2}); name each user once")]
+    DuplicateUser(usize, usize, String),
+    /// A presence query's answer would be larger than the limit (bytes) by the user at this
+    /// index.
+    #[error(
+        "the answer would be larger than {0} bytes at users[{1}]; ask for fewer users at a time"
+    )]
+    AnswerTooLarge(usize, usize),
     /// As many live tokens as the cap are held: revoke some first.
     #[error("{0} live tokens are held already (the cap); revoke some first")]
     TooManyTokens(usize),
@@ -158,6 +167,8 @@ impl ApiError {
             | ApiError::MalformedQuery(_)
             | ApiError::LastEventId(_)
             | ApiError::TooManyUpdates(..)
+            | ApiError::DuplicateUser(..)
+            | ApiError::AnswerTooLarge(..)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
             | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -173,6 +184,8 @@ impl ApiError {
             ApiError::InvalidPath => "invalid_path",
             ApiError::MalformedQuery(_) => "malformed_query",
             ApiError::TooManyUpdates(..) => "too_many_updates",
+            ApiError::DuplicateUser(..) => "duplicate_user",
+            ApiError::AnswerTooLarge(..) => "answer_too_large",
             ApiError::Method(..) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",

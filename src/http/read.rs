@@ -2,7 +2,8 @@
 //!
 //! - `GET /v1/users/{jid}/presence` — the presence an XMPP client would show, with every real and
 //!   synthetic resource ([`UserPresence`]);
-//! - `POST /v1/presence/query` — the same for up to 1,000 users;
+//! - `POST /v1/presence/query` — the same for up to 1,000 users, each named once, in an answer
+//!   of at most 8 MiB;
 //! - `GET /v1/users/{jid}/contacts` — the user's roster, with each contact's presence as the user
 //!   sees it (subscription `to` or `both`);
 //! - `GET /v1/events` — Server-Sent Events: one `presence` event per change of a served user's
@@ -41,6 +42,10 @@ use crate::status::now_ms;
 
 /// Most users in one presence query.
 pub const MAX_QUERY_USERS: usize = 1000;
+/// Largest answer to a presence query (8 MiB); beyond it the query is refused with
+/// `answer_too_large` (each user's presence is rendered into the answer in turn, so no more than
+/// this is ever built).
+pub const MAX_QUERY_ANSWER_BYTES: usize = 8 << 20;
 /// Longest wait for a roster from the server.
 const ROSTER_WAIT: Duration = Duration::from_secs(5);
 /// Interval of the keepalive comment of the event stream.
@@ -143,13 +148,15 @@ pub struct UserJid(String);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceQuery {
-    /// Users of served domains, at most 1,000.
+    /// Users of served domains, at most 1,000, each once.
     #[schema(value_type = Vec<UserJid>, max_items = 1000)]
     users: Vec<String>,
 }
 
-/// The answer to a presence query.
+/// The answer to a presence query (the document's type: the answer is rendered user by user, to
+/// stop at [`MAX_QUERY_ANSWER_BYTES`]).
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
 pub struct PresenceAnswer {
     /// One presence per user asked, in order.
     presence: Vec<UserPresence>,
@@ -163,7 +170,7 @@ pub struct PresenceAnswer {
     request_body(content = PresenceQuery, content_type = "application/json"),
     responses(
         (status = 200, description = "One presence per user, in the order asked", body = PresenceAnswer),
-        (status = 400, description = "Not a valid body (`malformed_body`), a wrong JID (`invalid_jid`), more than 1,000 users (`too_many_updates`)", body = ErrorBody),
+        (status = 400, description = "Not a valid body (`malformed_body`), a wrong JID (`invalid_jid`), more than 1,000 users (`too_many_updates`), a user named twice (`duplicate_user`), an answer that would be over 8 MiB (`answer_too_large`: ask for fewer users at a time)", body = ErrorBody),
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
@@ -194,11 +201,34 @@ pub(super) async fn query(
             .iter()
             .map(|u| input::served_user(u, &state.domains))
             .collect::<Result<Vec<_>, _>>()?;
+        // Each user once (as the server knows them: after normalisation).
+        let mut seen = std::collections::HashMap::with_capacity(users.len());
+        for (i, u) in users.iter().enumerate() {
+            if let Some(first) = seen.insert(u, i) {
+                return Err(ApiError::DuplicateUser(i, first, u.to_string()));
+            }
+        }
         for u in &users {
             may_read(&state, &grant, u).await?;
         }
-        let presence = users.iter().map(|u| presence_of(&state, u)).collect();
-        Ok(json(StatusCode::OK, &PresenceAnswer { presence }))
+        let mut out = Vec::with_capacity(64 * users.len());
+        out.extend_from_slice(b"{\"presence\":[");
+        for (i, u) in users.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &presence_of(&state, u)).expect("answers serialise");
+            if out.len() + 2 > MAX_QUERY_ANSWER_BYTES {
+                return Err(ApiError::AnswerTooLarge(MAX_QUERY_ANSWER_BYTES, i));
+            }
+        }
+        out.extend_from_slice(b"]}");
+        let mut r = (StatusCode::OK, out).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
     }
     .await;
     finish(&state, &method, "", r)
