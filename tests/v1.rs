@@ -651,3 +651,121 @@ async fn wrong_method_names_the_allowed_ones() {
     }
     ext.terminate().await;
 }
+
+/// The OpenAPI document is valid OpenAPI 3.1 for a strict validator (`openapi-spec-validator`:
+/// a `$ref` to an undefined schema made it refuse the document), and a client generated from it
+/// (`openapi-python-client`, into a temporary directory) sets and reads a status against the
+/// running service with Prosody. Both tools are pinned in `tests/python/requirements.txt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_valid_and_a_generated_client_works() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice"]).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin");
+    let tool = |name: &str| {
+        let path = format!("{venv}/{name}");
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} is missing: run scripts/install-deps.sh (the test command does)"
+        );
+        path
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("openapi.json");
+    let (code, text) = request(ext.http, "GET", "/v1/openapi.json", &[], b"").await;
+    assert_eq!(code, 200);
+    std::fs::write(&doc, &text).unwrap();
+    // Every keyed operation documents the rate limit's 429; the reads that may ask the server
+    // for a roster document its 503.
+    let parsed: Value = serde_json::from_str(&text).unwrap();
+    for (path, item) in parsed["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let answers = op["responses"].as_object().unwrap();
+            if answers.contains_key("401") {
+                assert!(answers.contains_key("429"), "{method} {path}: no 429");
+            }
+        }
+    }
+    for path in [
+        "/v1/users/{jid}/presence",
+        "/v1/presence/query",
+        "/v1/events",
+    ] {
+        let answers = parsed["paths"][path]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        assert!(answers["responses"].get("503").is_some(), "{path}: no 503");
+    }
+    let run = |program: String, args: Vec<String>| async move {
+        let out = tokio::process::Command::new(&program)
+            .args(&args)
+            // The generator runs ruff (from the venv) on what it wrote.
+            .env(
+                "PATH",
+                format!("{venv}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let doc_path = doc.display().to_string();
+    let said = run(tool("openapi-spec-validator"), vec![doc_path.clone()]).await;
+    assert!(said.trim_end().ends_with("OK"), "{said}");
+    let package = dir.path().join("extpresence_client").display().to_string();
+    run(
+        tool("openapi-python-client"),
+        [
+            "generate",
+            "--path",
+            &doc_path,
+            "--output-path",
+            &package,
+            "--meta",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/openapi_client.py"
+    );
+    let said = run(
+        tool("python3"),
+        vec![
+            script.to_string(),
+            dir.path().display().to_string(),
+            format!("http://{}", ext.http),
+            API_KEY.to_string(),
+            format!("alice@{DOMAIN}"),
+        ],
+    )
+    .await;
+    let v: Value = serde_json::from_str(said.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(v["set"]["effective"]["source"], "pbx", "{v}");
+    // What the generated client set is what the service holds.
+    let (_, held) = call(
+        &ext,
+        "GET",
+        &format!("/v1/users/alice@{DOMAIN}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        held["resources"][0]["effective"]["status"], "On a call",
+        "{held}"
+    );
+    ext.terminate().await;
+}

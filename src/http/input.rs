@@ -26,7 +26,17 @@ pub fn parse_user(raw: &str) -> Result<(BareJid, Option<String>), ApiError> {
 
 /// A user JID of a served domain, without resource (the native API names resources elsewhere).
 pub fn served_user(raw: &str, domains: &BTreeSet<String>) -> Result<BareJid, ApiError> {
-    let (user, resource) = parse_user(raw)?;
+    let (user, resource) = parse_user(raw).map_err(|e| {
+        // `user@domain` whose domain does not parse (e.g. a label IDNA refuses, `ab--c`) names
+        // no served domain either: 403 as for any domain not served (the document's pattern
+        // allows such a domain, so a 400 would contradict it).
+        match raw.split_once('@') {
+            Some((_, d)) if !d.contains(['@', '/']) && !domains.contains(&d.to_lowercase()) => {
+                ApiError::Domain(d.chars().take(128).collect())
+            }
+            _ => e,
+        }
+    })?;
     if resource.is_some() {
         return Err(ApiError::Jid(raw.chars().take(128).collect()));
     }

@@ -89,6 +89,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
         (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 503, description = "A user's token reading a contact, and the server did not give the user's roster (`roster_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -177,6 +178,7 @@ pub struct PresenceAnswer {
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB (`body_too_large`)", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 503, description = "A user's token reading a contact, and the server did not give the user's roster (`roster_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -480,6 +482,7 @@ fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 503, description = "A user's token reading a contact, and the server did not give the user's roster (`roster_unavailable`)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -836,6 +836,54 @@ impl utoipa::Modify for Security {
     }
 }
 
+/// Every keyed operation (one that documents 401) can be refused by the credential's or the
+/// global rate limit, checked with the key: its 429 is added here, once for all, so that no
+/// route can miss it.
+struct RateLimited;
+
+impl utoipa::Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{schema::Type, Content, ObjectBuilder, Ref, RefOr, ResponseBuilder};
+        let answer = ResponseBuilder::new()
+            .description(
+                "Over the credential's or the global rate limit (`rate_limited`): retry after \
+                 `Retry-After` seconds",
+            )
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(1)),
+                    )
+                    .description(Some("Seconds to wait"))
+                    .build(),
+            )
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                if r.contains_key("401") && !r.contains_key("429") {
+                    r.insert("429".into(), RefOr::T(answer.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of `/v1` and the Tigase dialect.
 #[derive(OpenApi)]
 #[openapi(
@@ -861,7 +909,14 @@ impl utoipa::Modify for Security {
         super::server::status_default,
         super::server::status_resource
     ),
-    components(schemas(Presence, ErrorBody, ErrorDetail, BulkItem)),
-    modifiers(&Security)
+    components(schemas(
+        Presence,
+        ErrorBody,
+        ErrorDetail,
+        BulkItem,
+        super::tigase::StatusResponse,
+        super::tigase::StatusResponseBody
+    )),
+    modifiers(&Security, &RateLimited)
 )]
 pub struct ApiDoc;
