@@ -769,3 +769,120 @@ async fn openapi_document_is_valid_and_a_generated_client_works() {
     );
     ext.terminate().await;
 }
+
+/// Source names (issue 19): five bulk requests whose 5,000 items are all refused used to intern
+/// 5,000 names and leave every new source refused for everyone. Now refused items take no name,
+/// one credential brings in at most 64 names in use (`too_many_sources` beyond, others are not
+/// affected), and clearing a status gives its name back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_names_cannot_be_used_up() {
+    let w = world(Kind::Prosody, &["alice", "bob"]).await;
+    let alice = format!("alice@{DOMAIN}");
+    for round in 0..5 {
+        let updates: Vec<Value> = (0..1000)
+            .map(|i| json!({"user": alice, "presence": "away", "source": format!("n{round}x{i}"), "priority": 5}))
+            .collect();
+        let (code, v) = call(
+            &w.ext,
+            "POST",
+            "/v1/statuses",
+            Some(json!({ "updates": updates })),
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        assert!(v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ok"] == false));
+    }
+    // A new source, and a clear of a new source, still work.
+    put(
+        &w.ext,
+        &alice,
+        json!({"presence": "away", "source": "after-attack", "resource": "r"}),
+    )
+    .await;
+    let (code, v) = call(
+        &w.ext,
+        "DELETE",
+        &format!("/v1/users/{alice}/status?resource=r&source=never-set"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+
+    // The admin key brings in 64 names in use (one is "after-attack"); the 65th is refused.
+    let updates: Vec<Value> = (0..63)
+        .map(|i| json!({"user": alice, "presence": "away", "source": format!("s{i}"), "resource": format!("r{i}")}))
+        .collect();
+    let (code, v) = call(
+        &w.ext,
+        "POST",
+        "/v1/statuses",
+        Some(json!({ "updates": updates })),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ok"] == true),
+        "{v}"
+    );
+    let (code, v) = call(
+        &w.ext,
+        "PUT",
+        &format!("/v1/users/{alice}/status"),
+        Some(json!({"presence": "away", "source": "one-more"})),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("too_many_sources")),
+        "{v}"
+    );
+    // Names already in use are fine, and so is another credential's new name.
+    put(
+        &w.ext,
+        &alice,
+        json!({"presence": "dnd", "source": "s1", "resource": "r1"}),
+    )
+    .await;
+    let token = common::mint_token(&w.ext, &alice, "write").await;
+    let (code, text) = request(
+        w.ext.http,
+        "PUT",
+        &format!("/v1/users/{alice}/status"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        json!({"presence": "away", "source": "phone-app"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    // Clearing a status gives its name back: the admin key may bring in a new one.
+    let (code, v) = call(
+        &w.ext,
+        "DELETE",
+        &format!("/v1/users/{alice}/status?resource=r0&source=s0"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    put(
+        &w.ext,
+        &alice,
+        json!({"presence": "away", "source": "one-more"}),
+    )
+    .await;
+    w.ext
+        .log()
+        .contains("panicked")
+        .then(|| panic!("{}", w.ext.log()));
+}

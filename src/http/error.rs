@@ -201,9 +201,10 @@ impl ApiError {
             | ApiError::Invalid(InvalidStatus::TooLong(_)) => "invalid_status",
             ApiError::Invalid(InvalidStatus::Resource(_)) => "invalid_resource",
             ApiError::Invalid(InvalidStatus::Presence(_)) => "invalid_presence",
-            ApiError::Invalid(InvalidStatus::Source(_) | InvalidStatus::TooManySources) => {
-                "invalid_source"
-            }
+            ApiError::Invalid(InvalidStatus::Source(_)) => "invalid_source",
+            ApiError::Invalid(
+                InvalidStatus::TooManySources | InvalidStatus::TooManySourcesOf(_),
+            ) => "too_many_sources",
             ApiError::Invalid(InvalidStatus::Expiry(_)) => "invalid_expiry",
             ApiError::NotFound => "not_found",
             ApiError::Storage(_) => "storage_unavailable",

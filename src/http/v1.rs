@@ -34,7 +34,7 @@ use super::server::{refuse, AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::metrics::Outcome;
 use crate::status::{now_ms, validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
-use crate::status::{Applied, Edit, ResourceStatus, SourceStatus};
+use crate::status::{Applied, Edit, ResourceStatus, SourceRef, SourceStatus};
 
 /// Most updates in one bulk request.
 pub const MAX_BULK_UPDATES: usize = 1000;
@@ -303,6 +303,9 @@ struct Valid {
     /// The source, or `None` for every source (`DELETE ?source=*`).
     source: Option<Source>,
     edit: Edit,
+    /// The use of the source's name this request holds until its edit is applied (a name is
+    /// interned only by a valid request, and kept only by a committed status).
+    _name: Option<SourceRef>,
 }
 
 fn string(
@@ -316,18 +319,23 @@ fn string(
     }
 }
 
-/// Validate the fields of an update of `user`.
-fn validate(state: &AppState, user: BareJid, u: &StatusUpdate) -> Result<Valid, ApiError> {
+/// Validate the fields of an update of `user` by the credential named `by`.
+fn validate(
+    state: &AppState,
+    user: BareJid,
+    u: &StatusUpdate,
+    by: &str,
+) -> Result<Valid, ApiError> {
     let presence = string(&u.presence, InvalidStatus::Presence)?
         .ok_or_else(|| invalid(InvalidStatus::Presence("(missing)".into())))?;
     let word = Word::parse(presence)?;
     let resource = state
         .policy
         .resource(string(&u.resource, InvalidStatus::Resource)?)?;
-    let source = match string(&u.source, InvalidStatus::Source)? {
-        None => Source::DEFAULT,
-        Some(s) => Source::parse(s)?,
-    };
+    let source_name = string(&u.source, InvalidStatus::Source)?;
+    if let Some(s) = source_name {
+        Source::check(s)?;
+    }
     let priority = match &u.priority {
         None | Some(Value::Null) => state.policy.priority(None)?,
         Some(Value::Number(n)) => state.policy.priority(Some(&n.to_string()))?,
@@ -386,6 +394,12 @@ fn validate(state: &AppState, user: BareJid, u: &StatusUpdate) -> Result<Valid, 
         }
         _ => return Err(expiry_err("give expires_in or expires_at, not both".into())),
     };
+    // Last, once everything else is valid: the source's name (charged to `by` when the status
+    // will hold it).
+    let name = source_name
+        .map(|s| Source::acquire(s, word.show().is_some().then_some(by)))
+        .transpose()?;
+    let source = name.as_ref().map_or(Source::DEFAULT, SourceRef::get);
     let edit = match word.show() {
         Some(show) => Edit::Set {
             source,
@@ -408,6 +422,7 @@ fn validate(state: &AppState, user: BareJid, u: &StatusUpdate) -> Result<Valid, 
         resource,
         source: Some(source),
         edit,
+        _name: name,
     })
 }
 
@@ -536,7 +551,7 @@ async fn put_status(
         require_json(&headers)?;
         let body = input::read_body(&headers, body, MAX_BODY_BYTES, state.body_timeout).await?;
         let update: StatusUpdate = serde_json::from_slice(&body).map_err(malformed)?;
-        let v = validate(&state, user, &update)?;
+        let v = validate(&state, user, &update, &grant.name)?;
         let applied = state
             .table
             .write(&v.user, &v.resource, v.edit.clone())
@@ -596,12 +611,14 @@ async fn delete_status(
             }
         }
         let resource = state.policy.resource(resource.as_deref())?;
-        let (source, edit) = match source.as_deref() {
-            Some("*") => (None, Edit::ClearAll),
-            None => (Some(Source::DEFAULT), Edit::Clear(Source::DEFAULT)),
+        let (source, edit, name) = match source.as_deref() {
+            Some("*") => (None, Edit::ClearAll, None),
+            None => (Some(Source::DEFAULT), Edit::Clear(Source::DEFAULT), None),
             Some(s) => {
-                let s = Source::parse(s)?;
-                (Some(s), Edit::Clear(s))
+                // A clear holds no name: not charged to the credential.
+                let name = Source::acquire(s, None)?;
+                let s = name.get();
+                (Some(s), Edit::Clear(s), Some(name))
             }
         };
         let v = Valid {
@@ -609,6 +626,7 @@ async fn delete_status(
             resource,
             source,
             edit,
+            _name: name,
         };
         let applied = state
             .table
@@ -735,6 +753,8 @@ async fn bulk(
         }
         let mut results = Vec::with_capacity(request.updates.len());
         let mut valid = Vec::new();
+        // The uses of source names the valid items hold until they are applied.
+        let mut names = Vec::new();
         for (index, item) in request.updates.into_iter().enumerate() {
             let checked = serde_json::from_str::<BulkItem>(item.get())
                 .map_err(malformed)
@@ -753,10 +773,11 @@ async fn bulk(
                         expires_in: item.expires_in,
                         expires_at: item.expires_at,
                     };
-                    validate(&state, user, &update)
+                    validate(&state, user, &update, &grant.name)
                 });
             match checked {
                 Ok(v) => {
+                    names.extend(v._name);
                     valid.push((v.user, v.resource, v.edit));
                     results.push(BulkResult {
                         index,
@@ -788,6 +809,7 @@ async fn bulk(
                 state.metrics.update(Outcome::Set);
             }
         }
+        drop(names);
         Ok(json(StatusCode::OK, &BulkAnswer { results }))
     }
     .await;

@@ -147,61 +147,249 @@ pub fn restrictiveness(show: Option<Show>) -> u8 {
 
 /// Longest source name.
 pub const MAX_SOURCE_CHARS: usize = 32;
-/// Most distinct source names one process keeps (they are interned for good).
+/// Most distinct source names in use at once (by held statuses, and by requests in flight).
 pub const MAX_SOURCES: usize = 4096;
+/// Most source names one credential may bring in that are in use at once: a name counts for
+/// the credential whose committed status first used it, until no status uses it any more.
+pub const MAX_SOURCES_PER_CREDENTIAL: usize = 64;
 
 /// The name of a feeding system (`[a-z0-9_.-]{1,32}`), interned: a copyable index into a
 /// process-wide list of names, so a million held statuses do not carry a million copies of
 /// "default" (see BENCHMARKS.md, P4).
+///
+/// A name is in use while a held status has it (the table counts them) or a request holds a
+/// [`SourceRef`] to it; a name no longer in use is reclaimed (a sweep, when the list or a
+/// credential's share is full), so names refused or cleared never use up the list. Interning
+/// and the counts touch a lock only when a request brings a name; the table's counting is one
+/// atomic add or subtract when a source comes to or leaves a resource.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source(u16);
 
-fn source_names() -> &'static std::sync::RwLock<Vec<&'static str>> {
-    static NAMES: std::sync::OnceLock<std::sync::RwLock<Vec<&'static str>>> =
-        std::sync::OnceLock::new();
-    NAMES.get_or_init(|| std::sync::RwLock::new(vec![DEFAULT_SOURCE_NAME]))
-}
-
 /// The source that the Tigase dialect writes and requests default to.
 pub const DEFAULT_SOURCE_NAME: &str = "default";
+
+/// The list of source names with their use counts (one process-wide; small ones in tests).
+struct Registry {
+    /// Uses of each slot: held statuses plus [`SourceRef`]s; pinned names never reach 0.
+    refs: Box<[std::sync::atomic::AtomicU32]>,
+    names: std::sync::RwLock<Names>,
+    per_credential: usize,
+}
+
+/// A slot of the list: the name, who brought it in, whether it is pinned.
+type NameSlot = (std::sync::Arc<str>, Option<std::sync::Arc<str>>, bool);
+
+#[derive(Default)]
+struct Names {
+    /// By index: the name, who brought it in (`None`: the configuration, the store, a clear),
+    /// and whether it is pinned (never reclaimed).
+    slots: Vec<Option<NameSlot>>,
+    index: std::collections::HashMap<std::sync::Arc<str>, u16>,
+    free: Vec<u16>,
+    /// Names in the list per credential that brought them in.
+    brought: std::collections::HashMap<std::sync::Arc<str>, usize>,
+}
+
+impl Registry {
+    fn new(capacity: usize, per_credential: usize) -> Registry {
+        let r = Registry {
+            refs: (0..capacity)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            names: std::sync::RwLock::new(Names::default()),
+            per_credential,
+        };
+        r.acquire(DEFAULT_SOURCE_NAME, None, true).expect("room");
+        r
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Names> {
+        self.names.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Intern `name` and take one use of it. `by`: the credential that would bring it in (its
+    /// share is checked and charged; a name brought by nobody is adopted); `None` for uses that
+    /// will not be held (a clear) or the configuration. `pin`: never reclaimed.
+    fn acquire(&self, name: &str, by: Option<&str>, pin: bool) -> Result<u16, InvalidStatus> {
+        use std::sync::atomic::Ordering;
+        let mut n = self.write();
+        let i = match n.index.get(name).copied() {
+            Some(i) => i,
+            None => {
+                if n.free.is_empty() && n.slots.len() >= self.refs.len() {
+                    self.sweep(&mut n);
+                }
+                let i = match n.free.pop() {
+                    Some(i) => i,
+                    None if n.slots.len() < self.refs.len() => {
+                        n.slots.push(None);
+                        (n.slots.len() - 1) as u16
+                    }
+                    None => return Err(InvalidStatus::TooManySources),
+                };
+                let text: std::sync::Arc<str> = name.into();
+                n.slots[i as usize] = Some((text.clone(), None, pin));
+                n.index.insert(text, i);
+                i
+            }
+        };
+        // In use from here (so a sweep below keeps it).
+        self.refs[i as usize].fetch_add(1, Ordering::AcqRel);
+        if let (Some(by), Some((_, None, false))) = (by, &n.slots[i as usize]) {
+            // Charge the credential that brings the name into use.
+            if n.brought.get(by).copied().unwrap_or(0) >= self.per_credential {
+                self.sweep(&mut n);
+            }
+            let count = n.brought.get(by).copied().unwrap_or(0);
+            if count >= self.per_credential {
+                if self.refs[i as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    Self::forget(&mut n, i);
+                }
+                return Err(InvalidStatus::TooManySourcesOf(self.per_credential));
+            }
+            let by: std::sync::Arc<str> = by.into();
+            n.brought.insert(by.clone(), count + 1);
+            if let Some(slot) = &mut n.slots[i as usize] {
+                slot.1 = Some(by);
+            }
+        }
+        Ok(i)
+    }
+
+    fn forget(n: &mut Names, i: u16) {
+        if let Some((name, by, _)) = n.slots[i as usize].take() {
+            n.index.remove(&name);
+            n.free.push(i);
+            if let Some(by) = by {
+                if let Some(c) = n.brought.get_mut(&by) {
+                    *c -= 1;
+                    if *c == 0 {
+                        n.brought.remove(&by);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reclaim every name no longer in use (under the write lock: a use only starts from 0
+    /// there).
+    fn sweep(&self, n: &mut Names) {
+        for i in 0..n.slots.len() {
+            let unused = matches!(&n.slots[i], Some((_, _, false)))
+                && self.refs[i].load(std::sync::atomic::Ordering::Acquire) == 0;
+            if unused {
+                Self::forget(n, i as u16);
+            }
+        }
+    }
+
+    fn retain(&self, i: u16) {
+        self.refs[i as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn release(&self, i: u16) {
+        self.refs[i as usize].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn name(&self, i: u16) -> Option<std::sync::Arc<str>> {
+        let n = self.names.read().unwrap_or_else(|e| e.into_inner());
+        n.slots.get(i as usize)?.as_ref().map(|s| s.0.clone())
+    }
+
+    fn in_use(&self, name: &str) -> bool {
+        let n = self.names.read().unwrap_or_else(|e| e.into_inner());
+        n.index
+            .get(name)
+            .is_some_and(|i| self.refs[*i as usize].load(std::sync::atomic::Ordering::Acquire) > 0)
+    }
+}
+
+fn registry() -> &'static Registry {
+    static NAMES: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| Registry::new(MAX_SOURCES, MAX_SOURCES_PER_CREDENTIAL))
+}
+
+/// One use of a source name, held by a request until its edit is committed and applied (the
+/// held status then uses the name itself); dropping it gives the use back.
+#[derive(Debug)]
+pub struct SourceRef(Source);
+
+impl SourceRef {
+    /// The source.
+    pub fn get(&self) -> Source {
+        self.0
+    }
+}
+
+impl Drop for SourceRef {
+    fn drop(&mut self) {
+        registry().release(self.0 .0);
+    }
+}
 
 impl Source {
     /// The source `default`.
     pub const DEFAULT: Source = Source(0);
 
-    /// Check and intern a source name.
-    pub fn parse(name: &str) -> Result<Source, InvalidStatus> {
+    /// Check a source name (`[a-z0-9_.-]{1,32}`) without interning it.
+    pub fn check(name: &str) -> Result<(), InvalidStatus> {
         let valid = !name.is_empty()
             && name.len() <= MAX_SOURCE_CHARS
             && name
                 .bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
-        if !valid {
-            return Err(InvalidStatus::Source(name.chars().take(64).collect()));
+        if valid {
+            Ok(())
+        } else {
+            Err(InvalidStatus::Source(name.chars().take(64).collect()))
         }
-        let lock = source_names();
-        if let Some(i) = lock
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .position(|n| *n == name)
-        {
-            return Ok(Source(i as u16));
-        }
-        let mut names = lock.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = names.iter().position(|n| *n == name) {
-            return Ok(Source(i as u16));
-        }
-        if names.len() >= MAX_SOURCES {
-            return Err(InvalidStatus::TooManySources);
-        }
-        names.push(Box::leak(name.to_string().into_boxed_str()));
-        Ok(Source((names.len() - 1) as u16))
+    }
+
+    /// Check and intern a name for good (configured names, tests): it is never reclaimed.
+    pub fn parse(name: &str) -> Result<Source, InvalidStatus> {
+        Source::check(name)?;
+        registry().acquire(name, None, true).map(Source)
+    }
+
+    /// Check and intern a name read from the store: in use only through the held statuses the
+    /// table makes of it.
+    pub fn load(name: &str) -> Result<Source, InvalidStatus> {
+        Source::check(name)?;
+        let i = registry().acquire(name, None, false)?;
+        registry().release(i);
+        Ok(Source(i))
+    }
+
+    /// Check and intern a name for a request, taking one use of it until the [`SourceRef`] is
+    /// dropped. `by`: the credential of a request that would hold a status of it (its share,
+    /// [`MAX_SOURCES_PER_CREDENTIAL`], is charged); `None` for a clear.
+    pub fn acquire(name: &str, by: Option<&str>) -> Result<SourceRef, InvalidStatus> {
+        Source::check(name)?;
+        registry()
+            .acquire(name, by, false)
+            .map(|i| SourceRef(Source(i)))
+    }
+
+    /// Whether a status or a request uses the name now.
+    pub fn in_use(name: &str) -> bool {
+        registry().in_use(name)
+    }
+
+    /// One more held status of this source (the table).
+    pub(crate) fn retain(self) {
+        registry().retain(self.0);
+    }
+
+    /// One held status of this source fewer (the table).
+    pub(crate) fn release(self) {
+        registry().release(self.0);
     }
 
     /// The name.
-    pub fn as_str(self) -> &'static str {
-        source_names().read().unwrap_or_else(|e| e.into_inner())[self.0 as usize]
+    pub fn as_str(self) -> String {
+        registry()
+            .name(self.0)
+            .map_or_else(String::new, |n| n.to_string())
     }
 }
 
@@ -213,7 +401,7 @@ impl fmt::Debug for Source {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.as_str())
     }
 }
 
@@ -272,8 +460,11 @@ pub enum InvalidStatus {
     #[error("source {0:?} is not 1 to 32 characters of a-z, 0-9, '_', '.', '-'")]
     Source(String),
     /// Too many distinct source names are in use.
-    #[error("too many distinct sources (at most {MAX_SOURCES}); reuse the names you have")]
+    #[error("too many distinct sources in use (at most {MAX_SOURCES}); reuse the names you have")]
     TooManySources,
+    /// The credential has brought in as many source names as it may.
+    #[error("this credential has brought in {0} source names that are in use, its limit; reuse them, or clear the statuses of one")]
+    TooManySourcesOf(usize),
     /// The expiry is out of range or not a time.
     #[error("{0}")]
     Expiry(String),
@@ -370,6 +561,55 @@ mod tests {
             default_priority: -1,
             allow_non_negative_priority: allow,
         }
+    }
+
+    /// The attack of issue 19: names of refused requests never take a slot (they are only
+    /// acquired once a request is valid); names no status uses any more are reclaimed; one
+    /// credential brings in at most its share, others still can.
+    #[test]
+    fn source_names_are_reclaimed_and_shared_out() {
+        let r = Registry::new(8, 3);
+        // "default" is pinned: 7 slots left. The attacker brings 3 names into use (its share).
+        let held: Vec<u16> = (0..3)
+            .map(|i| {
+                r.acquire(&format!("a{i}"), Some("attacker"), false)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            r.acquire("a3", Some("attacker"), false),
+            Err(InvalidStatus::TooManySourcesOf(3))
+        );
+        // Another credential is not affected, and clears (by nobody) take no share.
+        for i in 0..4 {
+            let c = r.acquire(&format!("c{i}"), None, false).unwrap();
+            r.release(c); // the clear is done
+        }
+        let mut others = Vec::new();
+        for i in 0..4 {
+            others.push(r.acquire(&format!("o{i}"), Some("other"), false));
+        }
+        assert_eq!(
+            others[3],
+            Err(InvalidStatus::TooManySourcesOf(3)),
+            "{others:?}"
+        );
+        // The list is full now (default + 3 + 3 in use + 1 free): freeing the attacker's names
+        // (its statuses cleared) gives the slots and its share back.
+        for i in held {
+            r.release(i);
+        }
+        assert!(!r.in_use("a0"));
+        for i in 0..3 {
+            r.acquire(&format!("b{i}"), Some("attacker"), false)
+                .unwrap();
+        }
+        assert!(r.acquire("x", Some("third"), false).is_ok());
+        assert_eq!(
+            r.acquire("y", Some("third"), false),
+            Err(InvalidStatus::TooManySources)
+        );
+        assert_eq!(r.name(0).as_deref(), Some("default"));
     }
 
     #[test]

@@ -412,6 +412,8 @@ impl StatusTable {
                 continue;
             }
             let e = Entry::new(source, s.status, s.updated_at, s.expires_at);
+            // The held status uses its source's name (see `Source`).
+            source.retain();
             if e.expires_at != 0 {
                 deadlines.push(Reverse(Deadline {
                     at: e.expires_at,
@@ -536,6 +538,7 @@ impl StatusTable {
         };
         let expiring_before = expiring(slot);
         let mut sources = slot.sources.as_slice().to_vec();
+        let sources_before: Vec<Source> = sources.iter().map(|e| e.source).collect();
         let mut deadline = None;
         // A set by the source that wins afterwards counts as a change even when nothing differs:
         // a repeated update is sent again (and is a retry on Tigase), as one source's updates
@@ -563,6 +566,16 @@ impl StatusTable {
             }
         }
         let touched = set_by.is_some() || sources.len() != count_before;
+        // Count the uses of source names: a source that came to the resource uses its name, one
+        // that left gives it back (a name no status uses can be reclaimed).
+        for s in &sources_before {
+            if !sources.iter().any(|e| e.source == *s) {
+                s.release();
+            }
+        }
+        if let Some(s) = set_by.filter(|s| !sources_before.contains(s)) {
+            s.retain();
+        }
         slot.sources = Sources::from_vec(sources);
         let expiring_after = expiring(slot);
         if expiring_after > expiring_before {
@@ -1051,6 +1064,44 @@ mod tests {
         let e = t.write(&alice, &r, Edit::ClearAll).await.unwrap();
         assert_eq!(e.effective, None);
         assert_eq!(t.get(&alice, &r).unwrap().status, None);
+    }
+
+    /// A source's name is in use while a held status has it: a clear, an expiry or a clear of
+    /// every source gives it back (so it can be reclaimed); a set by another source keeps it.
+    #[tokio::test]
+    async fn held_statuses_count_the_uses_of_source_names() {
+        let (t, _rx) = StatusTable::in_memory();
+        let alice = BareJid::new("alice@example.com").unwrap();
+        let bob = BareJid::new("bob@example.com").unwrap();
+        let r = ResourcePart::new("phone").unwrap().into_owned();
+        let set_by = |name: &str| {
+            let lease = Source::acquire(name, Some("unit test")).unwrap();
+            let edit = Edit::Set {
+                source: lease.get(),
+                status: st("x"),
+                expires_at: None,
+            };
+            (lease, edit)
+        };
+        let (lease, edit) = set_by("table-use-1");
+        t.write(&alice, &r, edit).await.unwrap();
+        let (lease2, edit) = set_by("table-use-1");
+        t.write(&bob, &r, edit).await.unwrap();
+        drop((lease, lease2));
+        assert!(Source::in_use("table-use-1"), "held by two statuses");
+        let s = Source::acquire("table-use-1", None).unwrap().get();
+        t.write(&alice, &r, Edit::Clear(s)).await.unwrap();
+        assert!(Source::in_use("table-use-1"), "still bob's");
+        t.write(&bob, &r, Edit::ClearAll).await.unwrap();
+        assert!(!Source::in_use("table-use-1"), "no status uses it");
+        // A set again of the same source keeps one use.
+        let (lease, edit) = set_by("table-use-2");
+        t.write(&alice, &r, edit.clone()).await.unwrap();
+        t.write(&alice, &r, edit).await.unwrap();
+        drop(lease);
+        let s = Source::acquire("table-use-2", None).unwrap().get();
+        t.write(&alice, &r, Edit::Clear(s)).await.unwrap();
+        assert!(!Source::in_use("table-use-2"));
     }
 
     #[tokio::test]

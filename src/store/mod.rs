@@ -435,7 +435,7 @@ impl Store {
                 let record = match key.split_once(SOURCE_SEPARATOR) {
                     Some((jid, source)) => Record::Source(
                         FullJid::new(jid).map_err(|e| bad(e.to_string()))?,
-                        Source::parse(source).map_err(|e| bad(e.to_string()))?,
+                        Source::load(source).map_err(|e| bad(e.to_string()))?,
                         decode(v.value()).map_err(bad)?,
                     ),
                     None => match tombstone_seq(v.value()) {
