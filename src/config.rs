@@ -1019,6 +1019,47 @@ mod tests {
     }
 
     #[test]
+    fn status_page_origin_and_trusted_proxies() {
+        let s = parse(GOOD).unwrap();
+        assert!(s.public_origin.is_none() && s.trusted_proxies.is_empty());
+        let s = parse(&format!(
+            "{}\n[ui]\npublic_origin = \"https://Presence.Example.com/\"\n",
+            GOOD.replace("[http]", "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]")
+        ))
+        .unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap(), "::1".parse().unwrap()]
+        );
+        assert_eq!(
+            s.public_origin,
+            Some(crate::http::ui::PublicOrigin::parse("https://presence.example.com").unwrap())
+        );
+        for (text, key) in [
+            (
+                GOOD.replace("[http]", "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]"),
+                "http.trusted_proxies",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"https://p.example.com/status\"\n"),
+                "ui.public_origin",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"ftp://p.example.com\"\n"),
+                "ui.public_origin",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"p.example.com\"\n"),
+                "ui.public_origin",
+            ),
+            (format!("{GOOD}\n[ui]\norigin = \"https://p\"\n"), "cannot load"),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "expected {key}, got {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_rejected() {
         let e = parse(&GOOD.replace("[http]", "[http]\nlisten_addr = \"x\"")).unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
