@@ -1024,12 +1024,18 @@ mod tests {
         assert!(s.public_origin.is_none() && s.trusted_proxies.is_empty());
         let s = parse(&format!(
             "{}\n[ui]\npublic_origin = \"https://Presence.Example.com/\"\n",
-            GOOD.replace("[http]", "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]")
+            GOOD.replace(
+                "[http]",
+                "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]"
+            )
         ))
         .unwrap();
         assert_eq!(
             s.trusted_proxies,
-            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap(), "::1".parse().unwrap()]
+            [
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
         );
         assert_eq!(
             s.public_origin,
@@ -1052,7 +1058,10 @@ mod tests {
                 format!("{GOOD}\n[ui]\npublic_origin = \"p.example.com\"\n"),
                 "ui.public_origin",
             ),
-            (format!("{GOOD}\n[ui]\norigin = \"https://p\"\n"), "cannot load"),
+            (
+                format!("{GOOD}\n[ui]\norigin = \"https://p\"\n"),
+                "cannot load",
+            ),
         ] {
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.starts_with(key), "expected {key}, got {e}");

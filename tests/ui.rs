@@ -1,8 +1,10 @@
 //! The live status page against a running extpresence with a real Prosody: sign-in and its
 //! cookie, the security headers, what the JSON and the event stream behind the page say, and a
 //! real headless Chromium (Debian's, driven over the DevTools protocol by
-//! tests/python/browser.py) that signs in, sees a status set over HTTP appear live within 2 s,
-//! renders `<script>alert(1)</script>` as text, and saves a screenshot under target/.
+//! tests/python/browser.py) that signs in, sees a status set over HTTP appear live within 2 s (in
+//! its row from the event alone, with status.json held unanswered), reads status.json a bounded
+//! number of times during a burst of events, renders `<script>alert(1)</script>` as text, and
+//! saves a screenshot under target/.
 
 #[macro_use]
 mod common;
@@ -227,6 +229,7 @@ async fn in_a_real_browser() {
     let w = common::world(Kind::Prosody, &["alice", "bob"]).await;
     let ext = &w.ext;
     let alice = format!("alice@{DOMAIN}");
+    let bob = format!("bob@{DOMAIN}");
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/browser.py");
     assert!(
@@ -260,6 +263,67 @@ async fn in_a_real_browser() {
         .unwrap_or_else(|| panic!("never shown: {seen}"));
     assert!(ms <= 2000, "shown after {ms} ms");
     eprintln!("the status set over HTTP showed on the page after {ms} ms");
+
+    stdin
+        .write_all(format!("row {alice} {xss}\n").as_bytes())
+        .await
+        .unwrap();
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "alice's row: {seen}");
+    // The row of a held status changes from the event itself: with every read of status.json
+    // held unanswered, a new status still shows in alice's row.
+    stdin.write_all(b"hold\n").await.unwrap();
+    assert_eq!(next(&mut lines).await, r#"{"held": true}"#);
+    stdin
+        .write_all(format!("row {alice} From the event\n").as_bytes())
+        .await
+        .unwrap();
+    set(ext, &alice, "away", "From the event").await;
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let ms = seen["seen_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the row did not change from the event: {seen}"));
+    assert!(ms <= 2000, "the row changed after {ms} ms");
+    stdin.write_all(b"release\n").await.unwrap();
+    next(&mut lines).await;
+
+    // A burst of events costs a bounded number of reads of status.json (at most one per 5 s),
+    // and the page still ends showing the last status.
+    stdin.write_all(b"count\n").await.unwrap();
+    let before: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let started = std::time::Instant::now();
+    const BURST: usize = 200;
+    for i in 0..BURST {
+        let user = if i % 2 == 0 { &alice } else { &bob };
+        set(ext, user, "dnd", &format!("Burst {i}")).await;
+    }
+    stdin
+        .write_all(format!("row {bob} Burst {}\n", BURST - 1).as_bytes())
+        .await
+        .unwrap();
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "the last event shows: {seen}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stdin.write_all(b"count\n").await.unwrap();
+    let after: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let window = started.elapsed().as_secs_f64();
+    let reads =
+        after["status_fetches"].as_u64().unwrap() - before["status_fetches"].as_u64().unwrap();
+    let bound = (window / 5.0).floor() as u64 + 1;
+    eprintln!("{BURST} events in {window:.1} s: {reads} reads of status.json (bound {bound})");
+    assert!(
+        reads <= bound,
+        "{reads} reads of status.json for {BURST} events in {window:.1} s (at most {bound})"
+    );
+
+    // User text once more, for the checks of how it rendered.
+    stdin
+        .write_all(format!("row {alice} {xss}\n").as_bytes())
+        .await
+        .unwrap();
+    set(ext, &alice, "dnd", xss).await;
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "{seen}");
 
     stdin.write_all(b"end\n").await.unwrap();
     let end: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
