@@ -16,7 +16,8 @@
 //!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
 //!                            rate limit), error.rs, log.rs (escaped, rate-limited)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
-//!                            tokens, hashed in the store), limits.rs (token buckets)
+//!                            tokens, hashed in the store), limits.rs (token buckets;
+//!                            failed authentications per client address)
 //!              ─► agent/     acting in a user's name: probes answered from observe/,
 //!                            subscription requests held in the store, sent through the
 //!                            backend (Exchange), the user's roster side completed

@@ -555,4 +555,16 @@ async fn failed_authentications_are_limited_per_address() {
         "{log}"
     );
     assert!(!log.contains("from 127.0.0.2"), "{log}");
+    // The README's fail2ban filter matches that line, with the address where <HOST> is.
+    let filter = common::readme_code("## Access: keys, tokens, rate limits", "ini", 1);
+    let failregex = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("failregex = "))
+        .expect("a failregex in the README's filter");
+    let (before, after) = failregex.split_once("<HOST>").unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("{before}127.0.0.1{after}"))),
+        "{failregex:?} matches no line: {log}"
+    );
 }
