@@ -448,8 +448,9 @@ async fn sessions_capped_logout_same_origin_and_domain_scope() {
 
     // 1,001 sign-ins with the domain key: only its 16 newest sessions live; the admin's does.
     let mut mine = Vec::new();
+    let c = client();
     for _ in 0..1001 {
-        let r = sign_in(&ext, DOMAIN_KEY).await;
+        let r = sign_in_with(&c, &ext, DOMAIN_KEY).await;
         assert_eq!(r.status(), 303);
         mine.push(session_of(&r));
     }
