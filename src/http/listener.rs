@@ -310,6 +310,7 @@ pub async fn serve(
         let service = Counted {
             inner: TowerToHyperService::new(router.clone()),
             in_flight: in_flight.clone(),
+            peer,
         };
         let io = StallGuard::new(stream, limits.write_stall);
         let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -400,6 +401,9 @@ struct Counted {
     inner: TowerToHyperService<Router>,
     /// Requests of this connection being handled now (shared with the registry entry).
     in_flight: Arc<AtomicUsize>,
+    /// The peer's address, given to each request as `ConnectInfo` (the failed-authentication
+    /// limit is per client address: `http/auth.rs`).
+    peer: std::net::SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Counted {
@@ -407,7 +411,9 @@ impl hyper::service::Service<Request<Incoming>> for Counted {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let guard = InFlight::enter(&self.in_flight);
         let response = self.inner.call(req);
         Box::pin(async move {
