@@ -303,6 +303,14 @@ impl Agent {
                 Some(((BareJid::new(u).ok()?, BareJid::new(c).ok()?), h))
             });
             match parsed {
+                // Refused since issue 19: the watch of its approval read the domain's "roster"
+                // for the whole watch, and the server refused every read.
+                Some(((user, contact), _)) if check_contact(&contact).is_err() => {
+                    warn!(%user, %contact, "a held subscription request to a domain was dropped");
+                    if let Some(store) = &store {
+                        let _ = store.write(vec![Write::Remove(Side::Subscriptions, k)]);
+                    }
+                }
                 Some((pair, h)) => {
                     held.insert(pair, h);
                 }
@@ -986,8 +994,8 @@ pub const REFUSED_NAMESPACES: &[&str] = &[
 ];
 
 /// Check a subscription request's custom XML: [`parse_elements`], no element in
-/// [`REFUSED_NAMESPACES`] at any depth, and each element written once (so that what is accepted
-/// is known to render when it is sent).
+/// [`REFUSED_NAMESPACES`] at any depth, and each element written once and read back (so that
+/// what is accepted is known to render, well-formed, when it is sent).
 pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
     let elements = parse_elements(xml)?;
     let mut stack: Vec<&Element> = elements.iter().collect();
@@ -1001,8 +1009,12 @@ pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
         }
         stack.extend(el.children());
     }
+    // Written as it will be sent, and read back: what goes on the wire is well-formed.
     for el in &elements {
-        stanzas::render(el)?;
+        let written = stanzas::render(el)?;
+        if parse_elements(&written)?.len() != 1 {
+            return Err("it cannot be written as XML".into());
+        }
     }
     Ok(elements)
 }
@@ -1074,5 +1086,75 @@ mod tests {
         assert!(check_contact(&BareJid::new("bob@example.com").unwrap()).is_ok());
         let e = check_contact(&BareJid::new("example.com").unwrap()).unwrap_err();
         assert!(e.contains("is a domain"), "{e}");
+    }
+
+    /// A request to a domain held by an earlier version is dropped at start, also from the store.
+    #[tokio::test]
+    async fn held_requests_to_a_domain_are_dropped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let open = |path: &std::path::Path| {
+            for _ in 0..500 {
+                if let Ok((store, _)) = Store::open(path) {
+                    return store;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("the store did not reopen");
+        };
+        let agent = |store: Store| {
+            let (link, _rx, _ready) = AgentLink::new();
+            Agent::new(
+                BareJid::new("status.example.com").unwrap(),
+                Some(link),
+                Rosters::unsupported(),
+                Observed::new(),
+                Some(store),
+                ["example.com".to_string()].into(),
+                AgentSettings {
+                    watch: Duration::from_secs(60),
+                    ejabberd_api: None,
+                },
+            )
+        };
+        let record = |to: &str| {
+            let h = Held {
+                v: 1,
+                id: "x".into(),
+                lang: None,
+                xml: None,
+                requested: 1,
+                sent: true,
+                until: u64::MAX,
+                gen: 0,
+                settled: false,
+                next_check: 0,
+                checks: 0,
+            };
+            Write::Put(
+                Side::Subscriptions,
+                format!("alice@example.com\0{to}"),
+                serde_json::to_vec(&h).unwrap(),
+            )
+        };
+        {
+            let store = open(&path);
+            store
+                .write(vec![record("example.com"), record("bob@example.com")])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let a = agent(open(&path));
+        assert_eq!(a.held(), 1, "only the request to bob stays");
+        // The removal is durable: the next start finds only bob's.
+        drop(a);
+        let store = open(&path);
+        let keys: Vec<String> = store
+            .take(Side::Subscriptions)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["alice@example.com\0bob@example.com".to_string()]);
     }
 }

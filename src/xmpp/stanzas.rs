@@ -657,12 +657,12 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
                 .map(|t| (t.timestamp_millis().max(0) as u64).min(now))
                 .unwrap_or(now);
             // The other children (capabilities, avatar hash…), as sent; the delay stamp is
-            // `since`.
+            // `since`. One that cannot be written is left out (never a panic of the link).
             let extra: String = p
                 .payloads
                 .iter()
                 .filter(|el| !el.is("delay", NS_DELAY))
-                .map(String::from)
+                .filter_map(|el| render(el).ok())
                 .collect();
             Some(Announced::Available {
                 show,
