@@ -14,10 +14,12 @@
 //! `max_backlog_bytes` (a record's bytes, plus 8 for its key): each commit that goes beyond
 //! drops the oldest first (counted as `reason="backlog"`, one ERROR line per endpoint per 10 s);
 //! the sender skips what was dropped under it ([`Outbox::trimmed`]). Events older than
-//! `max_age_secs` are dropped by the sender. The queue in memory in front of the writer holds,
-//! per endpoint, at most [`QUEUE_EVENTS`] events and the smaller of `max_backlog_bytes` and
-//! [`QUEUE_BYTES`]; what comes beyond is dropped (`reason="disk"`): memory does not grow while
-//! the disk cannot take the events.
+//! `max_age_secs` are dropped by the sender. The queue in memory in front of the writer (one
+//! per endpoint) holds at most [`QUEUE_EVENTS`] events and the smaller of `max_backlog_bytes`
+//! and [`QUEUE_BYTES`]; beyond it its oldest events are dropped: `reason="backlog"` when the
+//! queue alone is over `max_backlog_bytes` (the next commit would drop them anyway),
+//! `reason="disk"` otherwise (the outbox cannot commit, or not as fast). Memory does not grow
+//! while the disk cannot take the events.
 //!
 //! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s), shows in
 //! `/readyz` and `/metrics` ([`OutboxHealth`]), the database is closed (redb refuses writes
@@ -67,8 +69,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Most events of one endpoint waiting in memory for a commit.
 pub const QUEUE_EVENTS: u64 = 65_536;
 /// Most bytes of one endpoint's events waiting in memory for a commit (or its
-/// `max_backlog_bytes`, when smaller).
-pub const QUEUE_BYTES: u64 = 16 << 20;
+/// `max_backlog_bytes`, when smaller: more could not be kept anyway). A healthy disk commits a
+/// burst long before; the events are shared by the endpoints they pass, so this is the bound
+/// per endpoint, not a sum.
+pub const QUEUE_BYTES: u64 = 64 << 20;
 /// Commits tried at shutdown before what is queued is given up.
 const CLOSE_TRIES: u32 = 3;
 
@@ -142,10 +146,19 @@ struct Slot {
     /// Its backlog's bound in bytes, and the bound of its queue in memory.
     max_bytes: u64,
     queue_bytes: u64,
+    /// Events routed to it, not yet taken by the writer.
+    queue: Mutex<Queue>,
     /// The highest id dropped for the backlog bound: its sender skips ids up to it.
     trimmed: std::sync::atomic::AtomicU64,
     /// Drops not yet logged, and when the last ERROR line about them was written.
     drop_log: Mutex<DropLog>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: std::collections::VecDeque<Arc<Event>>,
+    /// Their bytes ([`size_of`]).
+    bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +169,76 @@ struct DropLog {
 }
 
 impl Slot {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Put `events` in the queue, at its end (new ones) or at its start (taken by the writer
+    /// and not committed), then drop its oldest beyond the bound (see the module doc);
+    /// `failing`: the outbox cannot commit now.
+    fn enqueue(&self, events: impl IntoIterator<Item = Arc<Event>>, front: bool, failing: bool) {
+        let mut q = self.lock_queue();
+        let (mut added, mut added_bytes) = (0, 0);
+        if front {
+            let taken: Vec<Arc<Event>> = events.into_iter().collect();
+            for e in taken.into_iter().rev() {
+                q.bytes += size_of(&e);
+                q.events.push_front(e);
+            }
+        } else {
+            for e in events {
+                let size = size_of(&e);
+                q.bytes += size;
+                q.events.push_back(e);
+                added += 1;
+                added_bytes += size;
+            }
+        }
+        let too_many = q.events.len() as u64 > QUEUE_EVENTS;
+        let (mut shed, mut shed_bytes) = (0, 0);
+        // One event always stays (the backlog bound then decides).
+        while q.events.len() > 1
+            && (q.events.len() as u64 > QUEUE_EVENTS || q.bytes > self.queue_bytes)
+        {
+            let size = size_of(&q.events.pop_front().expect("not empty"));
+            q.bytes -= size;
+            shed += 1;
+            shed_bytes += size;
+        }
+        drop(q);
+        // The counters: queued now, plus what the writer took and has not committed.
+        self.stats.queued.fetch_add(added, Relaxed);
+        self.stats.queued_bytes.fetch_add(added_bytes, Relaxed);
+        if shed > 0 {
+            self.unqueue(shed, shed_bytes);
+            let reason = if failing || too_many || self.queue_bytes < self.max_bytes {
+                DropReason::Disk
+            } else {
+                DropReason::Backlog
+            };
+            self.dropped(reason, shed);
+        }
+    }
+
+    /// Take what is queued (for a commit).
+    fn take_queue(&self) -> Vec<Arc<Event>> {
+        let mut q = self.lock_queue();
+        q.bytes = 0;
+        std::mem::take(&mut q.events).into()
+    }
+
+    /// `events` of `bytes` left memory (committed or dropped).
+    fn unqueue(&self, events: u64, bytes: u64) {
+        let _ = self
+            .stats
+            .queued
+            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(events)));
+        let _ = self
+            .stats
+            .queued_bytes
+            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(bytes)));
+    }
+
     /// Count `n` events dropped for `reason`; one ERROR line per [`REPORT_EVERY`] at most.
     fn dropped(&self, reason: DropReason, n: u64) {
         if n == 0 {
@@ -193,8 +276,8 @@ impl Slot {
 }
 
 enum Op {
-    /// Append events, each to the outbox of the endpoint (index) it passed.
-    Insert(Vec<(usize, Arc<Event>)>),
+    /// Events were queued (in the slots' queues; at most one `Wake` waits at a time).
+    Wake,
     /// An endpoint is done with an event (delivered or dropped).
     Remove(usize, u64),
     /// Drop everything an endpoint has pending (it was disabled).
@@ -215,6 +298,8 @@ struct Shared {
     health: Arc<OutboxHealth>,
     /// Set by [`Outbox::close`]: a failing commit is then given up after [`CLOSE_TRIES`].
     closing: std::sync::atomic::AtomicBool,
+    /// A [`Op::Wake`] is on its way to the writer (so that they do not pile up).
+    woken: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -233,7 +318,7 @@ pub struct Outbox {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Insert(v) => write!(f, "Insert({} events)", v.len()),
+            Op::Wake => f.write_str("Wake"),
             Op::Remove(slot, id) => write!(f, "Remove({slot}, {id})"),
             Op::Clear(slot) => write!(f, "Clear({slot})"),
             Op::Close(_) => f.write_str("Close"),
@@ -278,6 +363,7 @@ impl Outbox {
                 committed: watch::Sender::new(0),
                 max_bytes: e.max_bytes,
                 queue_bytes: e.max_bytes.min(QUEUE_BYTES),
+                queue: Default::default(),
                 trimmed: Default::default(),
                 drop_log: Default::default(),
                 stats: e.stats,
@@ -341,7 +427,10 @@ impl Outbox {
                 bytes += v.value().len() as u64 + 8;
             }
             let mut pending = table.len().map_err(|e| e.to_string())?;
-            let last = table.last().map_err(|e| e.to_string())?.map(|(id, _)| id.value());
+            let last = table
+                .last()
+                .map_err(|e| e.to_string())?
+                .map(|(id, _)| id.value());
             if let Some(id) = last {
                 slot.committed.send_replace(id);
             }
@@ -375,6 +464,7 @@ impl Outbox {
             path: path.to_path_buf(),
             health,
             closing: Default::default(),
+            woken: Default::default(),
         });
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
@@ -389,32 +479,26 @@ impl Outbox {
         Ok(Outbox { ops: tx, shared })
     }
 
-    /// Queue events for the outboxes of the endpoints (indices) they passed: one transaction.
-    /// An endpoint whose queue in memory is full (the outbox cannot commit, or not as fast)
-    /// loses the events beyond it (`reason="disk"`).
-    pub fn insert(&self, mut events: Vec<(usize, Arc<Event>)>) {
-        let slots = &self.shared.slots;
-        let mut refused = vec![0u64; slots.len()];
-        events.retain(|(i, event)| {
-            let slot = &slots[*i];
-            let size = size_of(event);
-            let bytes = slot.stats.queued_bytes.load(Relaxed);
-            // One event always fits (the backlog bound then decides).
-            if slot.stats.queued.load(Relaxed) >= QUEUE_EVENTS
-                || (bytes > 0 && bytes + size > slot.queue_bytes)
-            {
-                refused[*i] += 1;
-                return false;
-            }
-            slot.stats.queued.fetch_add(1, Relaxed);
-            slot.stats.queued_bytes.fetch_add(size, Relaxed);
-            true
-        });
-        for (slot, n) in slots.iter().zip(refused) {
-            slot.dropped(DropReason::Disk, n);
+    /// Queue events for the outboxes of the endpoints (indices) they passed; the writer
+    /// commits what is queued in one transaction. Beyond an endpoint's queue bound its oldest
+    /// queued events are dropped (see the module doc).
+    pub fn insert(&self, events: Vec<(usize, Arc<Event>)>) {
+        if events.is_empty() {
+            return;
         }
-        if !events.is_empty() {
-            let _ = self.ops.send(Op::Insert(events));
+        let slots = &self.shared.slots;
+        let failing = self.shared.health.failure().is_some();
+        let mut per_slot: Vec<Vec<Arc<Event>>> = vec![Vec::new(); slots.len()];
+        for (i, e) in events {
+            per_slot[i].push(e);
+        }
+        for (slot, events) in slots.iter().zip(per_slot) {
+            if !events.is_empty() {
+                slot.enqueue(events, false, failing);
+            }
+        }
+        if !self.shared.woken.swap(true, Relaxed) {
+            let _ = self.ops.send(Op::Wake);
         }
     }
 
@@ -545,7 +629,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.commit(&batch) {
+            // Events queued from now on need a new wake-up.
+            self.shared.woken.store(false, Relaxed);
+            let shared = self.shared.clone();
+            let slots = &shared.slots;
+            let inserts: Vec<Vec<Arc<Event>>> = slots.iter().map(Slot::take_queue).collect();
+            match self.commit(&batch, &inserts) {
                 Ok(effects) => {
                     self.recovered();
                     if self.apply(effects, std::mem::take(&mut batch)) {
@@ -554,6 +643,10 @@ impl Writer {
                 }
                 Err(e) => {
                     self.failed(&e);
+                    // The events go back to the front of their queues, where the bound holds.
+                    for (slot, events) in slots.iter().zip(inserts) {
+                        slot.enqueue(events, true, true);
+                    }
                     if self.shared.closing.load(Relaxed) {
                         close_failures += 1;
                         if close_failures >= CLOSE_TRIES {
@@ -574,19 +667,12 @@ impl Writer {
     fn give_up(&self, mut batch: Vec<Op>, rx: std_mpsc::Receiver<Op>, e: &str) {
         let slots = &self.shared.slots;
         batch.extend(rx.try_iter());
-        let mut lost = vec![0u64; slots.len()];
-        for op in &batch {
-            if let Op::Insert(events) = op {
-                for (i, _) in events {
-                    lost[*i] += 1;
-                }
-            }
-        }
-        for (slot, n) in slots.iter().zip(&lost) {
+        for slot in slots {
+            let n = slot.take_queue().len() as u64;
             slot.stats.queued.store(0, Relaxed);
             slot.stats.queued_bytes.store(0, Relaxed);
-            if *n > 0 {
-                slot.stats.count_drop(DropReason::Disk, *n);
+            if n > 0 {
+                slot.stats.count_drop(DropReason::Disk, n);
                 error!(
                     endpoint = %slot.stats.name,
                     lost = n,
@@ -615,7 +701,7 @@ impl Writer {
         Ok(db.clone().expect("just opened"))
     }
 
-    fn commit(&self, batch: &[Op]) -> Result<Effects, String> {
+    fn commit(&self, batch: &[Op], inserts: &[Vec<Arc<Event>>]) -> Result<Effects, String> {
         let slots = &self.shared.slots;
         let n = slots.len();
         let mut fx = Effects {
@@ -640,26 +726,27 @@ impl Writer {
                         .map_err(|e| e.to_string())?,
                 );
             }
+            for (i, events) in inserts.iter().enumerate() {
+                for event in events {
+                    let size = size_of(event);
+                    fx.dequeued[i].0 += 1;
+                    fx.dequeued[i].1 += size;
+                    if slots[i].stats.disabled.load(Relaxed) {
+                        fx.disabled[i] += 1;
+                        continue;
+                    }
+                    tables[i]
+                        .insert(event.id, encode(event).as_slice())
+                        .map_err(|e| e.to_string())?;
+                    let (count, max) = &mut fx.added[i];
+                    *count += 1;
+                    *max = (*max).max(event.id);
+                    fx.bytes[i] += size;
+                }
+            }
             for op in batch {
                 match op {
-                    Op::Insert(events) => {
-                        for (i, event) in events {
-                            let size = size_of(event);
-                            fx.dequeued[*i].0 += 1;
-                            fx.dequeued[*i].1 += size;
-                            if slots[*i].stats.disabled.load(Relaxed) {
-                                fx.disabled[*i] += 1;
-                                continue;
-                            }
-                            tables[*i]
-                                .insert(event.id, encode(event).as_slice())
-                                .map_err(|e| e.to_string())?;
-                            let (count, max) = &mut fx.added[*i];
-                            *count += 1;
-                            *max = (*max).max(event.id);
-                            fx.bytes[*i] += size;
-                        }
-                    }
+                    Op::Wake => {}
                     Op::Remove(i, id) => {
                         if let Some(v) = tables[*i].remove(id).map_err(|e| e.to_string())? {
                             fx.removed[*i] += 1;
@@ -701,12 +788,7 @@ impl Writer {
         for (i, slot) in self.shared.slots.iter().enumerate() {
             let stats = &slot.stats;
             let (events, bytes) = fx.dequeued[i];
-            let _ = stats
-                .queued
-                .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(events)));
-            let _ = stats
-                .queued_bytes
-                .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(bytes)));
+            slot.unqueue(events, bytes);
             let (trimmed, floor) = fx.trimmed[i];
             if trimmed > 0 {
                 slot.trimmed.fetch_max(floor, Relaxed);
@@ -943,11 +1025,15 @@ mod tests {
         let pending = a.stats.clone();
         let outbox = Outbox::open(
             &path,
-            vec![a, renamed("127.0.0.1:8080/hooks/b"), Endpoint {
-                stats: stats("other"),
-                max_bytes: super::super::DEFAULT_MAX_BACKLOG,
-                legacy_name: None,
-            }],
+            vec![
+                a,
+                renamed("127.0.0.1:8080/hooks/b"),
+                Endpoint {
+                    stats: stats("other"),
+                    max_bytes: super::super::DEFAULT_MAX_BACKLOG,
+                    legacy_name: None,
+                },
+            ],
             Default::default(),
         )
         .unwrap();

@@ -45,7 +45,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [DropReason; 4] = [DropReason::Age, DropReason::Backlog, DropReason::Disk, DropReason::Disabled];
+    const ALL: [DropReason; 4] = [
+        DropReason::Age,
+        DropReason::Backlog,
+        DropReason::Disk,
+        DropReason::Disabled,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -84,7 +89,10 @@ pub struct OutboxHealth {
 impl OutboxHealth {
     /// Why the outbox cannot commit, or `None` when it can.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Record a failed commit (`Some`) or a successful one (`None`).

@@ -331,7 +331,10 @@ fn default_names_are_unique() {
         names(
             entry("https://h.example.net/p?token=1", "")
                 + &entry("https://h.example.net/p?token=2", "")
-                + &entry("https://other.example.net/", "name = \"h.example.net/p~2\"\n")
+                + &entry(
+                    "https://other.example.net/",
+                    "name = \"h.example.net/p~2\"\n"
+                )
         ),
         ["h.example.net/p", "h.example.net/p~3", "h.example.net/p~2"]
     );
