@@ -661,3 +661,197 @@ async fn events_queued_at_a_clean_stop_are_delivered_after_the_restart() {
     all_verified(&r);
     assert_eq!(ext.terminate().await, Some(0));
 }
+
+/// A small tmpfs (tests run as root, CI too), unmounted on drop. Mounting must work: a test
+/// that needs a full disk does not skip silently.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (the full-disk test needs root): {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill it: a file of zeros until the disk says it is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 16 << 10];
+        loop {
+            match f.write_all(&chunk).and_then(|_| f.sync_all()) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Update alice's status (her events carry her large statuses) until the outbox cannot commit.
+async fn fill_until_failing(ext: &Ext, status: &str) {
+    for i in 0..300 {
+        put(ext, "alice", &format!("{status} {i}")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if metric(ext, "extpresence_webhook_outbox_ok").await == Some(0.0) {
+            return;
+        }
+    }
+    panic!("the outbox still commits on a full disk");
+}
+
+/// `GET /readyz`: its status and text.
+async fn readyz(ext: &Ext) -> (u16, String) {
+    request(ext.http, "GET", "/readyz", &[], b"").await
+}
+
+/// Issue 19, defect 5: on a full disk the outbox's commits fail: `/readyz` says so (503) and
+/// `/metrics` too, the events wait in memory only up to the bound (the oldest beyond it dropped,
+/// `reason="disk"`), and once there is room again the outbox commits and delivers. At a clean
+/// stop on a full disk what cannot be written is logged, and the stop is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_reported_and_memory_stays_bounded() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    r.answer(Some(500));
+    let disk = Tmpfs::mount("4m");
+    // The status store on the ordinary disk; its webhook outbox on the tmpfs.
+    let state = tempfile::tempdir().unwrap();
+    let store = state.path().join("statuses.redb");
+    std::os::unix::fs::symlink(
+        disk.path().join("outbox"),
+        state.path().join("statuses.redb.webhooks"),
+    )
+    .unwrap();
+    let bound = 1 << 20;
+    let hook = webhook(
+        Some("crm"),
+        &r.url(),
+        &r,
+        &format!("max_backlog_bytes = {bound}\n"),
+    );
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        let c: Vec<String> = c
+            .lines()
+            .map(|l| {
+                if l.starts_with("path = ") {
+                    format!("path = \"{}\"", store.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        format!("{}\n{hook}", c.join("\n"))
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    assert!(
+        disk.path().join("outbox").exists(),
+        "the outbox is on the tmpfs"
+    );
+    assert_eq!(readyz(&ext).await.0, 200);
+    disk.fill();
+
+    // Events of about 30 KB until a commit fails.
+    large_events(&ext, "alice", 30).await;
+    fill_until_failing(&ext, "until full").await;
+    // 70 more (2 MB) wait in memory for a 1 MiB bound: the oldest of them go.
+    let updates: Vec<Value> = (0..70)
+        .map(|i| json!({"user": format!("alice@{DOMAIN}"), "presence": "away", "status": format!("full {i}")}))
+        .collect();
+    bulk(&ext, updates).await;
+    let (code, text) = readyz(&ext).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("webhook outbox cannot commit"), "{text}");
+    let disk_drops = "extpresence_webhook_dropped_total{endpoint=\"crm\",reason=\"disk\"}";
+    metric_until(&ext, 10, disk_drops, |d| d > 0.0).await;
+    let queued = metric(&ext, "extpresence_webhook_queued_bytes{endpoint=\"crm\"}")
+        .await
+        .unwrap();
+    assert!(queued <= bound as f64, "{queued} bytes in memory");
+    assert!(
+        metric(&ext, "extpresence_webhook_outbox_failed_commits_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(ext.log().contains("the webhook outbox cannot commit"));
+
+    // Room again: the outbox commits, is ready, and delivers the newest events.
+    disk.free();
+    metric_until(&ext, 10, "extpresence_webhook_outbox_ok", |v| v == 1.0).await;
+    assert_eq!(readyz(&ext).await.0, 200);
+    metric_until(
+        &ext,
+        10,
+        "extpresence_webhook_queued_bytes{endpoint=\"crm\"}",
+        |v| v == 0.0,
+    )
+    .await;
+    r.answer(None);
+    let pending = "extpresence_webhook_pending{endpoint=\"crm\"}";
+    metric_until(&ext, 60, pending, |p| p == 0.0).await;
+    let last = r
+        .requests()
+        .into_iter()
+        .rfind(|q| q["answer"] == 204)
+        .unwrap();
+    assert_eq!(last["payload"]["data"]["status"], "full 69", "{last}");
+    let ok = metric(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"ok\"}",
+    )
+    .await
+    .unwrap();
+    let dropped = metric(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"dropped\"}",
+    )
+    .await
+    .unwrap();
+    let events = metric(&ext, "extpresence_events_total").await.unwrap();
+    assert_eq!(ok + dropped, events, "every event delivered or counted");
+
+    // A clean stop with the disk full again and events waiting in memory: logged, not held up.
+    r.answer(Some(500));
+    disk.fill();
+    fill_until_failing(&ext, "at the stop").await;
+    let stopping = Instant::now();
+    assert_eq!(ext.terminate().await, Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    let log = ext.log();
+    assert!(
+        log.contains("at shutdown the webhook outbox still cannot commit"),
+        "{log}"
+    );
+    assert!(!log.contains("did not finish"), "{log}");
+}
