@@ -3,6 +3,8 @@
 //! every event arrives; a receiver failing for 20 s while extpresence is restarted (SIGTERM)
 //! gets every event afterwards, in order, none lost; a 410 stops the deliveries. The README's
 //! `[[webhooks]]` example is the configuration, and its Python receiver is run as written.
+//! Issue 19: the backlog bound (drop the oldest, counted), two unnamed entries on one host,
+//! events routed at a clean stop, and a full disk under the outbox (a real tmpfs: needs root).
 //!
 //! Events are made with `/v1` status updates (one event per update).
 

@@ -6,9 +6,9 @@ Usage: webhook_receiver.py DIR [PORT]
 DIR/secret holds the endpoint's whsec_ secret. Listens on 127.0.0.1 (PORT, or a free port) and
 prints "listening PORT". Appends one JSON line per request to DIR/requests.jsonl, flushed at
 once: {"id": webhook-id, "path": the request's path, "answer": status, "verified": bool, "error":
-why not, "payload": the verified body}. Answers 204 to a verified request; the status code written in DIR/answer while that file
-exists (e.g. 500, 410), whatever the request; 400 to a request that fails verification. Stops
-when stdin is closed (the test is done).
+why not, "payload": the verified body}. Answers 204 to a verified request; the status code
+written in DIR/answer while that file exists (e.g. 500, 410), whatever the request; 400 to a
+request that fails verification. Stops when stdin is closed (the test is done).
 """
 
 import json
