@@ -3,8 +3,8 @@
 //! (`<store.path>.webhooks`).
 //!
 //! One writer thread commits what is queued in one transaction (group commit, fsync'd): the
-//! events the router hands over (a batch per wake-up), and the removals the senders ask for
-//! after each delivery. Only after an insert's commit does the endpoint's sender see the event
+//! events the router queued per endpoint since the last commit, and the removals the senders
+//! ask for after each delivery. Only after an insert's commit does the endpoint's sender see the event
 //! (it reads the outbox, never a copy in memory), so what was delivered was durable first, and
 //! the outbox is the only queue: its memory use does not grow with an endpoint's backlog.
 //! A removal that was not committed when the process stopped leaves the event in the outbox:
@@ -23,8 +23,9 @@
 //!
 //! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s), shows in
 //! `/readyz` and `/metrics` ([`OutboxHealth`]), the database is closed (redb refuses writes
-//! after an I/O error) and reopened, and the same batch is retried every second: nothing queued
-//! is lost while the process runs. At shutdown ([`Outbox::close`]) what is queued is committed;
+//! after an I/O error) and reopened, and the same batch is retried every second (its events
+//! back at the front of their queues, where the bound holds): what the bound keeps is not lost
+//! while the process runs. At shutdown ([`Outbox::close`]) what is queued is committed;
 //! if the disk still refuses it after [`CLOSE_TRIES`] tries it is counted as dropped
 //! (`reason="disk"`) and logged: what was committed stays.
 //!
@@ -497,7 +498,11 @@ impl Outbox {
                 slot.enqueue(events, false, failing);
             }
         }
-        if !self.shared.woken.swap(true, Relaxed) {
+        if !self
+            .shared
+            .woken
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             let _ = self.ops.send(Op::Wake);
         }
     }
@@ -630,7 +635,9 @@ impl Writer {
                 }
             }
             // Events queued from now on need a new wake-up.
-            self.shared.woken.store(false, Relaxed);
+            self.shared
+                .woken
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             let shared = self.shared.clone();
             let slots = &shared.slots;
             let inserts: Vec<Vec<Arc<Event>>> = slots.iter().map(Slot::take_queue).collect();
