@@ -96,12 +96,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store can commit and the XMPP link is up; else 503 with the reason.
+/// 200 when the store and the webhook outbox can commit and the XMPP link is up; else 503
+/// with the reason.
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if let Some(why) = state.table.store_failure() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: the status store cannot commit: {why}\n"),
+        );
+    }
+    if let Some(why) = state.metrics.webhooks.outbox_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the webhook outbox cannot commit: {why}\n"),
         );
     }
     match state.link.state() {
