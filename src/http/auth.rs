@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::access::limits::{FailedAuth, Limits};
-use crate::access::tokens::{self, Tokens};
+use crate::access::tokens::{self, Lifetime, Tokens};
 use crate::access::Grant;
 use crate::config::Secret;
 
@@ -182,6 +182,16 @@ impl ApiKeys {
             }
         }
         found
+    }
+
+    /// How long `grant` (as [`grant`](Self::grant) or [`check`](Self::check) gave it) stays
+    /// good for an open event stream: a configured key's for the process's life, a token's until
+    /// it is revoked or expires.
+    pub fn lifetime(&self, grant: &Arc<Grant>) -> Lifetime {
+        if self.digests.iter().any(|(_, g)| Arc::ptr_eq(g, grant)) {
+            return Lifetime::default();
+        }
+        self.tokens.lifetime(grant).unwrap_or_default()
     }
 
     /// Check the request's key: 401 when none is given, 400 when more than one credential is

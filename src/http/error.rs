@@ -126,6 +126,9 @@ pub enum ApiError {
     /// Over the credential's (or the global) rate limit: retry after this long.
     #[error("too many requests: retry after {} s", .0.as_secs().max(1))]
     RateLimited(std::time::Duration),
+    /// An event stream would follow more users than [`crate::events::MAX_FOLLOWED`].
+    #[error("{0}")]
+    TooManyUsers(String),
     /// A `Last-Event-ID` that is not an event id.
     #[error("Last-Event-ID {0:?} is not an event id")]
     LastEventId(String),
@@ -153,6 +156,7 @@ impl ApiError {
             | ApiError::MalformedQuery(_)
             | ApiError::LastEventId(_)
             | ApiError::TooManyUpdates(..)
+            | ApiError::TooManyUsers(_)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
             | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -168,6 +172,7 @@ impl ApiError {
             ApiError::InvalidPath => "invalid_path",
             ApiError::MalformedQuery(_) => "malformed_query",
             ApiError::TooManyUpdates(..) => "too_many_updates",
+            ApiError::TooManyUsers(_) => "too_many_users",
             ApiError::Method(_) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",
