@@ -587,3 +587,61 @@ async fn public_origin_trusted_proxy_and_secure_cookie() {
         "{cleared}"
     );
 }
+
+/// Whether the stream `r` ends (its body completes) within `within`, reading what it sends.
+async fn stream_ends(mut r: reqwest::Response, within: Duration) -> bool {
+    tokio::time::timeout(within, async { while let Ok(Some(_)) = r.chunk().await {} })
+        .await
+        .is_ok()
+}
+
+/// `/ui/events` of a session ends when the session does: at sign-out, and when a newer session
+/// of the same key evicts it (the issue: revocation and expiry end every open stream of a
+/// credential, the status page's too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_its_event_streams() {
+    let (_server, ext) = world_with(|c| c).await;
+    let open = |session: String| {
+        let url = format!("http://{}/ui/events", ext.http);
+        async move {
+            let r = client()
+                .get(url)
+                .header("Cookie", session)
+                .header("Accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    // Sign-out.
+    let session = session_of(&sign_in(&ext, API_KEY).await);
+    let stream = open(session.clone()).await;
+    let kept = open(session_of(&sign_in(&ext, API_KEY).await)).await;
+    let r = client()
+        .post(format!("http://{}/logout", ext.http))
+        .header("Cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        stream_ends(stream, Duration::from_secs(3)).await,
+        "the stream of a signed-out session ends"
+    );
+    assert!(
+        !stream_ends(kept, Duration::from_millis(500)).await,
+        "another session's stream stays open"
+    );
+    // Evicted by a newer session of the same key (16 at most per key).
+    let first = session_of(&sign_in(&ext, API_KEY).await);
+    let stream = open(first).await;
+    for _ in 0..16 {
+        assert_eq!(sign_in(&ext, API_KEY).await.status(), 303);
+    }
+    assert!(
+        stream_ends(stream, Duration::from_secs(3)).await,
+        "the stream of an evicted session ends"
+    );
+}

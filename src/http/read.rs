@@ -487,7 +487,7 @@ pub(super) async fn events(
 ) -> Response {
     let r = async {
         let grant = state.keys.check(q.as_deref(), &headers)?;
-        event_stream(&state, &grant, q.as_deref(), &headers).await
+        event_stream(&state, &grant, None, q.as_deref(), &headers).await
     }
     .await;
     finish(&state, &method, "", r)
@@ -499,13 +499,15 @@ pub(super) async fn events(
 pub(super) async fn event_stream(
     state: &AppState,
     grant: &Arc<Grant>,
+    session: Option<Lifetime>,
     q: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     {
         grant.has(Need::Read)?;
-        // Taken before any wait: a revocation from now on ends the stream.
-        let lifetime = state.keys.lifetime(grant);
+        // Taken before any wait: a revocation from now on ends the stream. The status page's
+        // streams end with its session (sign-out, eviction, expiry).
+        let lifetime = session.unwrap_or_else(|| state.keys.lifetime(grant));
         let mut filter = parse_filter(state, q)?;
         scope_filter(state, grant, &mut filter).await?;
         let last = match headers.get("last-event-id") {

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use super::error::Format;
 use super::input;
 use super::server::AppState;
+use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
 use crate::events::Filter;
 use crate::metrics::{Metrics, Outcome};
@@ -62,7 +63,24 @@ const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
 
 /// Sessions: the SHA-256 of the cookie value → the grant and when it ends (ms).
-type Sessions = HashMap<[u8; 32], (Arc<Grant>, u64)>;
+type Sessions = HashMap<[u8; 32], Session>;
+
+/// A signed-in browser: its key's grant, until when, and what ends its open event streams.
+#[derive(Debug)]
+struct Session {
+    grant: Arc<Grant>,
+    /// Ends (ms since the Unix epoch).
+    until: u64,
+    /// Cancelled when the session is closed (sign-out, or evicted for a newer one); its
+    /// `expires_at` is `until`. Open `/ui/events` streams end with it.
+    lifetime: Lifetime,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.lifetime.revoked.cancel();
+    }
+}
 
 /// `[ui] public_origin`: the scheme, host and port the page is reached at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,12 +254,12 @@ impl UiState {
         let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
         let now = now_ms();
         let mut map = self.lock();
-        map.retain(|_, (_, until)| *until > now);
+        map.retain(|_, session| session.until > now);
         // The credential's own oldest session makes room; when all are full, the oldest of the
         // credential holding most.
         let mut per: HashMap<&str, usize> = HashMap::new();
-        for (g, _) in map.values() {
-            *per.entry(&*g.name).or_default() += 1;
+        for session in map.values() {
+            *per.entry(&*session.grant.name).or_default() += 1;
         }
         let evict = if per.get(&*grant.name).copied().unwrap_or(0) >= MAX_SESSIONS_PER_CREDENTIAL {
             Some(grant.name.clone())
@@ -255,27 +273,41 @@ impl UiState {
         if let Some(name) = evict {
             if let Some(oldest) = map
                 .iter()
-                .filter(|(_, (g, _))| g.name == name)
-                .min_by_key(|(_, (_, u))| *u)
+                .filter(|(_, session)| session.grant.name == name)
+                .min_by_key(|(_, session)| session.until)
                 .map(|(k, _)| *k)
             {
                 map.remove(&oldest);
             }
         }
+        let until = now + SESSION_MS;
         map.insert(
             Sha256::digest(value.as_bytes()).into(),
-            (grant, now + SESSION_MS),
+            Session {
+                grant,
+                until,
+                lifetime: Lifetime {
+                    revoked: Default::default(),
+                    expires_at: Some(until),
+                },
+            },
         );
         value
     }
 
     /// The grant of the request's session cookie, if it is live.
     fn grant(&self, headers: &HeaderMap) -> Option<Arc<Grant>> {
+        self.session(headers).map(|(grant, _)| grant)
+    }
+
+    /// The grant of the request's session cookie, if it is live, and the session's lifetime
+    /// (what ends the streams opened with it: sign-out, eviction, expiry).
+    fn session(&self, headers: &HeaderMap) -> Option<(Arc<Grant>, Lifetime)> {
         let value = cookie(headers)?;
         let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         let map = self.lock();
-        let (grant, until) = map.get(&key)?;
-        (*until > now_ms()).then(|| grant.clone())
+        let session = map.get(&key)?;
+        (session.until > now_ms()).then(|| (session.grant.clone(), session.lifetime.clone()))
     }
 
     fn close(&self, headers: &HeaderMap) {
@@ -620,10 +652,10 @@ async fn events(
     if let Some(r) = state.ui.misdirected(&headers) {
         return r;
     }
-    let Some(grant) = state.ui.grant(&headers) else {
+    let Some((grant, lifetime)) = state.ui.session(&headers) else {
         return unauthorized();
     };
-    match super::read::event_stream(&state, &grant, q.as_deref(), &headers).await {
+    match super::read::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {
         Ok(r) => secure(r),
         Err(e) => secure(e.into_response(Format::Json)),
     }
