@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::access::Scope;
@@ -382,7 +384,7 @@ impl Client {
                 () = stop.cancelled() => return Ok(()),
                 r = req.send() => r,
             };
-            let mut response = match response {
+            let response = match response {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {
                     let status = r.status().as_u16();
@@ -407,50 +409,35 @@ impl Client {
             };
             connected_once = true;
             backoff = Duration::from_secs(1);
-            let mut buf = String::new();
-            let mut event = SseEvent::default();
+            // The stream is decoded as a whole (a character split across network chunks stays
+            // whole), by the maintained SSE parser.
+            let mut events = response.bytes_stream().eventsource();
             loop {
-                let chunk = tokio::select! {
+                let next = tokio::select! {
                     () = stop.cancelled() => return Ok(()),
-                    c = response.chunk() => c,
+                    e = events.next() => e,
                 };
-                let Ok(Some(bytes)) = chunk else {
-                    break; // ended or broken: reconnect
-                };
-                buf.push_str(&String::from_utf8_lossy(&bytes));
-                while let Some(i) = buf.find('\n') {
-                    let line: String = buf.drain(..=i).collect();
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    if line.is_empty() {
-                        if let Some(data) = event.data.take() {
-                            if let Some(id) = event.id.take() {
-                                last_id = Some(id);
-                            }
-                            let kind = event.kind.take().unwrap_or_else(|| "message".into());
-                            let text = if json {
-                                data
-                            } else {
-                                render_event(&kind, &data)
-                            };
-                            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-                                return Ok(()); // stdout closed (a pipe into head)
-                            }
-                        }
-                        event = SseEvent::default();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        let v = v.strip_prefix(' ').unwrap_or(v);
-                        match &mut event.data {
-                            Some(d) => {
-                                d.push('\n');
-                                d.push_str(v);
-                            }
-                            None => event.data = Some(v.to_string()),
-                        }
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.kind = Some(v.trim().to_string());
+                let event = match next {
+                    Some(Ok(event)) => event,
+                    Some(Err(EventStreamError::Utf8(e))) => {
+                        eprintln!("extpresence: the event stream is not UTF-8 ({e})");
+                        break;
                     }
+                    Some(Err(_)) | None => break, // ended or broken: reconnect
+                };
+                if !event.id.is_empty() {
+                    last_id = Some(event.id.clone());
+                }
+                if event.data.is_empty() {
+                    continue; // an id-only frame
+                }
+                let text = if json {
+                    event.data
+                } else {
+                    render_event(&event.event, &event.data)
+                };
+                if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                    return Ok(()); // stdout closed (a pipe into head)
                 }
             }
             eprintln!("extpresence: the event stream ended; resuming");
@@ -460,13 +447,6 @@ impl Client {
             }
         }
     }
-}
-
-#[derive(Default)]
-struct SseEvent {
-    id: Option<String>,
-    kind: Option<String>,
-    data: Option<String>,
 }
 
 /// One event as a line: `time user presence "status" (cause)`; a `reset` says events were lost.

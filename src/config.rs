@@ -92,6 +92,18 @@ pub struct RawConfig {
     /// `[[webhooks]]`: endpoints that receive every presence event, signed.
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
+    /// The status page.
+    #[serde(default)]
+    pub ui: RawUi,
+}
+
+/// `[ui]` as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUi {
+    /// The page's public origin (`https://presence.example.com`): requests to the page naming
+    /// another host are refused, and sign-in and sign-out must come from it.
+    pub public_origin: Option<String>,
 }
 
 /// `[matrix]` as written.
@@ -350,6 +362,10 @@ pub struct RawHttp {
     /// Seconds a client has to send a request body.
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
+    /// Reverse proxies (IP addresses) whose `X-Forwarded-For`, `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawHttp {
@@ -366,6 +382,7 @@ impl Default for RawHttp {
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -480,6 +497,10 @@ pub struct Settings {
     pub log_json: bool,
     /// Webhook endpoints (`[[webhooks]]`).
     pub webhooks: Vec<crate::webhooks::WebhookSettings>,
+    /// Reverse proxies whose forwarded headers are believed (`[http] trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The status page's public origin (`[ui] public_origin`).
+    pub public_origin: Option<crate::http::ui::PublicOrigin>,
 }
 
 /// Why a configuration was refused; every message names the key and the fix.
@@ -751,6 +772,26 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if h.max_connections == 0 {
         return Err(invalid("http.max_connections", "must be at least 1"));
     }
+    let trusted_proxies = h
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            p.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(
+                    "http.trusted_proxies",
+                    format!("{p:?} is not an IP address (e.g. \"127.0.0.1\" or \"::1\")"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let public_origin = raw
+        .ui
+        .public_origin
+        .as_deref()
+        .map(|o| {
+            crate::http::ui::PublicOrigin::parse(o).map_err(|e| invalid("ui.public_origin", e))
+        })
+        .transpose()?;
     for (key, secs) in [
         ("http.header_timeout_secs", h.header_timeout_secs),
         ("http.body_timeout_secs", h.body_timeout_secs),
@@ -838,6 +879,8 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     Ok(Settings {
+        trusted_proxies,
+        public_origin,
         webhooks,
         ejabberd_api,
         agent_watch: Duration::from_secs(watch_secs),
@@ -973,6 +1016,56 @@ mod tests {
         assert_eq!(s.tigase_timeout, Duration::from_secs(2));
         let e = parse(&format!("{GOOD}\n[tigase]\ntimeout = 2\n")).unwrap_err();
         assert!(e.to_string().contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn status_page_origin_and_trusted_proxies() {
+        let s = parse(GOOD).unwrap();
+        assert!(s.public_origin.is_none() && s.trusted_proxies.is_empty());
+        let s = parse(&format!(
+            "{}\n[ui]\npublic_origin = \"https://Presence.Example.com/\"\n",
+            GOOD.replace(
+                "[http]",
+                "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]"
+            )
+        ))
+        .unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            [
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            s.public_origin,
+            Some(crate::http::ui::PublicOrigin::parse("https://presence.example.com").unwrap())
+        );
+        for (text, key) in [
+            (
+                GOOD.replace("[http]", "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]"),
+                "http.trusted_proxies",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"https://p.example.com/status\"\n"),
+                "ui.public_origin",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"ftp://p.example.com\"\n"),
+                "ui.public_origin",
+            ),
+            (
+                format!("{GOOD}\n[ui]\npublic_origin = \"p.example.com\"\n"),
+                "ui.public_origin",
+            ),
+            (
+                format!("{GOOD}\n[ui]\norigin = \"https://p\"\n"),
+                "cannot load",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "expected {key}, got {e}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
 //!                            rate limit), error.rs, log.rs (escaped, rate-limited)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
-//!                            tokens, hashed in the store), limits.rs (token buckets)
+//!                            tokens, hashed in the store), limits.rs (token buckets;
+//!                            failed authentications per client address)
 //!              ─► agent/     acting in a user's name: probes answered from observe/,
 //!                            subscription requests held in the store, sent through the
 //!                            backend (Exchange), the user's roster side completed
@@ -258,10 +259,10 @@ pub async fn run(
     }
     let connections = Arc::new(http::listener::ConnStats::default());
     let requests = Arc::new(http::log::RequestLog::default());
-    let ui = Arc::new(http::ui::UiState::new(
-        settings.server.to_string(),
-        settings.component.to_string(),
-    ));
+    let ui = Arc::new(
+        http::ui::UiState::new(settings.server.to_string(), settings.component.to_string())
+            .with_settings(settings.public_origin.clone(), &settings.webhooks),
+    );
     tokio::spawn(http::ui::track_link(ui.clone(), link.watch_state()));
     let state = Arc::new(http::AppState {
         table,
@@ -277,7 +278,8 @@ pub async fn run(
             &settings.keys,
             tokens,
             Arc::new(access::limits::Limits::new(settings.limits)),
-        ),
+        )
+        .with_trusted_proxies(&settings.trusted_proxies),
         delivery,
         metrics,
         link: link.clone(),

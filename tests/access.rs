@@ -416,3 +416,155 @@ async fn raw_head(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// A client from `source` (127.0.0.2 is another address on lo: Linux routes all of 127/8 there).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Failed authentications are limited per client address, in every dialect at once: wrong keys
+/// from one address get 429 (with `Retry-After`, in the dialect's format) after the bound, also
+/// with a correct key then, while the admin's key from another address still works; successful
+/// requests are not charged; the refused address is logged once (for fail2ban) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_limited_per_address() {
+    let server = world().await;
+    let ext = start(&server, |c| c).await;
+    let alice = format!("alice@{DOMAIN}");
+    let base = format!("http://{}", ext.http);
+    let attacker = client_from("127.0.0.1");
+    let admin = client_from("127.0.0.2");
+    let put_as = |c: &reqwest::Client, key: &str| {
+        c.put(format!("{base}/v1/users/{alice}/status"))
+            .bearer_auth(key)
+            .header("Content-Type", "application/json")
+            .body(json!({"presence": "away"}).to_string())
+            .send()
+    };
+    // Successes are not charged: many, then the whole budget of failures is still there.
+    for _ in 0..30 {
+        assert_eq!(put_as(&attacker, API_KEY).await.unwrap().status(), 200);
+    }
+    // Ten wrong keys, spread over the dialects: each refused as wrong.
+    let matrix = format!("{base}/_matrix/client/v3/presence/@alice:{DOMAIN}/status");
+    for i in 0..10 {
+        let key = format!("wrong-{i}");
+        let r = match i % 4 {
+            0 => put_as(&attacker, &key).await.unwrap(),
+            1 => attacker
+                .post(format!("{base}/rest/user/{alice}/status"))
+                .header("Api-Key", &key)
+                .header("Content-Type", "application/json")
+                .body(json!({"show": "dnd"}).to_string())
+                .send()
+                .await
+                .unwrap(),
+            2 => attacker
+                .put(&matrix)
+                .bearer_auth(&key)
+                .header("Content-Type", "application/json")
+                .body(json!({"presence": "online"}).to_string())
+                .send()
+                .await
+                .unwrap(),
+            _ => attacker
+                .post(format!(
+                    "{base}/Agent/Xmpp/PresenceProbe?api-key={key}&user={alice}"
+                ))
+                .header("Content-Type", "application/json")
+                .body(json!({"to": alice}).to_string())
+                .send()
+                .await
+                .unwrap(),
+        };
+        assert!(
+            matches!(r.status().as_u16(), 401 | 403),
+            "wrong key {i}: {}",
+            r.status()
+        );
+    }
+    // Over the bound: 429 with Retry-After in each dialect, also for the right key.
+    let r = put_as(&attacker, "wrong-again").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        code(&serde_json::from_str(&r.text().await.unwrap()).unwrap()),
+        "rate_limited"
+    );
+    let r = put_as(&attacker, API_KEY).await.unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "guessing stops: the right key is refused too"
+    );
+    let r = attacker
+        .put(&matrix)
+        .bearer_auth("wrong")
+        .header("Content-Type", "application/json")
+        .body(json!({"presence": "online"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["errcode"], "M_LIMIT_EXCEEDED", "{v}");
+    assert!(v["retry_after_ms"].as_u64().unwrap() > 0, "{v}");
+    let r = attacker
+        .post(format!("{base}/rest/user/{alice}/status"))
+        .header("Api-Key", "wrong")
+        .header("Content-Type", "application/xml")
+        .body("<command/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>rate_limited</code>"));
+
+    // The admin, from another address, is not affected.
+    assert_eq!(put_as(&admin, API_KEY).await.unwrap().status(), 200);
+
+    // Counted, and logged once (not once per refusal) in a line fail2ban can match.
+    let (_, metrics) = request(ext.http, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics.contains("extpresence_auth_failures_total{reason=\"wrong_key\"} 10\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("extpresence_auth_failures_total{reason=\"peer_limited\"} 4\n"),
+        "{metrics}"
+    );
+    let log = ext.log();
+    assert_eq!(
+        log.matches("too many failed authentications from 127.0.0.1; ")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("from 127.0.0.2"), "{log}");
+    // The README's fail2ban filter matches that line, with the address where <HOST> is.
+    let filter = common::readme_code("## Access: keys, tokens, rate limits", "ini", 1);
+    let failregex = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("failregex = "))
+        .expect("a failregex in the README's filter");
+    let (before, after) = failregex.split_once("<HOST>").unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("{before}127.0.0.1{after}"))),
+        "{failregex:?} matches no line: {log}"
+    );
+}

@@ -321,6 +321,42 @@ async fn every_subcommand_and_exit_code() {
     bob.disconnect().await;
 }
 
+/// `watch` decodes the event stream, not each network read: a status text with multi-byte
+/// characters, delivered a byte at a time through a trickling proxy, prints exactly as set (it
+/// printed U+FFFD where a character was split across two reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_keeps_characters_split_across_reads() {
+    let w = common::world(Kind::Prosody, &["alice", "bob"]).await;
+    let ext = &w.ext;
+    let alice = format!("alice@{DOMAIN}");
+    let proxy = common::proxy::TrickleProxy::start(ext.http).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let mut watch = tokio::process::Command::new(BIN)
+        .args(["--url", &url, "watch", "--user", &alice, "--json"])
+        .env("EXTPRESENCE_KEY", API_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch");
+    let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
+    wait_subscribers(ext, 1).await;
+    let text = "Café ☕ — 電話中 🎧";
+    let r = cli(ext, &["set", &alice, "dnd", text]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+        .await
+        .expect("an event line within 30 s")
+        .unwrap()
+        .expect("a line");
+    let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(
+        !line.contains('\u{FFFD}'),
+        "a character was garbled: {line}"
+    );
+    assert_eq!(event["status"], text, "{line}");
+}
+
 /// `[log] format = "json"`: every line the daemon writes is a JSON object, and a request's lines
 /// carry the request span's fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

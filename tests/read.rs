@@ -351,6 +351,16 @@ struct Subscriber {
 
 impl Subscriber {
     async fn connect(ext: &Ext, query: &str, last_event_id: Option<&str>) -> Subscriber {
+        Subscriber::connect_as(ext, API_KEY, query, last_event_id).await
+    }
+
+    /// [`connect`](Self::connect) with credential `key`.
+    async fn connect_as(
+        ext: &Ext,
+        key: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Subscriber {
         let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sse_client.py");
         assert!(
@@ -360,7 +370,7 @@ impl Subscriber {
         let mut cmd = tokio::process::Command::new(python);
         cmd.arg(script)
             .arg(format!("http://{}/v1/events{query}", ext.http))
-            .arg(API_KEY)
+            .arg(key)
             .args(last_event_id)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -494,6 +504,205 @@ async fn event_stream(kind: Kind) {
     );
     after.close().await;
     bob.disconnect().await;
+}
+
+/// A token's public id (`ept_<id>.<secret>`).
+fn token_id(token: &str) -> &str {
+    token
+        .strip_prefix("ept_")
+        .and_then(|t| t.split_once('.'))
+        .expect("a token")
+        .0
+}
+
+/// A user token's open event stream ends as soon as the token is revoked, and when it expires
+/// (at the expiry time, with no event to wake it), and delivers nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_or_expired_token_ends_its_event_stream() {
+    let mut w = world(Kind::Prosody, &["alice", "bob"]).await;
+    let alice = format!("alice@{DOMAIN}");
+    let set = |status: &'static str| {
+        let ext = &w.ext;
+        let alice = alice.clone();
+        async move {
+            let (code, v) = call(
+                ext,
+                "PUT",
+                &format!("/v1/users/{alice}/status"),
+                Some(json!({"presence": "away", "status": status})),
+            )
+            .await;
+            assert_eq!(code, 200, "{v}");
+        }
+    };
+
+    // Revoked: the stream (alice and her contacts, no filter) ends at once.
+    let token = common::mint_token(&w.ext, &alice, "read").await;
+    let mut sse = Subscriber::connect_as(&w.ext, &token, "", None).await;
+    set("before revocation").await;
+    assert_eq!(sse.event().await["data"]["status"], "before revocation");
+    let (code, text) = request(
+        w.ext.http,
+        "DELETE",
+        &format!("/v1/tokens/{}", token_id(&token)),
+        &[("Api-Key", API_KEY)],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 204, "{text}");
+    let revoked = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(2), sse.line())
+        .await
+        .expect("the revoked token's stream still open after 2 s");
+    assert_eq!(end, "end", "delivered after revocation");
+    eprintln!("stream ended {:?} after the revocation", revoked.elapsed());
+    sse.close().await;
+
+    // Expired: minted for 3 s; the stream ends at the expiry, though nothing happens then.
+    let (code, text) = request(
+        w.ext.http,
+        "POST",
+        "/v1/tokens",
+        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
+        json!({"user": alice, "access": "read", "expires_in": 3})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let minted = Instant::now();
+    assert_eq!(code, 201, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let token = v["token"].as_str().unwrap();
+    let mut sse = Subscriber::connect_as(&w.ext, token, "", None).await;
+    set("before expiry").await;
+    assert_eq!(sse.event().await["data"]["status"], "before expiry");
+    let end = sse.line().await;
+    let took = minted.elapsed();
+    assert_eq!(end, "end", "delivered before the expiry ended the stream");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_millis(4500),
+        "the stream of a token minted for 3 s ended after {took:?}"
+    );
+    sse.close().await;
+    w.ext.terminate().await;
+}
+
+/// One stream follows at most 10,000 users. A user token with no filter follows its user and
+/// the contacts it sees: alice with 10,000 contacts (10,001 users) is refused with 400
+/// `too_many_users`, not served a stream that silently misses some. (`?user=` cannot name that
+/// many: the request target is limited to 64 KiB; 2,000 are served.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_follows_at_most_10000_users() {
+    let prosody = common::Prosody::start().await;
+    prosody.register(&["alice"]).await;
+    // alice's roster as Prosody stores it (internal storage), read through XEP-0356.
+    let mut roster =
+        String::from("return {\n[false] = { [\"version\"] = 1; [\"pending\"] = {}; };\n");
+    for i in 0..10_000 {
+        roster.push_str(&format!(
+            "[\"c{i}@{DOMAIN}\"] = {{ [\"subscription\"] = \"both\"; [\"groups\"] = {{}}; }};\n"
+        ));
+    }
+    roster.push_str("};\n");
+    let dir = prosody.dir.path().join(format!("data/{DOMAIN}/roster"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("alice.dat"), roster).unwrap();
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+
+    let token = common::mint_token(&ext, &format!("alice@{DOMAIN}"), "read").await;
+    let (code, text) = request(ext.http, "GET", "/v1/events", &[("Api-Key", &token)], b"").await;
+    assert_eq!(code, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "too_many_users", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("10001"),
+        "{v}"
+    );
+
+    let users: Vec<String> = (0..2000).map(|i| format!("user=u{i}@{DOMAIN}")).collect();
+    let mut s = raw_subscribe(ext.http, &format!("?{}", users.join("&")), None).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let head = tokio::time::timeout(WAIT, async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(head.is_ok(), "no answer");
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    drop(s);
+    ext.terminate().await;
+}
+
+/// An open event stream is a request in flight, not an idle connection: more sockets that never
+/// send anything than the connection cap (8 here) do not close it; they are the ones closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_outlives_silent_sockets_over_the_cap() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice"]).await;
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace("[http]\n", "[http]\nmax_connections = 8\n")
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let alice = format!("alice@{DOMAIN}");
+    let mut stream = raw_subscribe(ext.http, &format!("?user={alice}"), None).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut read_until = async |s: &mut TcpStream, needle: &[u8], got: &mut Vec<u8>| {
+        tokio::time::timeout(WAIT, async {
+            while !got.windows(needle.len()).any(|w| w == needle) {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{:?} never came", String::from_utf8_lossy(needle)))
+    };
+    read_until(&mut stream, b"\r\n\r\n", &mut got).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(ext.http).await.expect("connect"));
+    }
+    // The first silent socket is closed to make room (EOF or reset, no data).
+    let mut first = silent.remove(0);
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(WAIT, first.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the first silent socket was not closed: {other:?}"),
+    }
+    assert!(
+        metric(
+            &ext,
+            "extpresence_http_connection_cap_total{event=\"evicted\"}"
+        )
+        .await
+            >= 12.0
+    );
+    // The stream is open and delivers.
+    let (code, v) = call(
+        &ext,
+        "PUT",
+        &format!("/v1/users/{alice}/status"),
+        Some(json!({"presence": "away", "status": "still streaming"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    read_until(&mut stream, b"still streaming", &mut got).await;
+    drop(silent);
+    ext.terminate().await;
 }
 
 /// Open an event stream on a raw socket (for many subscribers; the library client is above).

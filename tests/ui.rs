@@ -1,8 +1,10 @@
 //! The live status page against a running extpresence with a real Prosody: sign-in and its
 //! cookie, the security headers, what the JSON and the event stream behind the page say, and a
 //! real headless Chromium (Debian's, driven over the DevTools protocol by
-//! tests/python/browser.py) that signs in, sees a status set over HTTP appear live within 2 s,
-//! renders `<script>alert(1)</script>` as text, and saves a screenshot under target/.
+//! tests/python/browser.py) that signs in, sees a status set over HTTP appear live within 2 s (in
+//! its row from the event alone, with status.json held unanswered), reads status.json a bounded
+//! number of times during a burst of events, renders `<script>alert(1)</script>` as text, and
+//! saves a screenshot under target/.
 
 #[macro_use]
 mod common;
@@ -11,8 +13,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::ext::{request, Ext, API_KEY};
-use common::server::Kind;
-use common::{mint_token, DOMAIN};
+use common::server::{Kind, Server};
+use common::{mint_token, COMPONENT, DOMAIN, SECRET};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -25,8 +27,22 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client whose connections come from `source` (127.0.0.2 is another address on lo: Linux
+/// routes all of 127/8 there).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 async fn sign_in(ext: &Ext, key: &str) -> reqwest::Response {
-    client()
+    sign_in_with(&client(), ext, key).await
+}
+
+async fn sign_in_with(client: &reqwest::Client, ext: &Ext, key: &str) -> reqwest::Response {
+    client
         .post(format!("http://{}/login", ext.http))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(format!(
@@ -213,6 +229,7 @@ async fn in_a_real_browser() {
     let w = common::world(Kind::Prosody, &["alice", "bob"]).await;
     let ext = &w.ext;
     let alice = format!("alice@{DOMAIN}");
+    let bob = format!("bob@{DOMAIN}");
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/browser.py");
     assert!(
@@ -247,6 +264,67 @@ async fn in_a_real_browser() {
     assert!(ms <= 2000, "shown after {ms} ms");
     eprintln!("the status set over HTTP showed on the page after {ms} ms");
 
+    stdin
+        .write_all(format!("row {alice} {xss}\n").as_bytes())
+        .await
+        .unwrap();
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "alice's row: {seen}");
+    // The row of a held status changes from the event itself: with every read of status.json
+    // held unanswered, a new status still shows in alice's row.
+    stdin.write_all(b"hold\n").await.unwrap();
+    assert_eq!(next(&mut lines).await, r#"{"held": true}"#);
+    stdin
+        .write_all(format!("row {alice} From the event\n").as_bytes())
+        .await
+        .unwrap();
+    set(ext, &alice, "away", "From the event").await;
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let ms = seen["seen_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the row did not change from the event: {seen}"));
+    assert!(ms <= 2000, "the row changed after {ms} ms");
+    stdin.write_all(b"release\n").await.unwrap();
+    next(&mut lines).await;
+
+    // A burst of events costs a bounded number of reads of status.json (at most one per 5 s),
+    // and the page still ends showing the last status.
+    stdin.write_all(b"count\n").await.unwrap();
+    let before: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let started = std::time::Instant::now();
+    const BURST: usize = 200;
+    for i in 0..BURST {
+        let user = if i % 2 == 0 { &alice } else { &bob };
+        set(ext, user, "dnd", &format!("Burst {i}")).await;
+    }
+    stdin
+        .write_all(format!("row {bob} Burst {}\n", BURST - 1).as_bytes())
+        .await
+        .unwrap();
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "the last event shows: {seen}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stdin.write_all(b"count\n").await.unwrap();
+    let after: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    let window = started.elapsed().as_secs_f64();
+    let reads =
+        after["status_fetches"].as_u64().unwrap() - before["status_fetches"].as_u64().unwrap();
+    let bound = (window / 5.0).floor() as u64 + 1;
+    eprintln!("{BURST} events in {window:.1} s: {reads} reads of status.json (bound {bound})");
+    assert!(
+        reads <= bound,
+        "{reads} reads of status.json for {BURST} events in {window:.1} s (at most {bound})"
+    );
+
+    // User text once more, for the checks of how it rendered.
+    stdin
+        .write_all(format!("row {alice} {xss}\n").as_bytes())
+        .await
+        .unwrap();
+    set(ext, &alice, "dnd", xss).await;
+    let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
+    assert!(seen["seen_ms"].is_u64(), "{seen}");
+
     stdin.write_all(b"end\n").await.unwrap();
     let end: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
     assert_eq!(end["dialogs"], json!([]), "no alert ran: {end}");
@@ -268,4 +346,302 @@ async fn in_a_real_browser() {
     println!("screenshot of the status page: {shot}");
     eprintln!("screenshot of the status page: {shot}");
     let _ = child.wait().await;
+}
+
+/// The session cookie (`name=value`) of a sign-in's answer.
+fn session_of(r: &reqwest::Response) -> String {
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// `GET /ui/status.json` with `session`: the status code and the answer.
+async fn status_of(ext: &Ext, session: &str) -> (u16, Value) {
+    let r = client()
+        .get(format!("http://{}/ui/status.json", ext.http))
+        .header("Cookie", session)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (
+        code,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// Wrong keys in the sign-in form count toward the failed-authentication limit of their address:
+/// after the bound that address gets 429 with Retry-After (also with the right key), while the
+/// admin signing in from another address is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_are_limited_per_address() {
+    let w = common::world(Kind::Prosody, &["alice", "bob"]).await;
+    let ext = &w.ext;
+    let flood = client_from("127.0.0.1");
+    for i in 0..10 {
+        let r = sign_in_with(&flood, ext, &format!("guess-{i}")).await;
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    let r = sign_in_with(&flood, ext, "guess-10").await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&wait), "Retry-After {wait}");
+    assert!(r.headers().get("set-cookie").is_none());
+    assert_eq!(
+        sign_in_with(&flood, ext, API_KEY).await.status(),
+        429,
+        "no more guesses from that address, right or wrong"
+    );
+    let r = sign_in_with(&client_from("127.0.0.2"), ext, API_KEY).await;
+    assert_eq!(r.status(), 303, "the admin from another address signs in");
+    assert_eq!(status_of(ext, &session_of(&r)).await.0, 200);
+}
+
+const DOMAIN_KEY: &str = "domain-reader-0123456789";
+const OTHER: &str = "other.localhost";
+const WHSEC: &str = "whsec_dGVzdC1zZWNyZXQtb2YtMzItYnl0ZXMtZm9yLWhvb2s=";
+
+/// Prosody with alice and bob, and extpresence with `tweak` applied to its configuration.
+async fn world_with(tweak: impl FnOnce(String) -> String) -> (Server, Ext) {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice", "bob"]).await;
+    common::alice_and_bob_mutual(&server).await;
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, tweak).await;
+    ext.wait_privileged(1).await;
+    (server, ext)
+}
+
+/// Sessions are capped per credential (a domain key signing in over and over drops its own
+/// oldest sessions, never the admin's); sign-out from another origin is refused and keeps the
+/// cookie; a domain key's page shows its own domains only (no global counters, only the webhook
+/// endpoints within its domains).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_capped_logout_same_origin_and_domain_scope() {
+    let (_server, ext) = world_with(|c| {
+        c.replace(
+            &format!("domains = [\"{DOMAIN}\"]"),
+            &format!("domains = [\"{DOMAIN}\", \"{OTHER}\"]"),
+        )
+        .replace(
+            "[http]\n",
+            &format!(
+                "[[http.keys]]\nkey = \"{DOMAIN_KEY}\"\nscope = {{ domains = [\"{DOMAIN}\"] }}\n\
+                 access = \"read\"\nname = \"team-reader\"\n\n[http]\n"
+            ),
+        ) + &format!(
+            "\n[[webhooks]]\nname = \"mine\"\nurl = \"http://127.0.0.1:9/mine\"\nsecret = \"{WHSEC}\"\n\
+             domains = [\"{DOMAIN}\"]\n\
+             \n[[webhooks]]\nname = \"mine-alice\"\nurl = \"http://127.0.0.1:9/alice\"\nsecret = \"{WHSEC}\"\n\
+             users = [\"alice@{DOMAIN}\"]\n\
+             \n[[webhooks]]\nname = \"everyone\"\nurl = \"http://127.0.0.1:9/all\"\nsecret = \"{WHSEC}\"\n\
+             \n[[webhooks]]\nname = \"theirs\"\nurl = \"http://127.0.0.1:9/theirs\"\nsecret = \"{WHSEC}\"\n\
+             domains = [\"{DOMAIN}\", \"{OTHER}\"]\n"
+        )
+    })
+    .await;
+    let r = sign_in(&ext, API_KEY).await;
+    assert_eq!(r.status(), 303);
+    let admin = session_of(&r);
+
+    // 1,001 sign-ins with the domain key: only its 16 newest sessions live; the admin's does.
+    let mut mine = Vec::new();
+    let c = client();
+    for _ in 0..1001 {
+        let r = sign_in_with(&c, &ext, DOMAIN_KEY).await;
+        assert_eq!(r.status(), 303);
+        mine.push(session_of(&r));
+    }
+    assert_eq!(
+        status_of(&ext, &admin).await.0,
+        200,
+        "the admin's session survives"
+    );
+    assert_eq!(status_of(&ext, &mine[0]).await.0, 401);
+    assert_eq!(status_of(&ext, &mine[1001 - 17]).await.0, 401);
+    for s in &mine[1001 - 16..] {
+        assert_eq!(status_of(&ext, s).await.0, 200);
+    }
+
+    // Sign-out posted from another origin: refused, the cookie and the session stay.
+    let r = client()
+        .post(format!("http://{}/logout", ext.http))
+        .header("Cookie", &admin)
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert_eq!(status_of(&ext, &admin).await.0, 200);
+
+    // Scope: the admin sees every endpoint and the counters; the domain key its own only.
+    let names = |v: &Value| -> Vec<String> {
+        v["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, a) = status_of(&ext, &admin).await;
+    assert_eq!(
+        names(&a),
+        ["mine", "mine-alice", "everyone", "theirs"],
+        "{a}"
+    );
+    assert!(a["counters"]["stanzas sent"].is_number(), "{a}");
+    let (_, d) = status_of(&ext, mine.last().unwrap()).await;
+    assert_eq!(names(&d), ["mine", "mine-alice"], "{d}");
+    assert_eq!(d["counters"], json!({}), "no global counter: {d}");
+    assert_eq!(d["admin"], false, "{d}");
+}
+
+/// `[ui] public_origin`: a request naming another host is refused (421), sign-in must come from
+/// that origin; `[http] trusted_proxies`: only those may say the page is served over HTTPS (then
+/// the cookie is `Secure`) and which host was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_origin_trusted_proxy_and_secure_cookie() {
+    let (_server, ext) = world_with(|c| {
+        c.replace(
+            "[http]\n",
+            "[ui]\npublic_origin = \"http://presence.example.com\"\n\n[http]\n\
+             trusted_proxies = [\"127.0.0.2\"]\n",
+        )
+    })
+    .await;
+    let base = format!("http://{}", ext.http);
+    let direct = client_from("127.0.0.1");
+    let proxy = client_from("127.0.0.2");
+    const HOST: &str = "presence.example.com";
+
+    // Another host: refused, for the page and its parts.
+    for path in ["/", "/ui/app.js", "/ui/status.json"] {
+        let r = direct.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 421, "{path}");
+    }
+    let r = direct
+        .get(format!("{base}/"))
+        .header("Host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An untrusted peer cannot name the host through X-Forwarded-Host; the trusted proxy can.
+    let forwarded = |c: &reqwest::Client| {
+        c.get(format!("{base}/"))
+            .header("X-Forwarded-Host", HOST)
+            .send()
+    };
+    assert_eq!(forwarded(&direct).await.unwrap().status(), 421);
+    assert_eq!(forwarded(&proxy).await.unwrap().status(), 200);
+
+    let login = |c: &reqwest::Client, origin: &str, proto: Option<&str>| {
+        let mut r = c
+            .post(format!("{base}/login"))
+            .header("Host", HOST)
+            .header("Origin", origin)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("key={API_KEY}"));
+        if let Some(p) = proto {
+            r = r.header("X-Forwarded-Proto", p);
+        }
+        r.send()
+    };
+    // The Origin must be the public origin.
+    let r = login(&direct, "http://evil.example", None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = login(&direct, "https://presence.example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "another scheme is another origin");
+    // Secure only when a trusted proxy says HTTPS.
+    let r = login(&direct, "http://presence.example.com", Some("https"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let r = login(&proxy, "http://presence.example.com", Some("https"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Sign-out keeps the attribute.
+    let r = proxy
+        .post(format!("{base}/logout"))
+        .header("Host", HOST)
+        .header("Origin", "http://presence.example.com")
+        .header("X-Forwarded-Proto", "https")
+        .header("Cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Secure"),
+        "{cleared}"
+    );
+}
+
+/// Whether the stream `r` ends (its body completes) within `within`, reading what it sends.
+async fn stream_ends(mut r: reqwest::Response, within: Duration) -> bool {
+    tokio::time::timeout(within, async { while let Ok(Some(_)) = r.chunk().await {} })
+        .await
+        .is_ok()
+}
+
+/// `/ui/events` of a session ends when the session does: at sign-out, and when a newer session
+/// of the same key evicts it (the issue: revocation and expiry end every open stream of a
+/// credential, the status page's too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_its_event_streams() {
+    let (_server, ext) = world_with(|c| c).await;
+    let open = |session: String| {
+        let url = format!("http://{}/ui/events", ext.http);
+        async move {
+            let r = client()
+                .get(url)
+                .header("Cookie", session)
+                .header("Accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    // Sign-out.
+    let session = session_of(&sign_in(&ext, API_KEY).await);
+    let stream = open(session.clone()).await;
+    let kept = open(session_of(&sign_in(&ext, API_KEY).await)).await;
+    let r = client()
+        .post(format!("http://{}/logout", ext.http))
+        .header("Cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        stream_ends(stream, Duration::from_secs(3)).await,
+        "the stream of a signed-out session ends"
+    );
+    assert!(
+        !stream_ends(kept, Duration::from_millis(500)).await,
+        "another session's stream stays open"
+    );
+    // Evicted by a newer session of the same key (16 at most per key).
+    let first = session_of(&sign_in(&ext, API_KEY).await);
+    let stream = open(first).await;
+    for _ in 0..16 {
+        assert_eq!(sign_in(&ext, API_KEY).await.status(), 303);
+    }
+    assert!(
+        stream_ends(stream, Duration::from_secs(3)).await,
+        "the stream of an evicted session ends"
+    );
 }

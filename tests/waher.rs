@@ -789,6 +789,142 @@ async fn refusals() {
     ext.terminate().await;
 }
 
+/// Issue 19: hostile subscription requests, in JSON and in XML, each refused with 400 before
+/// anything is held or sent: customXml in a reserved namespace or declaring a reserved prefix
+/// (minidom's writer panicked on it: JSON answered 200 `"sent": true` with nothing sent, XML
+/// closed the connection without an answer), duplicate attributes (the last one won), stanzas and
+/// origin or time claims at any depth, and a domain or a full JID as `to`. Nothing reaches the
+/// contact, nothing panics, and the process keeps serving: a valid request afterwards goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_subscription_requests_refused() {
+    let (server, mut ext) = start(Setup::Prosody).await;
+    let token = mint_token(&ext, "alice@localhost", "read-write").await;
+    let bearer = format!("Bearer {token}");
+    let xml_headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "text/xml"),
+    ];
+    let mut carol = TestClient::connect(server.c2s_port(), "carol", true).await;
+    carol.drain();
+    let refused_xml: &[(&str, &str)] = &[
+        ("<a xmlns='http://www.w3.org/2000/xmlns/'/>", "reserved"),
+        ("<p:a xmlns:p='http://www.w3.org/2000/xmlns/'/>", "reserved"),
+        ("<a xmlns='urn:a'><b xmlns='http://www.w3.org/2000/xmlns/'/></a>", "reserved"),
+        ("<a xmlns='urn:a' xmlns:xmlns='urn:b'/>", "reserved"),
+        ("<a xmlns='urn:a' xmlns:xml='urn:b'/>", "reserved"),
+        ("<a xmlns='urn:a' xmlns:p='http://www.w3.org/XML/1998/namespace'/>", "reserved"),
+        ("<a xmlns='urn:a' b='1' b='2'/>", "duplicate attribute"),
+        ("<a xmlns='urn:a' xmlns='urn:b'/>", "duplicate attribute"),
+        ("<a xmlns='urn:a' xmlns:p='urn:x' xmlns:q='urn:x' p:b='1' q:b='2'/>", "duplicate attribute"),
+        ("<presence xmlns='jabber:client' type='subscribed'/>", "is not allowed"),
+        ("<x xmlns='urn:x'><y><message xmlns='jabber:client' from='bob@localhost'/></y></x>", "is not allowed"),
+        ("<x xmlns='urn:x'><iq xmlns='jabber:server' type='set'/></x>", "is not allowed"),
+        (
+            "<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='urn:x' from='bob@localhost'/></forwarded>",
+            "is not allowed",
+        ),
+        ("<delay xmlns='urn:xmpp:delay' from='localhost' stamp='2002-09-10T23:08:25Z'/>", "is not allowed"),
+        ("<x xmlns='jabber:x:delay' stamp='20020910T23:08:25'/>", "is not allowed"),
+        ("<a xmlns='urn:a'><received xmlns='urn:xmpp:carbons:2'/></a>", "is not allowed"),
+        ("<privilege xmlns='urn:xmpp:privilege:2'/>", "is not allowed"),
+        ("<addresses xmlns='http://jabber.org/protocol/address'/>", "is not allowed"),
+        ("<stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='1'/>", "is not allowed"),
+    ];
+    for (xml, needle) in refused_xml {
+        let a = call(
+            &ext,
+            &token,
+            "SendPresenceSubscription",
+            json!({"to": "carol@localhost", "customXml": xml}),
+        )
+        .await;
+        assert!(a.is_text_error(400), "JSON {xml}: {a:?}");
+        assert!(
+            a.body.contains(needle),
+            "JSON {xml}: {needle:?} not in {a:?}"
+        );
+        let body = format!(
+            "<SendPresenceSubscription xmlns='{NS}' to='carol@localhost'>{xml}</SendPresenceSubscription>"
+        );
+        let a = post(&ext, "SendPresenceSubscription", &xml_headers, &body).await;
+        assert!(a.is_text_error(400), "XML {xml}: {a:?}");
+        assert!(
+            a.body.contains(needle),
+            "XML {xml}: {needle:?} not in {a:?}"
+        );
+    }
+    // Without a namespace, JSON's customXml is in jabber:client (in XML it is in the Agent API's).
+    let a = call(
+        &ext,
+        &token,
+        "SendPresenceSubscription",
+        json!({"to": "carol@localhost", "customXml": "<status>hi</status>"}),
+    )
+    .await;
+    assert!(a.is_text_error(400), "{a:?}");
+    assert!(a.body.contains("jabber:client is not allowed"), "{a:?}");
+    // A duplicate attribute in the Agent API's own XML: refused, not "the last one wins".
+    for body in [
+        format!("<PresenceProbe xmlns='{NS}' to='bob@localhost' to='carol@localhost'/>"),
+        format!(
+            "<SendPresenceSubscription xmlns='{NS}' to='dave@localhost' to='carol@localhost'/>"
+        ),
+        format!("<GetRosterItem xmlns='{NS}' bareJid='bob@localhost' bareJid='carol@localhost'/>"),
+    ] {
+        let call = body[1..].split(' ').next().unwrap();
+        let a = post(&ext, call, &xml_headers, &body).await;
+        assert!(a.is_text_error(400), "{body}: {a:?}");
+        assert!(
+            a.body.contains("malformed XML body: duplicate attribute"),
+            "{body}: {a:?}"
+        );
+    }
+    // A domain (the server's own) or a full JID as `to`.
+    for (to, needle) in [
+        ("localhost", "is a domain"),
+        ("conference.localhost", "is a domain"),
+        ("carol@localhost/phone", "has a resource"),
+    ] {
+        for name in ["SendPresenceSubscription", "PresenceProbe"] {
+            let a = call(&ext, &token, name, json!({ "to": to })).await;
+            assert!(a.is_text_error(400), "{name} JSON to {to}: {a:?}");
+            assert!(a.body.contains(needle), "{name} to {to}: {a:?}");
+            let body = format!("<{name} xmlns='{NS}' to='{to}'/>");
+            let a = post(&ext, name, &xml_headers, &body).await;
+            assert!(a.is_text_error(400), "{name} XML to {to}: {a:?}");
+            assert!(a.body.contains(needle), "{name} to {to}: {a:?}");
+        }
+    }
+    let got = carol.presences_within(Duration::from_secs(2)).await;
+    assert!(
+        !got.iter().any(|p| p.type_ == PresenceType::Subscribe),
+        "a refused request reached carol: {got:?}"
+    );
+    // Still serving, and a valid request goes out.
+    let a = call(
+        &ext,
+        &token,
+        "SendPresenceSubscription",
+        json!({
+            "to": "carol@localhost",
+            "customXml": "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>",
+            "id": "after-the-refusals",
+        }),
+    )
+    .await;
+    assert_eq!(a.code, 200, "{a:?}");
+    assert_eq!(a.json()["sent"], true, "{a:?}");
+    carol
+        .expect_presence(WAIT, |p| {
+            p.type_ == PresenceType::Subscribe && p.id.as_deref() == Some("after-the-refusals")
+        })
+        .await;
+    assert!(!ext.log().contains("panicked"), "{}", ext.log());
+    carol.disconnect().await;
+    drop(server);
+    ext.terminate().await;
+}
+
 /// A subscription request acknowledged while the server is down is held, survives a restart of
 /// extpresence, and is sent once the link is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

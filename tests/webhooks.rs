@@ -3,6 +3,8 @@
 //! every event arrives; a receiver failing for 20 s while extpresence is restarted (SIGTERM)
 //! gets every event afterwards, in order, none lost; a 410 stops the deliveries. The README's
 //! `[[webhooks]]` example is the configuration, and its Python receiver is run as written.
+//! Issue 19: the backlog bound (drop the oldest, counted), two unnamed entries on one host,
+//! events routed at a clean stop, and a full disk under the outbox (a real tmpfs: needs root).
 //!
 //! Events are made with `/v1` status updates (one event per update).
 
@@ -40,6 +42,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::start_at(0).await
+    }
+
+    /// Listening on `port` (0: a free one).
+    async fn start_at(port: u16) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), WEBHOOK_SECRET).unwrap();
         let script = concat!(
@@ -49,6 +56,7 @@ impl Receiver {
         let mut child = tokio::process::Command::new(python())
             .arg(script)
             .arg(dir.path())
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -395,12 +403,457 @@ async fn readme_receiver_verifies_the_events() {
     assert_eq!(data["user"], format!("alice@{DOMAIN}"), "{data}");
     assert_eq!(data["status"], "In the README", "{data}");
     assert_eq!(data["cause"], "status", "{data}");
-    // Named after the URL's host when no name is given.
+    // Named after the URL's host, port and path when no name is given.
     metric_becomes(
         &ext,
-        "extpresence_webhook_deliveries_total{endpoint=\"127.0.0.1\",outcome=\"ok\"}",
+        &format!(
+            "extpresence_webhook_deliveries_total{{endpoint=\"127.0.0.1:{port}/hooks\",outcome=\"ok\"}}"
+        ),
         1.0,
     )
     .await;
     assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// `POST /v1/statuses` with these updates; every item must be ok.
+async fn bulk(ext: &Ext, updates: Vec<Value>) {
+    let body = json!({ "updates": updates }).to_string();
+    let (code, answer) = request(
+        ext.http,
+        "POST",
+        "/v1/statuses",
+        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(!answer.contains("\"ok\":false"), "{answer}");
+}
+
+/// `user` holds `n` more resources with 1,000-character statuses at a low priority: each of
+/// their events carries them all (about n KB).
+async fn large_events(ext: &Ext, user: &str, n: usize) {
+    let long = "x".repeat(1000);
+    let updates = (0..n)
+        .map(|i| {
+            json!({"user": format!("{user}@{DOMAIN}"), "resource": format!("big{i}"),
+                   "presence": "xa", "status": long, "priority": -100})
+        })
+        .collect();
+    bulk(ext, updates).await;
+}
+
+/// A `[[webhooks]]` entry to `url` (no name unless `name`), with `extra` lines.
+fn webhook(name: Option<&str>, url: &str, r: &Receiver, extra: &str) -> String {
+    let name = name
+        .map(|n| format!("name = \"{n}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[[webhooks]]\n{name}url = \"{url}\"\nsecret_file = \"{}\"\n{extra}",
+        r.secret_file().display()
+    )
+}
+
+/// Wait (at most `secs`) until the `/metrics` sample `name` passes `ok`; its value.
+async fn metric_until(ext: &Ext, secs: u64, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = metric(ext, name).await;
+        if let Some(v) = now.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} is {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 19, defect 5: an endpoint's backlog keeps at most `max_backlog_bytes`: beyond it the
+/// oldest events are dropped, counted (`reason="backlog"`) and logged (one ERROR line per
+/// 10 s); once the endpoint answers again it gets the newest ones, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_bound_drops_the_oldest() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    r.answer(Some(500));
+    let bound = 64 * 1024;
+    let hook = webhook(
+        Some("crm"),
+        &r.url(),
+        &r,
+        &format!("max_backlog_bytes = {bound}\n"),
+    );
+    let mut ext = start_ext(&server, hook).await;
+    // 20 events of 1 to 20 KB, then 10 of about 21 KB: about 430 KB for a 64 KiB bound.
+    large_events(&ext, "alice", 20).await;
+    for i in 0..10 {
+        put(&ext, "alice", &format!("update {i}")).await;
+    }
+    // One event per update.
+    let events = metric_until(&ext, 10, "extpresence_events_total", |n| n == 30.0).await;
+    let backlog = "extpresence_webhook_dropped_total{endpoint=\"crm\",reason=\"backlog\"}";
+    let ok = "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"ok\"}";
+    let pending = "extpresence_webhook_pending{endpoint=\"crm\"}";
+    // Every event is in the outbox or dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (kept, dropped) = loop {
+        let kept = metric(&ext, pending).await.unwrap();
+        let dropped = metric(&ext, backlog).await.unwrap();
+        if kept + dropped == events {
+            break (kept, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kept} pending, {dropped} dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(dropped >= 20.0, "{dropped}");
+    assert!(
+        (1.0..=3.0).contains(&kept),
+        "{kept} events of about 21 KB kept"
+    );
+    let bytes = metric(&ext, "extpresence_webhook_backlog_bytes{endpoint=\"crm\"}")
+        .await
+        .unwrap();
+    assert!(bytes > 0.0 && bytes <= bound as f64, "{bytes}");
+    let log = ext.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("webhook events dropped"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line per 10 s: {errors:?}");
+    assert!(
+        errors[0].contains("ERROR") && errors[0].contains("crm"),
+        "{errors:?}"
+    );
+    let failed: Vec<u64> = r.requests().iter().map(id_of).collect();
+    assert!(!failed.is_empty());
+
+    r.answer(None);
+    metric_until(&ext, 40, pending, |p| p == 0.0).await;
+    let delivered = r.delivered();
+    assert_eq!(delivered.len() as f64, kept, "{delivered:?}");
+    assert_eq!(metric(&ext, ok).await, Some(kept));
+    // The newest were kept: the last update arrived, and nothing older than what was dropped.
+    let last = r
+        .requests()
+        .into_iter()
+        .rfind(|q| q["answer"] == 204)
+        .unwrap();
+    assert_eq!(last["payload"]["data"]["status"], "update 9", "{last}");
+    let oldest_kept = delivered.iter().min().unwrap();
+    assert!(
+        failed.iter().all(|f| f < oldest_kept),
+        "an attempted (oldest) event was delivered: {failed:?} {delivered:?}"
+    );
+    assert!(
+        delivered.windows(2).all(|w| w[0] < w[1]),
+        "not in event order: {delivered:?}"
+    );
+    for reason in ["age", "disk", "disabled"] {
+        assert_eq!(
+            metric(
+                &ext,
+                &format!(
+                    "extpresence_webhook_dropped_total{{endpoint=\"crm\",reason=\"{reason}\"}}"
+                )
+            )
+            .await,
+            Some(0.0),
+            "{reason}"
+        );
+    }
+    all_verified(&r);
+    assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// Issue 19, defect 9: two `[[webhooks]]` without `name` on one host, different paths, are
+/// accepted, named after host, port and path, and both receive every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_paths_on_one_host_both_receive() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    let a = format!("http://127.0.0.1:{}/hooks/a", r.port);
+    let b = format!("http://127.0.0.1:{}/hooks/b", r.port);
+    let hooks = webhook(None, &a, &r, "") + &webhook(None, &b, &r, "");
+    let mut ext = start_ext(&server, hooks).await;
+    for n in 0..3 {
+        put(&ext, "alice", &format!("both {n}")).await;
+    }
+    until(15, "6 deliveries", || {
+        r.requests().iter().filter(|q| q["answer"] == 204).count() == 6
+    })
+    .await;
+    all_verified(&r);
+    for path in ["/hooks/a", "/hooks/b"] {
+        let ids: Vec<u64> = r
+            .requests()
+            .iter()
+            .filter(|q| q["path"] == path && q["answer"] == 204)
+            .map(id_of)
+            .collect();
+        assert_eq!(ids, r.delivered(), "{path}");
+        metric_becomes(
+            &ext,
+            &format!(
+                "extpresence_webhook_deliveries_total{{endpoint=\"127.0.0.1:{}{path}\",outcome=\"ok\"}}",
+                r.port
+            ),
+            3.0,
+        )
+        .await;
+    }
+    assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// Issue 19, defect 5: events routed while the endpoint is down (nothing listens) are all
+/// delivered after a clean stop (SIGTERM right after the last update, while they are still
+/// being routed) and a start with the endpoint up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_at_a_clean_stop_are_delivered_after_the_restart() {
+    let server = prosody().await;
+    let port = free_port();
+    let secret_dir = tempfile::tempdir().unwrap();
+    std::fs::write(secret_dir.path().join("secret"), WEBHOOK_SECRET).unwrap();
+    let hook = format!(
+        "[[webhooks]]\nname = \"down\"\nurl = \"http://127.0.0.1:{port}/hooks\"\nsecret_file = \"{}\"\n",
+        secret_dir.path().join("secret").display()
+    );
+    let mut ext = start_ext(&server, hook).await;
+    // Large events, many at once: a bulk of 200 updates of alice's status.
+    large_events(&ext, "alice", 30).await;
+    let updates = (0..200)
+        .map(|i| json!({"user": format!("alice@{DOMAIN}"), "presence": "away", "status": format!("queued {i}")}))
+        .collect();
+    bulk(&ext, updates).await;
+    // One event per update (some are still being routed now).
+    let events = 230.0;
+    assert_eq!(ext.terminate().await, Some(0), "{}", ext.log());
+    assert!(
+        !ext.log().contains("did not finish"),
+        "the drain was cut: {}",
+        ext.log()
+    );
+
+    let r = Receiver::start_at(port).await;
+    ext.restart().await;
+    ext.wait_privileged(1).await;
+    let pending = "extpresence_webhook_pending{endpoint=\"down\"}";
+    metric_until(&ext, 60, pending, |p| p == 0.0).await;
+    let delivered = r.delivered();
+    assert_eq!(
+        delivered.len() as f64,
+        events,
+        "every event of the first run"
+    );
+    let last = r
+        .requests()
+        .into_iter()
+        .rfind(|q| q["answer"] == 204)
+        .unwrap();
+    assert_eq!(last["payload"]["data"]["status"], "queued 199", "{last}");
+    assert_eq!(
+        metric(
+            &ext,
+            "extpresence_webhook_deliveries_total{endpoint=\"down\",outcome=\"dropped\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    all_verified(&r);
+    assert_eq!(ext.terminate().await, Some(0));
+}
+
+/// A small tmpfs (tests run as root, CI too), unmounted on drop. Mounting must work: a test
+/// that needs a full disk does not skip silently.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (the full-disk test needs root): {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill it: a file of zeros until the disk says it is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 16 << 10];
+        loop {
+            match f.write_all(&chunk).and_then(|_| f.sync_all()) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Update alice's status (her events carry her large statuses) until the outbox cannot commit.
+async fn fill_until_failing(ext: &Ext, status: &str) {
+    for i in 0..300 {
+        put(ext, "alice", &format!("{status} {i}")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if metric(ext, "extpresence_webhook_outbox_ok").await == Some(0.0) {
+            return;
+        }
+    }
+    panic!("the outbox still commits on a full disk");
+}
+
+/// `GET /readyz`: its status and text.
+async fn readyz(ext: &Ext) -> (u16, String) {
+    request(ext.http, "GET", "/readyz", &[], b"").await
+}
+
+/// Issue 19, defect 5: on a full disk the outbox's commits fail: `/readyz` says so (503) and
+/// `/metrics` too, the events wait in memory only up to the bound (the oldest beyond it dropped,
+/// `reason="disk"`), and once there is room again the outbox commits and delivers. At a clean
+/// stop on a full disk what cannot be written is logged, and the stop is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_reported_and_memory_stays_bounded() {
+    let server = prosody().await;
+    let r = Receiver::start().await;
+    r.answer(Some(500));
+    let disk = Tmpfs::mount("4m");
+    // The status store on the ordinary disk; its webhook outbox on the tmpfs.
+    let state = tempfile::tempdir().unwrap();
+    let store = state.path().join("statuses.redb");
+    std::os::unix::fs::symlink(
+        disk.path().join("outbox"),
+        state.path().join("statuses.redb.webhooks"),
+    )
+    .unwrap();
+    let bound = 1 << 20;
+    let hook = webhook(
+        Some("crm"),
+        &r.url(),
+        &r,
+        &format!("max_backlog_bytes = {bound}\n"),
+    );
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        let c: Vec<String> = c
+            .lines()
+            .map(|l| {
+                if l.starts_with("path = ") {
+                    format!("path = \"{}\"", store.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        format!("{}\n{hook}", c.join("\n"))
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    assert!(
+        disk.path().join("outbox").exists(),
+        "the outbox is on the tmpfs"
+    );
+    assert_eq!(readyz(&ext).await.0, 200);
+    disk.fill();
+
+    // Events of about 30 KB until a commit fails.
+    large_events(&ext, "alice", 30).await;
+    fill_until_failing(&ext, "until full").await;
+    // 70 more (2 MB) wait in memory for a 1 MiB bound: the oldest of them go.
+    let updates: Vec<Value> = (0..70)
+        .map(|i| json!({"user": format!("alice@{DOMAIN}"), "presence": "away", "status": format!("full {i}")}))
+        .collect();
+    bulk(&ext, updates).await;
+    let (code, text) = readyz(&ext).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("webhook outbox cannot commit"), "{text}");
+    let disk_drops = "extpresence_webhook_dropped_total{endpoint=\"crm\",reason=\"disk\"}";
+    metric_until(&ext, 10, disk_drops, |d| d > 0.0).await;
+    let queued = metric(&ext, "extpresence_webhook_queued_bytes{endpoint=\"crm\"}")
+        .await
+        .unwrap();
+    assert!(queued <= bound as f64, "{queued} bytes in memory");
+    assert!(
+        metric(&ext, "extpresence_webhook_outbox_failed_commits_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(ext.log().contains("the webhook outbox cannot commit"));
+
+    // Room again: the outbox commits, is ready, and delivers the newest events.
+    disk.free();
+    metric_until(&ext, 10, "extpresence_webhook_outbox_ok", |v| v == 1.0).await;
+    assert_eq!(readyz(&ext).await.0, 200);
+    metric_until(
+        &ext,
+        10,
+        "extpresence_webhook_queued_bytes{endpoint=\"crm\"}",
+        |v| v == 0.0,
+    )
+    .await;
+    r.answer(None);
+    let pending = "extpresence_webhook_pending{endpoint=\"crm\"}";
+    metric_until(&ext, 60, pending, |p| p == 0.0).await;
+    let last = r
+        .requests()
+        .into_iter()
+        .rfind(|q| q["answer"] == 204)
+        .unwrap();
+    assert_eq!(last["payload"]["data"]["status"], "full 69", "{last}");
+    let ok = metric(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"ok\"}",
+    )
+    .await
+    .unwrap();
+    let dropped = metric(
+        &ext,
+        "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"dropped\"}",
+    )
+    .await
+    .unwrap();
+    let events = metric(&ext, "extpresence_events_total").await.unwrap();
+    assert_eq!(ok + dropped, events, "every event delivered or counted");
+
+    // A clean stop with the disk full again and events waiting in memory: logged, not held up.
+    r.answer(Some(500));
+    disk.fill();
+    fill_until_failing(&ext, "at the stop").await;
+    let stopping = Instant::now();
+    assert_eq!(ext.terminate().await, Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    let log = ext.log();
+    assert!(
+        log.contains("at shutdown the webhook outbox still cannot commit"),
+        "{log}"
+    );
+    assert!(!log.contains("did not finish"), "{log}");
 }

@@ -6,11 +6,18 @@
 //! The defaults let a busy PBX through (100 requests/s per credential, bursts of 200; a bulk
 //! request of 1,000 updates is one request) and stop a runaway script; `[http] rate_per_sec`,
 //! `rate_burst`, `global_rate_per_sec` and `global_rate_burst` change them.
+//!
+//! Failed authentications are limited apart, per client address ([`FailedAuth`]): a wrong key or
+//! token (in any dialect, or in the status page's sign-in form) is charged to the address it came
+//! from, never to a credential, so a flood from one address cannot lock out anyone else, and a
+//! correct key is never charged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
@@ -113,9 +120,153 @@ impl Limits {
     }
 }
 
+/// Failed authentications one client address may make at once.
+pub const FAILED_AUTH_BURST: u32 = 10;
+/// After the burst, one more failed authentication per this long.
+pub const FAILED_AUTH_REFILL: Duration = Duration::from_secs(6);
+/// A refused address is logged at most once per this long.
+pub const FAILED_AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Addresses tracked at most (about 50 bytes each); beyond it, those whose budget is full again
+/// are forgotten first.
+const FAILED_AUTH_TRACKED: usize = 100_000;
+
+/// Failed authentications per client address: a budget of [`FAILED_AUTH_BURST`] failures that
+/// refills one per [`FAILED_AUTH_REFILL`] (GCRA: each address keeps the time its budget is full
+/// again). An address whose budget is spent has every authentication refused (also with a correct
+/// key, so that guessing stops) until it refills. IPv6 addresses count per /64 (what one host
+/// usually holds).
+#[derive(Debug, Default)]
+pub struct FailedAuth {
+    peers: Mutex<HashMap<IpAddr, Peer>>,
+    /// Wrong credentials, for `/metrics` (`reason="wrong_key"`).
+    wrong: AtomicU64,
+    /// Attempts refused because their address had spent its budget (`reason="peer_limited"`).
+    limited: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// When this address's budget is full again.
+    full_at: Instant,
+    /// When its refusal was last logged.
+    logged: Option<Instant>,
+}
+
+/// A refused attempt: how long until one more may be made, and whether to log it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Until the address may try again.
+    pub wait: Duration,
+    /// The first refusal of this address in [`FAILED_AUTH_LOG_EVERY`].
+    pub log: bool,
+}
+
+/// The key an address is counted under: IPv6 per /64, IPv4 (also mapped into IPv6) as it is.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+impl FailedAuth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ip` has spent its budget at `now`: then its attempt is refused (and counted).
+    pub fn refused(&self, ip: IpAddr, now: Instant) -> Option<Refusal> {
+        let mut peers = self.lock();
+        let peer = peers.get_mut(&bucket(ip))?;
+        // Refused while more than BURST - 1 failures are outstanding.
+        let free_at = peer
+            .full_at
+            .checked_sub(FAILED_AUTH_REFILL * (FAILED_AUTH_BURST - 1))?;
+        if free_at <= now {
+            return None;
+        }
+        self.limited.fetch_add(1, Ordering::Relaxed);
+        let log = peer
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= FAILED_AUTH_LOG_EVERY);
+        if log {
+            peer.logged = Some(now);
+        }
+        Some(Refusal {
+            wait: free_at - now,
+            log,
+        })
+    }
+
+    /// Charge one failed authentication to `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        self.wrong.fetch_add(1, Ordering::Relaxed);
+        let mut peers = self.lock();
+        if peers.len() >= FAILED_AUTH_TRACKED && !peers.contains_key(&bucket(ip)) {
+            peers.retain(|_, p| p.full_at > now);
+            if peers.len() >= FAILED_AUTH_TRACKED {
+                // Every tracked address is in debt: forget the one nearest to full.
+                if let Some(k) = peers.iter().min_by_key(|(_, p)| p.full_at).map(|(k, _)| *k) {
+                    peers.remove(&k);
+                }
+            }
+        }
+        let peer = peers.entry(bucket(ip)).or_insert(Peer {
+            full_at: now,
+            logged: None,
+        });
+        peer.full_at = peer.full_at.max(now) + FAILED_AUTH_REFILL;
+    }
+
+    /// Wrong credentials so far, and attempts refused over the limit.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.wrong.load(Ordering::Relaxed),
+            self.limited.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_authentications_are_limited_per_address() {
+        let f = FailedAuth::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for i in 0..FAILED_AUTH_BURST {
+            assert_eq!(f.refused(a, t0), None, "failure {i} is within the budget");
+            f.failed(a, t0);
+        }
+        let r = f.refused(a, t0).expect("over the budget");
+        assert_eq!((r.wait, r.log), (FAILED_AUTH_REFILL, true));
+        let r = f.refused(a, t0 + Duration::from_secs(1)).unwrap();
+        assert!(!r.log, "logged once per minute");
+        assert_eq!(f.refused(b, t0), None, "another address has its own budget");
+        // One more after a refill, then refused again.
+        let t1 = t0 + FAILED_AUTH_REFILL;
+        assert_eq!(f.refused(a, t1), None);
+        f.failed(a, t1);
+        assert!(f.refused(a, t1).is_some());
+        assert!(
+            f.refused(a, t1 + FAILED_AUTH_LOG_EVERY).is_none(),
+            "refilled by then"
+        );
+        assert_eq!(f.counts(), (FAILED_AUTH_BURST as u64 + 1, 3));
+        // IPv6 per /64.
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for _ in 0..FAILED_AUTH_BURST {
+            f.failed(v6, t0);
+        }
+        assert!(f.refused("2001:db8::ffff:2".parse().unwrap(), t0).is_some());
+        assert!(f.refused("2001:db8:0:1::1".parse().unwrap(), t0).is_none());
+    }
 
     #[test]
     fn a_burst_over_the_limit_is_refused_with_a_wait() {

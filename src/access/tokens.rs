@@ -6,7 +6,8 @@
 //! with the token's user, access, name and expiry (table `tokens`), so tokens survive restarts
 //! and a copy of the store reveals none. A token is checked by its id, then its secret's digest
 //! compared in constant time; an expired token is refused; a revoked one is refused at once (it
-//! leaves memory before the store has removed it).
+//! leaves memory before the store has removed it). A request still being answered with a token
+//! (an event stream) ends when the token is revoked or expires ([`Lifetime`]).
 //!
 //! At most [`MAX_TOKENS`] are held. Expired tokens do not count: they are purged (from memory
 //! and the store) when the cap is reached and at most once a minute while tokens are minted, so
@@ -22,6 +23,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Access, Grant, Scope};
@@ -66,6 +68,49 @@ struct Entry {
     digest: [u8; 32],
     grant: Arc<Grant>,
     info: TokenInfo,
+    /// Cancelled when the token is revoked: what was opened with it (event streams) ends.
+    revoked: CancellationToken,
+}
+
+/// How long a checked credential stays good for what was opened with it (an event stream):
+/// until its token is revoked or expires; for ever (the process's life) for a configured key.
+#[derive(Debug, Clone, Default)]
+pub struct Lifetime {
+    /// Cancelled when the token is revoked.
+    pub revoked: CancellationToken,
+    /// When it expires (ms since the Unix epoch), if ever.
+    pub expires_at: Option<u64>,
+}
+
+impl Lifetime {
+    /// A lifetime that is over already (a token revoked meanwhile).
+    pub fn over() -> Lifetime {
+        let l = Lifetime::default();
+        l.revoked.cancel();
+        l
+    }
+
+    /// Whether it is over now.
+    pub fn is_over(&self) -> bool {
+        self.revoked.is_cancelled() || self.expires_at.is_some_and(|at| at <= now_ms())
+    }
+
+    /// Completes when it is over: at revocation, or at the expiry time.
+    pub async fn ended(&self) {
+        let expiry = async {
+            match self.expires_at {
+                Some(at) => {
+                    let left = at.saturating_sub(now_ms());
+                    tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.revoked.cancelled() => {}
+            () = expiry => {}
+        }
+    }
 }
 
 /// The tokens held.
@@ -145,6 +190,7 @@ impl Tokens {
                     digest,
                     grant: Arc::new(grant),
                     info: s.info,
+                    revoked: CancellationToken::new(),
                 })
             });
             match parsed {
@@ -260,6 +306,7 @@ impl Tokens {
                 digest: d,
                 grant: Arc::new(grant),
                 info: info.clone(),
+                revoked: CancellationToken::new(),
             },
         );
         Ok((format!("{PREFIX}{id}.{secret}"), info))
@@ -278,12 +325,13 @@ impl Tokens {
         v
     }
 
-    /// Revoke token `id`: refused at once, removed from the store before this returns. `false`
-    /// when there is no such token.
+    /// Revoke token `id`: refused at once, its open event streams ended, removed from the store
+    /// before this returns. `false` when there is no such token.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        if self.write().remove(id).is_none() {
+        let Some(entry) = self.write().remove(id) else {
             return Ok(false);
-        }
+        };
+        entry.revoked.cancel();
         if let Some(store) = &self.store {
             store
                 .write(vec![Write::Remove(Side::Tokens, id.to_string())])
@@ -291,6 +339,22 @@ impl Tokens {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// The lifetime of `grant` if it is a token's grant (as [`grant`](Self::grant) gave it):
+    /// [`Lifetime::over`] if the token was revoked since. `None` when it is not a token's.
+    pub fn lifetime(&self, grant: &Arc<Grant>) -> Option<Lifetime> {
+        let id = grant.name.strip_prefix("token ")?;
+        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(match self.read().get(id) {
+            Some(e) if Arc::ptr_eq(&e.grant, grant) => Lifetime {
+                revoked: e.revoked.clone(),
+                expires_at: e.info.expires_at,
+            },
+            _ => Lifetime::over(),
+        })
     }
 
     /// The grant of `credential` if it is a live token.

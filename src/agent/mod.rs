@@ -145,6 +145,9 @@ pub enum AgentError {
     /// The store could not commit.
     #[error("the request could not be stored: {0}")]
     Storage(String),
+    /// The request itself is refused (a contact that is not a user's JID, custom XML refused).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<RosterError> for AgentError {
@@ -165,9 +168,9 @@ impl From<StoreError> for AgentError {
 /// A subscription request, as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeRequest {
-    /// The contact.
+    /// The contact: a user's JID (a localpart; [`check_contact`]).
     pub to: BareJid,
-    /// Custom XML elements (already checked by the dialect: well-formed, no DOCTYPE, at most
+    /// Custom XML elements (checked by [`parse_custom_xml`], also by the dialect; at most
     /// [`MAX_CUSTOM_XML`] bytes).
     pub custom_xml: Option<String>,
     /// `xml:lang`.
@@ -258,6 +261,9 @@ struct Inner {
     wake: Notify,
     /// Bumped whenever requests were sent.
     sent: watch::Sender<u64>,
+    /// The requests (by generation) whose [`Agent::subscribe`] waits for its answer, and
+    /// whether each went out: a record gone from `held` may also have been dropped unsent.
+    outcomes: Mutex<HashMap<u64, bool>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -297,6 +303,14 @@ impl Agent {
                 Some(((BareJid::new(u).ok()?, BareJid::new(c).ok()?), h))
             });
             match parsed {
+                // Refused since issue 19: the watch of its approval read the domain's "roster"
+                // for the whole watch, and the server refused every read.
+                Some(((user, contact), _)) if check_contact(&contact).is_err() => {
+                    warn!(%user, %contact, "a held subscription request to a domain was dropped");
+                    if let Some(store) = &store {
+                        let _ = store.write(vec![Write::Remove(Side::Subscriptions, k)]);
+                    }
+                }
                 Some((pair, h)) => {
                     held.insert(pair, h);
                 }
@@ -322,6 +336,7 @@ impl Agent {
                 auto: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 sent: watch::channel(0).0,
+                outcomes: Mutex::new(HashMap::new()),
                 next_id: std::sync::atomic::AtomicU64::new(loaded + 1),
             }),
         }
@@ -442,6 +457,13 @@ impl Agent {
             .ok_or_else(|| AgentError::Unknown(contact.to_string()))
     }
 
+    fn lock_outcomes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, bool>> {
+        self.inner
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_auto(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, u64>> {
         self.inner.auto.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -486,6 +508,10 @@ impl Agent {
         req: SubscribeRequest,
     ) -> Result<Subscribed, AgentError> {
         self.offered()?;
+        check_contact(&req.to).map_err(|e| AgentError::Invalid(format!("to: {e}")))?;
+        if let Some(xml) = &req.custom_xml {
+            parse_custom_xml(xml).map_err(|e| AgentError::Invalid(format!("customXml: {e}")))?;
+        }
         let now = now_ms();
         let gen = self.next_gen();
         let id = req
@@ -524,9 +550,12 @@ impl Agent {
                 }
             }
             let written = self.queue_put(&pair, &held);
+            self.lock_outcomes().insert(gen, false);
             map.insert(pair.clone(), held);
             written
         };
+        // Its outcome is forgotten however this call ends (also when the client goes away).
+        let _outcome = OutcomeGuard { agent: self, gen };
         if let Err(e) = written.durable().await {
             // Not acknowledged: take it back (unless a newer request replaced it).
             let mut map = self.lock_held();
@@ -537,23 +566,23 @@ impl Agent {
         }
         self.inner.wake.notify_one();
         // Wait a little for it to go out and the user's side to be done, so the answer can say
-        // so (a record gone or replaced was sent).
+        // so (a record gone or replaced is done with; whether it went out is in `outcomes`).
         let settled = |agent: &Agent| {
             agent
                 .lock_held()
                 .get(&pair)
                 .filter(|h| h.gen == gen)
-                .map_or((true, true), |h| (h.sent, h.settled))
+                .is_none_or(|h| h.settled)
         };
         let _ = tokio::time::timeout(SEND_WAIT, async {
-            while !settled(self).1 {
+            while !settled(self) {
                 if sent_rx.changed().await.is_err() {
                     break;
                 }
             }
         })
         .await;
-        let sent = settled(self).0;
+        let sent = self.lock_outcomes().get(&gen).copied().unwrap_or(false);
         let item = match self.roster_of(user).await {
             Ok(items) => {
                 let i = items.iter().find(|i| i.jid == req.to);
@@ -716,27 +745,30 @@ impl Agent {
             }
             let mut batch = PresenceBatch::new();
             let mut bad = Vec::new();
+            let mut in_batch = Vec::new();
             for ((user, contact), h) in &unsent {
-                // Validated when asked; a record that still cannot be rendered is dropped, never
-                // allowed to stop this task.
-                let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let children = match h.xml.as_deref() {
-                        Some(x) => parse_elements(x)?,
-                        None => Vec::new(),
-                    };
-                    Ok::<_, String>(PresenceBatch::in_users_name(
+                // Validated (and rendered) when asked; a record that still cannot be rendered (a
+                // damaged store) is dropped, and its request answered `sent: false`.
+                let rendered = match h.xml.as_deref() {
+                    Some(x) => parse_elements(x),
+                    None => Ok(Vec::new()),
+                }
+                .and_then(|children| {
+                    PresenceBatch::in_users_name(
                         "subscribe",
                         user,
                         contact,
                         &h.id,
                         h.lang.as_deref(),
                         &children,
-                    ))
-                }));
+                    )
+                });
                 match rendered {
-                    Ok(Ok(b)) => batch.append(b),
-                    Ok(Err(e)) => bad.push((user, contact, h.gen, e)),
-                    Err(_) => bad.push((user, contact, h.gen, "it cannot be rendered".into())),
+                    Ok(b) => {
+                        batch.append(b);
+                        in_batch.push(h.gen);
+                    }
+                    Err(e) => bad.push((user, contact, h.gen, e)),
                 }
             }
             for (user, contact, gen, why) in bad {
@@ -752,6 +784,14 @@ impl Agent {
             }
             // Sent: marked at once (a crash from here on does not send them again), then the
             // users' sides.
+            {
+                let mut outcomes = self.lock_outcomes();
+                for gen in in_batch {
+                    if let Some(sent) = outcomes.get_mut(&gen) {
+                        *sent = true;
+                    }
+                }
+            }
             let now = now_ms();
             let written: Vec<Pending> = {
                 let mut map = self.lock_held();
@@ -894,7 +934,8 @@ impl Agent {
             }
         }
         let probe =
-            PresenceBatch::in_users_name("probe", user, contact, &self.next_iq_id(), None, &[]);
+            PresenceBatch::in_users_name("probe", user, contact, &self.next_iq_id(), None, &[])
+                .expect("no children to render");
         if let Err(e) = self.exchange(probe, None).await {
             debug!(%user, %contact, error = %e, "the probe after the approval was not sent");
         }
@@ -902,8 +943,20 @@ impl Agent {
     }
 }
 
-/// Parse XML elements (a subscription request's custom XML): elements only (whitespace between
-/// them allowed), unprefixed ones in `jabber:client`.
+/// Removes a request's entry in `outcomes` when its [`Agent::subscribe`] call ends.
+struct OutcomeGuard<'a> {
+    agent: &'a Agent,
+    gen: u64,
+}
+
+impl Drop for OutcomeGuard<'_> {
+    fn drop(&mut self) {
+        self.agent.lock_outcomes().remove(&self.gen);
+    }
+}
+
+/// Parse XML elements (a subscription request's custom XML, a presence's other children):
+/// elements only (whitespace between them allowed), unprefixed ones in `jabber:client`.
 pub fn parse_elements(xml: &str) -> Result<Vec<Element>, String> {
     let root = stanzas::parse_fragment(xml, "jabber:client")
         .map_err(|e| format!("not well-formed XML: {e}"))?;
@@ -911,6 +964,68 @@ pub fn parse_elements(xml: &str) -> Result<Vec<Element>, String> {
         return Err("text outside of an element".into());
     }
     Ok(root.children().cloned().collect())
+}
+
+/// Namespaces refused in custom XML, at any depth: the stanza namespaces (a stanza inside the
+/// request, and unprefixed elements without `xmlns`, which are in `jabber:client`), and what a
+/// receiving client takes as a statement of origin, routing or time made by a server: XEP-0297
+/// forwarding, XEP-0203 and XEP-0091 delay, XEP-0280 carbons, XEP-0356 privilege, XEP-0355
+/// delegation, XEP-0033 addressing, XEP-0359 stanza and origin ids, XEP-0313 archive results,
+/// XEP-0045 MUC occupant data, XEP-0319 idle time, XEP-0202 entity time.
+pub const REFUSED_NAMESPACES: &[&str] = &[
+    "jabber:client",
+    "jabber:server",
+    "jabber:component:accept",
+    "jabber:component:connect",
+    "urn:xmpp:forward:0",
+    "urn:xmpp:delay",
+    "jabber:x:delay",
+    "urn:xmpp:carbons:2",
+    "urn:xmpp:privilege:1",
+    "urn:xmpp:privilege:2",
+    "urn:xmpp:delegation:1",
+    "urn:xmpp:delegation:2",
+    "http://jabber.org/protocol/address",
+    "urn:xmpp:sid:0",
+    "urn:xmpp:mam:2",
+    "http://jabber.org/protocol/muc#user",
+    "urn:xmpp:idle:1",
+    "urn:xmpp:time",
+];
+
+/// Check a subscription request's custom XML: [`parse_elements`], no element in
+/// [`REFUSED_NAMESPACES`] at any depth, and each element written once and read back (so that
+/// what is accepted is known to render, well-formed, when it is sent).
+pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
+    let elements = parse_elements(xml)?;
+    let mut stack: Vec<&Element> = elements.iter().collect();
+    while let Some(el) = stack.pop() {
+        if REFUSED_NAMESPACES.contains(&el.ns().as_str()) {
+            return Err(format!(
+                "<{}> in the namespace {} is not allowed (README \"Acting in a user's name\")",
+                el.name(),
+                el.ns()
+            ));
+        }
+        stack.extend(el.children());
+    }
+    // Written as it will be sent, and read back: what goes on the wire is well-formed.
+    for el in &elements {
+        let written = stanzas::render(el)?;
+        if parse_elements(&written)?.len() != 1 {
+            return Err("it cannot be written as XML".into());
+        }
+    }
+    Ok(elements)
+}
+
+/// Check a contact a request is sent to: a user's JID (with a localpart), not a server or a
+/// service domain.
+pub fn check_contact(jid: &BareJid) -> Result<(), String> {
+    match jid.node() {
+        Some(_) => Ok(()),
+        None => Err(format!("{jid} is a domain, not a user's JID (user@domain)")),
+    }
 }
 
 #[cfg(test)]
@@ -932,5 +1047,114 @@ mod tests {
             "<a xmlns='urn:a' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>"
         )
         .is_err());
+    }
+
+    #[test]
+    fn custom_xml_refuses_stanzas_and_origin_claims_at_any_depth() {
+        for xml in [
+            "<presence xmlns='jabber:client' type='subscribed'/>",
+            "<x xmlns='urn:x'><message xmlns='jabber:client'/></x>",
+            "<x xmlns='urn:x'><iq xmlns='jabber:server' type='set'/></x>",
+            "<x xmlns='urn:x'><y xmlns='jabber:component:accept'/></x>",
+            // No xmlns: jabber:client.
+            "<note>hi</note>",
+            "<x xmlns='urn:x'><y><z xmlns='jabber:client'/></y></x>",
+            "<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='bob@example.com'/></forwarded>",
+            "<delay xmlns='urn:xmpp:delay' stamp='2002-09-10T23:08:25Z'/>",
+            "<x xmlns='jabber:x:delay' stamp='20020910T23:08:25'/>",
+            "<received xmlns='urn:xmpp:carbons:2'/>",
+            "<privilege xmlns='urn:xmpp:privilege:2'/>",
+            "<privilege xmlns='urn:xmpp:privilege:1'/>",
+            "<addresses xmlns='http://jabber.org/protocol/address'><address type='ofrom' jid='bob@example.com'/></addresses>",
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='example.com' id='1'/>",
+            "<a xmlns='urn:a'><b><c><d><origin-id xmlns='urn:xmpp:sid:0' id='1'/></d></c></b></a>",
+            "<p:x xmlns:p='urn:xmpp:delay'/>",
+        ] {
+            let e = parse_custom_xml(xml).expect_err(xml);
+            assert!(e.contains("is not allowed"), "{xml}: {e}");
+        }
+        let ok = "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick><a xmlns='urn:a'><b/><c xmlns=''/></a>";
+        assert_eq!(parse_custom_xml(ok).unwrap().len(), 2);
+        // Elsewhere (a presence's other children, as the server sent them) these are fine.
+        assert!(
+            parse_elements("<delay xmlns='urn:xmpp:delay' stamp='2002-09-10T23:08:25Z'/>").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_contact_is_a_users_jid() {
+        assert!(check_contact(&BareJid::new("bob@example.com").unwrap()).is_ok());
+        let e = check_contact(&BareJid::new("example.com").unwrap()).unwrap_err();
+        assert!(e.contains("is a domain"), "{e}");
+    }
+
+    /// A request to a domain held by an earlier version is dropped at start, also from the store.
+    #[tokio::test]
+    async fn held_requests_to_a_domain_are_dropped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let open = |path: &std::path::Path| {
+            for _ in 0..500 {
+                if let Ok((store, _)) = Store::open(path) {
+                    return store;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("the store did not reopen");
+        };
+        let agent = |store: Store| {
+            let (link, _rx, _ready) = AgentLink::new();
+            Agent::new(
+                BareJid::new("status.example.com").unwrap(),
+                Some(link),
+                Rosters::unsupported(),
+                Observed::new(),
+                Some(store),
+                ["example.com".to_string()].into(),
+                AgentSettings {
+                    watch: Duration::from_secs(60),
+                    ejabberd_api: None,
+                },
+            )
+        };
+        let record = |to: &str| {
+            let h = Held {
+                v: 1,
+                id: "x".into(),
+                lang: None,
+                xml: None,
+                requested: 1,
+                sent: true,
+                until: u64::MAX,
+                gen: 0,
+                settled: false,
+                next_check: 0,
+                checks: 0,
+            };
+            Write::Put(
+                Side::Subscriptions,
+                format!("alice@example.com\0{to}"),
+                serde_json::to_vec(&h).unwrap(),
+            )
+        };
+        {
+            let store = open(&path);
+            store
+                .write(vec![record("example.com"), record("bob@example.com")])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let a = agent(open(&path));
+        assert_eq!(a.held(), 1, "only the request to bob stays");
+        // The removal is durable: the next start finds only bob's.
+        drop(a);
+        let store = open(&path);
+        let keys: Vec<String> = store
+            .take(Side::Subscriptions)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["alice@example.com\0bob@example.com".to_string()]);
     }
 }

@@ -7,10 +7,13 @@
 //! presence as it is now (held statuses and observed sessions, aggregated), renders it to JSON
 //! once, numbers it and publishes it:
 //! - to the resume buffer (the last [`BUFFER`] events, at most [`BUFFER_BYTES`]), and to each subscriber whose [`Filter`] passes it
-//!   (subscribers are indexed by user and domain, so an event costs only its own subscribers).
-//!   Each subscriber (an SSE stream, `http/read.rs`) has a bounded queue of [`SUBSCRIBER_QUEUE`]
-//!   events; one that falls that far behind has its queue ended and is sent `reset`: publishing
-//!   never waits, so a slow client never slows the others or this task.
+//!   (subscribers are indexed by user and domain, so an event costs only its own subscribers,
+//!   and a subscriber costs one index entry per user or domain it follows, at most
+//!   [`MAX_FOLLOWED`] users; it is registered a few entries per taking of the lock, so a large
+//!   filter never holds up publishing). Each subscriber (an SSE stream, `http/read.rs`) has a
+//!   queue bounded to [`SUBSCRIBER_QUEUE`] events and [`SUBSCRIBER_QUEUE_BYTES`] of event data;
+//!   one that falls that far behind has its queue ended and is sent `reset`: publishing never
+//!   waits, so a slow client never slows the others or this task.
 //! - to the durable consumers ([`EventHub::tap`], the webhooks), which see every event in order.
 //!
 //! Event ids are unique and increasing, also across restarts: an id is the time in microseconds
@@ -18,7 +21,7 @@
 //! before this process started (or older than the buffer) cannot be resumed: [`Resume::Reset`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jid::BareJid;
@@ -36,6 +39,15 @@ pub const BUFFER: usize = 16_384;
 pub const BUFFER_BYTES: usize = 32 << 20;
 /// Events a subscriber may fall behind before it is reset.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
+/// Bytes of event data a subscriber may fall behind before it is reset (an event larger than
+/// this still reaches a subscriber whose queue is empty).
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 16 << 20;
+/// Most users one subscriber may follow (`?user=`, or a user token's contacts): each costs an
+/// index entry while the stream is open.
+pub const MAX_FOLLOWED: usize = 10_000;
+/// Index entries a subscriber registers per taking of the registry's lock: publishing waits
+/// for at most this many insertions.
+const REGISTER_CHUNK: usize = 256;
 
 /// Why a user's presence changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +106,15 @@ impl Filter {
     }
 }
 
+/// What a subscriber's queue holds now, shared by the publisher and the subscriber.
+#[derive(Debug, Default)]
+struct Queue {
+    /// The queue was ended because the subscriber fell behind.
+    lagged: AtomicBool,
+    /// Bytes of event data queued and not yet received.
+    bytes: AtomicUsize,
+}
+
 /// A subscriber's end: the events it missed (when resuming), then its live queue.
 #[derive(Debug)]
 pub struct Subscription {
@@ -103,9 +124,11 @@ pub struct Subscription {
     /// Buffered events after the resumed id that pass the filter.
     pub backlog: Vec<Arc<Event>>,
     /// Live events that pass the filter. Ends when the hub closes, or when the subscriber fell
-    /// [`SUBSCRIBER_QUEUE`] events behind ([`Subscription::lagged`]).
-    pub rx: mpsc::Receiver<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
+    /// [`SUBSCRIBER_QUEUE`] events or [`SUBSCRIBER_QUEUE_BYTES`] behind ([`Subscription::lagged`]).
+    rx: mpsc::Receiver<Arc<Event>>,
+    /// Live events up to this id are in `backlog` already, or came before the subscription.
+    seen: u64,
+    queue: Arc<Queue>,
     /// Unregisters on drop.
     _guard: Registered,
 }
@@ -113,27 +136,73 @@ pub struct Subscription {
 impl Subscription {
     /// Whether the queue was ended because the subscriber fell behind.
     pub fn lagged(&self) -> bool {
-        self.lagged.load(Ordering::Relaxed)
+        self.queue.lagged.load(Ordering::Relaxed)
+    }
+
+    /// The next live event; `None` when the queue ended (hub closed, or [`lagged`](Self::lagged)).
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            let e = self.rx.recv().await?;
+            if let Some(e) = self.received(e) {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Account for `e` leaving the queue; `None` if the backlog had it already.
+    fn received(&self, e: Arc<Event>) -> Option<Arc<Event>> {
+        self.queue.bytes.fetch_sub(e.data.len(), Ordering::Relaxed);
+        (e.id > self.seen).then_some(e)
     }
 }
 
-/// A subscriber as the publisher sees it.
+/// A subscriber as the publisher sees it: one per subscriber, shared by each index entry (so a
+/// subscriber costs one entry per user or domain it follows, and its filter once).
 #[derive(Debug)]
 struct Sub {
     tx: mpsc::Sender<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
-    /// The subscriber's user filter (a subscriber listed under a domain and also under the user
-    /// gets the event once).
-    users: Arc<HashSet<BareJid>>,
+    queue: Arc<Queue>,
+    /// The subscriber's filter (a subscriber listed under a domain and also under the user gets
+    /// the event once).
+    filter: Arc<Filter>,
+}
+
+impl Sub {
+    /// Queue `event`; `false` when this subscriber is to be dropped (gone, or too far behind: its
+    /// queue ends here, and it is told to read again).
+    fn offer(&self, event: &Arc<Event>) -> bool {
+        if self.queue.lagged.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = event.data.len();
+        let queued = self.queue.bytes.load(Ordering::Relaxed);
+        // An event alone always fits: a reader that keeps up gets even a huge one.
+        if queued > 0 && queued.saturating_add(len) > SUBSCRIBER_QUEUE_BYTES {
+            self.queue.lagged.store(true, Ordering::Relaxed);
+            return false;
+        }
+        // Counted before it can be received (and uncounted), so the count never wraps.
+        self.queue.bytes.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queue.lagged.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// Subscribers indexed by what they want, so that an event costs only its own subscribers.
 #[derive(Debug, Default)]
 struct Registry {
-    all: HashMap<u64, Sub>,
-    by_user: HashMap<BareJid, HashMap<u64, Sub>>,
-    by_domain: HashMap<String, HashMap<u64, Sub>>,
+    all: HashMap<u64, Arc<Sub>>,
+    by_user: HashMap<BareJid, HashMap<u64, Arc<Sub>>>,
+    by_domain: HashMap<String, HashMap<u64, Arc<Sub>>>,
     next: u64,
+    /// Subscriptions alive.
     count: usize,
 }
 
@@ -147,15 +216,17 @@ struct Buffer {
     last: u64,
     /// Bytes of data in `events`.
     bytes: usize,
-    subs: Registry,
 }
 
 #[derive(Debug)]
 struct Inner {
     notify: mpsc::UnboundedSender<(BareJid, Cause, u64)>,
-    /// The resume buffer and the subscribers, under one lock: subscribing and publishing are
-    /// ordered, so a backlog and the live queue neither overlap nor leave a gap.
+    /// The resume buffer. An event enters it before it is offered to the subscribers.
     buffer: Mutex<Buffer>,
+    /// The subscribers. Registering one takes this lock for [`REGISTER_CHUNK`] entries at a
+    /// time, so publishing never waits for a large filter; what is published meanwhile is
+    /// found in the buffer ([`EventHub::subscribe`]).
+    subs: Mutex<Registry>,
     taps: Mutex<Vec<mpsc::UnboundedSender<Arc<Event>>>>,
     closed: AtomicBool,
     published: AtomicU64,
@@ -166,32 +237,37 @@ struct Inner {
 struct Registered {
     hub: EventHub,
     id: u64,
-    filter: Filter,
+    filter: Arc<Filter>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let mut buf = self.hub.lock_buffer();
-        let r = &mut buf.subs;
-        let mut removed = r.all.remove(&self.id).is_some();
-        for u in &self.filter.users {
-            if let Some(m) = r.by_user.get_mut(u) {
-                removed |= m.remove(&self.id).is_some();
-                if m.is_empty() {
-                    r.by_user.remove(u);
-                }
-            }
-        }
-        for d in &self.filter.domains {
-            if let Some(m) = r.by_domain.get_mut(d) {
-                removed |= m.remove(&self.id).is_some();
-                if m.is_empty() {
-                    r.by_domain.remove(d);
-                }
-            }
-        }
-        if removed {
+        let hub = &self.hub;
+        let id = self.id;
+        {
+            let mut r = hub.lock_subs();
             r.count -= 1;
+            r.all.remove(&id);
+            for d in &self.filter.domains {
+                if let Some(m) = r.by_domain.get_mut(d) {
+                    m.remove(&id);
+                    if m.is_empty() {
+                        r.by_domain.remove(d);
+                    }
+                }
+            }
+        }
+        let mut users = self.filter.users.iter().peekable();
+        while users.peek().is_some() {
+            let mut r = hub.lock_subs();
+            for u in users.by_ref().take(REGISTER_CHUNK) {
+                if let Some(m) = r.by_user.get_mut(u) {
+                    m.remove(&id);
+                    if m.is_empty() {
+                        r.by_user.remove(u);
+                    }
+                }
+            }
         }
     }
 }
@@ -225,8 +301,8 @@ impl EventHub {
                     floor: start,
                     last: start,
                     bytes: 0,
-                    subs: Registry::default(),
                 }),
+                subs: Mutex::new(Registry::default()),
                 taps: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 published: AtomicU64::new(0),
@@ -257,57 +333,105 @@ impl EventHub {
         self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_subs(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Subscribe to the events `filter` passes, resuming after `last_event_id` if given.
+    ///
+    /// The subscriber is registered [`REGISTER_CHUNK`] entries per taking of the lock, while
+    /// events go on being published; then the buffer gives it what was published since it began
+    /// (or since `last_event_id`), and its live queue skips what that backlog holds: no gap, no
+    /// duplicate. The caller bounds the filter ([`MAX_FOLLOWED`]).
     pub fn subscribe(&self, filter: Filter, last_event_id: Option<u64>) -> Subscription {
+        self.subscribe_with(filter, last_event_id, || {})
+    }
+
+    /// [`subscribe`](Self::subscribe), calling `between` each time the lock is let go while
+    /// registering (tests publish there).
+    fn subscribe_with(
+        &self,
+        filter: Filter,
+        last_event_id: Option<u64>,
+        mut between: impl FnMut(),
+    ) -> Subscription {
+        let began = self.lock_buffer().last;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let mut buf = self.lock_buffer();
-        let (reset, backlog) = match last_event_id {
-            None => (false, Vec::new()),
-            Some(id) if id < buf.floor || id > buf.last => (true, Vec::new()),
-            Some(id) => {
-                let skip = buf.events.partition_point(|e| e.id <= id);
-                let backlog = buf
-                    .events
-                    .iter()
-                    .skip(skip)
-                    .filter(|e| filter.wants(&e.user))
-                    .cloned()
-                    .collect();
-                (false, backlog)
-            }
-        };
-        let r = &mut buf.subs;
-        r.next += 1;
-        let id = r.next;
-        let sub = || Sub {
-            tx: tx.clone(),
-            lagged: lagged.clone(),
-            users: Arc::new(filter.users.clone()),
-        };
-        if !self.inner.closed.load(Ordering::Relaxed) {
+        let queue = Arc::new(Queue::default());
+        let filter = Arc::new(filter);
+        let id = {
+            let mut r = self.lock_subs();
+            r.next += 1;
             r.count += 1;
-            if filter.users.is_empty() && filter.domains.is_empty() {
-                r.all.insert(id, sub());
-            }
-            for u in &filter.users {
-                r.by_user.entry(u.clone()).or_default().insert(id, sub());
-            }
-            for d in &filter.domains {
-                r.by_domain.entry(d.clone()).or_default().insert(id, sub());
+            r.next
+        };
+        // From here on, this unregisters whatever was registered.
+        let guard = Registered {
+            hub: self.clone(),
+            id,
+            filter: filter.clone(),
+        };
+        let sub = Arc::new(Sub {
+            tx,
+            queue: queue.clone(),
+            filter: filter.clone(),
+        });
+        {
+            let mut r = self.lock_subs();
+            if !self.inner.closed.load(Ordering::Relaxed) {
+                if filter.users.is_empty() && filter.domains.is_empty() {
+                    r.all.insert(id, sub.clone());
+                }
+                for d in &filter.domains {
+                    r.by_domain
+                        .entry(d.clone())
+                        .or_default()
+                        .insert(id, sub.clone());
+                }
             }
         }
+        let mut users = filter.users.iter().peekable();
+        while users.peek().is_some() {
+            between();
+            let mut r = self.lock_subs();
+            if self.inner.closed.load(Ordering::Relaxed) {
+                break;
+            }
+            for u in users.by_ref().take(REGISTER_CHUNK) {
+                r.by_user
+                    .entry(u.clone())
+                    .or_default()
+                    .insert(id, sub.clone());
+            }
+        }
+        // The registry's entries hold the sender now: the queue ends when they go.
+        drop(sub);
+        let buf = self.lock_buffer();
+        let from = last_event_id.unwrap_or(began);
+        // Too old (evicted, or from before this process), or from the future: what was missed
+        // cannot be told. (Without a resume, `began` is evicted only if the buffer turned over
+        // while registering.)
+        let reset = from < buf.floor || from > buf.last;
+        let backlog = if reset {
+            Vec::new()
+        } else {
+            let skip = buf.events.partition_point(|e| e.id <= from);
+            buf.events
+                .iter()
+                .skip(skip)
+                .filter(|e| filter.wants(&e.user))
+                .cloned()
+                .collect()
+        };
+        let seen = buf.last;
         drop(buf);
         Subscription {
             reset,
             backlog,
             rx,
-            lagged,
-            _guard: Registered {
-                hub: self.clone(),
-                id,
-                filter,
-            },
+            seen,
+            queue,
+            _guard: guard,
         }
     }
 
@@ -318,56 +442,48 @@ impl EventHub {
 
     /// Subscribers connected now.
     pub fn subscribers(&self) -> usize {
-        self.lock_buffer().subs.count
+        self.lock_subs().count
     }
 
     /// Number and publish one event.
     fn publish(&self, user: BareJid, at: u64, render: impl FnOnce(u64) -> String) {
-        let mut buf = self.lock_buffer();
-        let id = now_us().max(buf.last + 1);
-        buf.last = id;
-        let event = Arc::new(Event {
-            id,
-            user,
-            at,
-            data: render(id).into(),
-            sse_frame: std::sync::OnceLock::new(),
-        });
-        buf.bytes += event.data.len();
-        buf.events.push_back(event.clone());
-        while buf.events.len() > BUFFER || buf.bytes > BUFFER_BYTES {
-            let Some(old) = buf.events.pop_front() else {
-                break;
-            };
-            buf.floor = old.id;
-            buf.bytes -= old.data.len();
-        }
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
-        let r = &mut buf.subs;
-        let offer = |subs: &mut HashMap<u64, Sub>, skip_listed_user: bool| {
-            subs.retain(|_, sub| {
-                if skip_listed_user && sub.users.contains(&event.user) {
-                    return true; // it has the event through its user list
-                }
-                match sub.tx.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Too far behind: its queue ends here, and it is told to read again.
-                        sub.lagged.store(true, Ordering::Relaxed);
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
+        let event = {
+            let mut buf = self.lock_buffer();
+            let id = now_us().max(buf.last + 1);
+            buf.last = id;
+            let event = Arc::new(Event {
+                id,
+                user,
+                at,
+                data: render(id).into(),
+                sse_frame: std::sync::OnceLock::new(),
             });
+            buf.bytes += event.data.len();
+            buf.events.push_back(event.clone());
+            while buf.events.len() > BUFFER || buf.bytes > BUFFER_BYTES {
+                let Some(old) = buf.events.pop_front() else {
+                    break;
+                };
+                buf.floor = old.id;
+                buf.bytes -= old.data.len();
+            }
+            event
         };
-        offer(&mut r.all, false);
-        if let Some(subs) = r.by_user.get_mut(&event.user) {
-            offer(subs, false);
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut r = self.lock_subs();
+            let r = &mut *r;
+            r.all.retain(|_, sub| sub.offer(&event));
+            if let Some(subs) = r.by_user.get_mut(&event.user) {
+                subs.retain(|_, sub| sub.offer(&event));
+            }
+            if let Some(subs) = r.by_domain.get_mut(event.user.domain().as_str()) {
+                subs.retain(|_, sub| {
+                    // One listed under the user too has the event through that entry.
+                    sub.filter.users.contains(&event.user) || sub.offer(&event)
+                });
+            }
         }
-        if let Some(subs) = r.by_domain.get_mut(event.user.domain().as_str()) {
-            offer(subs, true);
-        }
-        drop(buf);
         self.lock_taps()
             .retain(|tap| tap.send(event.clone()).is_ok());
     }
@@ -401,9 +517,8 @@ impl EventHub {
     /// End every subscriber's stream (at shutdown, so that they do not hold the HTTP drain);
     /// events are still published to the taps until [`run`](Self::run) stops.
     pub fn end_streams(&self) {
+        let mut r = self.lock_subs();
         self.inner.closed.store(true, Ordering::Relaxed);
-        let mut buf = self.lock_buffer();
-        let r = &mut buf.subs;
         r.all.clear();
         r.by_user.clear();
         r.by_domain.clear();
@@ -425,7 +540,7 @@ mod tests {
 
     fn drain(sub: &mut Subscription) -> Vec<String> {
         let mut out: Vec<String> = sub.backlog.drain(..).map(|e| e.user.to_string()).collect();
-        while let Ok(e) = sub.rx.try_recv() {
+        while let Some(e) = try_next(sub) {
             out.push(e.user.to_string());
         }
         out
@@ -459,7 +574,7 @@ mod tests {
         drop(alice);
         drop(both);
         assert_eq!(hub.subscribers(), 1);
-        assert!(hub.lock_buffer().subs.by_user.is_empty());
+        assert!(hub.lock_subs().by_user.is_empty());
     }
 
     #[test]
@@ -520,6 +635,112 @@ mod tests {
         assert!(buf.floor >= first);
     }
 
+    /// Index entries plus the users of each distinct filter they hold (what following costs).
+    fn stored_user_entries(hub: &EventHub) -> usize {
+        let r = hub.lock_subs();
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        for m in r.by_user.values() {
+            for s in m.values() {
+                total += 1;
+                if seen.insert(Arc::as_ptr(&s.filter) as usize) {
+                    total += s.filter.users.len();
+                }
+            }
+        }
+        total
+    }
+
+    /// The next live event if one is queued (as [`Subscription::recv`] gives them).
+    fn try_next(sub: &mut Subscription) -> Option<Arc<Event>> {
+        loop {
+            let e = sub.rx.try_recv().ok()?;
+            if let Some(e) = sub.received(e) {
+                return Some(e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_subscriber_costs_what_it_follows() {
+        let (hub, _n) = EventHub::new();
+        let n = 2000;
+        let users: HashSet<BareJid> = (0..n).map(|i| jid(&format!("u{i}@a"))).collect();
+        let mut sub = hub.subscribe(
+            Filter {
+                users,
+                domains: HashSet::new(),
+            },
+            None,
+        );
+        let stored = stored_user_entries(&hub);
+        assert!(
+            stored <= 2 * n,
+            "{stored} entries stored for {n} users followed"
+        );
+        publish(&hub, "u7@a");
+        publish(&hub, "x@a");
+        publish(&hub, "u1999@a");
+        assert_eq!(drain(&mut sub), ["u7@a", "u1999@a"]);
+        drop(sub);
+        assert_eq!(stored_user_entries(&hub), 0);
+        assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[test]
+    fn what_is_published_while_registering_arrives_once() {
+        let (hub, _n) = EventHub::new();
+        let users: HashSet<BareJid> = (0..3 * REGISTER_CHUNK)
+            .map(|i| jid(&format!("u{i}@a")))
+            .collect();
+        // The order of registration: the first chunk is in before the first pause, the last not.
+        let order: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let (first, last) = (order[0].clone(), order[order.len() - 1].clone());
+        let mut pauses = 0;
+        let mut sub = hub.subscribe_with(
+            Filter {
+                users,
+                domains: HashSet::new(),
+            },
+            None,
+            || {
+                pauses += 1;
+                if pauses == 2 {
+                    publish(&hub, &first);
+                    publish(&hub, "x@a");
+                    publish(&hub, &last);
+                }
+            },
+        );
+        assert_eq!(pauses, 3);
+        publish(&hub, &first);
+        assert_eq!(drain(&mut sub), [first.clone(), last, first]);
+    }
+
+    #[test]
+    fn a_subscriber_is_cut_off_by_bytes_before_the_count() {
+        let (hub, _n) = EventHub::new();
+        let slow = hub.subscribe(Filter::default(), None);
+        let mut fast = hub.subscribe(Filter::default(), None);
+        let big = "x".repeat(1 << 20);
+        let n = SUBSCRIBER_QUEUE_BYTES / big.len() + 1;
+        assert!(n < SUBSCRIBER_QUEUE, "the byte bound must come first");
+        for _ in 0..n {
+            hub.publish(jid("alice@a"), 0, |_| big.clone());
+            while try_next(&mut fast).is_some() {}
+        }
+        assert!(
+            slow.lagged(),
+            "{n} events of 1 MiB did not cut off a reader that never reads"
+        );
+        assert!(!fast.lagged());
+        // One event larger than the whole bound still reaches a reader that keeps up.
+        let huge = "y".repeat(SUBSCRIBER_QUEUE_BYTES + 1);
+        hub.publish(jid("alice@a"), 0, |_| huge.clone());
+        assert_eq!(try_next(&mut fast).unwrap().data.len(), huge.len());
+        assert!(!fast.lagged());
+    }
+
     #[test]
     fn a_subscriber_that_falls_behind_is_cut_off_and_others_are_not() {
         let (hub, _n) = EventHub::new();
@@ -527,11 +748,11 @@ mod tests {
         let mut fast = hub.subscribe(Filter::default(), None);
         for _ in 0..SUBSCRIBER_QUEUE + 1 {
             publish(&hub, "alice@a");
-            while fast.rx.try_recv().is_ok() {}
+            while try_next(&mut fast).is_some() {}
         }
         assert!(slow.lagged());
         assert!(!fast.lagged());
         publish(&hub, "alice@a");
-        assert!(fast.rx.try_recv().is_ok());
+        assert!(try_next(&mut fast).is_some());
     }
 }

@@ -6,16 +6,29 @@
 //! hide another and no order of precedence needs remembering. Keys are compared in constant time:
 //! both sides are hashed (SHA-1, so lengths do not leak) and compared with `subtle`, against every
 //! configured key without an early exit.
+//!
+//! Failed authentications are limited per client address ([`FailedAuth`]), here, for every
+//! dialect and the status page's sign-in form: a wrong key is charged to the address; an address
+//! over its budget has every authentication answered 429 with `Retry-After` (in its dialect's
+//! format) until it refills, and is logged once a minute in a line meant for fail2ban:
+//! `too many failed authentications from <address>; …`. The client address is the peer's, or, when
+//! the peer is one of `[http] trusted_proxies`, the last `X-Forwarded-For` entry (what the proxy
+//! added); [`scope_client`] puts it where [`ApiKeys::check`] finds it ([`client`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::access::limits::Limits;
-use crate::access::tokens::{self, Tokens};
+use crate::access::limits::{FailedAuth, Limits};
+use crate::access::tokens::{self, Lifetime, Tokens};
 use crate::access::Grant;
 use crate::config::Secret;
 
@@ -27,6 +40,48 @@ pub struct ApiKeys {
     pub tokens: Arc<Tokens>,
     /// Token buckets per credential and global.
     pub limits: Arc<Limits>,
+    /// Failed authentications per client address.
+    pub failures: Arc<FailedAuth>,
+    /// Peers whose `X-Forwarded-For`, `-Proto` and `-Host` are believed (`[http] trusted_proxies`).
+    proxies: Arc<[IpAddr]>,
+}
+
+/// Where a request comes from, as far as the daemon can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: the peer's, or what a trusted proxy says.
+    pub ip: IpAddr,
+    /// Whether the client reached us over HTTPS (only a trusted proxy can say so: the daemon itself
+    /// serves plain HTTP).
+    pub https: bool,
+    /// The host the client asked for, as a trusted proxy forwarded it (`X-Forwarded-Host`).
+    pub forwarded_host: Option<String>,
+}
+
+tokio::task_local! {
+    /// The client of the request being handled (set by [`scope_client`]).
+    static CLIENT: Client;
+}
+
+/// The client of the request being handled, if the request came through the listener.
+pub fn client() -> Option<Client> {
+    CLIENT.try_with(Client::clone).ok()
+}
+
+/// Middleware: work out the request's [`Client`] and handle the request with it in scope.
+pub async fn scope_client(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    let client = keys.client_of(peer.ip(), req.headers());
+    CLIENT.scope(client, next.run(req)).await
+}
+
+/// The last value of header `name` (the last of its comma-separated entries), trimmed.
+fn last_forwarded(headers: &HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = v.rsplit(',').next()?.trim();
+    (!last.is_empty()).then(|| last.to_string())
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -49,6 +104,67 @@ impl ApiKeys {
                 .collect(),
             tokens,
             limits,
+            failures: Arc::default(),
+            proxies: Arc::from([]),
+        }
+    }
+
+    /// Believe `X-Forwarded-For`, `-Proto` and `-Host` from these peers.
+    pub fn with_trusted_proxies(mut self, proxies: &[IpAddr]) -> ApiKeys {
+        self.proxies = proxies.into();
+        self
+    }
+
+    /// The client of a request from `peer` with `headers`.
+    pub fn client_of(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        if !self.proxies.contains(&peer) {
+            return Client {
+                ip: peer,
+                https: false,
+                forwarded_host: None,
+            };
+        }
+        Client {
+            ip: last_forwarded(headers, "x-forwarded-for")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(peer),
+            https: last_forwarded(headers, "x-forwarded-proto")
+                .is_some_and(|p| p.eq_ignore_ascii_case("https")),
+            forwarded_host: last_forwarded(headers, "x-forwarded-host"),
+        }
+    }
+
+    /// The grant of `key` for the request being handled, with the failed-authentication limit of
+    /// its client: refused with 429 while the client's budget is spent (before the key is looked
+    /// at), and a wrong key charged to it.
+    pub fn authenticate(&self, key: &str) -> Result<Arc<Grant>, ApiError> {
+        let client = client();
+        let now = Instant::now();
+        if let Some(c) = &client {
+            if let Some(refusal) = self.failures.refused(c.ip, now) {
+                if refusal.log {
+                    tracing::warn!(
+                        client = %c.ip,
+                        "too many failed authentications from {}; its attempts are refused for {} s",
+                        c.ip,
+                        refusal.wait.as_secs().max(1)
+                    );
+                }
+                return Err(ApiError::RateLimited(refusal.wait));
+            }
+        }
+        match self.grant(key) {
+            Some(g) => Ok(g),
+            None => {
+                if let Some(c) = &client {
+                    self.failures.failed(c.ip, now);
+                }
+                Err(ApiError::WrongKey)
+            }
         }
     }
 
@@ -66,6 +182,16 @@ impl ApiKeys {
             }
         }
         found
+    }
+
+    /// How long `grant` (as [`grant`](Self::grant) or [`check`](Self::check) gave it) stays
+    /// good for an open event stream: a configured key's for the process's life, a token's until
+    /// it is revoked or expires.
+    pub fn lifetime(&self, grant: &Arc<Grant>) -> Lifetime {
+        if self.digests.iter().any(|(_, g)| Arc::ptr_eq(g, grant)) {
+            return Lifetime::default();
+        }
+        self.tokens.lifetime(grant).unwrap_or_default()
     }
 
     /// Check the request's key: 401 when none is given, 400 when more than one credential is
@@ -101,7 +227,7 @@ impl ApiKeys {
             None => Err(ApiError::MissingKey),
             Some(k) if k.is_empty() => Err(ApiError::MissingKey),
             Some(k) => {
-                let grant = self.grant(&k).ok_or(ApiError::WrongKey)?;
+                let grant = self.authenticate(&k)?;
                 // Before the body is read or anything is stored.
                 self.limits
                     .check(&grant.name)

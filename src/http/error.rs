@@ -139,6 +139,9 @@ pub enum ApiError {
     /// As many live tokens as the cap are held: revoke some first.
     #[error("{0} live tokens are held already (the cap); revoke some first")]
     TooManyTokens(usize),
+    /// An event stream would follow more users than [`crate::events::MAX_FOLLOWED`].
+    #[error("{0}")]
+    TooManyUsers(String),
     /// A `Last-Event-ID` that is not an event id.
     #[error("Last-Event-ID {0:?} is not an event id")]
     LastEventId(String),
@@ -169,6 +172,7 @@ impl ApiError {
             | ApiError::TooManyUpdates(..)
             | ApiError::DuplicateUser(..)
             | ApiError::AnswerTooLarge(..)
+            | ApiError::TooManyUsers(_)
             | ApiError::Jid(_)
             | ApiError::Malformed { .. }
             | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -186,6 +190,7 @@ impl ApiError {
             ApiError::TooManyUpdates(..) => "too_many_updates",
             ApiError::DuplicateUser(..) => "duplicate_user",
             ApiError::AnswerTooLarge(..) => "answer_too_large",
+            ApiError::TooManyUsers(_) => "too_many_users",
             ApiError::Method(..) => "method_not_allowed",
             ApiError::MediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "body_too_large",

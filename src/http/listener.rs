@@ -13,9 +13,11 @@
 //!   so it bounds both a slow head and an idle keep-alive connection. On expiry hyper closes the
 //!   socket without an answer.
 //! - [`HttpLimits::max_connections`]: a semaphore; a connection holds a permit for its lifetime.
-//!   A new connection that finds none asks the oldest connection with no request in flight to
-//!   close, waits up to `PERMIT_WAIT` (1 s) for a permit and is dropped if none frees. The accept
-//!   loop waits with it, so at most one socket above the cap is ever open.
+//!   A new connection that finds none asks an idle connection to close — the oldest that never
+//!   sent a request, else the oldest idle keep-alive one; never one with a request in flight, and
+//!   a request is in flight until its answer's body is sent, so an open event stream is never
+//!   evicted — waits up to `PERMIT_WAIT` (1 s) for a permit and is dropped if none frees. The
+//!   accept loop waits with it, so at most one socket above the cap is ever open.
 //!
 //! - [`HttpLimits::write_stall`]: a connection whose writes make no progress for this long (the
 //!   client stopped reading: a stuck event-stream subscriber, a slow-read attack) is closed, so it
@@ -33,7 +35,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -186,7 +188,8 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     /// Times a new connection found the cap reached.
     pub cap_hits: AtomicU64,
-    /// Idle connections asked to close to make room for a new one.
+    /// Idle connections (never asked anything first, then idle keep-alive) asked to close to
+    /// make room for a new one.
     pub evicted: AtomicU64,
     /// New connections dropped because no permit freed in time.
     pub refused: AtomicU64,
@@ -275,7 +278,7 @@ pub async fn serve(
             Ok(permit) => permit,
             Err(_) => {
                 stats.cap_hits.fetch_add(1, Relaxed);
-                if let Some(id) = registry.evict_oldest_idle() {
+                if let Some(id) = registry.evict_one_idle() {
                     stats.evicted.fetch_add(1, Relaxed);
                     debug!(conn = id, "evicting an idle HTTP connection to make room");
                 }
@@ -304,12 +307,15 @@ pub async fn serve(
         next_id += 1;
         let id = next_id;
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let asked = Arc::new(AtomicBool::new(false));
         // A child of `shutdown`: cancelled by eviction or by shutdown.
         let close = shutdown.child_token();
-        let registered = registry.insert(id, in_flight.clone(), close.clone());
+        let registered = registry.insert(id, in_flight.clone(), asked.clone(), close.clone());
         let service = Counted {
             inner: TowerToHyperService::new(router.clone()),
             in_flight: in_flight.clone(),
+            peer,
+            asked,
         };
         let io = StallGuard::new(stream, limits.write_stall);
         let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -398,8 +404,14 @@ struct Slot {
 struct Counted {
     /// The axum router, adapted to hyper's `Service` trait.
     inner: TowerToHyperService<Router>,
-    /// Requests of this connection being handled now (shared with the registry entry).
+    /// Requests of this connection being handled or answered now (shared with the registry
+    /// entry).
     in_flight: Arc<AtomicUsize>,
+    /// The peer's address, given to each request as `ConnectInfo` (the failed-authentication
+    /// limit is per client address: `http/auth.rs`).
+    peer: std::net::SocketAddr,
+    /// Set at the connection's first request (shared with the registry entry).
+    asked: Arc<AtomicBool>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Counted {
@@ -407,15 +419,51 @@ impl hyper::service::Service<Request<Incoming>> for Counted {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.asked.store(true, Relaxed);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let guard = InFlight::enter(&self.in_flight);
         let response = self.inner.call(req);
         Box::pin(async move {
-            let response = response.await;
-            // The handler has answered; writing the (small) answer out is not counted.
-            drop(guard);
-            response
+            let response = response.await?;
+            // In flight until the answer's body is sent (or dropped): an event stream's whole
+            // life.
+            Ok(response.map(|body| {
+                axum::body::Body::new(Answering {
+                    body,
+                    _guard: guard,
+                })
+            }))
         })
+    }
+}
+
+/// An answer's body, keeping its request counted as in flight until it is sent or dropped.
+struct Answering {
+    /// The body, passed through unchanged (frames, end, size).
+    body: axum::body::Body,
+    /// Counts the request while this lives.
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -460,8 +508,10 @@ struct Registry {
 
 /// What eviction needs to know about a connection.
 struct Entry {
-    /// Requests being handled now; a connection with any is never evicted.
+    /// Requests being handled or answered now; a connection with any is never evicted.
     in_flight: Arc<AtomicUsize>,
+    /// It has sent a request (else it is evicted before any idle keep-alive connection).
+    asked: Arc<AtomicBool>,
     /// Cancelled to ask the connection to close.
     close: CancellationToken,
     /// Already asked to close: not picked again while it closes.
@@ -474,12 +524,14 @@ impl Registry {
         self: &Arc<Self>,
         id: u64,
         in_flight: Arc<AtomicUsize>,
+        asked: Arc<AtomicBool>,
         close: CancellationToken,
     ) -> Registered {
         self.lock().insert(
             id,
             Entry {
                 in_flight,
+                asked,
                 close,
                 closing: false,
             },
@@ -490,16 +542,21 @@ impl Registry {
         }
     }
 
-    /// Ask the oldest connection with no request in flight (and not already closing) to close;
-    /// its id, or `None` when every connection is busy.
-    fn evict_oldest_idle(&self) -> Option<u64> {
+    /// Ask an idle connection (not already closing) to close: the oldest that never sent a
+    /// request, else the oldest with no request in flight; its id, or `None` when every
+    /// connection is busy.
+    fn evict_one_idle(&self) -> Option<u64> {
         let mut conns = self.lock();
-        let (id, entry) = conns
-            .iter_mut()
-            .find(|(_, e)| !e.closing && e.in_flight.load(Relaxed) == 0)?;
+        let idle = |e: &Entry| !e.closing && e.in_flight.load(Relaxed) == 0;
+        let id = conns
+            .iter()
+            .find(|(_, e)| idle(e) && !e.asked.load(Relaxed))
+            .or_else(|| conns.iter().find(|(_, e)| idle(e)))
+            .map(|(id, _)| *id)?;
+        let entry = conns.get_mut(&id)?;
         entry.closing = true;
         entry.close.cancel();
-        Some(*id)
+        Some(id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -658,6 +715,17 @@ mod tests {
         }))
     }
 
+    /// An endless, slow response body: a line every 50 ms (an event stream's shape).
+    async fn trickle() -> axum::body::Body {
+        axum::body::Body::from_stream(futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x\n")),
+                (),
+            ))
+        }))
+    }
+
     async fn start_stalling(
         max_connections: usize,
         header_timeout: Duration,
@@ -671,6 +739,7 @@ mod tests {
             .route("/ok", get(|| async { "ok" }))
             .route("/sleep/{ms}", get(sleep_handler))
             .route("/endless", get(endless))
+            .route("/trickle", get(trickle))
             .with_state(tx);
         let stats = Arc::new(ConnStats::default());
         let shutdown = CancellationToken::new();
@@ -851,6 +920,56 @@ mod tests {
         assert_eq!(request(&mut conns[1], "/ok").await, 200);
         assert_eq!(request(&mut conns[3], "/ok").await, 200);
         assert_eq!(stat(&srv.stats.open), 4);
+    }
+
+    /// Read from `s` until `n` more bytes came (or panic after 5 s).
+    async fn receives(s: &mut TcpStream, n: usize) {
+        let mut got = 0;
+        let mut chunk = [0u8; 1024];
+        timeout(Duration::from_secs(5), async {
+            while got < n {
+                let k = s.read(&mut chunk).await.expect("read");
+                assert!(k > 0, "closed after {got} bytes");
+                got += k;
+            }
+        })
+        .await
+        .expect("nothing more arrived");
+    }
+
+    #[tokio::test]
+    async fn silent_sockets_go_first_and_a_streamed_answer_never() {
+        let srv = start(3, LONG, LONG).await;
+        // The oldest: a keep-alive connection, idle after one request.
+        let mut keep = srv.connect().await;
+        assert_eq!(request(&mut keep, "/ok").await, 200);
+        // A streamed answer (an event stream): its handler has returned, its body goes on.
+        let mut streaming = srv.connect().await;
+        send_get(&mut streaming, "/trickle").await;
+        receives(&mut streaming, 200).await;
+        // A socket that never sends anything.
+        let mut silent = srv.connect().await;
+        while stat(&srv.stats.open) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut next = srv.connect().await;
+        assert_eq!(request(&mut next, "/ok").await, 200);
+        closed(&mut silent, Duration::from_secs(2)).await;
+        assert_eq!(
+            request(&mut keep, "/ok").await,
+            200,
+            "the idle keep-alive went first"
+        );
+        // Then the oldest idle keep-alive connection; never the stream.
+        let mut another = srv.connect().await;
+        assert_eq!(request(&mut another, "/ok").await, 200);
+        closed(&mut keep, Duration::from_secs(2)).await;
+        let mut third = srv.connect().await;
+        assert_eq!(request(&mut third, "/ok").await, 200);
+        closed(&mut next, Duration::from_secs(2)).await;
+        receives(&mut streaming, 200).await;
+        assert_eq!(stat(&srv.stats.evicted), 3);
+        assert_eq!(stat(&srv.stats.refused), 0);
     }
 
     #[tokio::test]

@@ -283,36 +283,40 @@ async fn put(
             "Content must be a JSON object.",
         )
     })?;
-    if let Some(k) = obj.keys().find(|k| *k != "presence" && *k != "status_msg") {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "M_BAD_JSON",
-            format!("Unknown key {k:?}: only presence and status_msg"),
-        ));
-    }
-    let presence = obj.get("presence").and_then(Value::as_str).ok_or_else(|| {
+    // As Synapse (synapse/rest/client/presence.py): `presence` taken, then `status_msg` (a
+    // string), then any key left is "Unable to parse state"; the state itself is checked last.
+    let unparsable = || {
         err(
             StatusCode::BAD_REQUEST,
             "M_UNKNOWN",
             "Unable to parse state",
         )
-    })?;
+    };
+    let presence = obj.get("presence").ok_or_else(unparsable)?;
     let text = match obj.get("status_msg") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => {
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "status_msg must be a string.",
+            ))
+        }
+    };
+    if obj.keys().any(|k| k != "presence" && k != "status_msg") {
+        return Err(unparsable());
+    }
+    let text = match text {
+        Some(s) => {
             validate_text(s)
                 .map_err(|e| err(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
             Some(s.clone())
         }
-        Some(_) => {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                "M_BAD_JSON",
-                "status_msg must be a string",
-            ))
-        }
+        None => None,
     };
+    let presence = presence.as_str().unwrap_or_default();
     let source = settings.source;
     let edit = match presence {
         "online" | "unavailable" => Edit::Set {

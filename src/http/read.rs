@@ -7,8 +7,9 @@
 //! - `GET /v1/users/{jid}/contacts` — the user's roster, with each contact's presence as the user
 //!   sees it (subscription `to` or `both`);
 //! - `GET /v1/events` — Server-Sent Events: one `presence` event per change of a served user's
-//!   presence, filtered by `?user=` / `?domain=`, resumable with `Last-Event-ID` (`reset` when
-//!   not), a keepalive comment every 15 s.
+//!   presence, filtered by `?user=` / `?domain=` (at most [`MAX_FOLLOWED`] users), resumable
+//!   with `Last-Event-ID` (`reset` when not), a keepalive comment every 15 s; it ends when its
+//!   token is revoked or expires.
 //!
 //! Like the rest of `/v1` it only translates: the model is [`crate::observe`] (the aggregation),
 //! [`crate::events`] (numbering, buffering, fan-out) and [`crate::observe::Rosters`].
@@ -35,8 +36,9 @@ use super::input;
 use super::server::AppState;
 use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, user_of};
 use super::v1::{ErrorBody, MAX_BULK_BYTES};
+use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
-use crate::events::{Event, Filter, Subscription};
+use crate::events::{Event, Filter, Subscription, MAX_FOLLOWED};
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
 use crate::status::now_ms;
 
@@ -352,6 +354,12 @@ fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiErro
         match k.as_ref() {
             "user" => {
                 f.users.insert(input::served_user(&v, &state.domains)?);
+                if f.users.len() > MAX_FOLLOWED {
+                    return Err(ApiError::TooManyUsers(format!(
+                        "more than {MAX_FOLLOWED} users named with ?user=; an event stream \
+                         follows at most {MAX_FOLLOWED} (use ?domain= for whole domains)"
+                    )));
+                }
             }
             "domain" => {
                 let d = crate::config::normalize_domain(&v).ok_or_else(|| {
@@ -400,6 +408,15 @@ async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result
                         .map(|i| i.jid.clone()),
                 );
             }
+            // Refused rather than cut short: a stream that silently missed some contacts
+            // would look complete.
+            if f.users.len() > MAX_FOLLOWED {
+                return Err(ApiError::TooManyUsers(format!(
+                    "{own} and the contacts {own} sees are {} users; an event stream follows \
+                     at most {MAX_FOLLOWED}: name the users wanted with ?user=",
+                    f.users.len()
+                )));
+            }
         }
     }
     Ok(())
@@ -436,22 +453,31 @@ struct Subscriber {
     first: Option<Bytes>,
     backlog: std::vec::IntoIter<Arc<Event>>,
     sub: Subscription,
+    /// The credential's: the stream ends with it.
+    lifetime: Lifetime,
     done: bool,
 }
 
 fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
     futures::stream::unfold(s, |mut s| async move {
-        if let Some(first) = s.first.take() {
-            return Some((Ok(first), s));
-        }
         if s.done {
             return None;
+        }
+        // The credential was revoked or expired: the stream just ends (its client, reconnecting,
+        // is refused).
+        if s.lifetime.is_over() {
+            return None;
+        }
+        if let Some(first) = s.first.take() {
+            return Some((Ok(first), s));
         }
         if let Some(e) = s.backlog.next() {
             return Some((Ok(sse(&e)), s));
         }
         let next = tokio::select! {
-            next = s.sub.rx.recv() => next,
+            biased;
+            () = s.lifetime.ended() => return None,
+            next = s.sub.recv() => next,
             () = tokio::time::sleep(KEEPALIVE) => {
                 return Some((Ok(Bytes::from_static(KEEPALIVE_FRAME)), s));
             }
@@ -477,8 +503,8 @@ fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event: the missed events first, or `event: reset` when they are no longer buffered"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `event: presence` with `id:` and `data:` the presence object plus `at` and `cause` (`session`, `status`, `expiry`); `event: reset` when events were lost (read again with GET); a comment every 15 s", content_type = "text/event-stream", body = String),
-        (status = 400, description = "A wrong filter (`invalid_jid`, `malformed_query`) or `Last-Event-ID` (`invalid_last_event_id`)", body = ErrorBody),
+        (status = 200, description = "`text/event-stream`: `event: presence` with `id:` and `data:` the presence object plus `at` and `cause` (`session`, `status`, `expiry`); `event: reset` when events were lost (read again with GET); a comment every 15 s. The stream ends when its token is revoked or expires", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A wrong filter (`invalid_jid`, `malformed_query`), more than 10,000 users followed (`too_many_users`: `?user=`, or a user token's contacts) or a wrong `Last-Event-ID` (`invalid_last_event_id`)", body = ErrorBody),
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key or a domain not served", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
@@ -494,22 +520,27 @@ pub(super) async fn events(
 ) -> Response {
     let r = async {
         let grant = state.keys.check(q.as_deref(), &headers)?;
-        event_stream(&state, &grant, q.as_deref(), &headers).await
+        event_stream(&state, &grant, None, q.as_deref(), &headers).await
     }
     .await;
     finish(&state, &method, "", r)
 }
 
 /// The event stream of `grant` (filtered by the query's `user`/`domain`, resumed after
-/// `Last-Event-ID`): `/v1/events`, and the status page's live events.
+/// `Last-Event-ID`): `/v1/events`, and the status page's live events. It ends when the
+/// credential is revoked or expires.
 pub(super) async fn event_stream(
     state: &AppState,
-    grant: &Grant,
+    grant: &Arc<Grant>,
+    session: Option<Lifetime>,
     q: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     {
         grant.has(Need::Read)?;
+        // Taken before any wait: a revocation from now on ends the stream. The status page's
+        // streams end with its session (sign-out, eviction, expiry).
+        let lifetime = session.unwrap_or_else(|| state.keys.lifetime(grant));
         let mut filter = parse_filter(state, q)?;
         scope_filter(state, grant, &mut filter).await?;
         let last = match headers.get("last-event-id") {
@@ -533,6 +564,7 @@ pub(super) async fn event_stream(
             first,
             backlog: std::mem::take(&mut sub.backlog).into_iter(),
             sub,
+            lifetime,
             done: false,
         };
         let mut r = Body::from_stream(stream(s)).into_response();

@@ -85,6 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(super::waher::routes())
         .merge(super::ui::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            super::auth::scope_client,
+        ))
         .with_state(state)
 }
 
@@ -92,12 +96,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store can commit and the XMPP link is up; else 503 with the reason.
+/// 200 when the store and the webhook outbox can commit and the XMPP link is up; else 503
+/// with the reason.
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if let Some(why) = state.table.store_failure() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: the status store cannot commit: {why}\n"),
+        );
+    }
+    if let Some(why) = state.metrics.webhooks.outbox_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the webhook outbox cannot commit: {why}\n"),
         );
     }
     match state.link.state() {
@@ -136,6 +147,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "extpresence_http_rate_limited_total{{key=\"{name}\"}} {n}\n"
         ));
     }
+    let (wrong, limited) = state.keys.failures.counts();
+    body.push_str(&format!(
+        "# HELP extpresence_auth_failures_total Failed authentications: wrong keys or tokens \
+         (`wrong_key`, any dialect and the status page's sign-in), and attempts refused because \
+         their client address made too many (`peer_limited`).\n\
+         # TYPE extpresence_auth_failures_total counter\n\
+         extpresence_auth_failures_total{{reason=\"wrong_key\"}} {wrong}\n\
+         extpresence_auth_failures_total{{reason=\"peer_limited\"}} {limited}\n"
+    ));
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

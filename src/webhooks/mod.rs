@@ -7,7 +7,8 @@
 //!   in order), and writes each event to the outbox of every endpoint whose filter passes it,
 //!   one transaction per batch of events waiting on the channel;
 //! - `outbox.rs`: the durable queue per endpoint, a redb file beside the status store
-//!   (`<store.path>.webhooks`), one writer thread;
+//!   (`<store.path>.webhooks`), one writer thread; bounded per endpoint in bytes
+//!   (`max_backlog_bytes`, the oldest dropped beyond it), and so is its queue in memory;
 //! - `sender.rs`: one sender per endpoint, delivering strictly in event order, retrying the head
 //!   of the line with capped exponential backoff until `max_age_secs`; 410 Gone disables the
 //!   endpoint until extpresence restarts;
@@ -15,7 +16,8 @@
 //!
 //! On shutdown the senders stop at once (a request in flight is abandoned; its event is sent
 //! again after the restart), what is still on the channel is written to the outbox, and the
-//! task returns once that is committed.
+//! task returns once that is committed (or, on a disk that still refuses it after a few tries,
+//! counted as dropped).
 
 mod outbox;
 mod sender;
@@ -39,7 +41,7 @@ use crate::config::{ConfigError, Secret};
 use crate::events::{Event, Filter};
 pub use outbox::FORMAT;
 pub use sign::SigningKey;
-pub use stats::{EndpointStats, WebhookMetrics};
+pub use stats::{DropReason, EndpointStats, OutboxHealth, WebhookMetrics};
 
 /// Longest wait for an endpoint's answer (connecting included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,12 +52,17 @@ const ROUTE_BATCH: usize = 1024;
 /// `max_age_secs` when not given, and its limit (30 days, the longest a status may be set for).
 const DEFAULT_MAX_AGE: u64 = 3600;
 const MAX_MAX_AGE: u64 = 30 * 24 * 3600;
+/// `max_backlog_bytes` when not given (64 MiB), and its limits (4 KiB to 64 GiB).
+pub const DEFAULT_MAX_BACKLOG: u64 = 64 << 20;
+const MIN_MAX_BACKLOG: u64 = 4 << 10;
+const MAX_MAX_BACKLOG: u64 = 64 << 30;
 
 /// One `[[webhooks]]` entry as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
-    /// The endpoint's name in logs and metrics (default: the URL's host).
+    /// The endpoint's name in logs and metrics (default: the URL's host, `:port` when given,
+    /// and path; see [`default_name`]).
     pub name: Option<String>,
     /// Where events are POSTed (http or https).
     pub url: String,
@@ -72,17 +79,27 @@ pub struct RawWebhook {
     /// Seconds after which an undelivered event is dropped.
     #[serde(default = "default_max_age", alias = "max_age")]
     pub max_age_secs: u64,
+    /// Most bytes of undelivered events kept for the endpoint; beyond it the oldest are dropped.
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog_bytes: u64,
 }
 
 fn default_max_age() -> u64 {
     DEFAULT_MAX_AGE
 }
 
+fn default_max_backlog() -> u64 {
+    DEFAULT_MAX_BACKLOG
+}
+
 /// A validated endpoint. `Debug` shows neither the key nor the URL's password or query.
 #[derive(Clone)]
 pub struct WebhookSettings {
-    /// Unique; a label value and a table name, so limited to `[A-Za-z0-9._:\[\]-]{1,64}`.
+    /// Unique; a label value and a table name, so limited to `[A-Za-z0-9._:\[\]/~-]{1,64}`.
     pub name: String,
+    /// The name versions before 0.2 gave an unnamed entry (the URL's host): its outbox, if one
+    /// is left under that name, is taken over at start (see `outbox::Outbox::open`).
+    pub legacy_name: Option<String>,
     /// Where events are POSTed.
     pub url: reqwest::Url,
     /// The signing key.
@@ -91,6 +108,8 @@ pub struct WebhookSettings {
     pub filter: Filter,
     /// Undelivered events older than this are dropped.
     pub max_age: Duration,
+    /// Undelivered events beyond this many bytes are dropped, oldest first.
+    pub max_backlog_bytes: u64,
 }
 
 impl fmt::Debug for WebhookSettings {
@@ -108,6 +127,7 @@ impl fmt::Debug for WebhookSettings {
             .field("key", &self.key)
             .field("filter", &self.filter)
             .field("max_age", &self.max_age)
+            .field("max_backlog_bytes", &self.max_backlog_bytes)
             .finish()
     }
 }
@@ -123,7 +143,39 @@ fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:[]-".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "._:[]/~-".contains(c))
+}
+
+/// The name of an entry without `name`: the URL's host, `:port` when the URL gives one, and
+/// the path unless it is `/` (`127.0.0.1:8080/hooks/a`), characters outside the name's set
+/// as `_`, cut to 64. Never the user name, password or query (they may hold credentials).
+pub fn default_name(url: &reqwest::Url) -> String {
+    let mut name = url.host_str().unwrap_or_default().to_string();
+    if let Some(port) = url.port() {
+        name.push_str(&format!(":{port}"));
+    }
+    if url.path() != "/" {
+        name.push_str(url.path());
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._:[]/~-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// `url` without what may hold credentials, to name it in a message.
+fn shown(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.to_string()
 }
 
 /// Turn the `[[webhooks]]` entries into settings, or say what is wrong (`served`: the normalised
@@ -133,6 +185,9 @@ pub fn validate(
     served: &BTreeSet<String>,
 ) -> Result<Vec<WebhookSettings>, ConfigError> {
     let mut out: Vec<WebhookSettings> = Vec::with_capacity(raw.len());
+    // The names given, which a default name must not take; the URLs of entries without one.
+    let names: BTreeSet<String> = raw.iter().filter_map(|w| w.name.clone()).collect();
+    let mut unnamed: Vec<reqwest::Url> = Vec::new();
     for (i, w) in raw.into_iter().enumerate() {
         let n = i + 1;
         let url = reqwest::Url::parse(&w.url)
@@ -145,22 +200,53 @@ pub fn validate(
                     "not an http or https URL (e.g. \"https://crm.example.com/hooks/presence\")",
                 )
             })?;
-        let name = match w.name {
-            Some(name) => name,
-            None => url.host_str().unwrap_or_default().to_string(),
+        let given = w.name.is_some();
+        let (name, legacy_name) = match w.name {
+            Some(name) => (name, None),
+            None => {
+                if let Some(j) = unnamed.iter().position(|u| *u == url) {
+                    return Err(invalid(
+                        "webhooks.name",
+                        n,
+                        format!(
+                            "webhooks #{} and #{n} both send to {} and neither has a name: give \
+                             each a distinct name (or merge their filters into one entry)",
+                            j + 1,
+                            shown(&url)
+                        ),
+                    ));
+                }
+                // Defaults that still meet (URLs alike but for the query or password, or cut
+                // at 64) are numbered in configuration order: `~2`, `~3`, …
+                let base = default_name(&url);
+                let mut name = base.clone();
+                let mut k = 2;
+                while out.iter().any(|o| o.name == name) || names.contains(&name) {
+                    let suffix = format!("~{k}");
+                    let keep = base.len().min(64 - suffix.len());
+                    name = format!("{}{suffix}", &base[..keep]);
+                    k += 1;
+                }
+                let legacy = url.host_str().unwrap_or_default().to_string();
+                let legacy = (legacy != name && valid_name(&legacy)).then_some(legacy);
+                (name, legacy)
+            }
         };
+        if !given {
+            unnamed.push(url.clone());
+        }
         if !valid_name(&name) {
             return Err(invalid(
                 "webhooks.name",
                 n,
-                format!("{name:?} is not 1 to 64 letters, digits and ._:[]-"),
+                format!("{name:?} is not 1 to 64 letters, digits and ._:[]/~-"),
             ));
         }
         if out.iter().any(|o| o.name == name) {
             return Err(invalid(
                 "webhooks.name",
                 n,
-                format!("another webhook is named {name:?} (the URL's host when no name is given): give each a distinct name"),
+                format!("another webhook is named {name:?}: give each a distinct name"),
             ));
         }
         let secret = match (w.secret, w.secret_file) {
@@ -223,12 +309,24 @@ pub fn validate(
                 format!("{} is not between 1 and {MAX_MAX_AGE}", w.max_age_secs),
             ));
         }
+        if !(MIN_MAX_BACKLOG..=MAX_MAX_BACKLOG).contains(&w.max_backlog_bytes) {
+            return Err(invalid(
+                "webhooks.max_backlog_bytes",
+                n,
+                format!(
+                    "{} is not between {MIN_MAX_BACKLOG} (4 KiB) and {MAX_MAX_BACKLOG} (64 GiB)",
+                    w.max_backlog_bytes
+                ),
+            ));
+        }
         out.push(WebhookSettings {
             name,
+            legacy_name,
             url,
             key,
             filter,
             max_age: Duration::from_secs(w.max_age_secs),
+            max_backlog_bytes: w.max_backlog_bytes,
         });
     }
     Ok(out)
@@ -258,10 +356,19 @@ pub async fn start(
     let path = outbox_path(store_path);
     let stats: Vec<Arc<EndpointStats>> =
         settings.iter().map(|s| metrics.register(&s.name)).collect();
+    let endpoints: Vec<outbox::Endpoint> = settings
+        .iter()
+        .zip(&stats)
+        .map(|(s, stats)| outbox::Endpoint {
+            stats: stats.clone(),
+            max_bytes: s.max_backlog_bytes,
+            legacy_name: s.legacy_name.clone(),
+        })
+        .collect();
+    let health = metrics.outbox.clone();
     let outbox = tokio::task::spawn_blocking({
         let path = path.clone();
-        let stats = stats.clone();
-        move || outbox::Outbox::open(&path, stats)
+        move || outbox::Outbox::open(&path, endpoints, health)
     })
     .await
     .map_err(std::io::Error::other)?

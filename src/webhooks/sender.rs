@@ -5,6 +5,8 @@
 //! - 2xx: delivered; removed from the outbox.
 //! - 410 Gone: the endpoint is disabled until extpresence restarts (ERROR line); its outbox is
 //!   cleared, and new events are not kept for it.
+//! - an event the outbox dropped for the endpoint's `max_backlog_bytes` while it waited is
+//!   skipped (the outbox counted it);
 //! - anything else (connection error, timeout, 3xx, 4xx, 5xx): retried after a capped
 //!   exponential backoff ([`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`]), for as long as the
 //!   event is younger than the endpoint's `max_age`; then dropped (WARN, counted). The next
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::outbox::{Entry, Outbox};
-use super::stats::EndpointStats;
+use super::stats::{DropReason, EndpointStats};
 use super::WebhookSettings;
 use crate::status::now_ms;
 
@@ -45,6 +47,8 @@ enum Outcome {
     Delivered,
     /// Older than `max_age`.
     Dropped,
+    /// Dropped from the outbox for its backlog bound while it waited (already counted).
+    Trimmed,
     /// 410 Gone: the endpoint is to be disabled.
     Gone,
     /// Shutdown.
@@ -124,8 +128,12 @@ impl Sender {
                         self.stats.ok.fetch_add(1, Relaxed);
                     }
                     Outcome::Dropped => {
-                        self.stats.dropped.fetch_add(1, Relaxed);
+                        self.stats.count_drop(DropReason::Age, 1);
                         self.report_drop(&entry, &mut health);
+                    }
+                    Outcome::Trimmed => {
+                        cursor = entry.id;
+                        continue;
                     }
                     Outcome::Gone => {
                         self.disable();
@@ -133,10 +141,7 @@ impl Sender {
                     }
                     Outcome::Stopped => return,
                 }
-                let _ = self
-                    .stats
-                    .pending
-                    .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+                // `pending` goes down when the removal is committed.
                 self.outbox.remove(self.slot, entry.id);
                 cursor = entry.id;
             }
@@ -158,6 +163,9 @@ impl Sender {
         let max_age = u64::try_from(self.settings.max_age.as_millis()).unwrap_or(u64::MAX);
         let expires = entry.at.saturating_add(max_age);
         loop {
+            if entry.id <= self.outbox.trimmed(self.slot) {
+                return Outcome::Trimmed;
+            }
             let now = now_ms();
             if now >= expires {
                 return Outcome::Dropped;

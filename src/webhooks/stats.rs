@@ -14,12 +14,94 @@ pub struct EndpointStats {
     pub ok: AtomicU64,
     /// Attempts that failed and will be retried (error, timeout, non-2xx other than 410).
     pub retry: AtomicU64,
-    /// Events given up: older than `max_age_secs`, or the endpoint was disabled.
+    /// Events given up, for any [`DropReason`] reason (the sum of `dropped_by`).
     pub dropped: AtomicU64,
+    /// Events given up, per [`DropReason`] reason (indexed by `DropReason as usize`).
+    pub dropped_by: [AtomicU64; 4],
     /// Events in the outbox, not yet delivered or dropped.
     pub pending: AtomicU64,
+    /// Bytes of the events in the outbox (bounded by `max_backlog_bytes`).
+    pub backlog_bytes: AtomicU64,
+    /// Events routed to the endpoint and waiting in memory for the outbox's next commit, and
+    /// their bytes (bounded: see `outbox::Outbox::insert`).
+    pub queued: AtomicU64,
+    pub queued_bytes: AtomicU64,
     /// The endpoint answered 410 Gone and gets nothing more until extpresence restarts.
     pub disabled: AtomicBool,
+}
+
+/// Why an event was given up (the `reason` label of `extpresence_webhook_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not delivered within `max_age_secs`.
+    Age,
+    /// Beyond `max_backlog_bytes`: the oldest go.
+    Backlog,
+    /// The outbox could not take it (its disk is full, failing or too slow): the queue in
+    /// memory in front of it was full, or it was still uncommitted at shutdown.
+    Disk,
+    /// The endpoint answered 410 Gone.
+    Disabled,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 4] = [
+        DropReason::Age,
+        DropReason::Backlog,
+        DropReason::Disk,
+        DropReason::Disabled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Age => "age",
+            DropReason::Backlog => "backlog",
+            DropReason::Disk => "disk",
+            DropReason::Disabled => "disabled",
+        }
+    }
+}
+
+impl EndpointStats {
+    /// Count `n` events given up for `reason`.
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped_by[reason as usize].fetch_add(n, Relaxed);
+            self.dropped.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Events given up for `reason` so far.
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.dropped_by[reason as usize].load(Relaxed)
+    }
+}
+
+/// Whether the outbox can commit, for `/readyz` and `/metrics` (written by its writer thread).
+#[derive(Debug, Default)]
+pub struct OutboxHealth {
+    /// Why the last commit failed, while it does.
+    failure: Mutex<Option<String>>,
+    /// Commits that failed (each is retried).
+    pub failed_commits: AtomicU64,
+}
+
+impl OutboxHealth {
+    /// Why the outbox cannot commit, or `None` when it can.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record a failed commit (`Some`) or a successful one (`None`).
+    pub fn set_failure(&self, why: Option<String>) {
+        if why.is_some() {
+            self.failed_commits.fetch_add(1, Relaxed);
+        }
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
 }
 
 /// Every endpoint's counters; part of [`crate::metrics::Metrics`].
@@ -27,6 +109,8 @@ pub struct EndpointStats {
 pub struct WebhookMetrics {
     /// Registered at start, in configuration order (a lock only at start and per scrape).
     endpoints: Mutex<Vec<Arc<EndpointStats>>>,
+    /// The outbox's state (shared with it).
+    pub outbox: Arc<OutboxHealth>,
 }
 
 impl WebhookMetrics {
@@ -37,11 +121,21 @@ impl WebhookMetrics {
             ok: AtomicU64::new(0),
             retry: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            dropped_by: Default::default(),
             pending: AtomicU64::new(0),
+            backlog_bytes: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
         });
         self.lock().push(stats.clone());
         stats
+    }
+
+    /// Why the webhook outbox cannot commit (for `/readyz`), or `None`: it can, or there are
+    /// no webhooks.
+    pub fn outbox_failure(&self) -> Option<String> {
+        self.outbox.failure()
     }
 
     /// Every endpoint's counters, in configuration order.
@@ -62,8 +156,8 @@ impl WebhookMetrics {
         let _ = writeln!(
             out,
             "# HELP extpresence_webhook_deliveries_total Webhook deliveries by outcome: ok (2xx), \
-             retry (a failed attempt, retried), dropped (older than max_age_secs, or the endpoint \
-             was disabled).\n# TYPE extpresence_webhook_deliveries_total counter"
+             retry (a failed attempt, retried), dropped (given up: extpresence_webhook_dropped_total \
+             has the reasons).\n# TYPE extpresence_webhook_deliveries_total counter"
         );
         for e in endpoints.iter() {
             for (outcome, n) in [("ok", &e.ok), ("retry", &e.retry), ("dropped", &e.dropped)] {
@@ -88,6 +182,54 @@ impl WebhookMetrics {
                 e.pending.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP extpresence_webhook_dropped_total Webhook events given up, by reason: age \
+             (older than max_age_secs), backlog (beyond max_backlog_bytes, the oldest first), disk \
+             (the outbox could not take them: its disk is full, failing or too slow), disabled \
+             (the endpoint answered 410 Gone).\n# TYPE extpresence_webhook_dropped_total counter"
+        );
+        for e in endpoints.iter() {
+            for reason in DropReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "extpresence_webhook_dropped_total{{endpoint=\"{}\",reason=\"{}\"}} {}",
+                    e.name,
+                    reason.label(),
+                    e.dropped_for(reason)
+                );
+            }
+        }
+        for (metric, help, value) in [
+            (
+                "extpresence_webhook_backlog_bytes",
+                "Bytes of the events in the webhook outbox (at most max_backlog_bytes).",
+                (|e: &EndpointStats| e.backlog_bytes.load(Relaxed)) as fn(&EndpointStats) -> u64,
+            ),
+            (
+                "extpresence_webhook_queued_bytes",
+                "Bytes of the events waiting in memory for the webhook outbox's next commit.",
+                |e: &EndpointStats| e.queued_bytes.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for e in endpoints.iter() {
+                let _ = writeln!(out, "{metric}{{endpoint=\"{}\"}} {}", e.name, value(e));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP extpresence_webhook_outbox_ok 1 when the webhook outbox can commit; 0 while \
+             its commits fail (disk full or failing: /readyz answers 503).\n\
+             # TYPE extpresence_webhook_outbox_ok gauge\n\
+             extpresence_webhook_outbox_ok {}\n\
+             # HELP extpresence_webhook_outbox_failed_commits_total Webhook outbox commits that \
+             failed (each is retried).\n\
+             # TYPE extpresence_webhook_outbox_failed_commits_total counter\n\
+             extpresence_webhook_outbox_failed_commits_total {}",
+            u8::from(self.outbox.failure().is_none()),
+            self.outbox.failed_commits.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP extpresence_webhook_disabled 1 when the endpoint answered 410 Gone: nothing \
@@ -120,6 +262,8 @@ mod tests {
         a.ok.fetch_add(3, Relaxed);
         a.pending.store(2, Relaxed);
         a.disabled.store(true, Relaxed);
+        a.count_drop(DropReason::Backlog, 2);
+        m.outbox.set_failure(Some("No space left on device".into()));
         m.render(&mut out);
         for line in [
             "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"ok\"} 3",
@@ -128,9 +272,15 @@ mod tests {
             "extpresence_webhook_pending{endpoint=\"crm\"} 2",
             "extpresence_webhook_disabled{endpoint=\"crm\"} 1",
             "extpresence_webhook_disabled{endpoint=\"pbx.example.com\"} 0",
+            "extpresence_webhook_dropped_total{endpoint=\"crm\",reason=\"backlog\"} 2",
+            "extpresence_webhook_deliveries_total{endpoint=\"crm\",outcome=\"dropped\"} 2",
+            "extpresence_webhook_backlog_bytes{endpoint=\"crm\"} 0",
+            "extpresence_webhook_queued_bytes{endpoint=\"crm\"} 0",
+            "extpresence_webhook_outbox_ok 0",
+            "extpresence_webhook_outbox_failed_commits_total 1",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }
-        assert_eq!(out.matches("# TYPE").count(), 3, "{out}");
+        assert_eq!(out.matches("# TYPE").count(), 8, "{out}");
     }
 }

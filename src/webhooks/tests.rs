@@ -92,8 +92,10 @@ fn endpoint(name: &str, url: &str) -> WebhookSettings {
         name: name.into(),
         url: url.parse().unwrap(),
         key: SigningKey::parse(SECRET).unwrap(),
+        legacy_name: None,
         filter: Filter::default(),
         max_age: Duration::from_secs(3600),
+        max_backlog_bytes: DEFAULT_MAX_BACKLOG,
     }
 }
 
@@ -214,8 +216,11 @@ fn config_defaults_filters_and_masking() {
         secret_file.display()
     ))
     .unwrap();
-    assert_eq!(s[0].name, "crm.example.net");
+    assert_eq!(s[0].name, "crm.example.net:8443/hooks");
+    assert_eq!(s[0].legacy_name.as_deref(), Some("crm.example.net"));
     assert_eq!(s[0].max_age, Duration::from_secs(3600));
+    assert_eq!(s[0].max_backlog_bytes, 64 << 20);
+    assert_eq!(s[1].legacy_name, None);
     assert!(s[0]
         .filter
         .wants(&BareJid::new("anyone@example.com").unwrap()));
@@ -273,6 +278,10 @@ fn config_errors_name_the_key() {
             "webhooks.domains",
         ),
         (format!("{ok}max_age_secs = 0\n"), "webhooks.max_age_secs"),
+        (
+            format!("{ok}max_backlog_bytes = 100\n"),
+            "webhooks.max_backlog_bytes",
+        ),
     ];
     for (text, key) in cases {
         let e = parse(&text).unwrap_err().to_string();
@@ -285,6 +294,67 @@ fn config_errors_name_the_key() {
         ok.replace("[[webhooks]]\n", "[[webhooks]]\nname = \"b\"\n")
     );
     assert_eq!(parse(&two).unwrap().len(), 2);
+}
+
+/// Issue 19, defect 9: entries without `name` on one host are told apart by port and path;
+/// the same URL twice without names is refused, naming both entries.
+#[test]
+fn default_names_are_unique() {
+    let entry = |url: &str, extra: &str| {
+        format!("[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}")
+    };
+    let names = |text: String| -> Vec<String> {
+        parse(&text)
+            .unwrap_or_else(|e| panic!("{e} for\n{text}"))
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(
+        names(
+            entry("http://127.0.0.1:8080/hooks/a", "")
+                + &entry("http://127.0.0.1:8080/hooks/b", "")
+                + &entry("http://127.0.0.1:9090/hooks/a", "")
+                + &entry("https://crm.example.net/", "")
+                + &entry("https://[::1]/x%20y?q=1", "")
+        ),
+        [
+            "127.0.0.1:8080/hooks/a",
+            "127.0.0.1:8080/hooks/b",
+            "127.0.0.1:9090/hooks/a",
+            "crm.example.net",
+            "[::1]/x_20y",
+        ]
+    );
+    // Alike but for the query (which is never shown): numbered; a name given is kept free.
+    assert_eq!(
+        names(
+            entry("https://h.example.net/p?token=1", "")
+                + &entry("https://h.example.net/p?token=2", "")
+                + &entry(
+                    "https://other.example.net/",
+                    "name = \"h.example.net/p~2\"\n"
+                )
+        ),
+        ["h.example.net/p", "h.example.net/p~3", "h.example.net/p~2"]
+    );
+    // A long path is cut to 64.
+    let long = format!("https://h.example.net/{}", "a".repeat(100));
+    let n = names(entry(&long, "") + &entry(&format!("{long}b"), ""));
+    assert_eq!(n[0].len(), 64, "{n:?}");
+    assert_eq!(n[1], format!("{}~2", &n[0][..62]));
+    // The same URL twice, without names: refused, naming both.
+    let e = parse(
+        &(entry("https://a.example.net/x?secret=s3", "")
+            + &entry("https://b.example.net/", "")
+            + &entry("https://a.example.net/x?secret=s3", "")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("webhooks.name"), "{e}");
+    assert!(e.contains("#1 and #3"), "{e}");
+    assert!(e.contains("https://a.example.net/x"), "{e}");
+    assert!(!e.contains("s3"), "the query is in {e}");
 }
 
 #[test]

@@ -197,7 +197,8 @@ impl PresenceBatch {
 impl PresenceBatch {
     /// A batch of one presence sent in a user's name: `type_` (`subscribe`, `probe`) from the
     /// user's bare JID `from` to `to`, with `id`, `xml:lang` and `children` (validated XML
-    /// elements, e.g. a subscription request's custom XML) as given.
+    /// elements, e.g. a subscription request's custom XML) as given; `Err` when a child cannot
+    /// be written ([`render`]).
     pub fn in_users_name(
         type_: &str,
         from: &BareJid,
@@ -205,7 +206,7 @@ impl PresenceBatch {
         id: &str,
         lang: Option<&str>,
         children: &[Element],
-    ) -> PresenceBatch {
+    ) -> Result<PresenceBatch, String> {
         let mut xml = String::with_capacity(160);
         xml.push_str("<presence xmlns='jabber:component:accept' type='");
         escape_into(&mut xml, type_, true);
@@ -224,11 +225,11 @@ impl PresenceBatch {
         } else {
             xml.push_str("'>");
             for child in children {
-                xml.push_str(&String::from(child));
+                xml.push_str(&render(child)?);
             }
             xml.push_str("</presence>");
         }
-        PresenceBatch { xml, count: 1 }
+        Ok(PresenceBatch { xml, count: 1 })
     }
 
     /// Append the presences of `other`.
@@ -656,12 +657,12 @@ pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
                 .map(|t| (t.timestamp_millis().max(0) as u64).min(now))
                 .unwrap_or(now);
             // The other children (capabilities, avatar hash…), as sent; the delay stamp is
-            // `since`.
+            // `since`. One that cannot be written is left out (never a panic of the link).
             let extra: String = p
                 .payloads
                 .iter()
                 .filter(|el| !el.is("delay", NS_DELAY))
-                .map(String::from)
+                .filter_map(|el| render(el).ok())
                 .collect();
             Some(Announced::Available {
                 show,
@@ -683,17 +684,14 @@ const WRAPPER: &str = "extpresence-body";
 /// Parse XML content (elements and text) given by an API client: inside a wrapper element whose
 /// default namespace is `ns` (returned; its children and texts are the content). An XML
 /// declaration at the start is skipped; `<!` (DOCTYPE, entity declarations, CDATA, comments) is
-/// refused, and so is the wrapper's name.
+/// refused, and so is the wrapper's name; so are duplicate attributes and the reserved prefixes
+/// and namespaces ([`check_well_formed`]).
 pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
     if text.contains("<!") {
         return Err("DOCTYPE, entity declarations, CDATA and comments are not allowed".into());
     }
     if text.contains(WRAPPER) {
         return Err(format!("<{WRAPPER}> is not allowed"));
-    }
-    // The parser takes a declaration of the reserved prefix, the writer then panics on it.
-    if text.contains("xmlns:xml") {
-        return Err("the reserved prefixes xml and xmlns may not be declared".into());
     }
     let content = match text.trim_start().strip_prefix("<?xml") {
         Some(rest) => match rest.split_once("?>") {
@@ -703,8 +701,81 @@ pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
         None => text,
     };
     let wrapped = format!("<{WRAPPER}>{content}</{WRAPPER}>");
+    check_well_formed(&wrapped)?;
     Element::from_reader_with_prefixes(wrapped.as_bytes(), ns.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// What minidom's tree builder does not check, checked with the tokenizer it uses (rxml): the
+/// namespace-aware reader refuses duplicate attributes (also two prefixes of one namespace,
+/// XML 1.0 "Unique Att Spec", Namespaces "Attributes Unique"), undeclared prefixes and the
+/// reserved bindings it knows; the raw pass refuses what it lets through: a second default
+/// `xmlns`, and any declaration of the reserved prefixes `xml` and `xmlns` or of their namespaces
+/// (minidom's writer panics on them). Elements in those namespaces are refused too.
+fn check_well_formed(wrapped: &str) -> Result<(), String> {
+    use minidom::rxml::{Event, RawEvent, RawReader, Reader, XMLNS_XML, XMLNS_XMLNS};
+    const RESERVED: &str = "the reserved prefixes xml and xmlns and their namespaces may not be declared or used for elements";
+    let mut raw = RawReader::new(wrapped.as_bytes());
+    let mut seen: Vec<(Option<String>, String)> = Vec::new();
+    while let Some(ev) = raw.read().map_err(|e| e.to_string())? {
+        match ev {
+            RawEvent::ElementHeadOpen(..) => seen.clear(),
+            RawEvent::Attribute(_, (prefix, local), value) => {
+                let prefix = prefix.map(|p| p.as_str().to_string());
+                let local = local.as_str().to_string();
+                let declares = match prefix.as_deref() {
+                    Some("xmlns") => {
+                        if local == "xml" || local == "xmlns" {
+                            return Err(RESERVED.into());
+                        }
+                        true
+                    }
+                    None => local == "xmlns",
+                    Some(_) => false,
+                };
+                if declares && (value == XMLNS_XML || value == XMLNS_XMLNS) {
+                    return Err(RESERVED.into());
+                }
+                let key = (prefix, local);
+                if seen.contains(&key) {
+                    let name = match &key.0 {
+                        Some(p) => format!("{p}:{}", key.1),
+                        None => key.1,
+                    };
+                    return Err(format!("duplicate attribute {name}"));
+                }
+                seen.push(key);
+            }
+            _ => {}
+        }
+    }
+    let mut reader = Reader::new(wrapped.as_bytes());
+    while let Some(ev) = reader.read().map_err(|e| e.to_string())? {
+        if let Event::StartElement(_, (ns, _), attrs) = ev {
+            if ns == XMLNS_XML
+                || ns == XMLNS_XMLNS
+                || attrs.iter().any(|((ns, _), _)| ns == XMLNS_XMLNS)
+            {
+                return Err(RESERVED.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serialise an element, or say why it cannot be: minidom's writer panics on what it cannot
+/// write (e.g. a reserved namespace); the panic is caught here so that it never ends a task.
+/// Content from clients is rendered once when it is accepted, so what was accepted renders.
+pub fn render(el: &Element) -> Result<String, String> {
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut out = Vec::new();
+        el.write_to(&mut out).map(|()| out)
+    }));
+    match written {
+        Ok(Ok(bytes)) => String::from_utf8(bytes).map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(format!("it cannot be written as XML: {e}")),
+        Err(_) => Err("it cannot be written as XML".into()),
+    }
 }
 
 /// Serialise a stanza (for logs at TRACE and tests).
@@ -1017,5 +1088,57 @@ mod tests {
         );
         let bare = StanzaError::new(ErrorType::Cancel, DefinedCondition::ItemNotFound, "en", "");
         assert_eq!(error_reason(&bare), "item-not-found");
+    }
+
+    #[test]
+    fn fragments_with_duplicate_attributes_are_refused() {
+        for xml in [
+            "<a xmlns='urn:a' b='1' b='2'/>",
+            "<a xmlns='urn:a'><c b='1' b='2'/></a>",
+            "<a xmlns='urn:a' xmlns='urn:b'/>",
+            "<a xmlns:p='urn:p' xmlns:p='urn:q'/>",
+            // Two prefixes of one namespace: the same attribute (Namespaces "Attributes Unique").
+            "<a xmlns:p='urn:x' xmlns:q='urn:x' p:b='1' q:b='2'/>",
+        ] {
+            let e = parse_fragment(xml, "jabber:client").expect_err(xml);
+            assert!(e.contains("duplicate attribute"), "{xml}: {e}");
+        }
+        let el = parse_fragment("<a xmlns='urn:a' b='1' c='2'/>", "").unwrap();
+        assert_eq!(el.children().next().unwrap().attr("b"), Some("1"));
+    }
+
+    #[test]
+    fn fragments_with_reserved_namespaces_are_refused() {
+        for xml in [
+            "<a xmlns='http://www.w3.org/2000/xmlns/'/>",
+            "<p:a xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+            "<a xmlns='urn:a' xmlns:p='http://www.w3.org/2000/xmlns/' p:b='1'/>",
+            "<a xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns='urn:a' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns='urn:a' xmlns:xml='urn:other'/>",
+            "<a xmlns='urn:a' xmlns:xmlns='urn:other'/>",
+            "<xml:a/>",
+            "<a xmlns='urn:a'><b><c xmlns='http://www.w3.org/2000/xmlns/'/></b></a>",
+        ] {
+            assert!(parse_fragment(xml, "jabber:client").is_err(), "{xml}");
+        }
+        // The xml prefix is used, not declared: fine.
+        let el = parse_fragment("<a xmlns='urn:a' xml:lang='en'/>", "jabber:client").unwrap();
+        assert!(render(el.children().next().unwrap()).is_ok());
+    }
+
+    /// What minidom's writer cannot write is an error, not a panic.
+    #[test]
+    fn render_never_panics() {
+        // minidom's own parser takes it, its writer then panics (the customXml).
+        let bad: Element = "<a xmlns='http://www.w3.org/2000/xmlns/'/>"
+            .parse()
+            .unwrap();
+        assert!(render(&bad).is_err());
+        let good = Element::builder("a", "urn:a")
+            .attr(minidom::rxml::xml_ncname!("b").to_owned(), "1")
+            .build();
+        assert_eq!(render(&good).unwrap(), "<a xmlns='urn:a' b='1'/>");
     }
 }

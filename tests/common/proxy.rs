@@ -67,3 +67,57 @@ impl Drop for LinkProxy {
         self.cut();
     }
 }
+
+/// A loopback TCP proxy in front of an HTTP port that hands the server's bytes on one at a time,
+/// a millisecond apart, so a client reads every multi-byte character split across reads (as a
+/// slow or fragmenting network does). Dropping it stops it.
+pub struct TrickleProxy {
+    /// Port the client connects to.
+    pub port: u16,
+    acceptor: JoinHandle<()>,
+}
+
+impl TrickleProxy {
+    /// Forward 127.0.0.1:<new port> to `upstream`, trickling the answers.
+    pub async fn start(upstream: std::net::SocketAddr) -> TrickleProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                inbound.set_nodelay(true).ok();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    });
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = from_server.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        for byte in &buf[..n] {
+                            if to_client.write_all(&[*byte]).await.is_err() {
+                                up.abort();
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        TrickleProxy { port, acceptor }
+    }
+}
+
+impl Drop for TrickleProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}

@@ -3,9 +3,17 @@
 Usage: browser.py BASE_URL KEY SCREENSHOT_PATH
 
 Signs in with KEY through the login form, waits until the page shows its data, prints "ready",
-then reads lines "expect <text>" from stdin: for each, waits (at most 5 s) until <text> shows on
-the page and prints {"text":…, "seen_ms":…}. On "end" (or EOF) it checks how user text
-rendered, saves a screenshot and prints {"dialogs":…, "script_elements":…, "screenshot":…}.
+then reads commands from stdin, one per line:
+- "expect <text>": waits (at most 5 s) until <text> shows on the page; prints {"text":…, "seen_ms":…}.
+- "row <user> <status>": waits (at most 5 s) until the held statuses show a row of <user> with the
+  status text <status>; prints {"row":…, "seen_ms":…, "status_fetches":…} (the reads of
+  /ui/status.json the page had made when it showed the row).
+- "hold": from now on the page's reads of /ui/status.json are held unanswered (DevTools Fetch
+  interception), so what changes on the page comes from the event stream; prints {"held": true}.
+- "release": lets the held reads through and stops holding; prints {"released": n}.
+- "count": prints {"status_fetches": n}, the reads of /ui/status.json the page has made so far.
+On "end" (or EOF) it checks how user text rendered, saves a screenshot and prints
+{"dialogs":…, "script_elements":…, "screenshot":…}.
 Everything printed is one JSON object (or "ready") per line.
 """
 
@@ -35,6 +43,10 @@ class Page:
         self.ws = connect(ws_url, max_size=64 * 1024 * 1024, open_timeout=10)
         self.next_id = 0
         self.dialogs = []
+        # Requests for /ui/status.json the page sent (Network.requestWillBeSent).
+        self.status_fetches = 0
+        # Requests held by Fetch interception ("hold"), to let through on "release".
+        self.paused = []
 
     def call(self, method, **params):
         self.next_id += 1
@@ -43,6 +55,11 @@ class Page:
         deadline = time.time() + 30
         while time.time() < deadline:
             msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("method") == "Network.requestWillBeSent":
+                if "/ui/status.json" in msg["params"]["request"]["url"]:
+                    self.status_fetches += 1
+            if msg.get("method") == "Fetch.requestPaused":
+                self.paused.append(msg["params"]["requestId"])
             if msg.get("method") == "Page.javascriptDialogOpening":
                 self.dialogs.append(msg["params"].get("message"))
                 self.ws.send(json.dumps({"id": 0, "method": "Page.handleJavaScriptDialog", "params": {"accept": True}}))
@@ -90,6 +107,7 @@ def main():
         page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         page.call("Page.enable")
         page.call("Runtime.enable")
+        page.call("Network.enable")
         page.call("Page.navigate", url=base + "/")
         if not page.wait("document.readyState === 'complete' && !!document.getElementById('key')", 15):
             sys.exit("the login form did not show")
@@ -106,6 +124,28 @@ def main():
                 start = time.time()
                 seen = page.wait(f"document.body.innerText.includes({json.dumps(text)})", 5)
                 print(json.dumps({"text": text, "seen_ms": int((time.time() - start) * 1000) if seen else None}), flush=True)
+            elif line.startswith("row "):
+                user, status = line[len("row "):].split(" ", 1)
+                start = time.time()
+                seen = page.wait(
+                    "Array.from(document.querySelectorAll('#held tr')).some(tr => "
+                    f"tr.cells.length > 3 && tr.cells[0].textContent === {json.dumps(user)} && "
+                    f"tr.cells[3].textContent === {json.dumps(status)})", 5)
+                print(json.dumps({"row": user, "seen_ms": int((time.time() - start) * 1000) if seen else None,
+                                  "status_fetches": page.status_fetches}), flush=True)
+            elif line == "hold":
+                page.call("Fetch.enable", patterns=[{"urlPattern": "*/ui/status.json*", "requestStage": "Request"}])
+                print(json.dumps({"held": True}), flush=True)
+            elif line == "release":
+                n = len(page.paused)
+                for rid in page.paused:
+                    page.call("Fetch.continueRequest", requestId=rid)
+                page.paused = []
+                page.call("Fetch.disable")
+                print(json.dumps({"released": n}), flush=True)
+            elif line == "count":
+                page.eval("true")  # take in the events that came meanwhile
+                print(json.dumps({"status_fetches": page.status_fetches}), flush=True)
         scripts = page.eval("Array.from(document.querySelectorAll('script')).map(s => s.getAttribute('src') || ('inline:' + s.textContent))")
         shown = page.eval("document.body.innerText")
         png = page.call("Page.captureScreenshot", format="png")["data"]

@@ -1,14 +1,14 @@
 """A webhook receiver for the tests: every request is verified with the Standard Webhooks
 reference library (standardwebhooks, from PyPI), not with our own code.
 
-Usage: webhook_receiver.py DIR
+Usage: webhook_receiver.py DIR [PORT]
 
-DIR/secret holds the endpoint's whsec_ secret. Listens on 127.0.0.1 (a free port) and prints
-"listening PORT". Appends one JSON line per request to DIR/requests.jsonl, flushed at once:
-{"id": webhook-id, "answer": status, "verified": bool, "error": why not, "payload": the verified
-body}. Answers 204 to a verified request; the status code written in DIR/answer while that file
-exists (e.g. 500, 410), whatever the request; 400 to a request that fails verification. Stops
-when stdin is closed (the test is done).
+DIR/secret holds the endpoint's whsec_ secret. Listens on 127.0.0.1 (PORT, or a free port) and
+prints "listening PORT". Appends one JSON line per request to DIR/requests.jsonl, flushed at
+once: {"id": webhook-id, "path": the request's path, "answer": status, "verified": bool, "error":
+why not, "payload": the verified body}. Answers 204 to a verified request; the status code
+written in DIR/answer while that file exists (e.g. 500, 410), whatever the request; 400 to a
+request that fails verification. Stops when stdin is closed (the test is done).
 """
 
 import json
@@ -36,7 +36,7 @@ def forced_answer():
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        record = {"id": self.headers.get("webhook-id"), "verified": False, "error": None, "payload": None}
+        record = {"id": self.headers.get("webhook-id"), "path": self.path, "verified": False, "error": None, "payload": None}
         try:
             record["payload"] = WEBHOOK.verify(body, dict(self.headers))
             record["verified"] = True
@@ -56,7 +56,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"listening {server.server_address[1]}", flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()

@@ -6,10 +6,20 @@
 //!
 //! Signing in takes an admin key or a domain key with read access (never a user's token): the key
 //! is posted once, and a random session id goes into an `HttpOnly; SameSite=Strict` cookie (kept
-//! hashed here, 12 h); no key ever travels in a URL, and a sign-in posted from another origin is
-//! refused. The page only reads; every answer has a
-//! `Content-Security-Policy` of `default-src 'self'` (no inline script or style), and the script
-//! puts server text into the page as text only.
+//! hashed here, 12 h; `Secure` when the page is served over HTTPS: `[ui] public_origin` is https,
+//! or a trusted proxy says `X-Forwarded-Proto: https`); no key ever travels in a URL, and a sign-in
+//! or sign-out posted from another origin is refused. A credential holds at most
+//! [`MAX_SESSIONS_PER_CREDENTIAL`] sessions (its oldest goes first, never another credential's).
+//! Wrong keys count toward the failed-authentication limit of the client's address (`auth.rs`).
+//! With `[ui] public_origin` set, a request to the page naming another host is refused (421).
+//!
+//! A domain key sees its own domains only: held statuses, observed sessions, and the webhook
+//! endpoints whose filter lies within its domains; the global counters are the admin's.
+//!
+//! The page only reads; every answer has a `Content-Security-Policy` of `default-src 'self'` (no
+//! inline script or style), and the script puts server text into the page as text only. It updates
+//! the held statuses from the events themselves, and reads `status.json` again at most once per
+//! 5 s (after events, and every 15 s for what has no event: the link, webhook backlogs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +38,9 @@ use sha2::{Digest, Sha256};
 use super::error::Format;
 use super::input;
 use super::server::AppState;
+use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
+use crate::events::Filter;
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::rfc3339;
 use crate::status::{now_ms, Word};
@@ -37,8 +49,10 @@ use crate::xmpp::LinkState;
 const COOKIE: &str = "extpresence_ui";
 /// A session lasts this long.
 const SESSION_MS: u64 = 12 * 3600 * 1000;
-/// Most sessions held at once (the oldest goes first).
+/// Most sessions held at once (beyond it, the oldest of the credential holding most goes first).
 const MAX_SESSIONS: usize = 1000;
+/// Most sessions one credential holds at once (beyond it, its oldest goes first).
+pub const MAX_SESSIONS_PER_CREDENTIAL: usize = 16;
 /// Most held statuses listed at once.
 const MAX_LISTED: usize = 100;
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
@@ -49,7 +63,76 @@ const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
 
 /// Sessions: the SHA-256 of the cookie value → the grant and when it ends (ms).
-type Sessions = HashMap<[u8; 32], (Arc<Grant>, u64)>;
+type Sessions = HashMap<[u8; 32], Session>;
+
+/// A signed-in browser: its key's grant, until when, and what ends its open event streams.
+#[derive(Debug)]
+struct Session {
+    grant: Arc<Grant>,
+    /// Ends (ms since the Unix epoch).
+    until: u64,
+    /// Cancelled when the session is closed (sign-out, or evicted for a newer one); its
+    /// `expires_at` is `until`. Open `/ui/events` streams end with it.
+    lifetime: Lifetime,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.lifetime.revoked.cancel();
+    }
+}
+
+/// `[ui] public_origin`: the scheme, host and port the page is reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    /// As a browser sends it in `Origin` (`https://presence.example.com`).
+    origin: String,
+    /// `host[:port]` as in a `Host` header (the port only when not the scheme's default).
+    host: String,
+    /// The same with the scheme's default port written out.
+    host_with_port: String,
+    /// Served over HTTPS (through a proxy): the cookie is `Secure`.
+    https: bool,
+}
+
+impl PublicOrigin {
+    /// Parse `scheme://host[:port]` (http or https; nothing else).
+    pub fn parse(text: &str) -> Result<PublicOrigin, String> {
+        let example = "e.g. \"https://presence.example.com\"";
+        let u = reqwest::Url::parse(text.trim())
+            .map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
+        let host = u
+            .host_str()
+            .filter(|_| matches!(u.scheme(), "http" | "https"));
+        let (Some(host), true) = (
+            host,
+            u.username().is_empty()
+                && u.password().is_none()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none(),
+        ) else {
+            return Err(format!(
+                "{text:?} is not an origin: only http(s)://host[:port], no path; {example}"
+            ));
+        };
+        let default = u.port_or_known_default().unwrap_or(80);
+        Ok(PublicOrigin {
+            origin: u.origin().ascii_serialization(),
+            host: match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_string(),
+            },
+            host_with_port: format!("{host}:{default}"),
+            https: u.scheme() == "https",
+        })
+    }
+
+    /// Whether a `Host` header value names this origin's host.
+    fn names(&self, host: &str) -> bool {
+        host.eq_ignore_ascii_case(&self.host) || host.eq_ignore_ascii_case(&self.host_with_port)
+    }
+}
 
 /// What the page shows beside the model, and its sessions.
 #[derive(Debug, Default)]
@@ -60,6 +143,10 @@ pub struct UiState {
     pub component: String,
     /// When the link last changed state (ms since the Unix epoch).
     pub link_since: AtomicU64,
+    /// `[ui] public_origin`.
+    public_origin: Option<PublicOrigin>,
+    /// Each webhook endpoint's name and filter: a domain key sees those within its domains.
+    webhooks: Vec<(String, Filter)>,
     sessions: Mutex<Sessions>,
 }
 
@@ -70,7 +157,90 @@ impl UiState {
             server,
             component,
             link_since: AtomicU64::new(now_ms()),
+            public_origin: None,
+            webhooks: Vec::new(),
             sessions: Mutex::default(),
+        }
+    }
+
+    /// With `[ui] public_origin` and the webhook endpoints' filters.
+    pub fn with_settings(
+        mut self,
+        public_origin: Option<PublicOrigin>,
+        webhooks: &[crate::webhooks::WebhookSettings],
+    ) -> UiState {
+        self.public_origin = public_origin;
+        self.webhooks = webhooks
+            .iter()
+            .map(|w| (w.name.clone(), w.filter.clone()))
+            .collect();
+        self
+    }
+
+    /// The host the request names: a trusted proxy's `X-Forwarded-Host`, else `Host`.
+    fn host(headers: &HeaderMap) -> String {
+        super::auth::client()
+            .and_then(|c| c.forwarded_host)
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    }
+
+    /// 421 when a public origin is set and the request names another host.
+    fn misdirected(&self, headers: &HeaderMap) -> Option<Response> {
+        let o = self.public_origin.as_ref()?;
+        if o.names(&Self::host(headers)) {
+            return None;
+        }
+        let mut r = (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("The status page is served at {}.\n", o.origin),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Some(secure(r))
+    }
+
+    /// Whether a form post comes from this page: an `Origin` that is present must be the public
+    /// origin (when set), else name the request's host.
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return true; // not sent by the browser (same-origin GET-like navigation, or not a browser)
+        };
+        if let Some(o) = &self.public_origin {
+            return origin.eq_ignore_ascii_case(&o.origin);
+        }
+        let host = Self::host(headers);
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        !host.is_empty() && authority.eq_ignore_ascii_case(&host)
+    }
+
+    /// Whether the page is served over HTTPS (so the cookie gets `Secure`).
+    fn https(&self) -> bool {
+        self.public_origin.as_ref().is_some_and(|o| o.https)
+            || super::auth::client().is_some_and(|c| c.https)
+    }
+
+    /// Whether webhook endpoint `filter` only ever passes users `grant` may read.
+    fn within(grant: &Grant, filter: &Filter) -> bool {
+        match &grant.scope {
+            Scope::Admin => true,
+            Scope::Domains(ds) => {
+                !(filter.users.is_empty() && filter.domains.is_empty())
+                    && filter.domains.iter().all(|d| ds.contains(d))
+                    && filter
+                        .users
+                        .iter()
+                        .all(|u| ds.contains(u.domain().as_str()))
+            }
+            Scope::User(_) => false,
         }
     }
 
@@ -84,26 +254,60 @@ impl UiState {
         let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
         let now = now_ms();
         let mut map = self.lock();
-        map.retain(|_, (_, until)| *until > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k) {
+        map.retain(|_, session| session.until > now);
+        // The credential's own oldest session makes room; when all are full, the oldest of the
+        // credential holding most.
+        let mut per: HashMap<&str, usize> = HashMap::new();
+        for session in map.values() {
+            *per.entry(&*session.grant.name).or_default() += 1;
+        }
+        let evict = if per.get(&*grant.name).copied().unwrap_or(0) >= MAX_SESSIONS_PER_CREDENTIAL {
+            Some(grant.name.clone())
+        } else if map.len() >= MAX_SESSIONS {
+            per.iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(name, _)| Arc::<str>::from(*name))
+        } else {
+            None
+        };
+        if let Some(name) = evict {
+            if let Some(oldest) = map
+                .iter()
+                .filter(|(_, session)| session.grant.name == name)
+                .min_by_key(|(_, session)| session.until)
+                .map(|(k, _)| *k)
+            {
                 map.remove(&oldest);
             }
         }
+        let until = now + SESSION_MS;
         map.insert(
             Sha256::digest(value.as_bytes()).into(),
-            (grant, now + SESSION_MS),
+            Session {
+                grant,
+                until,
+                lifetime: Lifetime {
+                    revoked: Default::default(),
+                    expires_at: Some(until),
+                },
+            },
         );
         value
     }
 
     /// The grant of the request's session cookie, if it is live.
     fn grant(&self, headers: &HeaderMap) -> Option<Arc<Grant>> {
+        self.session(headers).map(|(grant, _)| grant)
+    }
+
+    /// The grant of the request's session cookie, if it is live, and the session's lifetime
+    /// (what ends the streams opened with it: sign-out, eviction, expiry).
+    fn session(&self, headers: &HeaderMap) -> Option<(Arc<Grant>, Lifetime)> {
         let value = cookie(headers)?;
         let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         let map = self.lock();
-        let (grant, until) = map.get(&key)?;
-        (*until > now_ms()).then(|| grant.clone())
+        let session = map.get(&key)?;
+        (session.until > now_ms()).then(|| (session.grant.clone(), session.lifetime.clone()))
     }
 
     fn close(&self, headers: &HeaderMap) {
@@ -140,11 +344,17 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/logout", post(logout))
         .route(
             "/ui/app.js",
-            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                s.ui.misdirected(&h)
+                    .unwrap_or_else(|| asset(APP_JS, "text/javascript; charset=utf-8"))
+            }),
         )
         .route(
             "/ui/app.css",
-            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                s.ui.misdirected(&h)
+                    .unwrap_or_else(|| asset(APP_CSS, "text/css; charset=utf-8"))
+            }),
         )
         .route("/ui/status.json", get(status_json))
         .route("/ui/events", get(events))
@@ -193,27 +403,29 @@ fn login_page(status: StatusCode, message: &str) -> Response {
 }
 
 async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = state.ui.misdirected(&headers) {
+        return r;
+    }
     match state.ui.grant(&headers) {
         Some(_) => html(StatusCode::OK, PAGE_HTML.to_string()),
         None => login_page(StatusCode::OK, ""),
     }
 }
 
-/// Whether a form post comes from this page: an `Origin` that is present must name this host.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true; // not sent by the browser (same-origin GET-like navigation, or not a browser)
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let authority = origin.split_once("://").map_or("", |(_, a)| a);
-    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+/// The session cookie's attributes (`Secure` when served over HTTPS).
+fn cookie_flags(ui: &UiState) -> &'static str {
+    if ui.https() {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
 }
 
 async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    if !same_origin(&headers) {
+    if let Some(r) = state.ui.misdirected(&headers) {
+        return r;
+    }
+    if !state.ui.same_origin(&headers) {
         return login_page(StatusCode::FORBIDDEN, "Sign in from this page.");
     }
     let Ok(body) = input::read_body(&headers, body, 4096, state.body_timeout).await else {
@@ -223,20 +435,31 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         .find(|(k, _)| k == "key")
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
-    // One bucket for every sign-in attempt: guessing keys here is as slow as anywhere.
-    let bucket: Arc<str> = Arc::from("status-page sign-in");
-    if let Err(wait) = state.keys.limits.check(&bucket) {
-        let mut r = login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many attempts; try again in a moment.",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, super::error::retry_after(wait));
-        return r;
+    if key.is_empty() {
+        return login_page(StatusCode::UNAUTHORIZED, "That key is not valid.");
     }
-    let grant = match state.keys.grant(&key).filter(|_| !key.is_empty()) {
-        Some(g) => g,
-        None => return login_page(StatusCode::UNAUTHORIZED, "That key is not valid."),
+    // Wrong keys count toward the client address's failed-authentication limit (as in every
+    // dialect); a valid key's sign-ins toward its own rate limit.
+    let authenticated =
+        state
+            .keys
+            .authenticate(&key)
+            .and_then(|g| match state.keys.limits.check(&g.name) {
+                Ok(()) => Ok(g),
+                Err(wait) => Err(super::error::ApiError::RateLimited(wait)),
+            });
+    let grant = match authenticated {
+        Ok(g) => g,
+        Err(super::error::ApiError::RateLimited(wait)) => {
+            let mut r = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts; try again in a moment.",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, super::error::retry_after(wait));
+            return r;
+        }
+        Err(_) => return login_page(StatusCode::UNAUTHORIZED, "That key is not valid."),
     };
     let may =
         grant.has(Need::Read).is_ok() && matches!(grant.scope, Scope::Admin | Scope::Domains(_));
@@ -251,7 +474,8 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
     let cookie = format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={value}; {}; Max-Age={}",
+        cookie_flags(&state.ui),
         SESSION_MS / 1000
     );
     h.insert(
@@ -262,15 +486,21 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 }
 
 async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if same_origin(&headers) {
-        state.ui.close(&headers);
+    if let Some(r) = state.ui.misdirected(&headers) {
+        return r;
     }
+    // From another origin: refused, and the browser keeps its cookie.
+    if !state.ui.same_origin(&headers) {
+        return login_page(StatusCode::FORBIDDEN, "Sign out from this page.");
+    }
+    state.ui.close(&headers);
     let mut r = StatusCode::SEE_OTHER.into_response();
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
+    let cookie = format!("{COOKIE}=; {}; Max-Age=0", cookie_flags(&state.ui));
     h.insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("extpresence_ui=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_str(&cookie).expect("a valid header"),
     );
     secure(r)
 }
@@ -296,6 +526,9 @@ async fn status_json(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(r) = state.ui.misdirected(&headers) {
+        return r;
+    }
     let Some(grant) = state.ui.grant(&headers) else {
         return unauthorized();
     };
@@ -336,10 +569,19 @@ async fn status_json(
         }
     }
     let m: &Metrics = &state.metrics;
+    let admin = matches!(grant.scope, Scope::Admin);
     let webhooks: Vec<Value> = m
         .webhooks
         .endpoints()
         .iter()
+        .filter(|e| {
+            admin
+                || state
+                    .ui
+                    .webhooks
+                    .iter()
+                    .any(|(name, f)| *name == e.name && UiState::within(&grant, f))
+        })
         .map(|e| {
             json!({
                 "name": e.name,
@@ -355,16 +597,41 @@ async fn status_json(
         LinkState::Up => "up",
         LinkState::Down => "down",
     };
+    // A domain key: its own domains' sessions, and no global counter.
+    let observed_sessions = if admin {
+        state.observed.sessions()
+    } else {
+        state
+            .observed
+            .session_jids()
+            .iter()
+            .filter(|j| grant.allows(Need::Read, &j.to_bare()).is_ok())
+            .count()
+    };
+    let counters = if admin {
+        global_counters(&state)
+    } else {
+        json!({})
+    };
     let body = json!({
         "link": {"state": link, "since": rfc3339(state.ui.link_since.load(Ordering::Relaxed))},
         "server": state.ui.server,
         "component": state.ui.component,
-        "observed_sessions": state.observed.sessions(),
+        "observed_sessions": observed_sessions,
         "complete": state.observed.complete(),
         "held_total": held_total,
         "held": held,
         "webhooks": webhooks,
-        "counters": {
+        "counters": counters,
+        "admin": admin,
+    });
+    json_answer(StatusCode::OK, &body)
+}
+
+/// The counters over every domain (shown to admin keys only).
+fn global_counters(state: &AppState) -> Value {
+    let m: &Metrics = &state.metrics;
+    json!({
             "updates set": m.updates(Outcome::Set),
             "updates cleared": m.updates(Outcome::Cleared),
             "updates refused": m.updates(Outcome::Rejected),
@@ -374,9 +641,7 @@ async fn status_json(
             "link reconnects": m.reconnects.load(Ordering::Relaxed),
             "events published": state.hub.published(),
             "event subscribers": state.hub.subscribers(),
-        },
-    });
-    json_answer(StatusCode::OK, &body)
+    })
 }
 
 async fn events(
@@ -384,10 +649,13 @@ async fn events(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(grant) = state.ui.grant(&headers) else {
+    if let Some(r) = state.ui.misdirected(&headers) {
+        return r;
+    }
+    let Some((grant, lifetime)) = state.ui.session(&headers) else {
         return unauthorized();
     };
-    match super::read::event_stream(&state, &grant, q.as_deref(), &headers).await {
+    match super::read::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {
         Ok(r) => secure(r),
         Err(e) => secure(e.into_response(Format::Json)),
     }

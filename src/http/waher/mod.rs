@@ -104,6 +104,7 @@ impl From<AgentError> for WaherError {
             AgentError::Roster(_) | AgentError::Full(_) | AgentError::Storage(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            AgentError::Invalid(_) => StatusCode::BAD_REQUEST,
         };
         err(status, e.to_string())
     }
@@ -447,6 +448,20 @@ fn jid_field(field: &str, raw: &str) -> Result<BareJid, WaherError> {
     Jid::new(raw).map(|j| j.to_bare()).map_err(|_| invalid())
 }
 
+/// A contact's JID (the `to` of a probe or a subscription request): a user's bare JID, no
+/// resource, not a domain.
+fn contact_field(field: &str, raw: &str) -> Result<BareJid, WaherError> {
+    let jid = jid_field(field, raw)?;
+    if Jid::new(raw).is_ok_and(|j| j.resource().is_some()) {
+        return Err(bad(format!(
+            "{field}: {:?} has a resource; a contact is a bare JID (user@domain)",
+            raw.chars().take(100).collect::<String>()
+        )));
+    }
+    agent::check_contact(&jid).map_err(|e| bad(format!("{field}: {e}")))?;
+    Ok(jid)
+}
+
 fn text_field(
     field: &str,
     value: Option<String>,
@@ -496,7 +511,7 @@ fn custom_xml(value: Option<String>) -> Result<Option<String>, WaherError> {
             "customXml may not contain a DOCTYPE or entity declarations",
         ));
     }
-    agent::parse_elements(&xml).map_err(|e| bad(format!("customXml: {e}")))?;
+    agent::parse_custom_xml(&xml).map_err(|e| bad(format!("customXml: {e}")))?;
     Ok(Some(xml))
 }
 
@@ -553,13 +568,13 @@ impl Request {
             Call::PresenceProbe => {
                 let p: ProbeJson = json_body(body)?;
                 Request::Probe {
-                    to: jid_field("to", &p.to)?,
+                    to: contact_field("to", &p.to)?,
                 }
             }
             Call::SendPresenceSubscription => {
                 let s: SubscribeJson = json_body(body)?;
                 Request::Subscribe(SubscribeRequest {
-                    to: jid_field("to", &s.to)?,
+                    to: contact_field("to", &s.to)?,
                     custom_xml: custom_xml(s.custom_xml)?,
                     language: language(s.language)?,
                     id: text_field("id", s.id, 256)?,
@@ -622,14 +637,18 @@ impl Request {
                 xml_attrs(el, &["to"])?;
                 no_children()?;
                 Request::Probe {
-                    to: jid_field("to", &required("to")?)?,
+                    to: contact_field("to", &required("to")?)?,
                 }
             }
             Call::SendPresenceSubscription => {
                 xml_attrs(el, &["to", "language", "id"])?;
-                let custom: String = el.children().map(String::from).collect();
+                let custom = el
+                    .children()
+                    .map(stanzas::render)
+                    .collect::<Result<String, String>>()
+                    .map_err(|e| bad(format!("customXml: {e}")))?;
                 Request::Subscribe(SubscribeRequest {
-                    to: jid_field("to", &required("to")?)?,
+                    to: contact_field("to", &required("to")?)?,
                     custom_xml: custom_xml(Some(custom))?,
                     language: language(el.attr("language").map(str::to_string))?,
                     id: text_field("id", el.attr("id").map(str::to_string), 256)?,
