@@ -74,6 +74,28 @@ async fn wait_subscribers(ext: &Ext, n: usize) {
     }
 }
 
+/// `extpresence --url URL watch --user ARGS…` in the background (killed on drop), and its
+/// output's lines.
+fn spawn_watch(
+    url: &str,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut watch = tokio::process::Command::new(BIN)
+        .args(["--url", url, "watch", "--user"])
+        .args(args)
+        .env("EXTPRESENCE_KEY", API_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch");
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    (watch, lines)
+}
+
 fn json(r: &Run) -> Value {
     serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
 }
@@ -87,15 +109,7 @@ async fn every_subcommand_and_exit_code() {
 
     // watch, in the background, from the start.
     let url = format!("http://{}", ext.http);
-    let mut watch = tokio::process::Command::new(BIN)
-        .args(["--url", &url, "watch", "--user", &alice])
-        .env("EXTPRESENCE_KEY", API_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("watch");
-    let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut watched) = spawn_watch(&url, &[&alice]);
     wait_subscribers(ext, 1).await;
 
     // set: human output, and bob's client gets it.
@@ -331,15 +345,7 @@ async fn watch_keeps_characters_split_across_reads() {
     let alice = format!("alice@{DOMAIN}");
     let proxy = common::proxy::TrickleProxy::start(ext.http).await;
     let url = format!("http://127.0.0.1:{}", proxy.port);
-    let mut watch = tokio::process::Command::new(BIN)
-        .args(["--url", &url, "watch", "--user", &alice, "--json"])
-        .env("EXTPRESENCE_KEY", API_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("watch");
-    let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (_watch, mut watched) = spawn_watch(&url, &[&alice, "--json"]);
     wait_subscribers(ext, 1).await;
     let text = "Café ☕ — 電話中 🎧";
     let r = cli(ext, &["set", &alice, "dnd", text]).await;

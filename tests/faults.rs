@@ -12,11 +12,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
+use common::tmpfs::Tmpfs;
 use common::{subscribe_mutual, subscribe_one_way, TestClient, COMPONENT, DOMAIN, SECRET};
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 
@@ -48,60 +48,6 @@ async fn users(kind: Kind) -> Server {
     alice.disconnect().await;
     bob.disconnect().await;
     server
-}
-
-/// A tmpfs of `size` mounted on a fresh temp dir (root only, as CI runs), unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs to mount a small tmpfs (run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fill the file system with `name` until it is full; returns the file.
-    fn fill(&self, name: &str) -> PathBuf {
-        use std::io::Write;
-        let path = self.path().join(name);
-        let mut f = std::fs::File::create(&path).expect("create filler");
-        let chunk = vec![0xA5u8; 4096];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
-                    break;
-                }
-            }
-        }
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 async fn get(ext: &Ext, path: &str) -> (u16, String) {
@@ -159,7 +105,7 @@ async fn store_disk_full_then_freed() {
         .await;
     assert_eq!(get(&ext, "/readyz").await.0, 200);
 
-    let filler = fs.fill("filler");
+    fs.fill();
     // New resources with long texts until the store needs space it cannot get; then 100 more
     // while the disk stays full (some may fit into space the failed commit left; those are
     // acknowledged like any other). After each refusal /readyz is asked at once.
@@ -226,7 +172,7 @@ async fn store_disk_full_then_freed() {
     assert_eq!(leaked(&seen), 0, "a refused update reached dave: {seen:?}");
 
     // Space is freed: writes recover by themselves.
-    std::fs::remove_file(&filler).expect("remove filler");
+    fs.free();
     wait_until("readyz 200 after space is freed", WAIT, || async {
         get(&ext, "/readyz").await.0 == 200
     })

@@ -1023,22 +1023,7 @@ async fn presence_query_names_each_user_once_and_is_bounded() {
         })
         .collect();
     for chunk in items.chunks(200) {
-        let (code, v) = call(
-            &ext,
-            "POST",
-            "/v1/statuses",
-            Some(json!({ "updates": chunk })),
-        )
-        .await;
-        assert_eq!(code, 200, "{v}");
-        assert!(
-            v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["ok"] == true),
-            "{v}"
-        );
+        common::bulk(&ext, chunk).await;
     }
     let users: Vec<String> = (0..1000).map(|i| format!("u{i}@{DOMAIN}")).collect();
     let (code, v) = call(

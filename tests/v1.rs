@@ -782,19 +782,8 @@ async fn source_names_cannot_be_used_up() {
         let updates: Vec<Value> = (0..1000)
             .map(|i| json!({"user": alice, "presence": "away", "source": format!("n{round}x{i}"), "priority": 5}))
             .collect();
-        let (code, v) = call(
-            &w.ext,
-            "POST",
-            "/v1/statuses",
-            Some(json!({ "updates": updates })),
-        )
-        .await;
-        assert_eq!(code, 200, "{v}");
-        assert!(v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["ok"] == false));
+        let results = common::bulk_results(&w.ext, &updates).await;
+        assert!(results.iter().all(|r| r["ok"] == false));
     }
     // A new source, and a clear of a new source, still work.
     put(
@@ -816,22 +805,7 @@ async fn source_names_cannot_be_used_up() {
     let updates: Vec<Value> = (0..63)
         .map(|i| json!({"user": alice, "presence": "away", "source": format!("s{i}"), "resource": format!("r{i}")}))
         .collect();
-    let (code, v) = call(
-        &w.ext,
-        "POST",
-        "/v1/statuses",
-        Some(json!({ "updates": updates })),
-    )
-    .await;
-    assert_eq!(code, 200, "{v}");
-    assert!(
-        v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["ok"] == true),
-        "{v}"
-    );
+    common::bulk(&w.ext, &updates).await;
     let (code, v) = call(
         &w.ext,
         "PUT",

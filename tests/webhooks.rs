@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::ext::{request, Ext, API_KEY};
 use common::server::{Kind, Server};
+use common::tmpfs::Tmpfs;
 use common::{free_port, COMPONENT, DOMAIN, SECRET};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -415,32 +416,17 @@ async fn readme_receiver_verifies_the_events() {
     assert_eq!(ext.terminate().await, Some(0));
 }
 
-/// `POST /v1/statuses` with these updates; every item must be ok.
-async fn bulk(ext: &Ext, updates: Vec<Value>) {
-    let body = json!({ "updates": updates }).to_string();
-    let (code, answer) = request(
-        ext.http,
-        "POST",
-        "/v1/statuses",
-        &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(code, 200, "{answer}");
-    assert!(!answer.contains("\"ok\":false"), "{answer}");
-}
-
 /// `user` holds `n` more resources with 1,000-character statuses at a low priority: each of
 /// their events carries them all (about n KB).
 async fn large_events(ext: &Ext, user: &str, n: usize) {
     let long = "x".repeat(1000);
-    let updates = (0..n)
+    let updates: Vec<Value> = (0..n)
         .map(|i| {
             json!({"user": format!("{user}@{DOMAIN}"), "resource": format!("big{i}"),
                    "presence": "xa", "status": long, "priority": -100})
         })
         .collect();
-    bulk(ext, updates).await;
+    common::bulk(ext, &updates).await;
 }
 
 /// A `[[webhooks]]` entry to `url` (no name unless `name`), with `extra` lines.
@@ -622,10 +608,10 @@ async fn events_queued_at_a_clean_stop_are_delivered_after_the_restart() {
     let mut ext = start_ext(&server, hook).await;
     // Large events, many at once: a bulk of 200 updates of alice's status.
     large_events(&ext, "alice", 30).await;
-    let updates = (0..200)
+    let updates: Vec<Value> = (0..200)
         .map(|i| json!({"user": format!("alice@{DOMAIN}"), "presence": "away", "status": format!("queued {i}")}))
         .collect();
-    bulk(&ext, updates).await;
+    common::bulk(&ext, &updates).await;
     // One event per update (some are still being routed now).
     let events = 230.0;
     assert_eq!(ext.terminate().await, Some(0), "{}", ext.log());
@@ -662,61 +648,6 @@ async fn events_queued_at_a_clean_stop_are_delivered_after_the_restart() {
     );
     all_verified(&r);
     assert_eq!(ext.terminate().await, Some(0));
-}
-
-/// A small tmpfs (tests run as root, CI too), unmounted on drop. Mounting must work: a test
-/// that needs a full disk does not skip silently.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs at {} (the full-disk test needs root): {}",
-            dir.path().display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fill it: a file of zeros until the disk says it is full.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
-        let chunk = vec![0u8; 16 << 10];
-        loop {
-            match f.write_all(&chunk).and_then(|_| f.sync_all()) {
-                Ok(()) => continue,
-                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(e) => panic!("filling the tmpfs: {e}"),
-            }
-        }
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// Update alice's status (her events carry her large statuses) until the outbox cannot commit.
@@ -790,7 +721,7 @@ async fn full_disk_is_reported_and_memory_stays_bounded() {
     let updates: Vec<Value> = (0..70)
         .map(|i| json!({"user": format!("alice@{DOMAIN}"), "presence": "away", "status": format!("full {i}")}))
         .collect();
-    bulk(&ext, updates).await;
+    common::bulk(&ext, &updates).await;
     let (code, text) = readyz(&ext).await;
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("webhook outbox cannot commit"), "{text}");

@@ -7,7 +7,9 @@
 //! - `ejabberd.rs`: a throwaway ejabberd 23.01 server;
 //! - `server.rs`: one handle over both, so the suite runs every scenario on each;
 //! - `ext.rs`: the `extpresence` binary under test and a raw HTTP client;
-//! - `proxy.rs`: a TCP proxy on the component link, to cut it while the server stays up;
+//! - `proxy.rs`: a TCP proxy on the component link, to cut it while the server stays up, and
+//!   one that trickles an HTTP answer a byte at a time;
+//! - `tmpfs.rs`: a small tmpfs to fill, for the full-disk tests;
 //! - `tigase_double.rs`: a double of Tigase's component listener and session manager (Tigase
 //!   cannot be installed here), for `backend = "tigase"`.
 //!
@@ -46,6 +48,7 @@ mod prosody;
 pub mod proxy;
 pub mod server;
 pub mod tigase_double;
+pub mod tmpfs;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
@@ -163,6 +166,23 @@ pub async fn call_json(
     let v = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
     (code, v)
+}
+
+/// `POST /v1/statuses` with `updates` (the admin key): the answer must be 200; each item's result.
+pub async fn bulk_results(ext: &ext::Ext, updates: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let body = serde_json::json!({ "updates": updates });
+    let (code, v) = call_json(ext, "POST", "/v1/statuses", Some(body)).await;
+    assert_eq!(code, 200, "{v}");
+    v["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no results: {v}"))
+}
+
+/// `POST /v1/statuses` with `updates` (the admin key); every item must be ok.
+pub async fn bulk(ext: &ext::Ext, updates: &[serde_json::Value]) {
+    let results = bulk_results(ext, updates).await;
+    assert!(results.iter().all(|r| r["ok"] == true), "{results:?}");
 }
 
 /// Run a README `sh` block with `bash -euo pipefail` (it must succeed) and parse each non-empty
