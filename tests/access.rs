@@ -489,11 +489,7 @@ async fn failed_authentications_are_limited_per_address() {
     // Over the bound: 429 with Retry-After in each dialect, also for the right key.
     let r = put_as(&attacker, "wrong-again").await.unwrap();
     assert_eq!(r.status(), 429);
-    let wait: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = common::retry_after(&r);
     assert!((1..=6).contains(&wait), "Retry-After {wait}");
     assert_eq!(
         code(&serde_json::from_str(&r.text().await.unwrap()).unwrap()),

@@ -383,11 +383,7 @@ async fn sign_in_failures_are_limited_per_address() {
     }
     let r = sign_in_with(&flood, ext, "guess-10").await;
     assert_eq!(r.status(), 429);
-    let wait: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait = common::retry_after(&r);
     assert!((1..=6).contains(&wait), "Retry-After {wait}");
     assert!(r.headers().get("set-cookie").is_none());
     assert_eq!(

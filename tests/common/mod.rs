@@ -168,6 +168,12 @@ pub async fn call_json(
     (code, v)
 }
 
+/// The seconds of an answer's `Retry-After` (it must have one).
+pub fn retry_after(r: &reqwest::Response) -> u64 {
+    let v = r.headers().get("retry-after").expect("a Retry-After");
+    v.to_str().unwrap().parse().expect("Retry-After in seconds")
+}
+
 /// `POST /v1/statuses` with `updates` (the admin key): the answer must be 200; each item's result.
 pub async fn bulk_results(ext: &ext::Ext, updates: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let body = serde_json::json!({ "updates": updates });
