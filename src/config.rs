@@ -6,7 +6,6 @@
 //! admin understands. Secrets are wrapped in [`Secret`], whose `Debug` never shows the value.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,36 +13,9 @@ use std::time::Duration;
 use jid::{BareJid, ResourcePart};
 use serde::Deserialize;
 
+use crate::base::domain::normalize_domain;
+use crate::base::secret::Secret;
 use crate::status::StatusPolicy;
-
-/// A secret string (component secret, API key). `Debug` and `Display` print `MASKED`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value itself; call only where it is really needed (handshake, key comparison).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
-    }
-}
 
 /// Which delivery backend turns status changes into stanzas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -439,15 +411,6 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
-/// `s` as a domain (stringprep-normalised), or `None` if it is not one (a JID with a local part,
-/// or unparsable).
-pub fn normalize_domain(s: &str) -> Option<String> {
-    BareJid::new(s)
-        .ok()
-        .filter(|j| j.node().is_none())
-        .map(|j| j.domain().as_str().to_string())
-}
-
 /// Validated settings: what the rest of the program runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -558,7 +521,7 @@ pub(crate) fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret,
     if value.is_empty() {
         return Err(invalid(key, format!("{} is empty", path.display())));
     }
-    Ok(Secret(value))
+    Ok(Secret::new(value))
 }
 
 /// Turn raw values into [`Settings`], or say what is wrong.

@@ -43,6 +43,9 @@
 //!              webhooks/  a tap: every event POSTed to the `[[webhooks]]` endpoints, signed
 //!                         (Standard Webhooks), at least once and in order, from a durable
 //!                         outbox beside the store (outbox.rs, sender.rs, sign.rs)
+//! ground floor: base/     helpers every layer may use, importing nothing of ours: clock.rs
+//!                         (now_ms, rfc3339), domain.rs (normalize_domain), escape.rs
+//!                         (Escaped: outside text as logged), secret.rs (Secret, MASKED)
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
 //! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,
@@ -52,6 +55,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod base;
 pub mod cli;
 pub mod config;
 pub mod delivery;

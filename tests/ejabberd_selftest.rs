@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::ejabberd::Ejabberd;
 use common::{subscribe_mutual, TestClient, COMPONENT, DOMAIN, PASSWORD, SECRET};
-use extpresence::config::Secret;
+use extpresence::base::secret::Secret;
 use extpresence::xmpp::link::connect;
 use extpresence::xmpp::stanzas::{self, NS_PRIVILEGE_1};
 use extpresence::xmpp::LinkConfig;

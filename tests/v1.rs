@@ -206,7 +206,7 @@ async fn expiry_is_durable(kind: Kind) {
         from_is(p, &alice("a")) && p.type_ == PresenceType::Unavailable
     })
     .await;
-    let late = extpresence::status::now_ms() as i64 - deadline.timestamp_millis();
+    let late = extpresence::base::clock::now_ms() as i64 - deadline.timestamp_millis();
     assert!(late < 1000, "removal {late} ms after the deadline");
 
     // kill -9 one second before the deadline.
@@ -580,10 +580,11 @@ async fn readme_examples_work() {
     let w = world(Kind::Prosody, &["alice", "bob"]).await;
     let block = common::readme_code("## Native API `/v1` (JSON)", "sh", 1);
     let block = block.as_str();
-    let future =
-        chrono::DateTime::from_timestamp_millis(extpresence::status::now_ms() as i64 + 3_600_000)
-            .unwrap()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let future = chrono::DateTime::from_timestamp_millis(
+        extpresence::base::clock::now_ms() as i64 + 3_600_000,
+    )
+    .unwrap()
+    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let script = block
         .replace("http://127.0.0.1:8080", &format!("http://{}", w.ext.http))
         .replace("KEY", API_KEY)

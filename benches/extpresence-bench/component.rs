@@ -304,7 +304,7 @@ async fn serve(
             return Ok(());
         }
         pending.extend_from_slice(&chunk[..n]);
-        let now = extpresence::status::now_ms();
+        let now = extpresence::base::clock::now_ms();
         while let Some(off) = find(&pending[scanned..], UNAVAILABLE) {
             unavailable.lock().unwrap().push(now);
             scanned += off + UNAVAILABLE.len();

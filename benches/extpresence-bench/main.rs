@@ -984,7 +984,7 @@ async fn p6(rows: &mut Vec<Row>) {
     let mut ext = start_ext(sink.port, |c| c).await;
     ext.wait_privileged(1).await;
     // Set them in bulk, all expiring at the same whole second, 20 s from now.
-    let deadline_ms = (extpresence::status::now_ms() / 1000 + 20) * 1000;
+    let deadline_ms = (extpresence::base::clock::now_ms() / 1000 + 20) * 1000;
     let at = chrono::DateTime::from_timestamp_millis(deadline_ms as i64)
         .expect("time")
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -1020,7 +1020,8 @@ async fn p6(rows: &mut Vec<Row>) {
     .await;
     check("p6 set", &set);
     let before = sink.unavailable_sent_at().len();
-    let wait = Duration::from_millis(deadline_ms.saturating_sub(extpresence::status::now_ms()));
+    let wait =
+        Duration::from_millis(deadline_ms.saturating_sub(extpresence::base::clock::now_ms()));
     tokio::time::sleep(wait + Duration::from_secs(10)).await;
     let mut spread: Vec<i64> = sink.unavailable_sent_at()[before..]
         .iter()
@@ -1066,7 +1067,7 @@ async fn p4(rows: &mut Vec<Row>, deadlines: bool) {
                 text: Some("In a meeting until 15:00".into()),
                 priority: -1,
             };
-            let now = extpresence::status::now_ms();
+            let now = extpresence::base::clock::now_ms();
             let stored = StoredSource {
                 status,
                 updated_at: now,

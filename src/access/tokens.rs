@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Access, Grant, Scope};
-use crate::status::now_ms;
+use crate::base::clock::now_ms;
 use crate::store::{Side, Store, StoreError, Write};
 
 /// What every token starts with (so a token is never mistaken for a configured key).

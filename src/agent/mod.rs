@@ -33,9 +33,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::http::log::Escaped;
+use crate::base::clock::now_ms;
+use crate::base::escape::Escaped;
 use crate::observe::{Latest, Observed, RosterError, RosterItem, Rosters};
-use crate::status::now_ms;
 use crate::store::{Pending, Side, Store, StoreError, Write};
 use crate::xmpp::stanzas::{self, Outbound, PresenceBatch};
 

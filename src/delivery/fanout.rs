@@ -25,17 +25,18 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::http::log::Escaped;
+use crate::base::escape::Escaped;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 
 use crate::agent::Exchange;
+use crate::base::clock::now_ms;
 use crate::events::{Cause, EventHub};
 use crate::metrics::Metrics;
 use crate::observe::ejabberd_api::Polled;
 use crate::observe::{Announced, Observed, RosterItem, RosterQuery};
-use crate::status::{now_ms, Changes, Held, Roster, StatusTable};
+use crate::status::{Changes, Held, Roster, StatusTable};
 use crate::xmpp::stanzas::{self, PresenceBatch, PresenceTemplate, Privileges};
 use crate::xmpp::{LinkEvent, LinkHandle};
 

@@ -776,7 +776,7 @@ mod tests {
             crate::xmpp::LinkConfig {
                 component: BareJid::new("status.example.com").unwrap(),
                 server: "127.0.0.1:1".into(),
-                secret: crate::config::Secret::new("x"),
+                secret: crate::base::secret::Secret::new("x"),
                 keepalive: Duration::from_secs(30),
                 write_timeout: Duration::from_secs(10),
                 reconnect_max: Duration::from_secs(30),

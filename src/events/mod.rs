@@ -28,8 +28,9 @@ use jid::BareJid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::base::clock::now_ms;
 use crate::observe::{self, Observed};
-use crate::status::{now_ms, StatusTable};
+use crate::status::StatusTable;
 
 /// Events kept for `Last-Event-ID` resumption (at most).
 pub const BUFFER: usize = 16_384;

@@ -30,7 +30,7 @@ use super::error::ApiError;
 use crate::access::limits::{FailedAuth, Limits};
 use crate::access::tokens::{self, Lifetime, Tokens};
 use crate::access::Grant;
-use crate::config::Secret;
+use crate::base::secret::Secret;
 
 /// The configured keys, kept only as digests, each with what it may do.
 #[derive(Clone)]

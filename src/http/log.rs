@@ -1,65 +1,25 @@
 //! What request-derived text reaches the log, and how often.
 //!
 //! Everything a client sent (path segments, error messages that quote a body) is logged through
-//! [`Escaped`]: control characters become `\n`, `\u{1b}` and the like, so a request can neither
+//! [`Escaped`] (`base/escape.rs`): control characters become `\n`, `\u{1b}` and the like, so a request can neither
 //! forge log lines nor send escape sequences to an admin's terminal, and the value is cut to a
 //! bounded length. Refused and failed requests are logged through [`RequestLog`]: the first few of
 //! every period in full, the rest counted and summed up in one line when the period is over, so a
 //! flood of bad requests cannot flood the journal. Exact counts per error code are in `/metrics`
 //! (`extpresence_http_refused_total`).
 
-use std::fmt::{self, Display, Write as _};
+use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-/// Longest logged value, in characters.
-const MAX_CHARS: usize = 128;
+use crate::base::escape::Escaped;
+
 /// Length of a logging period.
 pub const PERIOD: Duration = Duration::from_secs(10);
 /// Refusals (and failures) logged in full per period; the rest are summed up.
 const FULL_PER_PERIOD: u32 = 10;
-
-/// A value as logged: at most [`MAX_CHARS`] characters, control characters escaped (`\n`,
-/// `\u{1b}`), formatted only when the line is really written.
-pub struct Escaped<T>(pub T);
-
-impl<T: Display> Display for Escaped<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = EscapingWriter {
-            inner: f,
-            written: 0,
-        };
-        // Stops with an error once the limit is reached: that is not a failure.
-        match write!(out, "{}", self.0) {
-            Err(_) if out.written > MAX_CHARS => out.inner.write_str("…"),
-            other => other,
-        }
-    }
-}
-
-struct EscapingWriter<'a, 'b> {
-    inner: &'a mut fmt::Formatter<'b>,
-    written: usize,
-}
-
-impl fmt::Write for EscapingWriter<'_, '_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            self.written += 1;
-            if self.written > MAX_CHARS {
-                return Err(fmt::Error);
-            }
-            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
-                write!(self.inner, "{}", c.escape_default())?;
-            } else {
-                self.inner.write_char(c)?;
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Counts of the current period.
 #[derive(Debug)]
@@ -155,22 +115,6 @@ impl RequestLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_and_cuts() {
-        assert_eq!(
-            Escaped("a\nb\u{1b}[31mc\r").to_string(),
-            "a\\nb\\u{1b}[31mc\\r"
-        );
-        assert_eq!(
-            Escaped("alice@example.com").to_string(),
-            "alice@example.com"
-        );
-        let long = "é".repeat(200);
-        let cut = Escaped(&long).to_string();
-        assert_eq!(cut.chars().count(), MAX_CHARS + 1);
-        assert!(cut.ends_with('…'));
-    }
 
     #[test]
     fn full_lines_per_period_are_bounded() {

@@ -27,8 +27,9 @@ use super::error::{retry_after, ApiError};
 use super::input;
 use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need};
+use crate::base::clock::now_ms;
 use crate::observe;
-use crate::status::{now_ms, validate_text, Edit, Source, Status, Word};
+use crate::status::{validate_text, Edit, Source, Status, Word};
 
 /// What the Matrix dialect is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,9 +38,9 @@ use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, u
 use super::v1::{ErrorBody, MAX_BULK_BYTES};
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
+use crate::base::clock::now_ms;
 use crate::events::{Event, Filter, Subscription, MAX_FOLLOWED};
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
-use crate::status::now_ms;
 
 /// Most users in one presence query.
 pub const MAX_QUERY_USERS: usize = 1000;
@@ -329,7 +329,7 @@ pub(super) async fn get_contacts(
                     ContactPresence {
                         presence: p.presence,
                         status: p.status.clone(),
-                        received: p.received().map(observe::rfc3339),
+                        received: p.received().map(crate::base::clock::rfc3339),
                         complete: p.complete,
                         resources: p.resources,
                     }
@@ -362,7 +362,7 @@ fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiErro
                 }
             }
             "domain" => {
-                let d = crate::config::normalize_domain(&v).ok_or_else(|| {
+                let d = crate::base::domain::normalize_domain(&v).ok_or_else(|| {
                     ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
                 })?;
                 if !state.domains.contains(&d) {

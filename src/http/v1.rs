@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use jid::{BareJid, ResourcePart};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,8 +32,9 @@ use super::error::{ApiError, Format};
 use super::input;
 use super::server::{refuse, AppState, MAX_BODY_BYTES};
 use crate::access::Need;
+use crate::base::clock::{now_ms, rfc3339};
 use crate::metrics::Outcome;
-use crate::status::{now_ms, validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
+use crate::status::{validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
 use crate::status::{Applied, Edit, ResourceStatus, SourceRef, SourceStatus};
 
 /// Most updates in one bulk request.
@@ -271,12 +272,6 @@ pub struct ErrorDetail {
     code: String,
     /// What is wrong, for people.
     message: String,
-}
-
-fn rfc3339(ms: u64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn word(status: &Status) -> &'static str {

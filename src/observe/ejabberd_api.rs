@@ -17,7 +17,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::status::{now_ms, Show};
+use crate::base::clock::now_ms;
+use crate::status::Show;
 
 /// Longest wait for one answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -33,7 +33,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
-use crate::status::{now_ms, Show, StatusTable, Word};
+use crate::base::clock::{now_ms, rfc3339};
+use crate::status::{Show, StatusTable, Word};
 
 pub mod ejabberd_api;
 
@@ -520,13 +521,6 @@ pub struct PresenceEvent<'a> {
     pub at: String,
     /// `session`, `status` or `expiry`.
     pub cause: &'static str,
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// How available a show is when resources are compared: `chat` > online > `away` > `xa` > `dnd`.

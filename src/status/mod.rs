@@ -408,13 +408,6 @@ impl fmt::Display for Source {
 /// Longest accepted `expires_in`, in seconds (30 days).
 pub const MAX_EXPIRY_SECS: u64 = 2_592_000;
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl fmt::Display for Show {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -42,7 +42,8 @@ use dashmap::DashMap;
 use jid::{BareJid, FullJid, ResourcePart};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{now_ms, restrictiveness, Show, Source, Status};
+use super::{restrictiveness, Show, Source, Status};
+use crate::base::clock::now_ms;
 use crate::store::{Record, Store, StoreError, StoredSource, Write};
 
 /// One synthetic resource of a user as the delivery backend sees it.

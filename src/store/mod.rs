@@ -50,7 +50,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
-use crate::status::{now_ms, Show, Source, Status};
+use crate::base::clock::now_ms;
+use crate::status::{Show, Source, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -37,7 +37,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{ConfigError, Secret};
+use crate::base::secret::Secret;
+use crate::config::ConfigError;
 use crate::events::{Event, Filter};
 pub use outbox::FORMAT;
 pub use sign::SigningKey;
@@ -291,7 +292,7 @@ pub fn validate(
             filter.users.insert(jid);
         }
         for d in &w.domains {
-            let domain = crate::config::normalize_domain(d)
+            let domain = crate::base::domain::normalize_domain(d)
                 .ok_or_else(|| invalid("webhooks.domains", n, format!("{d:?} is not a domain")))?;
             if !served.contains(&domain) {
                 return Err(invalid(

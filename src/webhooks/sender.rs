@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::outbox::{Entry, Outbox};
 use super::stats::{DropReason, EndpointStats};
 use super::WebhookSettings;
-use crate::status::now_ms;
+use crate::base::clock::now_ms;
 
 /// First wait after a failed attempt.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);

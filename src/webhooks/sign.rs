@@ -72,7 +72,7 @@ impl SigningKey {
 pub fn body(at_ms: u64, data: &str) -> String {
     format!(
         "{{\"type\":\"presence\",\"timestamp\":\"{}\",\"data\":{data}}}",
-        crate::observe::rfc3339(at_ms)
+        crate::base::clock::rfc3339(at_ms)
     )
 }
 

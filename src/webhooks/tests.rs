@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::status::now_ms;
+use crate::base::clock::now_ms;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -37,7 +37,7 @@ use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stream_error::StreamError;
 
 use super::stanzas::{self, Outbound, PresenceBatch};
-use crate::config::Secret;
+use crate::base::secret::Secret;
 use crate::metrics::Metrics;
 
 /// Rendered presences gathered beyond this many bytes are written at once (see `write_text`),

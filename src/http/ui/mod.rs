@@ -40,10 +40,11 @@ use super::input;
 use super::server::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
+use crate::base::clock::now_ms;
+use crate::base::clock::rfc3339;
 use crate::events::Filter;
 use crate::metrics::{Metrics, Outcome};
-use crate::observe::rfc3339;
-use crate::status::{now_ms, Word};
+use crate::status::Word;
 use crate::xmpp::LinkState;
 
 const COOKIE: &str = "extpresence_ui";

@@ -31,7 +31,8 @@ use super::input;
 use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need, Scope};
 use crate::agent::{self, AgentError, Contact, SubscribeRequest, MAX_CUSTOM_XML};
-use crate::observe::{rfc3339, Latest};
+use crate::base::clock::rfc3339;
+use crate::observe::Latest;
 use crate::status::validate_text;
 use crate::xmpp::stanzas;
 
