@@ -1,3 +1,5 @@
+//! Tier: one real server (Prosody, with real XMPP clients).
+//!
 //! Who may do what (issue 11), against a real Prosody with real XMPP clients: scoped keys
 //! (`[[http.keys]]`), per-user tokens minted at run time (also after a restart, revoked at once),
 //! and rate limits, in the Tigase dialect and `/v1`.

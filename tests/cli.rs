@@ -1,3 +1,5 @@
+//! Tier: one real server (Prosody, with real XMPP clients).
+//!
 //! The command-line client (`extpresence set|clear|get|watch|token`) against a live extpresence
 //! with a real Prosody and a real contact: every subcommand, human and `--json` output, every
 //! exit code; and the daemon's JSON logs.

@@ -1,3 +1,5 @@
+//! Tier: one real server (Prosody, with real XMPP clients).
+//!
 //! Nothing acknowledged is lost: 10,000 status updates over 100 users go to the real binary while
 //! it is killed with SIGKILL at a random point; after a restart every update that got a 2xx is
 //! back with its latest value (or a later one that was in flight) and is re-delivered to a real

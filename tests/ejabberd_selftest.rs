@@ -1,3 +1,5 @@
+//! Tier: one real server (ejabberd, with real XMPP clients).
+//!
 //! Self-test of the ejabberd harness (`tests/common/ejabberd.rs`) and of the admin snippet
 //! `etc/ejabberd/extpresence.yml` it loads: a real ejabberd 23.01 starts, users register, a real
 //! client logs in over plaintext c2s, the project's own component link completes the XEP-0114

@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody and ejabberd, XMPP clients, a tmpfs).
+//!
 //! Faults and hostile traffic: what goes wrong around extpresence must not make it lose, leak or
 //! invent anything. Real binary, real Prosody (and ejabberd where the behaviour is the server's),
 //! real XMPP clients.

@@ -1,3 +1,5 @@
+//! Tier: one real server (Prosody, with real XMPP clients).
+//!
 //! Self-test of the Prosody harness in `tests/common/`: a real Prosody starts, four users
 //! register, real clients build the rosters the other tests rely on (alice and bob `both`, dave
 //! subscribed to alice), presence flows between contacts and not to strangers, the server

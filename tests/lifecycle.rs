@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody, XMPP clients, systemd-analyze).
+//!
 //! extpresence as a service: the systemd unit verifies and is hardened, readiness is notified
 //! (`Type=notify`), the operations endpoints tell the truth, and `on_shutdown = "keep"` keeps
 //! contacts' view through a restart. Real binary, real Prosody, real clients.

@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody, XMPP clients, the matrix-nio client library).
+//!
 //! The Matrix dialect against a real Prosody with real XMPP clients, driven by a real Matrix
 //! client library (matrix-nio, from `target/venv`), and every Matrix error as a table.
 //!

@@ -1,3 +1,5 @@
+//! Tier: one real server (Prosody, with real XMPP clients).
+//!
 //! What an admin sees when the server side is set up wrong, and that an idle link stays up: the
 //! real binary against a real Prosody whose config lacks one line, checking the log names the fix.
 

@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody and ejabberd, XMPP clients, the httpx-sse client library).
+//!
 //! The read side against real Prosody and ejabberd with real XMPP clients: observed sessions,
 //! the aggregated presence, contacts, and the event stream read by a real SSE client library
 //! (httpx-sse, from `target/venv`).

@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody and ejabberd, XMPP clients).
+//!
 //! Black-box tests: the real `extpresence` binary against real Prosody 0.12 and ejabberd 23.01
 //! (Debian packages), with real XMPP clients as contacts. Every scenario is one `async fn` taking
 //! the server [`Kind`]; the `scenarios!` macro at the end runs each on both servers

@@ -1,3 +1,5 @@
+//! Tier: one server, a double of Tigase (Tigase cannot be installed here).
+//!
 //! `backend = "tigase"` against a double of Tigase's session manager (Tigase cannot be installed
 //! here; see `tests/common/tigase_double.rs` for what the double is built from).
 //!

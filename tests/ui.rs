@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody, XMPP clients, Debian's Chromium).
+//!
 //! The live status page against a running extpresence with a real Prosody: sign-in and its
 //! cookie, the security headers, what the JSON and the event stream behind the page say, and a
 //! real headless Chromium (Debian's, driven over the DevTools protocol by

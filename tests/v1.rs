@@ -1,3 +1,6 @@
+//! Tier: several real things (Prosody and ejabberd, XMPP clients, schemathesis,
+//! openapi-spec-validator, a generated Python client).
+//!
 //! The native API `/v1` against real Prosody and ejabberd with real XMPP contacts: the presence
 //! vocabulary, several sources per resource, the Tigase dialect and `/v1` combining, durable
 //! expiry (also across kill -9), bulk updates, the upgrade of a store written by the previous

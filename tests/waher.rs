@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody and ejabberd, with its admin API, XMPP clients).
+//!
 //! The Waher Agent API calls (seeds 000 and 001) against real Prosody and ejabberd with real XMPP
 //! clients: PresenceProbe answered from the read side, the automatic subscription request (once
 //! per hour), SendPresenceSubscription with custom XML and the user's side completed where the

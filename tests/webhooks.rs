@@ -1,3 +1,5 @@
+//! Tier: several real things (Prosody, XMPP clients, the standardwebhooks library, a tmpfs).
+//!
 //! Webhooks against a real Prosody, every request verified by the Standard Webhooks reference
 //! library (tests/python/webhook_receiver.py, `standardwebhooks` from PyPI in `target/venv`):
 //! every event arrives; a receiver failing for 20 s while extpresence is restarted (SIGTERM)
