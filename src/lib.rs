@@ -7,8 +7,10 @@
 //! # Layout
 //! ```text
 //! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap,
-//!                            write stall), server.rs (routing, Tigase pipeline, ops endpoints),
-//!                            tigase.rs and v1.rs (dialects; v1.rs also the OpenAPI document),
+//!                            write stall), server.rs (AppState, routing, the answer to a
+//!                            refusal), ops.rs (/healthz, /readyz, /metrics), tigase/ and v1.rs
+//!                            (dialects; tigase/mod.rs: its pipeline, command.rs: its wire
+//!                            format; v1.rs also the OpenAPI document),
 //!                            read.rs (v1's read side: presence, contacts, SSE events),
 //!                            tokens.rs (v1's /v1/tokens), matrix.rs (the Matrix dialect),
 //!                            waher/ (the Agent API calls; xml_json.rs: stanzas as JSON),

@@ -1,7 +1,10 @@
-//! The HTTP API: one file per dialect (`tigase`; `v1`, with its read side in `read` and its
-//! tokens in `tokens`; `matrix`; `waher`, the Agent API calls), the status page (`ui`), key checks (`auth`), the error mapping (`error`), validation
-//! shared by the dialects (`input`), the request pipeline and operations endpoints (`server`),
-//! the accept loop with its limits (`listener`) and what reaches the log (`log`).
+//! The HTTP API: one file or folder per dialect (`tigase/`: its routes and request pipeline in
+//! `mod.rs`, its wire format in `command.rs`; `v1`, with its read side in `read` and its tokens
+//! in `tokens`; `matrix`; `waher`, the Agent API calls), the status page (`ui`), key checks
+//! (`auth`), the error mapping (`error`), validation shared by the dialects (`input`), what every
+//! route shares (`server`: `AppState`, the router, the answer to a refusal), the operations
+//! endpoints (`ops`), the accept loop with its limits (`listener`) and what reaches the log
+//! (`log`).
 
 pub mod auth;
 pub mod error;
@@ -9,6 +12,7 @@ pub mod input;
 pub mod listener;
 pub mod log;
 pub mod matrix;
+pub mod ops;
 pub mod read;
 pub mod server;
 pub mod tigase;

@@ -7,7 +7,7 @@
 //! - `GET /v1/users/{jid}/status` — what is held for the user, per resource and source;
 //! - `POST /v1/statuses` — up to 1,000 updates in one durable commit;
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 document of `/v1` and the Tigase dialect, derived
-//!   from the types and handlers here and in `tigase_doc` (utoipa), so it cannot drift.
+//!   from the types and handlers here and in `tigase/` (utoipa), so it cannot drift.
 //!
 //! Like every dialect, this one only translates: it parses and validates its JSON, checks the
 //! key, calls the model ([`StatusTable`]) and renders the answer or the error
@@ -923,16 +923,16 @@ impl utoipa::Modify for RateLimited {
         super::tokens::mint,
         super::tokens::list,
         super::tokens::revoke,
-        super::server::status_default,
-        super::server::status_resource
+        super::tigase::status_default,
+        super::tigase::status_resource
     ),
     components(schemas(
         Presence,
         ErrorBody,
         ErrorDetail,
         BulkItem,
-        super::tigase::StatusResponse,
-        super::tigase::StatusResponseBody
+        super::tigase::command::StatusResponse,
+        super::tigase::command::StatusResponseBody
     )),
     modifiers(&Security, &RateLimited)
 )]

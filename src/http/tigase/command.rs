@@ -1,5 +1,5 @@
-//! The Tigase dialect: `POST /rest/user/{user-jid}/status[/{resource}]`, as Tigase's
-//! UserStatusEndpoint documents it.
+//! The Tigase dialect's wire format: the fields of `POST /rest/user/{user-jid}/status[/{resource}]`
+//! as Tigase's UserStatusEndpoint documents them, their validation, and the response body.
 //!
 //! Request bodies: XML `<command><available/><priority/><show/><status/></command>` or the JSON
 //! object with the same fields (strings as in Tigase's documentation; JSON booleans and numbers are
@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::error::{xml_escape, ApiError, Format};
+use crate::http::error::{xml_escape, ApiError, Format};
 use crate::status::{validate_text, Show, Status, StatusPolicy};
 use crate::xmpp::stanzas;
 

@@ -1,0 +1,96 @@
+//! The operations endpoints, without an API key: `/healthz` (the process answers), `/readyz`
+//! (the store and the webhook outbox can commit and the XMPP link is up) and `/metrics` (the
+//! Prometheus text).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::server::AppState;
+use crate::metrics::Gauges;
+use crate::xmpp::LinkState;
+
+/// The operations routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the store and the webhook outbox can commit and the XMPP link is up; else 503
+/// with the reason.
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    if let Some(why) = state.table.store_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the status store cannot commit: {why}\n"),
+        );
+    }
+    if let Some(why) = state.metrics.webhooks.outbox_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the webhook outbox cannot commit: {why}\n"),
+        );
+    }
+    match state.link.state() {
+        LinkState::Up => (StatusCode::OK, "ready\n".into()),
+        LinkState::Down => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the XMPP component link is down\n".into(),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut body = state.metrics.render(&Gauges {
+        held: state.table.len(),
+        link_up: state.link.state() == LinkState::Up,
+        store_ok: state.table.store_failure().is_none(),
+        store_failed_commits: state.table.store_failed_commits(),
+        http_open: state.connections.open.load(Relaxed),
+        http_max: state.max_connections as u64,
+        http_cap_hits: state.connections.cap_hits.load(Relaxed),
+        http_evicted: state.connections.evicted.load(Relaxed),
+        http_refused: state.connections.refused.load(Relaxed),
+        observed_sessions: state.observed.sessions() as u64,
+        observed_complete: state.observed.complete(),
+        event_subscribers: state.hub.subscribers() as u64,
+        events: state.hub.published(),
+        agent_held: state.agent.held() as u64,
+    });
+    body.push_str(
+        "# HELP extpresence_http_rate_limited_total Requests refused over a rate limit, by \
+         credential name (`global`: the global limit).\n\
+         # TYPE extpresence_http_rate_limited_total counter\n",
+    );
+    for (name, n) in state.keys.limits.refused() {
+        body.push_str(&format!(
+            "extpresence_http_rate_limited_total{{key=\"{name}\"}} {n}\n"
+        ));
+    }
+    let (wrong, limited) = state.keys.failures.counts();
+    body.push_str(&format!(
+        "# HELP extpresence_auth_failures_total Failed authentications: wrong keys or tokens \
+         (`wrong_key`, any dialect and the status page's sign-in), and attempts refused because \
+         their client address made too many (`peer_limited`).\n\
+         # TYPE extpresence_auth_failures_total counter\n\
+         extpresence_auth_failures_total{{reason=\"wrong_key\"}} {wrong}\n\
+         extpresence_auth_failures_total{{reason=\"peer_limited\"}} {limited}\n"
+    ));
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
