@@ -46,9 +46,12 @@
 //!                         (Standard Webhooks), at least once and in order, from a durable
 //!                         outbox beside the store (outbox.rs, sender.rs, sign.rs)
 //! ground floor: base/     helpers every layer may use, importing nothing of ours: clock.rs
-//!                         (now_ms, rfc3339), domain.rs (normalize_domain), escape.rs
-//!                         (Escaped: outside text as logged), secret.rs (Secret, MASKED)
-//! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
+//!                         (now_ms, rfc3339), config_error.rs (ConfigError, read_secret_file),
+//!                         domain.rs (normalize_domain), escape.rs (Escaped: outside text as
+//!                         logged), secret.rs (Secret, MASKED)
+//! config/: mod.rs assembles Settings from the sections, one file each validating its section
+//! into its module's type (xmpp, status, http, ui, tigase, store, ejabberd, log, agent, matrix;
+//! [[webhooks]] in webhooks/). metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
 //! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,
 //! `watch`, `token`) of a running extpresence over `/v1`.

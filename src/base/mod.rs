@@ -1,12 +1,15 @@
 //! The ground floor: helpers every layer may use, importing nothing of ours.
 //!
 //! - `clock.rs`: [`now_ms`](clock::now_ms) and [`rfc3339`](clock::rfc3339);
+//! - `config_error.rs`: [`ConfigError`](config_error::ConfigError), what every settings section's
+//!   validation returns, and [`read_secret_file`](config_error::read_secret_file);
 //! - `domain.rs`: [`normalize_domain`](domain::normalize_domain), for every domain configured or
 //!   asked for;
 //! - `escape.rs`: [`Escaped`](escape::Escaped), outside text as it may reach the log;
 //! - `secret.rs`: [`Secret`](secret::Secret), which prints as `MASKED`.
 
 pub mod clock;
+pub mod config_error;
 pub mod domain;
 pub mod escape;
 pub mod secret;

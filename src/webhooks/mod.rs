@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::base::config_error::{read_secret_file, ConfigError};
 use crate::base::secret::Secret;
-use crate::config::ConfigError;
 use crate::events::{Event, Filter};
 pub use outbox::FORMAT;
 pub use sign::SigningKey;
@@ -259,7 +259,7 @@ pub fn validate(
                 ))
             }
             (Some(s), None) => s,
-            (None, Some(path)) => crate::config::read_secret_file("webhooks.secret_file", &path)?,
+            (None, Some(path)) => read_secret_file("webhooks.secret_file", &path)?,
             (None, None) => {
                 return Err(invalid(
                     "webhooks.secret",
