@@ -511,18 +511,6 @@ pub struct UserPresence {
     pub resources: Vec<ResourcePresence>,
 }
 
-/// An event's object: the presence, when and why it changed.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PresenceEvent<'a> {
-    /// The presence after the change.
-    #[serde(flatten)]
-    pub presence: &'a UserPresence,
-    /// When it changed (RFC 3339).
-    pub at: String,
-    /// `session`, `status` or `expiry`.
-    pub cause: &'static str,
-}
-
 /// How available a show is when resources are compared: `chat` > online > `away` > `xa` > `dnd`.
 fn availability(show: Option<Show>) -> u8 {
     match show {
@@ -597,16 +585,6 @@ pub fn presence(
 }
 
 impl UserPresence {
-    /// The event object of this presence, as JSON.
-    pub fn event_json(&self, at: u64, cause: crate::events::Cause) -> String {
-        serde_json::to_string(&PresenceEvent {
-            presence: self,
-            at: rfc3339(at),
-            cause: cause.as_str(),
-        })
-        .expect("serialisable")
-    }
-
     /// When the newest of its resources got its presence (ms), if any.
     pub fn received(&self) -> Option<u64> {
         self.resources.iter().map(|r| r.since_ms).max()
