@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::base::domain::normalize_domain;
 use crate::base::secret::Secret;
-use crate::status::StatusPolicy;
+use crate::model::StatusPolicy;
 
 /// Which delivery backend turns status changes into stanzas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -822,7 +822,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
 
     let webhooks = crate::webhooks::validate(raw.webhooks, &domains)?;
     let m = raw.matrix;
-    let matrix_source = crate::status::Source::parse(m.source.as_deref().unwrap_or("matrix"))
+    let matrix_source = crate::model::Source::parse(m.source.as_deref().unwrap_or("matrix"))
         .map_err(|e| invalid("matrix.source", e.to_string()))?;
     let mut server_names = std::collections::BTreeMap::new();
     for (server, domain) in m.server_names {

@@ -21,8 +21,8 @@
 //!              ─► agent/     acting in a user's name: probes answered from observe/,
 //!                            subscription requests held in the store, sent through the
 //!                            backend (Exchange), the user's roster side completed
-//!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
-//!                            (sources per resource, effective presence, expiry heap + task)
+//!              ─► status/    StatusTable (sources per resource, effective presence, commit
+//!                            order through the store, expiry heap + task, change lanes)
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
 //!                            tables: tokens, subscriptions); reloaded at start; reopened after
 //!                            a failed commit
@@ -46,6 +46,9 @@
 //! ground floor: base/     helpers every layer may use, importing nothing of ours: clock.rs
 //!                         (now_ms, rfc3339), domain.rs (normalize_domain), escape.rs
 //!                         (Escaped: outside text as logged), secret.rs (Secret, MASKED)
+//!              model/     the model, importing only base/: Status, Show, Word, Source,
+//!                         StatusPolicy and their validation; observed.rs: what the server
+//!                         announces (Announced: a session's presence; RosterItem)
 //! config.rs: typed settings and validation. metrics.rs: counters for /metrics.
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
 //! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,
@@ -62,6 +65,7 @@ pub mod delivery;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod observe;
 pub mod sdnotify;
 pub mod status;

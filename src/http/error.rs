@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::delivery::DeliveryError;
-use crate::status::InvalidStatus;
+use crate::model::InvalidStatus;
 
 /// Body format of a request and its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,8 +27,9 @@ use crate::base::escape::Escaped;
 use crate::delivery::Delivery;
 use crate::events::EventHub;
 use crate::metrics::{Gauges, Metrics, Outcome};
+use crate::model::{Source, StatusPolicy};
 use crate::observe::{Observed, Rosters};
-use crate::status::{Edit, Source, StatusPolicy, StatusTable};
+use crate::status::{Edit, StatusTable};
 use crate::xmpp::{LinkHandle, LinkState};
 
 /// Largest accepted request body.
