@@ -334,4 +334,15 @@ mod tests {
             "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}"
         );
     }
+
+    /// A mint refused over the cap (`access/tokens.rs`, expired_tokens_do_not_count_toward_the_cap)
+    /// answers 409 `too_many_tokens`.
+    #[test]
+    fn full_token_cap_is_409() {
+        let api = ApiError::from(crate::access::tokens::MintError::Full(10));
+        assert_eq!(
+            (api.status().as_u16(), api.code()),
+            (409, "too_many_tokens")
+        );
+    }
 }
