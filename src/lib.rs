@@ -23,8 +23,8 @@
 //!              ─► agent/     acting in a user's name: probes answered from observe/,
 //!                            subscription requests held in the store, sent through the
 //!                            backend (Exchange), the user's roster side completed
-//!              ─► status/    the model (Status, Show, Word, Source, StatusPolicy) and StatusTable
-//!                            (sources per resource, effective presence, expiry heap + task)
+//!              ─► status/    StatusTable (sources per resource, effective presence, commit
+//!                            order through the store, expiry heap + task, change lanes)
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
 //!                            tables: tokens, subscriptions); reloaded at start; reopened after
 //!                            a failed commit
@@ -49,6 +49,9 @@
 //!                         (now_ms, rfc3339), config_error.rs (ConfigError, read_secret_file),
 //!                         domain.rs (normalize_domain), escape.rs (Escaped: outside text as
 //!                         logged), secret.rs (Secret, MASKED)
+//!              model/     the model, importing only base/: Status, Show, Word, Source,
+//!                         StatusPolicy and their validation; observed.rs: what the server
+//!                         announces (Announced: a session's presence; RosterItem)
 //! config/: mod.rs assembles Settings from the sections, one file each validating its section
 //! into its module's type (xmpp, status, http, ui, tigase, store, ejabberd, log, agent, matrix;
 //! [[webhooks]] in webhooks/). metrics.rs: counters for /metrics.
@@ -67,6 +70,7 @@ pub mod delivery;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod observe;
 pub mod sdnotify;
 pub mod status;

@@ -1052,7 +1052,7 @@ async fn p6(rows: &mut Vec<Row>) {
 /// P4: memory with 1,000,000 held statuses, and start → ready with them persisted; with
 /// `deadlines` (phase `p4d`) every status expires in 20 days.
 async fn p4(rows: &mut Vec<Row>, deadlines: bool) {
-    use extpresence::status::{Show, Source, Status};
+    use extpresence::model::{Show, Source, Status};
     use extpresence::store::{Store, StoredSource, Write};
 
     let dir = tempfile::tempdir().expect("temp dir");

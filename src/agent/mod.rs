@@ -35,7 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::base::clock::now_ms;
 use crate::base::escape::Escaped;
-use crate::observe::{Latest, Observed, RosterError, RosterItem, Rosters};
+use crate::model::RosterItem;
+use crate::observe::{Latest, Observed, RosterError, Rosters};
 use crate::store::{Pending, Side, Store, StoreError, Write};
 use crate::xmpp::stanzas::{self, Outbound, PresenceBatch};
 

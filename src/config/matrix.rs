@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::base::config_error::{invalid, ConfigError};
 use crate::base::domain::normalize_domain;
 use crate::http::matrix::MatrixSettings;
-use crate::status::Source;
+use crate::model::Source;
 
 /// `[matrix]` as written.
 #[derive(Debug, Deserialize, Default)]

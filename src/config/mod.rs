@@ -37,7 +37,7 @@ pub use crate::base::config_error::ConfigError;
 use crate::base::secret::Secret;
 use crate::http::matrix::MatrixSettings;
 use crate::http::ui::PublicOrigin;
-use crate::status::StatusPolicy;
+use crate::model::StatusPolicy;
 use crate::webhooks::{RawWebhook, WebhookSettings};
 pub use agent::RawAgent;
 pub use ejabberd::{RawEjabberd, RawObserve};

@@ -5,7 +5,7 @@ use jid::ResourcePart;
 use serde::Deserialize;
 
 use crate::base::config_error::{invalid, ConfigError};
-use crate::status::StatusPolicy;
+use crate::model::StatusPolicy;
 
 /// What to do with held statuses when extpresence stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

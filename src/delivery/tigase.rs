@@ -401,7 +401,7 @@ impl Backend {
     async fn send_command(
         &mut self,
         key: &Key,
-        status: Option<&crate::status::Status>,
+        status: Option<&crate::model::Status>,
         kind: Kind,
         seq: u64,
     ) -> String {
@@ -413,7 +413,7 @@ impl Backend {
 
     /// Send USER_STATUS for `key` (`status` `None`: close) from its own sender to the session
     /// manager of the user's domain; returns the iq id.
-    async fn command(&mut self, key: &Key, status: Option<&crate::status::Status>) -> String {
+    async fn command(&mut self, key: &Key, status: Option<&crate::model::Status>) -> String {
         let (user, resource) = key;
         let sender = self.sender(user, resource);
         let sess_man = BareJid::new(&format!("sess-man@{}", user.domain()))

@@ -5,7 +5,8 @@
 //! only [`EventHub::notify`]: a push onto a channel, cheap enough for the store's writer thread.
 //! One task ([`EventHub::run`]) turns each notification into an event: it reads the user's
 //! presence as it is now (held statuses and observed sessions, aggregated), renders it to JSON
-//! once, numbers it and publishes it:
+//! once (the event object, [`PresenceEvent`]: the presence, when and why), numbers it and
+//! publishes it:
 //! - to the resume buffer (the last [`BUFFER`] events, at most [`BUFFER_BYTES`]), and to each subscriber whose [`Filter`] passes it
 //!   (subscribers are indexed by user and domain, so an event costs only its own subscribers,
 //!   and a subscriber costs one index entry per user or domain it follows, at most
@@ -25,11 +26,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jid::BareJid;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
-use crate::base::clock::now_ms;
-use crate::observe::{self, Observed};
+use crate::base::clock::{now_ms, rfc3339};
+use crate::observe::{self, Observed, UserPresence};
 use crate::status::StatusTable;
 
 /// Events kept for `Last-Event-ID` resumption (at most).
@@ -70,6 +73,28 @@ impl Cause {
             Cause::Expiry => "expiry",
         }
     }
+}
+
+/// An event's object: the presence, when and why it changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceEvent<'a> {
+    /// The presence after the change.
+    #[serde(flatten)]
+    pub presence: &'a UserPresence,
+    /// When it changed (RFC 3339).
+    pub at: String,
+    /// `session`, `status` or `expiry`.
+    pub cause: &'static str,
+}
+
+/// The event object of `presence`, changed at `at` (ms) for `cause`, as JSON.
+fn event_json(presence: &UserPresence, at: u64, cause: Cause) -> String {
+    serde_json::to_string(&PresenceEvent {
+        presence,
+        at: rfc3339(at),
+        cause: cause.as_str(),
+    })
+    .expect("serialisable")
 }
 
 /// One change of a served user's presence.
@@ -503,7 +528,7 @@ impl EventHub {
     ) {
         let event = |(user, cause, at): (BareJid, Cause, u64)| {
             let presence = observe::presence(&table, &observed, &user, at);
-            self.publish(user, at, |_| presence.event_json(at, cause));
+            self.publish(user, at, |_| event_json(&presence, at, cause));
         };
         while let Some(Some(n)) = stop.run_until_cancelled(notifications.0.recv()).await {
             event(n);

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::delivery::DeliveryError;
-use crate::status::InvalidStatus;
+use crate::model::InvalidStatus;
 
 /// Body format of a request and its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +332,17 @@ mod tests {
         assert_eq!(
             xml_escape("a<b>&\"'\u{7}"),
             "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}"
+        );
+    }
+
+    /// A mint refused over the cap (`access/tokens.rs`, expired_tokens_do_not_count_toward_the_cap)
+    /// answers 409 `too_many_tokens`.
+    #[test]
+    fn full_token_cap_is_409() {
+        let api = ApiError::from(crate::access::tokens::MintError::Full(10));
+        assert_eq!(
+            (api.status().as_u16(), api.code()),
+            (409, "too_many_tokens")
         );
     }
 }

@@ -28,8 +28,9 @@ use super::input;
 use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need};
 use crate::base::clock::now_ms;
+use crate::model::{validate_text, Source, Status, Word};
 use crate::observe;
-use crate::status::{validate_text, Edit, Source, Status, Word};
+use crate::status::Edit;
 
 /// What the Matrix dialect is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,7 +324,7 @@ async fn put(
         "online" | "unavailable" => Edit::Set {
             source,
             status: Status {
-                show: (presence == "unavailable").then_some(crate::status::Show::Away),
+                show: (presence == "unavailable").then_some(crate::model::Show::Away),
                 text,
                 priority: state.policy.priority(None).map_err(|e| {
                     err(

@@ -17,8 +17,9 @@ use super::log::{self, RequestLog};
 use crate::delivery::Delivery;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
+use crate::model::StatusPolicy;
 use crate::observe::{Observed, Rosters};
-use crate::status::{StatusPolicy, StatusTable};
+use crate::status::StatusTable;
 use crate::xmpp::LinkHandle;
 
 /// Largest accepted request body.

@@ -34,8 +34,10 @@ use super::server::{refuse, AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::base::clock::{now_ms, rfc3339};
 use crate::metrics::Outcome;
-use crate::status::{validate_text, InvalidStatus, Source, Status, Word, MAX_EXPIRY_SECS};
-use crate::status::{Applied, Edit, ResourceStatus, SourceRef, SourceStatus};
+use crate::model::{
+    validate_text, InvalidStatus, Source, SourceRef, Status, Word, MAX_EXPIRY_SECS,
+};
+use crate::status::{Applied, Edit, ResourceStatus, SourceStatus};
 
 /// Most updates in one bulk request.
 pub const MAX_BULK_UPDATES: usize = 1000;

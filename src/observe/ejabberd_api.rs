@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::base::clock::now_ms;
-use crate::status::Show;
+use crate::model::{RosterItem, Show};
 
 /// Longest wait for one answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,7 +152,7 @@ pub async fn run(
 pub async fn add_rosteritem(
     base: &reqwest::Url,
     user: &jid::BareJid,
-    item: &crate::observe::RosterItem,
+    item: &RosterItem,
     subscription: &str,
 ) -> Result<(), String> {
     let client = reqwest::Client::builder()

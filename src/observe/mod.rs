@@ -34,7 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::base::clock::{now_ms, rfc3339};
-use crate::status::{Show, StatusTable, Word};
+use crate::model::{Announced, RosterItem, Show, Word};
+use crate::status::StatusTable;
 
 pub mod ejabberd_api;
 
@@ -115,30 +116,6 @@ struct JidEntry {
     sessions: Sessions,
     /// Last change of a real session, or its logout (ms since the Unix epoch; 0: unknown).
     last_active: u64,
-}
-
-/// A presence announced by the server for one full JID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Announced {
-    /// Available with this show, status text and priority, since (ms; the delay stamp of an
-    /// announcement of an older presence, else now).
-    Available {
-        /// `<show/>`.
-        show: Option<Show>,
-        /// `<status/>`.
-        status: Option<String>,
-        /// `<priority/>`.
-        priority: i8,
-        /// Since when.
-        since: u64,
-        /// The presence's other children, as XML (at most [`MAX_EXTRA`] bytes are kept).
-        extra: Option<String>,
-    },
-    /// Gone, with this status text (`None` also when we inferred it).
-    Unavailable {
-        /// `<status/>` of the `unavailable`.
-        status: Option<String>,
-    },
 }
 
 /// The latest presence observed from a JID (a PresenceProbe's answer).
@@ -359,33 +336,6 @@ impl Observed {
     }
 }
 
-/// One roster item, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterItem {
-    /// The contact.
-    pub jid: BareJid,
-    /// `none`, `to`, `from` or `both`.
-    pub subscription: &'static str,
-    /// The user asked for a subscription that is not approved yet (`ask='subscribe'`).
-    pub asked: bool,
-    /// The name the user gave the contact.
-    pub name: Option<String>,
-    /// The user's groups of the contact.
-    pub groups: Vec<String>,
-}
-
-impl RosterItem {
-    /// Whether the contact's presence reaches the user (subscription `to` or `both`).
-    pub fn sees_contact(&self) -> bool {
-        matches!(self.subscription, "to" | "both")
-    }
-
-    /// Whether the user's presence reaches the contact (subscription `from` or `both`).
-    pub fn sees_user(&self) -> bool {
-        matches!(self.subscription, "from" | "both")
-    }
-}
-
 /// A request for a user's roster, answered by the delivery backend (which owns the link).
 #[derive(Debug)]
 pub struct RosterQuery {
@@ -511,18 +461,6 @@ pub struct UserPresence {
     pub resources: Vec<ResourcePresence>,
 }
 
-/// An event's object: the presence, when and why it changed.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PresenceEvent<'a> {
-    /// The presence after the change.
-    #[serde(flatten)]
-    pub presence: &'a UserPresence,
-    /// When it changed (RFC 3339).
-    pub at: String,
-    /// `session`, `status` or `expiry`.
-    pub cause: &'static str,
-}
-
 /// How available a show is when resources are compared: `chat` > online > `away` > `xa` > `dnd`.
 fn availability(show: Option<Show>) -> u8 {
     match show {
@@ -597,16 +535,6 @@ pub fn presence(
 }
 
 impl UserPresence {
-    /// The event object of this presence, as JSON.
-    pub fn event_json(&self, at: u64, cause: crate::events::Cause) -> String {
-        serde_json::to_string(&PresenceEvent {
-            presence: self,
-            at: rfc3339(at),
-            cause: cause.as_str(),
-        })
-        .expect("serialisable")
-    }
-
     /// When the newest of its resources got its presence (ms), if any.
     pub fn received(&self) -> Option<u64> {
         self.resources.iter().map(|r| r.since_ms).max()

@@ -2,7 +2,7 @@
 //!
 //! A dashmap keyed by the user's bare JID, holding that user's synthetic resources, and per
 //! resource the status of each source that speaks for it. What the delivery backend sees of a
-//! resource ([`Held`]) is its effective status (see the `status` module doc). Each resource
+//! resource ([`Held`]) is its effective status (see the `model` module doc). Each resource
 //! carries a sequence number, bumped when its effective status changes or its winning source sets
 //! it again (a change of a losing source sends nothing), and the sequence number last delivered,
 //! so the delivery backend can coalesce bursts and know what still has to go out. A resource whose
@@ -42,8 +42,8 @@ use dashmap::DashMap;
 use jid::{BareJid, FullJid, ResourcePart};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{restrictiveness, Show, Source, Status};
 use crate::base::clock::now_ms;
+use crate::model::{restrictiveness, Show, Source, Status};
 use crate::store::{Record, Store, StoreError, StoredSource, Write};
 
 /// One synthetic resource of a user as the delivery backend sees it.
@@ -948,7 +948,7 @@ fn durable(jid: FullJid, edit: &Edit, now: u64, seq: u64) -> Write {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Show;
+    use crate::model::Show;
 
     fn st(text: &str) -> Status {
         Status {

@@ -1,6 +1,7 @@
 //! The durable copy of the status table (redb, crash-safe, one file under `[store] path`).
 //!
-//! The store keeps model values and knows nothing of HTTP or XMPP; the [`StatusTable`] is its only
+//! The store keeps model values (`model/`) and knows nothing of the layers above it (the table,
+//! HTTP, XMPP); the status table (`status::StatusTable`, which imports the store) is its only
 //! writer. Writes go to one writer thread through a channel in the order the table made them; the
 //! thread commits whatever has queued up in one transaction (group commit, fsync'd by redb's
 //! default durability) and only then acknowledges each write (a callback run on the writer
@@ -36,8 +37,6 @@
 //! resource: key `user@domain/resource`, value `[1][priority][show][text…]` or a tombstone); it is
 //! upgraded in one transaction when opened, every status becoming source `default`. A store of a
 //! newer format is refused, never misread.
-//!
-//! [`StatusTable`]: crate::status::StatusTable
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +50,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
 use crate::base::clock::now_ms;
-use crate::status::{Show, Source, Status};
+use crate::model::{Show, Source, Status};
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -272,7 +271,7 @@ fn text_of(bytes: &[u8]) -> Result<Option<String>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     // Only checked text is ever stored; a record that fails the check is damaged, and its text
     // would corrupt the XML stream every time it is replayed.
-    crate::status::validate_stored_text(text).map_err(|e| e.to_string())?;
+    crate::model::validate_stored_text(text).map_err(|e| e.to_string())?;
     Ok((!text.is_empty()).then(|| text.to_string()))
 }
 

@@ -21,7 +21,7 @@ use xmpp_parsers::roster::{Roster, Subscription};
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
-use crate::status::{Show, Status};
+use crate::model::{Announced, RosterItem, Show, Status};
 
 /// XEP-0356 namespaces we understand.
 pub const NS_PRIVILEGE_1: &str = "urn:xmpp:privilege:1";
@@ -281,7 +281,7 @@ pub fn roster_get(component: &BareJid, user: &BareJid, id: String) -> Outbound {
 pub fn roster_set(
     component: &BareJid,
     user: &BareJid,
-    item: &crate::observe::RosterItem,
+    item: &RosterItem,
     subscription: &str,
     id: String,
 ) -> Outbound {
@@ -579,8 +579,7 @@ pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, S
 }
 
 /// Every item of a roster result (a `remove` item is skipped: it is no item).
-pub fn roster_items(payload: Option<&Element>) -> Result<Vec<crate::observe::RosterItem>, String> {
-    use crate::observe::RosterItem;
+pub fn roster_items(payload: Option<&Element>) -> Result<Vec<RosterItem>, String> {
     let Some(payload) = payload else {
         return Ok(Vec::new());
     };
@@ -632,8 +631,7 @@ pub fn server_name(payload: Option<&Element>) -> Option<String> {
 /// What a presence forwarded by the server says of its sender's session, received at `now`
 /// (ms): `None` for presence types other than available and `unavailable`. An announcement of an
 /// older presence (a XEP-0203 delay stamp) dates from its stamp.
-pub fn announced(p: &Presence, now: u64) -> Option<crate::observe::Announced> {
-    use crate::observe::Announced;
+pub fn announced(p: &Presence, now: u64) -> Option<Announced> {
     let status = || {
         p.statuses
             .get("")

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::http::error::{xml_escape, ApiError, Format};
-use crate::status::{validate_text, Show, Status, StatusPolicy};
+use crate::model::{validate_text, Show, Status, StatusPolicy};
 use crate::xmpp::stanzas;
 
 /// The fields of a request, as given (strings), before validation.

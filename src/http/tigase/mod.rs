@@ -22,7 +22,8 @@ use super::server::{refuse, reply_format, AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::base::escape::Escaped;
 use crate::metrics::Outcome;
-use crate::status::{Edit, Source};
+use crate::model::Source;
+use crate::status::Edit;
 
 pub mod command;
 

@@ -44,7 +44,7 @@ use crate::base::clock::now_ms;
 use crate::base::clock::rfc3339;
 use crate::events::Filter;
 use crate::metrics::{Metrics, Outcome};
-use crate::status::Word;
+use crate::model::Word;
 use crate::xmpp::LinkState;
 
 const COOKIE: &str = "extpresence_ui";

@@ -32,8 +32,8 @@ use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need, Scope};
 use crate::agent::{self, AgentError, Contact, SubscribeRequest, MAX_CUSTOM_XML};
 use crate::base::clock::rfc3339;
+use crate::model::validate_text;
 use crate::observe::Latest;
-use crate::status::validate_text;
 use crate::xmpp::stanzas;
 
 /// The Agent API's XML namespace.
