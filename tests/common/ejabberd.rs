@@ -115,6 +115,21 @@ impl Ejabberd {
     }
 
     async fn start_opts(domain: &str, component: &str, secret: &str, api: Api) -> Ejabberd {
+        let mut attempt = 1;
+        loop {
+            let mut ejabberd = Ejabberd::prepare(domain, component, secret, api);
+            match ejabberd.try_launch().await {
+                Ok(()) => return ejabberd,
+                // Another process (a client's outbound socket, another server) took one of the
+                // free ports between picking it and ejabberd binding it: new ports, once more.
+                Err(text) if attempt < 3 && text.contains("eaddrinuse") => attempt += 1,
+                Err(text) => panic!("{text}"),
+            }
+        }
+    }
+
+    /// The node's directory and configuration on fresh free ports, not started yet.
+    fn prepare(domain: &str, component: &str, secret: &str, api: Api) -> Ejabberd {
         let ctl = find_ejabberdctl();
         let run_as = run_as();
         // As root, under /tmp: a TMPDIR such as /root/tmp would not be reachable for `ejabberd`.
@@ -189,7 +204,7 @@ impl Ejabberd {
             chown_tree(root, uid, gid);
         }
 
-        let mut ejabberd = Ejabberd {
+        Ejabberd {
             c2s_port,
             api_port,
             component_port,
@@ -201,9 +216,7 @@ impl Ejabberd {
             run_as,
             ctl,
             server: None,
-        };
-        ejabberd.launch().await;
-        ejabberd
+        }
     }
 
     /// Register `users` (local parts) on the virtual host with `password`, a few `ejabberdctl`
@@ -366,6 +379,13 @@ impl Ejabberd {
     /// Start the VM in the foreground (a child of ours, in its own process group) and wait for
     /// the ports.
     async fn launch(&mut self) {
+        if let Err(text) = self.try_launch().await {
+            panic!("{text}");
+        }
+    }
+
+    /// [`launch`](Self::launch), saying why it failed instead of panicking.
+    async fn try_launch(&mut self) -> Result<(), String> {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -387,10 +407,10 @@ impl Ejabberd {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.server = None;
-                panic!(
+                return Err(format!(
                     "ejabberd exited during startup ({status})\n{}",
                     self.log_tail()
-                );
+                ));
             }
             // Listeners accept before every module and Mnesia table is ready (CI once saw
             // `register` fail with `{no_exists,passwd,storage_type}` right after the ports
@@ -399,16 +419,16 @@ impl Ejabberd {
                 && accepts(self.component_port).await
                 && self.ctl(&["status"]).await.0
             {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "ejabberd did not accept on c2s port {} and component port {} within {:?}\n{}",
                     self.c2s_port,
                     self.component_port,
                     START_TIMEOUT,
                     self.log_tail()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
