@@ -23,8 +23,10 @@
 //!              ─► agent/     acting in a user's name: probes answered from observe/,
 //!                            subscription requests held in the store, sent through the
 //!                            backend (Exchange), the user's roster side completed
-//!              ─► status/    StatusTable (sources per resource, effective presence, commit
-//!                            order through the store, expiry heap + task, change lanes)
+//!              ─► status/    StatusTable (table.rs: the handle, loading, applying an edit;
+//!                            held.rs: sources per resource, effective presence; commit.rs:
+//!                            commit order through the store; expiry.rs: heap + task;
+//!                            lanes.rs: change lanes, delivery marks, roster cache)
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
 //!                            tables: tokens, subscriptions); reloaded at start; reopened after
 //!                            a failed commit
