@@ -97,8 +97,13 @@ impl Metrics {
         self.updates[outcome as usize].load(Relaxed)
     }
 
+    /// TEMPORARY shim until the prometheus-client metrics land: one request.
+    pub fn request(&self, _dialect: &'static str, _status: u16, elapsed: Duration) {
+        self.http_latency(elapsed)
+    }
+
     /// Count one refused or failed request by its error code.
-    pub fn refused(&self, code: &'static str) {
+    pub fn refused(&self, _dialect: &'static str, code: &'static str) {
         *self
             .refused
             .lock()
@@ -309,8 +314,8 @@ mod tests {
         m.update(Outcome::Set);
         m.update(Outcome::Set);
         m.update(Outcome::Rejected);
-        m.refused("missing_api_key");
-        m.refused("missing_api_key");
+        m.refused("tigase", "missing_api_key");
+        m.refused("tigase", "missing_api_key");
         m.http_latency(Duration::from_micros(700));
         m.http_latency(Duration::from_secs(10));
         Metrics::inc(&m.stanzas_sent);

@@ -55,6 +55,25 @@ impl Format {
     }
 }
 
+/// The error body of every API error (the OpenAPI schema of what [`ApiError::into_response`]
+/// writes as JSON).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An API error.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status code.
+    pub status: u16,
+    /// A stable machine-readable code (see the README's table).
+    pub code: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -256,7 +275,7 @@ impl ApiError {
             }
             _ => {}
         }
-        resp
+        super::pipeline::Refusal::attach(resp, self.code(), message)
     }
 }
 

@@ -47,6 +47,25 @@ impl Default for RequestLog {
     }
 }
 
+/// One refused or failed request, as logged.
+#[derive(Clone, Copy)]
+pub struct Line<'a> {
+    /// Refused or failed.
+    pub kind: Kind,
+    /// The answer's status.
+    pub status: u16,
+    /// The dialect (`tigase`, `v1`, …).
+    pub dialect: &'a str,
+    /// The request's method.
+    pub method: &'a dyn Display,
+    /// The request's path (never the query: it may hold a credential).
+    pub path: &'a str,
+    /// The refusal's code.
+    pub code: &'a str,
+    /// What the client was told.
+    pub error: &'a dyn Display,
+}
+
 /// What became of a request that is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -59,14 +78,7 @@ pub enum Kind {
 impl RequestLog {
     /// Log one refused or failed request, unless this period's share of full lines is used up;
     /// then it is counted for the summary.
-    pub fn request(
-        &self,
-        kind: Kind,
-        status: u16,
-        method: &dyn Display,
-        user: &str,
-        error: &dyn Display,
-    ) {
+    pub fn request(&self, line: &Line<'_>) {
         {
             let mut p = self.period.lock().unwrap_or_else(|e| e.into_inner());
             Self::roll(&mut p);
@@ -76,10 +88,21 @@ impl RequestLog {
             }
             p.logged += 1;
         }
-        let (user, error) = (Escaped(user), Escaped(error));
+        let Line {
+            kind,
+            status,
+            dialect,
+            method,
+            path,
+            code,
+            error,
+        } = *line;
+        let (path, error) = (Escaped(path), Escaped(error));
         match kind {
-            Kind::Refused => info!(status, %method, %user, %error, "request refused"),
-            Kind::Failed => warn!(status, %method, %user, %error, "request failed"),
+            Kind::Refused => {
+                info!(status, dialect, %method, %path, code, %error, "request refused")
+            }
+            Kind::Failed => warn!(status, dialect, %method, %path, code, %error, "request failed"),
         }
     }
 
@@ -120,7 +143,15 @@ mod tests {
     fn full_lines_per_period_are_bounded() {
         let log = RequestLog::default();
         for _ in 0..100 {
-            log.request(Kind::Refused, 401, &"POST", "x", &"no key");
+            log.request(&Line {
+                kind: Kind::Refused,
+                status: 401,
+                dialect: "tigase",
+                method: &"POST",
+                path: "/x",
+                code: "missing_api_key",
+                error: &"no key",
+            });
         }
         let p = log.period.lock().unwrap();
         assert_eq!((p.logged, p.suppressed), (FULL_PER_PERIOD, 90));

@@ -9,7 +9,9 @@
 //! back (`online`/`chat` → `online`; `away`/`xa`/`dnd` → `unavailable`; nothing → `offline`).
 //! Credentials are the same keys and tokens as everywhere (`Authorization: Bearer`, or the
 //! deprecated `?access_token=`), with the same scopes and rate limits. Errors are Matrix's own
-//! `{"errcode","error"}` bodies, with Synapse's texts where Synapse has one.
+//! `{"errcode","error"}` bodies, with Synapse's texts where Synapse has one; the pipeline counts
+//! them by the shared check's code when one refused (`missing_api_key`, …), else by `errcode`.
+//! A `PUT` counts in `extpresence_updates_total` like every status write.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +27,11 @@ use serde_json::{json, Map, Value};
 
 use super::error::{retry_after, ApiError};
 use super::input;
+use super::pipeline::Refusal;
 use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need};
 use crate::base::clock::now_ms;
+use crate::metrics::Outcome;
 use crate::model::{validate_text, Source, Status, Word};
 use crate::observe;
 use crate::status::Edit;
@@ -46,6 +50,9 @@ pub struct MatrixSettings {
 struct MatrixError {
     status: StatusCode,
     errcode: &'static str,
+    /// The code counted and logged by the pipeline: the shared check's code (`missing_api_key`,
+    /// …) when one refused, else the `errcode`.
+    code: &'static str,
     error: String,
     retry_after: Option<std::time::Duration>,
 }
@@ -54,6 +61,7 @@ fn err(status: StatusCode, errcode: &'static str, error: impl Into<String>) -> M
     MatrixError {
         status,
         errcode,
+        code: errcode,
         error: error.into(),
         retry_after: None,
     }
@@ -74,14 +82,15 @@ impl IntoResponse for MatrixError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after(wait));
         }
-        r
+        Refusal::attach(r, self.code, self.error)
     }
 }
 
 /// The dialect's answer to the shared checks' errors.
 impl From<ApiError> for MatrixError {
     fn from(e: ApiError) -> MatrixError {
-        match e {
+        let code = e.code();
+        let mut m = match e {
             ApiError::MissingKey => err(
                 StatusCode::UNAUTHORIZED,
                 "M_MISSING_TOKEN",
@@ -98,6 +107,7 @@ impl From<ApiError> for MatrixError {
             ApiError::RateLimited(wait) => MatrixError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 errcode: "M_LIMIT_EXCEEDED",
+                code,
                 error: "Too Many Requests".into(),
                 retry_after: Some(wait),
             },
@@ -111,7 +121,9 @@ impl From<ApiError> for MatrixError {
                 err(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", e.to_string())
             }
             other => err(other.status(), "M_UNKNOWN", other.to_string()),
-        }
+        };
+        m.code = code;
+        m
     }
 }
 
@@ -231,7 +243,16 @@ async fn status(
     }
     let settings = state.matrix.clone();
     let r = match method {
-        Method::PUT => put(&state, &settings, &id, query.as_deref(), &headers, body).await,
+        Method::PUT => {
+            let r = put(&state, &settings, &id, query.as_deref(), &headers, body).await;
+            state.metrics.update(match &r {
+                Ok((_, true)) => Outcome::Set,
+                Ok((_, false)) => Outcome::Cleared,
+                Err(e) if e.status.is_server_error() => Outcome::Failed,
+                Err(_) => Outcome::Rejected,
+            });
+            r.map(|(answer, _)| answer)
+        }
         Method::GET => get_presence(&state, &settings, &id, query.as_deref(), &headers).await,
         _ => {
             // As Synapse: M_UNRECOGNIZED; and the Allow header RFC 9110 asks of a 405.
@@ -265,7 +286,7 @@ async fn put(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, MatrixError> {
+) -> Result<(Response, bool), MatrixError> {
     let grant = grant(state, query, headers)?;
     let user = user_of(settings, state, id)?;
     if grant.allows(Need::Write, &user).is_err() {
@@ -345,6 +366,7 @@ async fn put(
             ))
         }
     };
+    let set = matches!(edit, Edit::Set { .. });
     let resource = state.policy.resource(None).map_err(|e| {
         err(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -357,7 +379,7 @@ async fn put(
         .write(&user, &resource, edit)
         .await
         .map_err(|e| MatrixError::from(ApiError::Storage(e.to_string())))?;
-    Ok(ok_json(json!({})))
+    Ok((ok_json(json!({})), set))
 }
 
 async fn get_presence(
@@ -369,7 +391,7 @@ async fn get_presence(
 ) -> Result<Response, MatrixError> {
     let grant = grant(state, query, headers)?;
     let user = user_of(settings, state, id)?;
-    super::read::may_read(state, &grant, &user)
+    super::pipeline::may_read(state, &grant, &user)
         .await
         .map_err(|e| match e {
             ApiError::Forbidden(_) => err(

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::pipeline::not_allowed;
 use super::server::AppState;
 use crate::metrics::Gauges;
 use crate::xmpp::LinkState;
@@ -18,9 +19,18 @@ use crate::xmpp::LinkState;
 /// The operations routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(healthz).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+        )
+        .route(
+            "/readyz",
+            get(readyz).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+        )
+        .route(
+            "/metrics",
+            get(metrics).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+        )
 }
 
 async fn healthz() -> &'static str {

@@ -1,19 +1,20 @@
 //! What every route shares: `AppState`, the router (each dialect's and the operations routes,
-//! the 404 fallback, the client-scoping middleware), the body limit, and the answer to a refused
-//! or failed request of any dialect (`refuse`, `reply_format`).
+//! the 404 fallback, the client-scoping middleware and the request pipeline's record) and the
+//! body limit.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Router;
 
 use super::auth::ApiKeys;
-use super::error::{ApiError, Format};
+use super::error::ApiError;
 use super::listener::ConnStats;
-use super::log::{self, RequestLog};
+use super::log::RequestLog;
+use super::pipeline::{record, reply_format, Recorder};
 use crate::delivery::Delivery;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -74,6 +75,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(super::waher::routes())
         .merge(super::ui::routes())
         .fallback(not_found)
+        // Inside the client scope, and on every route and the fallback (axum applies a router's
+        // layer to each route, after routing: the route that matched is known).
+        .layer(axum::middleware::from_fn_with_state(
+            Recorder {
+                metrics: state.metrics.clone(),
+                requests: state.requests.clone(),
+            },
+            record,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),
             super::auth::scope_client,
@@ -83,34 +93,4 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn not_found(headers: HeaderMap) -> Response {
     ApiError::NotFound.into_response(reply_format(&headers))
-}
-
-/// The answer to a refused or failed request of any dialect: counted by code, logged (escaped,
-/// rate-limited), rendered in `format`.
-pub fn refuse(
-    state: &AppState,
-    method: &Method,
-    user: &str,
-    e: ApiError,
-    format: Format,
-) -> Response {
-    let kind = if e.status().is_server_error() {
-        log::Kind::Failed
-    } else {
-        log::Kind::Refused
-    };
-    state.metrics.refused(e.code());
-    state
-        .requests
-        .request(kind, e.status().as_u16(), method, user, &e);
-    e.into_response(format)
-}
-
-/// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.
-pub(super) fn reply_format(headers: &HeaderMap) -> Format {
-    let get = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
-    get(header::CONTENT_TYPE)
-        .and_then(Format::from_media_type)
-        .or_else(|| get(header::ACCEPT).and_then(Format::from_media_type))
-        .unwrap_or(Format::Json)
 }

@@ -1,11 +1,11 @@
 //! The Tigase dialect: `POST /rest/user/{user-jid}/status[/{resource}]`, as Tigase's
-//! UserStatusEndpoint documents it. This file holds its routes and its request pipeline
-//! (method → key → media type → size → path → body → fields → table → delivery outcome), with
-//! the request span, the update counters and the latency histogram; `command.rs` holds its wire
-//! format (the request fields, their validation, the response body).
+//! UserStatusEndpoint documents it. This file holds its routes and its order of the pipeline's
+//! steps (method → key → path → media type → size → body → user → grant → fields → table →
+//! delivery outcome) with the update counters; `command.rs` holds its wire format (the request
+//! fields, their validation, the response body). What every request records is in
+//! [`pipeline`](super::pipeline).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -14,13 +14,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 use super::error::{self, ApiError, Format};
 use super::input;
-use super::server::{refuse, reply_format, AppState, MAX_BODY_BYTES};
+use super::pipeline::{refuse, reply_format};
+use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::Need;
-use crate::base::escape::Escaped;
 use crate::metrics::Outcome;
 use crate::model::Source;
 use crate::status::Edit;
@@ -45,28 +45,28 @@ enum TigaseResponses {
     Held(command::StatusResponse),
     /// A field, the body, the JID or the credentials are wrong
     #[response(status = 400)]
-    BadRequest(super::v1::ErrorBody),
+    BadRequest(super::error::ErrorBody),
     /// No API key
     #[response(status = 401)]
-    NoKey(super::v1::ErrorBody),
+    NoKey(super::error::ErrorBody),
     /// Wrong API key or a domain not served
     #[response(status = 403)]
-    Forbidden(super::v1::ErrorBody),
+    Forbidden(super::error::ErrorBody),
     /// No such endpoint
     #[response(status = 404)]
-    NotFound(super::v1::ErrorBody),
+    NotFound(super::error::ErrorBody),
     /// Not POST
     #[response(status = 405)]
-    NotPost(super::v1::ErrorBody),
+    NotPost(super::error::ErrorBody),
     /// The body did not arrive in time
     #[response(status = 408)]
-    BodyTimeout(super::v1::ErrorBody),
+    BodyTimeout(super::error::ErrorBody),
     /// Body over 16 KiB
     #[response(status = 413)]
-    TooLarge(super::v1::ErrorBody),
+    TooLarge(super::error::ErrorBody),
     /// Neither JSON nor XML
     #[response(status = 415)]
-    MediaType(super::v1::ErrorBody),
+    MediaType(super::error::ErrorBody),
     /// Tigase backend: the server refused it (held, `success: false` and the reason)
     #[response(status = 502)]
     Refused(command::StatusResponse),
@@ -136,41 +136,25 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    // The query is never logged: it may hold the API key. The span is at DEBUG: at INFO its
-    // fields were formatted for every request, needed or not; refusals and failures name the
-    // user themselves.
-    fn user(path: &Segments) -> &str {
-        path.as_ref().map_or("", |(user, _)| user.as_str())
+    let result = set_status(&state, &method, &path, query.as_deref(), &headers, body).await;
+    state.metrics.update(match &result {
+        Ok((_, code, _, _)) if *code != StatusCode::OK => Outcome::Failed,
+        Ok((_, _, _, true)) => Outcome::Set,
+        Ok((_, _, _, false)) => Outcome::Cleared,
+        Err(e) if e.status().is_server_error() => Outcome::Failed,
+        Err(_) => Outcome::Rejected,
+    });
+    match result {
+        Ok((format, code, body, _)) => {
+            let mut r = (code, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            r
+        }
+        Err(e) => refuse(e, reply_format(&headers)),
     }
-    let span = tracing::debug_span!("request", %method, user = %Escaped(user(&path)));
-    async move {
-        let result = set_status(&state, &method, &path, query.as_deref(), &headers, body).await;
-        state.metrics.update(match &result {
-            Ok((_, code, _, _)) if *code != StatusCode::OK => Outcome::Failed,
-            Ok((_, _, _, true)) => Outcome::Set,
-            Ok((_, _, _, false)) => Outcome::Cleared,
-            Err(e) if e.status().is_server_error() => Outcome::Failed,
-            Err(_) => Outcome::Rejected,
-        });
-        let resp = match result {
-            Ok((format, code, body, _)) => {
-                let mut r = (code, body).into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(format.content_type()),
-                );
-                r
-            }
-            Err(e) => refuse(&state, &method, user(&path), e, reply_format(&headers)),
-        };
-        let elapsed = started.elapsed();
-        state.metrics.http_latency(elapsed);
-        debug!(status = resp.status().as_u16(), ?elapsed, "request done");
-        resp
-    }
-    .instrument(span)
-    .await
 }
 
 async fn set_status(

@@ -10,7 +10,9 @@
 //! or a trusted proxy says `X-Forwarded-Proto: https`); no key ever travels in a URL, and a sign-in
 //! or sign-out posted from another origin is refused. A credential holds at most
 //! [`MAX_SESSIONS_PER_CREDENTIAL`] sessions (its oldest goes first, never another credential's).
-//! Wrong keys count toward the failed-authentication limit of the client's address (`auth.rs`).
+//! Wrong keys count toward the failed-authentication limit of the client's address (`auth.rs`);
+//! every refused sign-in is counted (`extpresence_http_refused_total{dialect="ui",code}`) and
+//! logged, rate-limited, like every refusal (`pipeline.rs`).
 //! With `[ui] public_origin` set, a request to the page naming another host is refused (421).
 //!
 //! A domain key sees its own domains only: held statuses, observed sessions, and the webhook
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -37,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::Format;
 use super::input;
+use super::pipeline::{not_allowed, Refusal};
 use super::server::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
@@ -206,7 +209,11 @@ impl UiState {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        Some(secure(r))
+        Some(Refusal::attach(
+            secure(r),
+            "misdirected",
+            format!("the status page is served at {}", o.origin),
+        ))
     }
 
     /// Whether a form post comes from this page: an `Origin` that is present must be the public
@@ -340,9 +347,18 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 /// The routes of the page.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(index))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
+        .route(
+            "/",
+            get(index).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+        )
+        .route(
+            "/login",
+            post(login).fallback(|m: Method| async move { not_allowed(m, "POST") }),
+        )
+        .route(
+            "/logout",
+            post(logout).fallback(|m: Method| async move { not_allowed(m, "POST") }),
+        )
         .route(
             "/ui/app.js",
             get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
@@ -403,6 +419,12 @@ fn login_page(status: StatusCode, message: &str) -> Response {
     html(status, LOGIN_HTML.replace("{{message}}", message))
 }
 
+/// The sign-in form again, with why the sign-in (or sign-out) was refused; the pipeline counts
+/// and logs it under `code` like every refusal.
+fn refused_page(status: StatusCode, code: &'static str, message: &str) -> Response {
+    Refusal::attach(login_page(status, message), code, message)
+}
+
 async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(r) = state.ui.misdirected(&headers) {
         return r;
@@ -427,17 +449,29 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         return r;
     }
     if !state.ui.same_origin(&headers) {
-        return login_page(StatusCode::FORBIDDEN, "Sign in from this page.");
+        return refused_page(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "Sign in from this page.",
+        );
     }
     let Ok(body) = input::read_body(&headers, body, 4096, state.body_timeout).await else {
-        return login_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+        return refused_page(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            "The form could not be read.",
+        );
     };
     let key = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "key")
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
     if key.is_empty() {
-        return login_page(StatusCode::UNAUTHORIZED, "That key is not valid.");
+        return refused_page(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "That key is not valid.",
+        );
     }
     // Wrong keys count toward the client address's failed-authentication limit (as in every
     // dialect); a valid key's sign-ins toward its own rate limit.
@@ -452,21 +486,25 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     let grant = match authenticated {
         Ok(g) => g,
         Err(super::error::ApiError::RateLimited(wait)) => {
-            let mut r = login_page(
+            let mut r = refused_page(
                 StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
                 "Too many attempts; try again in a moment.",
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, super::error::retry_after(wait));
             return r;
         }
-        Err(_) => return login_page(StatusCode::UNAUTHORIZED, "That key is not valid."),
+        Err(e) => {
+            return refused_page(StatusCode::UNAUTHORIZED, e.code(), "That key is not valid.")
+        }
     };
     let may =
         grant.has(Need::Read).is_ok() && matches!(grant.scope, Scope::Admin | Scope::Domains(_));
     if !may {
-        return login_page(
+        return refused_page(
             StatusCode::FORBIDDEN,
+            "forbidden",
             "This key may not see the status page: use an admin key or a domain key with read access.",
         );
     }
@@ -492,7 +530,11 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
     // From another origin: refused, and the browser keeps its cookie.
     if !state.ui.same_origin(&headers) {
-        return login_page(StatusCode::FORBIDDEN, "Sign out from this page.");
+        return refused_page(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "Sign out from this page.",
+        );
     }
     state.ui.close(&headers);
     let mut r = StatusCode::SEE_OTHER.into_response();
@@ -516,9 +558,13 @@ fn json_answer(status: StatusCode, body: &Value) -> Response {
 }
 
 fn unauthorized() -> Response {
-    json_answer(
-        StatusCode::UNAUTHORIZED,
-        &json!({"error": {"code": "signed_out", "message": "sign in on / first", "status": 401}}),
+    Refusal::attach(
+        json_answer(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"code": "signed_out", "message": "sign in on / first", "status": 401}}),
+        ),
+        "signed_out",
+        "sign in on / first",
     )
 }
 
@@ -656,7 +702,7 @@ async fn events(
     let Some((grant, lifetime)) = state.ui.session(&headers) else {
         return unauthorized();
     };
-    match super::read::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {
+    match super::sse::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {
         Ok(r) => secure(r),
         Err(e) => secure(e.into_response(Format::Json)),
     }

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use super::error::{retry_after, ApiError};
 use super::input;
+use super::pipeline::Refusal;
 use super::server::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need, Scope};
 use crate::agent::{self, AgentError, Contact, SubscribeRequest, MAX_CUSTOM_XML};
@@ -43,6 +44,9 @@ pub const NS: &str = "https://waher.se/Schema/BrokerAgent.xsd";
 #[derive(Debug)]
 pub struct WaherError {
     status: StatusCode,
+    /// The code counted and logged by the pipeline (the Agent API's answers carry none): the
+    /// shared check's or the agent's when one refused, else one named after the status.
+    code: &'static str,
     message: String,
     retry_after: Option<std::time::Duration>,
 }
@@ -50,8 +54,27 @@ pub struct WaherError {
 fn err(status: StatusCode, message: impl Into<String>) -> WaherError {
     WaherError {
         status,
+        code: status_code(status),
         message: message.into(),
         retry_after: None,
+    }
+}
+
+/// The pipeline's code of a refusal the Agent API names only by its status.
+fn status_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        413 => "body_too_large",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        503 => "unavailable",
+        s if s >= 500 => "failed",
+        _ => "refused",
     }
 }
 
@@ -61,7 +84,7 @@ fn bad(message: impl Into<String>) -> WaherError {
 
 impl IntoResponse for WaherError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, self.message).into_response();
+        let mut r = (self.status, self.message.clone()).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -74,40 +97,46 @@ impl IntoResponse for WaherError {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
-        r
+        Refusal::attach(r, self.code, self.message)
     }
 }
 
 impl From<ApiError> for WaherError {
     fn from(e: ApiError) -> WaherError {
-        match e {
+        let code = e.code();
+        let mut w = match e {
             ApiError::MissingKey | ApiError::WrongKey => err(
                 StatusCode::UNAUTHORIZED,
                 format!("{e}: unauthorized access was prevented"),
             ),
             ApiError::RateLimited(wait) => WaherError {
                 status: StatusCode::TOO_MANY_REQUESTS,
+                code,
                 message: e.to_string(),
                 retry_after: Some(wait),
             },
             other => err(other.status(), other.to_string()),
-        }
+        };
+        w.code = code;
+        w
     }
 }
 
 impl From<AgentError> for WaherError {
     fn from(e: AgentError) -> WaherError {
-        let status = match &e {
-            AgentError::Unsupported | AgentError::Unknown(_) | AgentError::NotInRoster { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            AgentError::NotSubscribed { .. } => StatusCode::FORBIDDEN,
-            AgentError::Roster(_) | AgentError::Full(_) | AgentError::Storage(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            AgentError::Invalid(_) => StatusCode::BAD_REQUEST,
+        let (status, code) = match &e {
+            AgentError::Unsupported => (StatusCode::NOT_FOUND, "not_offered"),
+            AgentError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_contact"),
+            AgentError::NotInRoster { .. } => (StatusCode::NOT_FOUND, "not_in_roster"),
+            AgentError::NotSubscribed { .. } => (StatusCode::FORBIDDEN, "not_subscribed"),
+            AgentError::Roster(_) => (StatusCode::SERVICE_UNAVAILABLE, "roster_unavailable"),
+            AgentError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_held"),
+            AgentError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            AgentError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         };
-        err(status, e.to_string())
+        let mut w = err(status, e.to_string());
+        w.code = code;
+        w
     }
 }
 

@@ -18,12 +18,13 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::input;
-use super::server::{AppState, MAX_BODY_BYTES};
-use super::v1::{finish, json, malformed, not_allowed, require_json, ErrorBody};
+use super::common::{finish, json, malformed};
 use crate::access::tokens::TokenInfo;
 use crate::access::Access;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::input;
+use crate::http::pipeline::{not_allowed, require_json};
+use crate::http::server::{AppState, MAX_BODY_BYTES};
 
 /// Longest lifetime of a token: 10 years.
 const MAX_EXPIRES_IN: u64 = 10 * 366 * 24 * 3600;
@@ -125,9 +126,8 @@ fn invalid(message: String) -> ApiError {
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn mint(
+pub async fn mint(
     State(state): State<Arc<AppState>>,
-    method: Method,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -174,7 +174,7 @@ pub(super) async fn mint(
         Ok(json(StatusCode::CREATED, &Minted { token, info }))
     }
     .await;
-    finish(&state, &method, "", r)
+    finish(r)
 }
 
 /// Every token held (never a secret).
@@ -189,9 +189,8 @@ pub(super) async fn mint(
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn list(
+pub async fn list(
     State(state): State<Arc<AppState>>,
-    method: Method,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -205,7 +204,7 @@ pub(super) async fn list(
             },
         ))
     })();
-    finish(&state, &method, "", r)
+    finish(r)
 }
 
 /// Revoke a token: refused at once, everywhere.
@@ -223,9 +222,8 @@ pub(super) async fn list(
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn revoke(
+pub async fn revoke(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -243,5 +241,5 @@ pub(super) async fn revoke(
         }
     }
     .await;
-    finish(&state, &method, "", r)
+    finish(r)
 }

@@ -14,9 +14,7 @@
 //! Like the rest of `/v1` it only translates: the model is [`crate::observe`] (the aggregation),
 //! [`crate::events`] (numbering, buffering, fan-out) and [`crate::observe::Rosters`].
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -25,21 +23,18 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
-use bytes::Bytes;
-use futures::Stream;
 use jid::BareJid;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::input;
-use super::server::AppState;
-use super::v1::{finish, json, malformed, not_allowed, path_user, require_json, user_of};
-use super::v1::{ErrorBody, MAX_BULK_BYTES};
-use crate::access::tokens::Lifetime;
-use crate::access::{Grant, Need, Scope};
+use super::common::{finish, json, malformed, user_of, MAX_BULK_BYTES};
+use crate::access::Need;
 use crate::base::clock::now_ms;
-use crate::events::{Event, Filter, Subscription, MAX_FOLLOWED};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::input;
+use crate::http::pipeline::{may_read, not_allowed, require_json, ROSTER_WAIT};
+use crate::http::server::AppState;
+use crate::http::sse::event_stream;
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
 
 /// Most users in one presence query.
@@ -48,10 +43,6 @@ pub const MAX_QUERY_USERS: usize = 1000;
 /// `answer_too_large` (each user's presence is rendered into the answer in turn, so no more than
 /// this is ever built).
 pub const MAX_QUERY_ANSWER_BYTES: usize = 8 << 20;
-/// Longest wait for a roster from the server.
-const ROSTER_WAIT: Duration = Duration::from_secs(5);
-/// Interval of the keepalive comment of the event stream.
-pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The read routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -95,9 +86,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn get_presence(
+pub async fn get_presence(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -109,32 +99,7 @@ pub(super) async fn get_presence(
         Ok(json(StatusCode::OK, &presence_of(&state, &user)))
     }
     .await;
-    finish(&state, &method, path_user(&path), r)
-}
-
-/// Whether `grant` may read `user`: directly, or (a user's own credential) because `user` is in
-/// its user's roster with subscription `to` or `both`.
-pub(super) async fn may_read(
-    state: &AppState,
-    grant: &Grant,
-    user: &BareJid,
-) -> Result<(), ApiError> {
-    let Err(denied) = grant.allows(Need::Read, user) else {
-        return Ok(());
-    };
-    let Some(own) = grant.reads_through_roster(user) else {
-        return Err(denied.into());
-    };
-    let roster = state
-        .rosters
-        .get(own, ROSTER_WAIT)
-        .await
-        .map_err(|e| ApiError::Roster(e.to_string()))?;
-    if roster.iter().any(|i| &i.jid == user && i.sees_contact()) {
-        Ok(())
-    } else {
-        Err(denied.into())
-    }
+    finish(r)
 }
 
 fn presence_of(state: &AppState, user: &BareJid) -> UserPresence {
@@ -184,9 +149,8 @@ pub struct PresenceAnswer {
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn query(
+pub async fn query(
     State(state): State<Arc<AppState>>,
-    method: Method,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -235,7 +199,7 @@ pub(super) async fn query(
         Ok(r)
     }
     .await;
-    finish(&state, &method, "", r)
+    finish(r)
 }
 
 /// A contact's presence as the user sees it.
@@ -297,9 +261,8 @@ pub struct ContactsAnswer {
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn get_contacts(
+pub async fn get_contacts(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -345,151 +308,7 @@ pub(super) async fn get_contacts(
         ))
     }
     .await;
-    finish(&state, &method, path_user(&path), r)
-}
-
-fn parse_filter(state: &AppState, query: Option<&str>) -> Result<Filter, ApiError> {
-    let mut f = Filter::default();
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "user" => {
-                f.users.insert(input::served_user(&v, &state.domains)?);
-                if f.users.len() > MAX_FOLLOWED {
-                    return Err(ApiError::TooManyUsers(format!(
-                        "more than {MAX_FOLLOWED} users named with ?user=; an event stream \
-                         follows at most {MAX_FOLLOWED} (use ?domain= for whole domains)"
-                    )));
-                }
-            }
-            "domain" => {
-                let d = crate::base::domain::normalize_domain(&v).ok_or_else(|| {
-                    ApiError::MalformedQuery(format!("domain {:?} is not a domain", &*v))
-                })?;
-                if !state.domains.contains(&d) {
-                    return Err(ApiError::Domain(d));
-                }
-                f.domains.insert(d);
-            }
-            _ => {}
-        }
-    }
-    Ok(f)
-}
-
-/// Restrict an event filter to what `grant` may read: every user and domain asked must be
-/// readable (else 403); no filter means everything the grant may read (a domain grant: its
-/// domains; a user's credential: its user and the contacts it may see, as of now).
-async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result<(), ApiError> {
-    for d in &f.domains {
-        if !grant.covers_domain(d) {
-            return Err(crate::access::Denied::Scope {
-                name: grant.name.to_string(),
-                user: format!("the users of {d}"),
-            }
-            .into());
-        }
-    }
-    for u in &f.users {
-        may_read(state, grant, u).await?;
-    }
-    if !f.users.is_empty() || !f.domains.is_empty() {
-        return Ok(());
-    }
-    match &grant.scope {
-        Scope::Admin => {}
-        Scope::Domains(ds) => f.domains = ds.iter().cloned().collect(),
-        Scope::User(own) => {
-            f.users.insert(own.clone());
-            if let Ok(roster) = state.rosters.get(own, ROSTER_WAIT).await {
-                f.users.extend(
-                    roster
-                        .iter()
-                        .filter(|i| i.sees_contact())
-                        .map(|i| i.jid.clone()),
-                );
-            }
-            // Refused rather than cut short: a stream that silently missed some contacts
-            // would look complete.
-            if f.users.len() > MAX_FOLLOWED {
-                return Err(ApiError::TooManyUsers(format!(
-                    "{own} and the contacts {own} sees are {} users; an event stream follows \
-                     at most {MAX_FOLLOWED}: name the users wanted with ?user=",
-                    f.users.len()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The event's SSE frame, rendered once for all streams (its JSON has no line breaks).
-fn sse(event: &Event) -> Bytes {
-    event
-        .sse_frame
-        .get_or_init(|| {
-            Bytes::from(format!(
-                "id: {}\nevent: presence\ndata: {}\n\n",
-                event.id, event.data
-            ))
-        })
-        .clone()
-}
-
-fn reset(why: &str) -> Bytes {
-    Bytes::from(format!(
-        "event: reset\ndata: {}\n\n",
-        serde_json::json!({ "reason": why })
-    ))
-}
-
-/// The comment sent after [`KEEPALIVE`] of silence.
-const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
-
-const LAGGED: &str = "this client fell too far behind and was disconnected; read the presence \
-                      again with GET and reconnect";
-
-/// What an event stream has still to send.
-struct Subscriber {
-    first: Option<Bytes>,
-    backlog: std::vec::IntoIter<Arc<Event>>,
-    sub: Subscription,
-    /// The credential's: the stream ends with it.
-    lifetime: Lifetime,
-    done: bool,
-}
-
-fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    futures::stream::unfold(s, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        // The credential was revoked or expired: the stream just ends (its client, reconnecting,
-        // is refused).
-        if s.lifetime.is_over() {
-            return None;
-        }
-        if let Some(first) = s.first.take() {
-            return Some((Ok(first), s));
-        }
-        if let Some(e) = s.backlog.next() {
-            return Some((Ok(sse(&e)), s));
-        }
-        let next = tokio::select! {
-            biased;
-            () = s.lifetime.ended() => return None,
-            next = s.sub.recv() => next,
-            () = tokio::time::sleep(KEEPALIVE) => {
-                return Some((Ok(Bytes::from_static(KEEPALIVE_FRAME)), s));
-            }
-        };
-        // Checked before every event: after a lag the queue may go on with a gap.
-        if s.sub.lagged() {
-            s.done = true;
-            return Some((Ok(reset(LAGGED)), s));
-        }
-        let e = next?;
-        Some((Ok(sse(&e)), s))
-    })
+    finish(r)
 }
 
 /// Server-Sent Events: one `presence` event per change of a served user's presence.
@@ -512,9 +331,8 @@ fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
     ),
     security(("api_key" = []))
 )]
-pub(super) async fn events(
+pub async fn events(
     State(state): State<Arc<AppState>>,
-    method: Method,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -523,60 +341,5 @@ pub(super) async fn events(
         event_stream(&state, &grant, None, q.as_deref(), &headers).await
     }
     .await;
-    finish(&state, &method, "", r)
-}
-
-/// The event stream of `grant` (filtered by the query's `user`/`domain`, resumed after
-/// `Last-Event-ID`): `/v1/events`, and the status page's live events. It ends when the
-/// credential is revoked or expires.
-pub(super) async fn event_stream(
-    state: &AppState,
-    grant: &Arc<Grant>,
-    session: Option<Lifetime>,
-    q: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    {
-        grant.has(Need::Read)?;
-        // Taken before any wait: a revocation from now on ends the stream. The status page's
-        // streams end with its session (sign-out, eviction, expiry).
-        let lifetime = session.unwrap_or_else(|| state.keys.lifetime(grant));
-        let mut filter = parse_filter(state, q)?;
-        scope_filter(state, grant, &mut filter).await?;
-        let last = match headers.get("last-event-id") {
-            None => None,
-            Some(v) => {
-                let text = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
-                Some(
-                    text.parse::<u64>()
-                        .map_err(|_| ApiError::LastEventId(text.chars().take(64).collect()))?,
-                )
-            }
-        };
-        let mut sub = state.hub.subscribe(filter, last);
-        let first = sub.reset.then(|| {
-            reset(
-                "the events after Last-Event-ID are no longer buffered (too old, or \
-                 extpresence restarted); read the presence again with GET",
-            )
-        });
-        let s = Subscriber {
-            first,
-            backlog: std::mem::take(&mut sub.backlog).into_iter(),
-            sub,
-            lifetime,
-            done: false,
-        };
-        let mut r = Body::from_stream(stream(s)).into_response();
-        let h = r.headers_mut();
-        h.insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            axum::http::header::CACHE_CONTROL,
-            axum::http::HeaderValue::from_static("no-cache"),
-        );
-        Ok(r)
-    }
+    finish(r)
 }

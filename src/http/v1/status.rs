@@ -1,76 +1,36 @@
-//! The native API `/v1` (JSON): presence in one word, several sources per resource, expiry, bulk
-//! updates, and its OpenAPI contract.
-//!
-//! - `PUT /v1/users/{jid}/status` — set (or with `presence: "offline"` clear) one source's status
-//!   of a resource;
-//! - `DELETE /v1/users/{jid}/status?resource=&source=` — clear one source (`source=*`: all);
-//! - `GET /v1/users/{jid}/status` — what is held for the user, per resource and source;
-//! - `POST /v1/statuses` — up to 1,000 updates in one durable commit;
-//! - `GET /v1/openapi.json` — the OpenAPI 3.1 document of `/v1` and the Tigase dialect, derived
-//!   from the types and handlers here and in `tigase/` (utoipa), so it cannot drift.
+//! The status routes of `/v1`: `PUT`, `DELETE` and `GET /v1/users/{jid}/status`, and
+//! `POST /v1/statuses` (bulk), with their JSON types and validation.
 //!
 //! Like every dialect, this one only translates: it parses and validates its JSON, checks the
-//! key, calls the model ([`StatusTable`]) and renders the answer or the error
-//! (`{"error":{"status":…,"code":…,"message":…}}`).
+//! key, calls the model ([`StatusTable`](crate::status::StatusTable)) and renders the answer or
+//! the error (`{"error":{"status":…,"code":…,"message":…}}`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
-use axum::Router;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::DateTime;
 use jid::{BareJid, ResourcePart};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use super::error::{ApiError, Format};
-use super::input;
-use super::server::{refuse, AppState, MAX_BODY_BYTES};
+use super::common::{finish, json, malformed, user_of, MAX_BULK_BYTES, MAX_BULK_UPDATES};
 use crate::access::Need;
 use crate::base::clock::{now_ms, rfc3339};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::input;
+use crate::http::pipeline::require_json;
+use crate::http::server::{AppState, MAX_BODY_BYTES};
 use crate::metrics::Outcome;
 use crate::model::{
     validate_text, InvalidStatus, Source, SourceRef, Status, Word, MAX_EXPIRY_SECS,
 };
 use crate::status::{Applied, Edit, ResourceStatus, SourceStatus};
-
-/// Most updates in one bulk request.
-pub const MAX_BULK_UPDATES: usize = 1000;
-/// Largest bulk request body.
-pub const MAX_BULK_BYTES: usize = 1 << 20;
-
-/// The `/v1` routes (and the OpenAPI document).
-pub fn routes() -> Router<Arc<AppState>> {
-    super::read::routes()
-        .merge(super::tokens::routes())
-        .route(
-            "/v1/users/{jid}/status",
-            MethodRouter::new()
-                .get(get_status)
-                .put(put_status)
-                .delete(delete_status)
-                .fallback(|m: Method| async move { not_allowed(m, "GET, PUT, DELETE") }),
-        )
-        .route(
-            "/v1/statuses",
-            post(bulk).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
-        .route(
-            "/v1/openapi.json",
-            get(openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
-}
-
-/// The 405 of a `/v1` path: names the method given and, in the body and the `Allow` header, the
-/// methods the path serves.
-pub(super) fn not_allowed(method: Method, allow: &'static str) -> Response {
-    ApiError::Method(method.to_string(), allow).into_response(Format::Json)
-}
 
 /// A presence word (`offline` clears the source).
 #[derive(Serialize, ToSchema)]
@@ -258,24 +218,6 @@ pub struct BulkAnswer {
     results: Vec<BulkResult>,
 }
 
-/// The error body of every API error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    error: ErrorDetail,
-}
-
-/// An API error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// The HTTP status code.
-    status: u16,
-    /// A stable machine-readable code (see the README's table).
-    code: String,
-    /// What is wrong, for people.
-    message: String,
-}
-
 fn word(status: &Status) -> &'static str {
     Word::of(status.show).as_str()
 }
@@ -447,69 +389,16 @@ fn answer(v: &Valid, applied: &Applied) -> StatusAnswer {
     }
 }
 
-pub(super) fn json(code: StatusCode, body: &impl Serialize) -> Response {
-    let mut r = (
-        code,
-        serde_json::to_string(body).expect("answers serialise"),
-    )
-        .into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-        .unwrap_or_default();
-    match Format::from_media_type(&ct) {
-        Some(Format::Json) => Ok(()),
-        _ => Err(ApiError::MediaType(ct.chars().take(128).collect())),
+/// Count an update request's refusal or failure (`extpresence_updates_total`): the writes only,
+/// never a read or a token call.
+fn count_refused_update<T>(state: &AppState, r: &Result<T, ApiError>) {
+    if let Err(e) = r {
+        state.metrics.update(if e.status().is_server_error() {
+            Outcome::Failed
+        } else {
+            Outcome::Rejected
+        });
     }
-}
-
-pub(super) fn malformed(e: serde_json::Error) -> ApiError {
-    ApiError::Malformed {
-        format: "JSON",
-        message: e.to_string(),
-    }
-}
-
-/// Run a handler body, answering an error the dialect's way (counted and logged).
-pub(super) fn finish(
-    state: &AppState,
-    method: &Method,
-    user: &str,
-    r: Result<Response, ApiError>,
-) -> Response {
-    match r {
-        Ok(resp) => resp,
-        Err(e) => {
-            state.metrics.update(if e.status().is_server_error() {
-                Outcome::Failed
-            } else {
-                Outcome::Rejected
-            });
-            refuse(state, method, user, e, Format::Json)
-        }
-    }
-}
-
-pub(super) fn path_user(path: &Result<Path<String>, PathRejection>) -> &str {
-    path.as_ref().map_or("", |Path(u)| u.as_str())
-}
-
-pub(super) fn user_of(
-    state: &AppState,
-    path: &Result<Path<String>, PathRejection>,
-) -> Result<BareJid, ApiError> {
-    let Ok(Path(raw)) = path else {
-        return Err(ApiError::InvalidPath);
-    };
-    input::served_user(raw, &state.domains)
 }
 
 /// Set (or clear) one source's status of a resource.
@@ -533,9 +422,8 @@ pub(super) fn user_of(
     ),
     security(("api_key" = []))
 )]
-async fn put_status(
+pub async fn put_status(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -561,7 +449,8 @@ async fn put_status(
         Ok(json(StatusCode::OK, &answer(&v, &applied)))
     }
     .await;
-    finish(&state, &method, path_user(&path), r)
+    count_refused_update(&state, &r);
+    finish(r)
 }
 
 /// Clear one source (or every source) of a resource.
@@ -585,9 +474,8 @@ async fn put_status(
     ),
     security(("api_key" = []))
 )]
-async fn delete_status(
+pub async fn delete_status(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -634,7 +522,8 @@ async fn delete_status(
         Ok(json(StatusCode::OK, &answer(&v, &applied)))
     }
     .await;
-    finish(&state, &method, path_user(&path), r)
+    count_refused_update(&state, &r);
+    finish(r)
 }
 
 fn resource_answer(r: ResourceStatus) -> Option<ResourceAnswer> {
@@ -672,9 +561,8 @@ fn resource_answer(r: ResourceStatus) -> Option<ResourceAnswer> {
     ),
     security(("api_key" = []))
 )]
-async fn get_status(
+pub async fn get_status(
     State(state): State<Arc<AppState>>,
-    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -697,7 +585,7 @@ async fn get_status(
             },
         ))
     })();
-    finish(&state, &method, path_user(&path), r)
+    finish(r)
 }
 
 /// Many updates in one durable commit.
@@ -719,9 +607,8 @@ async fn get_status(
     ),
     security(("api_key" = []))
 )]
-async fn bulk(
+pub async fn bulk(
     State(state): State<Arc<AppState>>,
-    method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -810,132 +697,6 @@ async fn bulk(
         Ok(json(StatusCode::OK, &BulkAnswer { results }))
     }
     .await;
-    finish(&state, &method, "", r)
+    count_refused_update(&state, &r);
+    finish(r)
 }
-
-/// This document.
-#[utoipa::path(
-    get,
-    path = "/v1/openapi.json",
-    tag = "v1",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
-    security(())
-)]
-async fn openapi() -> Response {
-    let mut r = ApiDoc::openapi()
-        .to_json()
-        .expect("the document serialises")
-        .into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// The key scheme of the document: the `Api-Key` header. `?api-key=` and `Authorization: Bearer`
-/// work too (the document's description says so); the document names one scheme because a
-/// request must carry exactly one credential.
-struct Security;
-
-impl utoipa::Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "api_key",
-                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                    "Api-Key",
-                    "An API key from [http] api_keys. Instead of this header: ?api-key= or \
-                     Authorization: Bearer — exactly one of the three.",
-                ))),
-            );
-    }
-}
-
-/// Every keyed operation (one that documents 401) can be refused by the credential's or the
-/// global rate limit, checked with the key: its 429 is added here, once for all, so that no
-/// route can miss it.
-struct RateLimited;
-
-impl utoipa::Modify for RateLimited {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::header::HeaderBuilder;
-        use utoipa::openapi::{schema::Type, Content, ObjectBuilder, Ref, RefOr, ResponseBuilder};
-        let answer = ResponseBuilder::new()
-            .description(
-                "Over the credential's or the global rate limit (`rate_limited`): retry after \
-                 `Retry-After` seconds",
-            )
-            .header(
-                "Retry-After",
-                HeaderBuilder::new()
-                    .schema(
-                        ObjectBuilder::new()
-                            .schema_type(Type::Integer)
-                            .minimum(Some(1)),
-                    )
-                    .description(Some("Seconds to wait"))
-                    .build(),
-            )
-            .content(
-                "application/json",
-                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-            )
-            .build();
-        for item in openapi.paths.paths.values_mut() {
-            let ops = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for op in ops.into_iter().flatten() {
-                let r = &mut op.responses.responses;
-                if r.contains_key("401") && !r.contains_key("429") {
-                    r.insert("429".into(), RefOr::T(answer.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// The OpenAPI document of `/v1` and the Tigase dialect.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "extpresence",
-        description = "Set and read the presence of XMPP users over HTTP. Give the API key once: \
-                       an `Api-Key` header, `?api-key=` or `Authorization: Bearer` (several \
-                       credentials are refused with 400 `ambiguous_credentials`)."
-    ),
-    paths(
-        put_status,
-        delete_status,
-        get_status,
-        bulk,
-        openapi,
-        super::read::get_presence,
-        super::read::query,
-        super::read::get_contacts,
-        super::read::events,
-        super::tokens::mint,
-        super::tokens::list,
-        super::tokens::revoke,
-        super::tigase::status_default,
-        super::tigase::status_resource
-    ),
-    components(schemas(
-        Presence,
-        ErrorBody,
-        ErrorDetail,
-        BulkItem,
-        super::tigase::command::StatusResponse,
-        super::tigase::command::StatusResponseBody
-    )),
-    modifiers(&Security, &RateLimited)
-)]
-pub struct ApiDoc;

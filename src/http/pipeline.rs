@@ -1,0 +1,254 @@
+//! What every request of every dialect goes through, recorded in one place.
+//!
+//! One middleware ([`record`]) wraps every route and the 404 fallback. It names the request's
+//! [`Dialect`] from the route that matched, opens the request's span (dialect, method, route,
+//! path), and when the answer is ready records, for every request:
+//! - `extpresence_http_requests_total{dialect,status}` and the latency histogram
+//!   `extpresence_http_request_duration_seconds{dialect}`;
+//! - for a refused (4xx) or failed (5xx) request whose answer carries a [`Refusal`] (every
+//!   dialect's error rendering attaches one: [`ApiError`](super::error::ApiError), Matrix's
+//!   `{"errcode"}`, the Agent API's plain text, the status page's sign-in form),
+//!   `extpresence_http_refused_total{dialect,code}` and a log line, rate-limited by
+//!   [`RequestLog`](super::log::RequestLog) so a flood cannot flood the journal.
+//!
+//! The steps before a dialect's translation are one function each, which every dialect calls in
+//! its documented order (the order decides which refusal wins, part of each dialect's contract):
+//! the credential with its ambiguity rule and rate limit ([`ApiKeys::check`](super::auth::ApiKeys::check)),
+//! the served user ([`input::served_user`](super::input::served_user)), the grant
+//! ([`Grant::allows`](crate::access::Grant::allows), or [`may_read`] for reads, which a user's
+//! credential may also do of its contacts), the content type
+//! ([`Format::from_media_type`](super::error::Format::from_media_type), [`require_json`]) and the
+//! body limit ([`input::read_body`](super::input::read_body)).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use jid::BareJid;
+use tracing::{debug, Instrument};
+
+use super::error::{ApiError, Format};
+use super::log::{Kind, Line, RequestLog};
+use super::server::AppState;
+use crate::access::{Grant, Need};
+use crate::base::escape::Escaped;
+use crate::metrics::Metrics;
+
+/// Which API a request spoke: the `dialect` label of every request metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `/rest/user/…` (Tigase's UserStatusEndpoint).
+    Tigase,
+    /// `/v1/…`: writes, reads, events, tokens, the OpenAPI document.
+    V1,
+    /// `/_matrix/…`.
+    Matrix,
+    /// `/Agent/…` (Waher's Agent API calls).
+    Waher,
+    /// The status page: `/`, `/login`, `/logout`, `/ui/…`.
+    Ui,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    Ops,
+    /// No route matched (404).
+    None,
+}
+
+impl Dialect {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Tigase => "tigase",
+            Dialect::V1 => "v1",
+            Dialect::Matrix => "matrix",
+            Dialect::Waher => "waher",
+            Dialect::Ui => "ui",
+            Dialect::Ops => "ops",
+            Dialect::None => "none",
+        }
+    }
+
+    /// The dialect of a matched route (`None` when no route matched).
+    pub fn of(route: Option<&str>) -> Dialect {
+        let Some(route) = route else {
+            return Dialect::None;
+        };
+        if route.starts_with("/rest/") {
+            Dialect::Tigase
+        } else if route.starts_with("/v1/") {
+            Dialect::V1
+        } else if route.starts_with("/_matrix") {
+            Dialect::Matrix
+        } else if route.starts_with("/Agent/") {
+            Dialect::Waher
+        } else if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+            Dialect::Ops
+        } else {
+            Dialect::Ui
+        }
+    }
+}
+
+/// Why a request was refused or failed, attached to its answer by the dialect's error rendering
+/// and read by [`record`]: the code for `extpresence_http_refused_total`, the message for the log.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The machine-readable code (`missing_api_key`, Matrix's `M_FORBIDDEN`, …).
+    pub code: &'static str,
+    /// What went wrong, as the client was told (escaped when logged).
+    pub message: String,
+}
+
+impl Refusal {
+    /// Attach a refusal to an answer.
+    pub fn attach(mut resp: Response, code: &'static str, message: impl Into<String>) -> Response {
+        resp.extensions_mut().insert(Refusal {
+            code,
+            message: message.into(),
+        });
+        resp
+    }
+}
+
+/// What [`record`] needs: where to count and where to log.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// The rate limit on refusal log lines.
+    pub requests: Arc<RequestLog>,
+}
+
+/// Middleware: the request's span, and its record once answered (see the module doc).
+pub async fn record(State(rec): State<Recorder>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let dialect = Dialect::of(route.as_ref().map(MatchedPath::as_str));
+    let method = req.method().clone();
+    // The path only (the query may hold a credential); a `Uri` clone shares its bytes.
+    let uri = req.uri().clone();
+    // At DEBUG: at INFO its fields were formatted for every request, needed or not (benchmark
+    // P3); refusals and failures are logged with the path below.
+    let span = tracing::debug_span!(
+        "request",
+        dialect = dialect.name(),
+        %method,
+        route = route.as_ref().map_or("", MatchedPath::as_str),
+        path = %Escaped(uri.path()),
+    );
+    let resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    rec.metrics
+        .request(dialect.name(), status.as_u16(), elapsed);
+    if let Some(refusal) = resp.extensions().get::<Refusal>() {
+        rec.metrics.refused(dialect.name(), refusal.code);
+        let kind = if status.is_server_error() {
+            Kind::Failed
+        } else {
+            Kind::Refused
+        };
+        rec.requests.request(&Line {
+            kind,
+            status: status.as_u16(),
+            dialect: dialect.name(),
+            method: &method,
+            path: uri.path(),
+            code: refusal.code,
+            error: &refusal.message,
+        });
+    }
+    debug!(parent: &span, status = status.as_u16(), ?elapsed, "request done");
+    resp
+}
+
+/// Longest wait for a roster from the server.
+pub const ROSTER_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `grant` may read `user`: directly, or (a user's own credential) because `user` is in
+/// its user's roster with subscription `to` or `both`.
+pub async fn may_read(state: &AppState, grant: &Grant, user: &BareJid) -> Result<(), ApiError> {
+    let Err(denied) = grant.allows(Need::Read, user) else {
+        return Ok(());
+    };
+    let Some(own) = grant.reads_through_roster(user) else {
+        return Err(denied.into());
+    };
+    let roster = state
+        .rosters
+        .get(own, ROSTER_WAIT)
+        .await
+        .map_err(|e| ApiError::Roster(e.to_string()))?;
+    if roster.iter().any(|i| &i.jid == user && i.sees_contact()) {
+        Ok(())
+    } else {
+        Err(denied.into())
+    }
+}
+
+/// The answer to a refused or failed request of the dialects that answer with [`ApiError`]
+/// bodies, in `format` (its [`Refusal`] attached).
+pub fn refuse(e: ApiError, format: Format) -> Response {
+    e.into_response(format)
+}
+
+/// The 405 of a path (every dialect answering [`ApiError`] bodies, the status page and the
+/// operations endpoints): names the method given and, in the body and the `Allow` header, the
+/// methods the path serves.
+pub fn not_allowed(method: Method, allow: &'static str) -> Response {
+    ApiError::Method(method.to_string(), allow).into_response(Format::Json)
+}
+
+/// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.
+pub fn reply_format(headers: &HeaderMap) -> Format {
+    let get = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
+    get(header::CONTENT_TYPE)
+        .and_then(Format::from_media_type)
+        .or_else(|| get(header::ACCEPT).and_then(Format::from_media_type))
+        .unwrap_or(Format::Json)
+}
+
+/// The content-type step of a JSON-only route: `application/json` (or `+json`), else 415.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    match Format::from_media_type(&ct) {
+        Some(Format::Json) => Ok(()),
+        _ => Err(ApiError::MediaType(ct.chars().take(128).collect())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_of_routes() {
+        for (route, d) in [
+            (Some("/rest/user/{user}/status"), Dialect::Tigase),
+            (Some("/v1/users/{jid}/status"), Dialect::V1),
+            (Some("/v1/tokens/{id}"), Dialect::V1),
+            (
+                Some("/_matrix/client/{version}/presence/{user}/status"),
+                Dialect::Matrix,
+            ),
+            (Some("/_matrix/{*rest}"), Dialect::Matrix),
+            (Some("/Agent/{*call}"), Dialect::Waher),
+            (Some("/"), Dialect::Ui),
+            (Some("/login"), Dialect::Ui),
+            (Some("/ui/events"), Dialect::Ui),
+            (Some("/metrics"), Dialect::Ops),
+            (None, Dialect::None),
+        ] {
+            assert_eq!(Dialect::of(route), d, "{route:?}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The native API `/v1` (JSON): presence in one word, several sources per resource, expiry, bulk
+//! updates, the read side, tokens, and its OpenAPI contract.
+//!
+//! - `status`: `PUT`/`DELETE`/`GET /v1/users/{jid}/status`, `POST /v1/statuses` (bulk);
+//! - `read`: presence, presence queries, contacts and the event stream;
+//! - `tokens`: `POST`/`GET /v1/tokens`, `DELETE /v1/tokens/{id}`;
+//! - `openapi`: `GET /v1/openapi.json`, the OpenAPI 3.1 document of `/v1` and the Tigase dialect,
+//!   derived from the types and handlers (utoipa), so it cannot drift;
+//! - `common`: what the routes share (limits, the 405, JSON answers, the `{jid}` user).
+//!
+//! This file only assembles the routes: the parts import `common` and nothing of each other.
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+
+use crate::http::pipeline::not_allowed;
+use crate::http::server::AppState;
+
+pub mod common;
+pub mod openapi;
+pub mod read;
+pub mod status;
+pub mod tokens;
+
+pub use common::{MAX_BULK_BYTES, MAX_BULK_UPDATES};
+
+/// The `/v1` routes (and the OpenAPI document).
+pub fn routes() -> Router<Arc<AppState>> {
+    read::routes()
+        .merge(tokens::routes())
+        .route(
+            "/v1/users/{jid}/status",
+            MethodRouter::new()
+                .get(status::get_status)
+                .put(status::put_status)
+                .delete(status::delete_status)
+                .fallback(|m: Method| async move { not_allowed(m, "GET, PUT, DELETE") }),
+        )
+        .route(
+            "/v1/statuses",
+            post(status::bulk).fallback(|m: Method| async move { not_allowed(m, "POST") }),
+        )
+        .route(
+            "/v1/openapi.json",
+            get(openapi::openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+        )
+}
