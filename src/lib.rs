@@ -30,19 +30,22 @@
 //!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
 //!                            tables: tokens, subscriptions); reloaded at start; reopened after
 //!                            a failed commit
-//!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
+//!              ─► delivery/  fanout/: rosters via XEP-0356, one directed presence per contact
+//!                            (mod.rs the task's loop; inbound.rs, deliver.rs, rosters.rs,
+//!                            exchanges.rs, reconcile.rs: routing, delivery, roster cache, the
+//!                            agent's exchanges, observed sessions + ejabberd's admin API);
 //!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
 //!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)
 //!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
-//! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout.rs (roster results, contact
+//! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout/ (roster results, contact
 //!                                    presence, the agent's iq answers, iqs) or delivery/tigase.rs
 //!                                    (command answers, CHECK_USER_CONNECTION, iqs)
 //! read side:   observe/   the sessions the server announces, with each one's latest presence
-//!                         (fed by fanout.rs; ejabberd_api.rs polls ejabberd's admin API when
+//!                         (fed by fanout/; ejabberd_api.rs polls ejabberd's admin API when
 //!                         configured, and writes roster items for agent/) and the aggregated
 //!                         presence
 //!              events/    one event per change of a served user's presence (fed by the table's
-//!                         commits and fanout.rs): numbered, buffered for resuming, fanned out
+//!                         commits and fanout/): numbered, buffered for resuming, fanned out
 //!                         to SSE subscribers (http/read.rs) and durable taps
 //!              webhooks/  a tap: every event POSTed to the `[[webhooks]]` endpoints, signed
 //!                         (Standard Webhooks), at least once and in order, from a durable
