@@ -99,7 +99,7 @@ pub fn refuse(
     } else {
         log::Kind::Refused
     };
-    state.metrics.refused(e.code());
+    state.metrics.refused("tigase", e.code());
     state
         .requests
         .request(kind, e.status().as_u16(), method, user, &e);

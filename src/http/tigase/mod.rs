@@ -165,7 +165,9 @@ async fn handle(
             Err(e) => refuse(&state, &method, user(&path), e, reply_format(&headers)),
         };
         let elapsed = started.elapsed();
-        state.metrics.http_latency(elapsed);
+        state
+            .metrics
+            .request("tigase", resp.status().as_u16(), elapsed);
         debug!(status = resp.status().as_u16(), ?elapsed, "request done");
         resp
     }
