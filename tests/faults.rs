@@ -644,9 +644,8 @@ async fn log_injection_and_flood() {
     assert_eq!(flood, 0, "every unauthenticated request is refused");
     let (_, metrics) = get(&ext, "/metrics").await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l == "extpresence_http_refused_total{code=\"missing_api_key\"} 20000"),
+        metrics.lines().any(|l| l
+            == "extpresence_http_refused_total{dialect=\"tigase\",code=\"missing_api_key\"} 20000"),
         "exact count in /metrics:\n{metrics}"
     );
     // The summary of the flood's period comes when the period is over.

@@ -131,7 +131,7 @@ async fn operations_endpoints() {
     assert!(value("extpresence_stanzas_sent_total") >= 1.0);
     assert!(value("extpresence_stanzas_received_total") >= 2.0);
     assert_eq!(
-        value("extpresence_http_request_duration_seconds_count"),
+        value("extpresence_http_request_duration_seconds_count{dialect=\"tigase\"}"),
         2.0
     );
 

@@ -1,6 +1,6 @@
 //! The operations endpoints, without an API key: `/healthz` (the process answers), `/readyz`
 //! (the store and the webhook outbox can commit and the XMPP link is up) and `/metrics` (the
-//! Prometheus text).
+//! Prometheus text of [`crate::metrics`], with the values read at scrape time).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use axum::Router;
 
 use super::pipeline::not_allowed;
 use super::server::AppState;
-use crate::metrics::Gauges;
+use crate::metrics::{self, Gauges};
 use crate::xmpp::LinkState;
 
 /// The operations routes.
@@ -62,7 +62,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut body = state.metrics.render(&Gauges {
+    let (auth_wrong_key, auth_peer_limited) = state.keys.failures.counts();
+    let body = state.metrics.render(Gauges {
         held: state.table.len(),
         link_up: state.link.state() == LinkState::Up,
         store_ok: state.table.store_failure().is_none(),
@@ -77,30 +78,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         event_subscribers: state.hub.subscribers() as u64,
         events: state.hub.published(),
         agent_held: state.agent.held() as u64,
+        rate_limited: state.keys.limits.refused(),
+        auth_wrong_key,
+        auth_peer_limited,
     });
-    body.push_str(
-        "# HELP extpresence_http_rate_limited_total Requests refused over a rate limit, by \
-         credential name (`global`: the global limit).\n\
-         # TYPE extpresence_http_rate_limited_total counter\n",
-    );
-    for (name, n) in state.keys.limits.refused() {
-        body.push_str(&format!(
-            "extpresence_http_rate_limited_total{{key=\"{name}\"}} {n}\n"
-        ));
-    }
-    let (wrong, limited) = state.keys.failures.counts();
-    body.push_str(&format!(
-        "# HELP extpresence_auth_failures_total Failed authentications: wrong keys or tokens \
-         (`wrong_key`, any dialect and the status page's sign-in), and attempts refused because \
-         their client address made too many (`peer_limited`).\n\
-         # TYPE extpresence_auth_failures_total counter\n\
-         extpresence_auth_failures_total{{reason=\"wrong_key\"}} {wrong}\n\
-         extpresence_auth_failures_total{{reason=\"peer_limited\"}} {limited}\n"
-    ));
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     r
 }

@@ -1,9 +1,14 @@
-//! Per-endpoint webhook counters and their Prometheus lines (appended to `/metrics` by
-//! [`crate::metrics::Metrics::render`]).
+//! Per-endpoint webhook counters, and the `prometheus_client` collector that encodes them in
+//! `/metrics` (registered by [`crate::metrics::Metrics`]).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 /// Counters of one endpoint.
 #[derive(Debug)]
@@ -107,8 +112,9 @@ impl OutboxHealth {
 /// Every endpoint's counters; part of [`crate::metrics::Metrics`].
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
-    /// Registered at start, in configuration order (a lock only at start and per scrape).
-    endpoints: Mutex<Vec<Arc<EndpointStats>>>,
+    /// Registered at start, in configuration order (a lock only at start and per scrape);
+    /// shared with the collector.
+    endpoints: Arc<Mutex<Vec<Arc<EndpointStats>>>>,
     /// The outbox's state (shared with it).
     pub outbox: Arc<OutboxHealth>,
 }
@@ -147,104 +153,143 @@ impl WebhookMetrics {
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Append the Prometheus lines (nothing when no webhook is configured).
+    /// The collector that encodes these counters at each scrape.
+    pub fn collector(&self) -> Box<dyn Collector> {
+        Box::new(WebhookCollector {
+            endpoints: self.endpoints.clone(),
+            outbox: self.outbox.clone(),
+        })
+    }
+
+    /// Append these series alone in the Prometheus text format (nothing when no webhook is
+    /// configured): what `/metrics` shows of them, for tests.
     pub fn render(&self, out: &mut String) {
-        let endpoints = self.lock();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(self.collector());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(out, &registry);
+    }
+}
+
+/// Encodes every endpoint's counters (nothing when no webhook is configured).
+#[derive(Debug)]
+struct WebhookCollector {
+    endpoints: Arc<Mutex<Vec<Arc<EndpointStats>>>>,
+    outbox: Arc<OutboxHealth>,
+}
+
+impl Collector for WebhookCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         if endpoints.is_empty() {
-            return;
+            return Ok(());
         }
-        let _ = writeln!(
-            out,
-            "# HELP extpresence_webhook_deliveries_total Webhook deliveries by outcome: ok (2xx), \
-             retry (a failed attempt, retried), dropped (given up: extpresence_webhook_dropped_total \
-             has the reasons).\n# TYPE extpresence_webhook_deliveries_total counter"
-        );
-        for e in endpoints.iter() {
-            for (outcome, n) in [("ok", &e.ok), ("retry", &e.retry), ("dropped", &e.dropped)] {
-                let _ = writeln!(
-                    out,
-                    "extpresence_webhook_deliveries_total{{endpoint=\"{}\",outcome=\"{outcome}\"}} {}",
-                    e.name,
-                    n.load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP extpresence_webhook_pending Events in the webhook outbox, not yet delivered.\n\
-             # TYPE extpresence_webhook_pending gauge"
-        );
-        for e in endpoints.iter() {
-            let _ = writeln!(
-                out,
-                "extpresence_webhook_pending{{endpoint=\"{}\"}} {}",
-                e.name,
-                e.pending.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP extpresence_webhook_dropped_total Webhook events given up, by reason: age \
-             (older than max_age_secs), backlog (beyond max_backlog_bytes, the oldest first), disk \
-             (the outbox could not take them: its disk is full, failing or too slow), disabled \
-             (the endpoint answered 410 Gone).\n# TYPE extpresence_webhook_dropped_total counter"
-        );
-        for e in endpoints.iter() {
-            for reason in DropReason::ALL {
-                let _ = writeln!(
-                    out,
-                    "extpresence_webhook_dropped_total{{endpoint=\"{}\",reason=\"{}\"}} {}",
-                    e.name,
-                    reason.label(),
-                    e.dropped_for(reason)
-                );
-            }
-        }
-        for (metric, help, value) in [
-            (
-                "extpresence_webhook_backlog_bytes",
-                "Bytes of the events in the webhook outbox (at most max_backlog_bytes).",
-                (|e: &EndpointStats| e.backlog_bytes.load(Relaxed)) as fn(&EndpointStats) -> u64,
-            ),
-            (
-                "extpresence_webhook_queued_bytes",
-                "Bytes of the events waiting in memory for the webhook outbox's next commit.",
-                |e: &EndpointStats| e.queued_bytes.load(Relaxed),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
-            for e in endpoints.iter() {
-                let _ = writeln!(out, "{metric}{{endpoint=\"{}\"}} {}", e.name, value(e));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP extpresence_webhook_outbox_ok 1 when the webhook outbox can commit; 0 while \
-             its commits fail (disk full or failing: /readyz answers 503).\n\
-             # TYPE extpresence_webhook_outbox_ok gauge\n\
-             extpresence_webhook_outbox_ok {}\n\
-             # HELP extpresence_webhook_outbox_failed_commits_total Webhook outbox commits that \
-             failed (each is retried).\n\
-             # TYPE extpresence_webhook_outbox_failed_commits_total counter\n\
-             extpresence_webhook_outbox_failed_commits_total {}",
-            u8::from(self.outbox.failure().is_none()),
-            self.outbox.failed_commits.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP extpresence_webhook_disabled 1 when the endpoint answered 410 Gone: nothing \
-             more is sent to it until extpresence restarts.\n\
-             # TYPE extpresence_webhook_disabled gauge"
-        );
-        for e in endpoints.iter() {
-            let _ = writeln!(
-                out,
-                "extpresence_webhook_disabled{{endpoint=\"{}\"}} {}",
-                e.name,
-                u8::from(e.disabled.load(Relaxed))
-            );
+        let e = &mut e;
+        labelled(
+            e,
+            "extpresence_webhook_deliveries",
+            "Webhook deliveries by outcome: ok (2xx), retry (a failed attempt, retried), dropped \
+             (given up: extpresence_webhook_dropped_total has the reasons).",
+            MetricType::Counter,
+            endpoints.iter().flat_map(|s| {
+                [("ok", &s.ok), ("retry", &s.retry), ("dropped", &s.dropped)].map(|(outcome, n)| {
+                    (
+                        [("endpoint", s.name.as_str()), ("outcome", outcome)],
+                        n.load(Relaxed),
+                    )
+                })
+            }),
+        )?;
+        let per_endpoint =
+            |s: &EndpointStats, n: &AtomicU64| ([("endpoint", s.name.clone())], n.load(Relaxed));
+        labelled(
+            e,
+            "extpresence_webhook_pending",
+            "Events in the webhook outbox, not yet delivered.",
+            MetricType::Gauge,
+            endpoints.iter().map(|s| per_endpoint(s, &s.pending)),
+        )?;
+        labelled(
+            e,
+            "extpresence_webhook_dropped",
+            "Webhook events given up, by reason: age (older than max_age_secs), backlog (beyond \
+             max_backlog_bytes, the oldest first), disk (the outbox could not take them: its \
+             disk is full, failing or too slow), disabled (the endpoint answered 410 Gone).",
+            MetricType::Counter,
+            endpoints.iter().flat_map(|s| {
+                DropReason::ALL.map(|reason| {
+                    (
+                        [("endpoint", s.name.as_str()), ("reason", reason.label())],
+                        s.dropped_for(reason),
+                    )
+                })
+            }),
+        )?;
+        labelled(
+            e,
+            "extpresence_webhook_backlog_bytes",
+            "Bytes of the events in the webhook outbox (at most max_backlog_bytes).",
+            MetricType::Gauge,
+            endpoints.iter().map(|s| per_endpoint(s, &s.backlog_bytes)),
+        )?;
+        labelled(
+            e,
+            "extpresence_webhook_queued_bytes",
+            "Bytes of the events waiting in memory for the webhook outbox's next commit.",
+            MetricType::Gauge,
+            endpoints.iter().map(|s| per_endpoint(s, &s.queued_bytes)),
+        )?;
+        ConstGauge::new(u64::from(self.outbox.failure().is_none())).encode(
+            e.encode_descriptor(
+                "extpresence_webhook_outbox_ok",
+                "1 when the webhook outbox can commit; 0 while its commits fail (disk full or \
+             failing: /readyz answers 503).",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        ConstCounter::new(self.outbox.failed_commits.load(Relaxed)).encode(
+            e.encode_descriptor(
+                "extpresence_webhook_outbox_failed_commits",
+                "Webhook outbox commits that failed (each is retried).",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        labelled(
+            e,
+            "extpresence_webhook_disabled",
+            "1 when the endpoint answered 410 Gone: nothing more is sent to it until \
+             extpresence restarts.",
+            MetricType::Gauge,
+            endpoints.iter().map(|s| {
+                (
+                    [("endpoint", s.name.clone())],
+                    u64::from(s.disabled.load(Relaxed)),
+                )
+            }),
+        )
+    }
+}
+
+/// One series per label set of `samples`, all of `kind` (counter or gauge; names without
+/// `_total`: the encoder adds it to counters).
+fn labelled<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        let series = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(series)?,
+            _ => ConstGauge::new(v).encode(series)?,
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
