@@ -2,7 +2,7 @@
 //!
 //! One middleware ([`record`]) wraps every route and the 404 fallback. It names the request's
 //! [`Dialect`] from the route that matched, opens the request's span (dialect, method, route,
-//! path), and when the answer is ready records, for every request:
+//! path, and the user a path names), and when the answer is ready records, for every request:
 //! - `extpresence_http_requests_total{dialect,status}` and the latency histogram
 //!   `extpresence_http_request_duration_seconds{dialect}`;
 //! - for a refused (4xx) or failed (5xx) request whose answer carries a [`Refusal`] (every
@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -137,12 +137,27 @@ pub async fn record(State(rec): State<Recorder>, req: Request, next: Next) -> Re
         %method,
         route = route.as_ref().map_or("", MatchedPath::as_str),
         path = %Escaped(uri.path()),
+        user = tracing::field::Empty,
     );
+    // The user the path names (`{user}`, `{jid}`), decoded, only when the span is recorded.
+    let req = if span.is_disabled() {
+        req
+    } else {
+        let (mut parts, body) = req.into_parts();
+        if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
+            if let Some((_, user)) = params.iter().find(|(k, _)| matches!(*k, "user" | "jid")) {
+                span.record("user", tracing::field::display(Escaped(user)));
+            }
+        }
+        Request::from_parts(parts, body)
+    };
     let resp = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = resp.status();
     rec.metrics
         .request(dialect.name(), status.as_u16(), elapsed);
+    // Inside the request's span, so a refusal's line carries its fields.
+    let _entered = span.enter();
     if let Some(refusal) = resp.extensions().get::<Refusal>() {
         rec.metrics.refused(dialect.name(), refusal.code);
         let kind = if status.is_server_error() {
@@ -160,7 +175,7 @@ pub async fn record(State(rec): State<Recorder>, req: Request, next: Next) -> Re
             error: &refusal.message,
         });
     }
-    debug!(parent: &span, status = status.as_u16(), ?elapsed, "request done");
+    debug!(status = status.as_u16(), ?elapsed, "request done");
     resp
 }
 
