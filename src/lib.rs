@@ -25,9 +25,9 @@
 //!                            backend (Exchange), the user's roster side completed
 //!              ─► status/    StatusTable (sources per resource, effective presence, commit
 //!                            order through the store, expiry heap + task, change lanes)
-//!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
-//!                            tables: tokens, subscriptions); reloaded at start; reopened after
-//!                            a failed commit
+//!              ─► store/     the durable copy (redb, format 2 + upgrade; side tables: tokens,
+//!                            subscriptions); reloaded at start; writer.rs: the one group-commit
+//!                            writer (also the webhook outbox's), reopened after a failed commit
 //!              ─► delivery/  fanout.rs: rosters via XEP-0356, one directed presence per contact;
 //!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
 //!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)

@@ -2,7 +2,8 @@
 //! until it is delivered or dropped, in a redb file beside the status store
 //! (`<store.path>.webhooks`).
 //!
-//! One writer thread commits what is queued in one transaction (group commit, fsync'd): the
+//! One writer thread (the store's group-commit writer, `store::writer`) commits what is queued
+//! in one transaction (group commit, fsync'd): the
 //! events the router queued per endpoint since the last commit, and the removals the senders
 //! ask for after each delivery. Only after an insert's commit does the endpoint's sender see the event
 //! (it reads the outbox, never a copy in memory), so what was delivered was durable first, and
@@ -21,7 +22,8 @@
 //! `reason="disk"` otherwise (the outbox cannot commit, or not as fast). Memory does not grow
 //! while the disk cannot take the events.
 //!
-//! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s), shows in
+//! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s, also when a
+//! nearly full disk makes commits fail and succeed in turn), shows in
 //! `/readyz` and `/metrics` ([`OutboxHealth`]), the database is closed (redb refuses writes
 //! after an I/O error) and reopened, and the same batch is retried every second (its events
 //! back at the front of their queues, where the bound holds): what the bound keeps is not lost
@@ -37,7 +39,7 @@
 //!   unnamed endpoint's former default name (its URL's host) is first moved to its new name.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,7 @@ use tracing::{error, info};
 
 use super::stats::{DropReason, EndpointStats, OutboxHealth};
 use crate::events::Event;
+use crate::store::writer::{Committer, Db, Next, Texts, Writer};
 use crate::store::written_format;
 
 /// The format this version writes (see the module doc).
@@ -62,10 +65,8 @@ const TABLE_PREFIX: &str = "outbox/";
 const CACHE_BYTES: usize = 4 << 20;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 4096;
-/// Wait between retries of a failed commit.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
-/// At most one ERROR line about failing commits, and one per endpoint about dropped events,
-/// per this period.
+/// At most one ERROR line per endpoint about dropped events per this period (and one about
+/// failing commits: `store::writer`).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Most events of one endpoint waiting in memory for a commit.
 pub const QUEUE_EVENTS: u64 = 65_536;
@@ -290,11 +291,10 @@ enum Op {
 
 #[derive(Debug)]
 struct Shared {
-    /// The open database; `None` while a failed one is being reopened. Readers hold a clone
-    /// only for one read.
-    db: Mutex<Option<Arc<Database>>>,
+    /// The database, closed by a failed commit until the writer reopens it. Readers hold a
+    /// clone only for one read.
+    db: Arc<Db>,
     slots: Vec<Slot>,
-    path: PathBuf,
     /// Whether it can commit (for `/readyz`, `/metrics`).
     health: Arc<OutboxHealth>,
     /// Set by [`Outbox::close`]: a failing commit is then given up after [`CLOSE_TRIES`].
@@ -305,7 +305,7 @@ struct Shared {
 
 impl Shared {
     fn db(&self) -> Option<Arc<Database>> {
-        self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.db.get()
     }
 }
 
@@ -327,11 +327,10 @@ impl std::fmt::Debug for Op {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, String> {
-    redb::Builder::new()
+fn open_db(path: &Path) -> Result<Database, redb::Error> {
+    Ok(redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|e| e.to_string())
+        .create(path)?)
 }
 
 impl Outbox {
@@ -346,7 +345,7 @@ impl Outbox {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
-        let db = open_db(path)?;
+        let db = open_db(path).map_err(|e| e.to_string())?;
         if let Some(newer) = written_format(&db)?.filter(|f| *f > FORMAT) {
             return Err(format!(
                 "the webhook outbox is in format {newer}, newer than the format {FORMAT} this \
@@ -459,24 +458,28 @@ impl Outbox {
             }
         }
 
+        let db = Arc::new(Db::new(path, db, open_db));
         let shared = Arc::new(Shared {
-            db: Mutex::new(Some(Arc::new(db))),
+            db: db.clone(),
             slots,
-            path: path.to_path_buf(),
-            health,
+            health: health.clone(),
             closing: Default::default(),
             woken: Default::default(),
         });
-        let (tx, rx) = std_mpsc::channel();
-        let writer = Writer {
+        let committer = OutboxCommitter {
             shared: shared.clone(),
-            reported: None,
-            failures_since_report: 0,
+            inserts: Vec::new(),
+            close_failures: 0,
         };
-        std::thread::Builder::new()
-            .name("extpresence-webhooks".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| e.to_string())?;
+        let tx = Writer::spawn(
+            "extpresence-webhooks",
+            committer,
+            db,
+            health,
+            &TEXTS,
+            MAX_BATCH,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Outbox { ops: tx, shared })
     }
 
@@ -610,70 +613,69 @@ struct Effects {
     cleared: Vec<bool>,
 }
 
-struct Writer {
+/// The log lines of the outbox's writer.
+static TEXTS: Texts = Texts {
+    failing: "the webhook outbox cannot commit; retrying every second (new events wait in \
+              memory up to a bound, then are dropped; /readyz answers 503)",
+    still_failing: "the webhook outbox still cannot commit",
+    again: "the webhook outbox commits again",
+    again_quiet: "the webhook outbox commits again",
+};
+
+/// The outbox's side of the writer (`store::writer`): the queued events and the operations of
+/// a batch in one transaction, then the counters and the senders' view.
+struct OutboxCommitter {
     shared: Arc<Shared>,
-    /// When the last ERROR line about failing commits was written, and the failures since.
-    reported: Option<Instant>,
-    failures_since_report: u64,
+    /// The events taken from the slots' queues for the commit under way (per slot).
+    inserts: Vec<Vec<Arc<Event>>>,
+    /// Commits failed since [`Outbox::close`] asked to close.
+    close_failures: u32,
 }
 
-impl Writer {
-    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
-        let mut batch: Vec<Op> = Vec::new();
-        let mut close_failures = 0;
-        loop {
-            if batch.is_empty() {
-                match rx.recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+impl Committer for OutboxCommitter {
+    type Op = Op;
+    type Output = Effects;
+
+    fn commit(&mut self, db: &Database, batch: &[Op]) -> Result<Effects, redb::Error> {
+        // Events queued from now on need a new wake-up.
+        self.shared
+            .woken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.inserts = self.shared.slots.iter().map(Slot::take_queue).collect();
+        self.write(db, batch)
+    }
+
+    fn settle(&mut self, batch: Vec<Op>, result: Result<Effects, &str>) -> Next<Op> {
+        let inserts = std::mem::take(&mut self.inserts);
+        match result {
+            Ok(effects) => {
+                if self.apply(effects, batch) {
+                    Next::Stop
+                } else {
+                    Next::Go
                 }
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            Err(_) => {
+                // The events go back to the front of their queues, where the bound holds.
+                for (slot, events) in self.shared.slots.iter().zip(inserts) {
+                    slot.enqueue(events, true, true);
                 }
-            }
-            // Events queued from now on need a new wake-up.
-            self.shared
-                .woken
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            let shared = self.shared.clone();
-            let slots = &shared.slots;
-            let inserts: Vec<Vec<Arc<Event>>> = slots.iter().map(Slot::take_queue).collect();
-            match self.commit(&batch, &inserts) {
-                Ok(effects) => {
-                    self.recovered();
-                    if self.apply(effects, std::mem::take(&mut batch)) {
-                        return;
+                if self.shared.closing.load(Relaxed) {
+                    self.close_failures += 1;
+                    if self.close_failures >= CLOSE_TRIES {
+                        return Next::Abandon(batch);
                     }
                 }
-                Err(e) => {
-                    self.failed(&e);
-                    // The events go back to the front of their queues, where the bound holds.
-                    for (slot, events) in slots.iter().zip(inserts) {
-                        slot.enqueue(events, true, true);
-                    }
-                    if self.shared.closing.load(Relaxed) {
-                        close_failures += 1;
-                        if close_failures >= CLOSE_TRIES {
-                            self.give_up(batch, rx, &e);
-                            return;
-                        }
-                    }
-                    // Keep the batch and try again; the database is reopened first.
-                    std::thread::sleep(RETRY_EVERY);
-                }
+                // Keep the batch and try again; the database is reopened first.
+                Next::Retry(batch)
             }
         }
-        // Every handle is gone: the database closes when the last reader lets it go.
     }
 
     /// At shutdown, with the disk still refusing: count what is queued as dropped, log it,
     /// and answer the close.
-    fn give_up(&self, mut batch: Vec<Op>, rx: std_mpsc::Receiver<Op>, e: &str) {
+    fn abandon(&mut self, batch: Vec<Op>, e: &str) {
         let slots = &self.shared.slots;
-        batch.extend(rx.try_iter());
         for slot in slots {
             let n = slot.take_queue().len() as u64;
             slot.stats.queued.store(0, Relaxed);
@@ -689,26 +691,19 @@ impl Writer {
                 );
             }
         }
-        *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.db.close();
         for op in batch {
             if let Op::Close(done) = op {
                 let _ = done.send(());
             }
         }
     }
+}
 
-    /// The open database, reopened first if a failure closed it.
-    fn database(&self) -> Result<Arc<Database>, String> {
-        let mut db = self.shared.db.lock().unwrap_or_else(|e| e.into_inner());
-        if db.is_none() {
-            *db = Some(Arc::new(
-                open_db(&self.shared.path).map_err(|e| format!("reopening: {e}"))?,
-            ));
-        }
-        Ok(db.clone().expect("just opened"))
-    }
-
-    fn commit(&self, batch: &[Op], inserts: &[Vec<Arc<Event>>]) -> Result<Effects, String> {
+impl OutboxCommitter {
+    /// The transaction: the taken events, the batch's operations, the backlog bound.
+    fn write(&self, db: &Database, batch: &[Op]) -> Result<Effects, redb::Error> {
+        let inserts = &self.inserts;
         let slots = &self.shared.slots;
         let n = slots.len();
         let mut fx = Effects {
@@ -723,15 +718,11 @@ impl Writer {
                 .collect(),
             cleared: vec![false; n],
         };
-        let db = self.database()?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let txn = db.begin_write()?;
         {
             let mut tables = Vec::with_capacity(n);
             for slot in slots {
-                tables.push(
-                    txn.open_table(slot.definition())
-                        .map_err(|e| e.to_string())?,
-                );
+                tables.push(txn.open_table(slot.definition())?);
             }
             for (i, events) in inserts.iter().enumerate() {
                 for event in events {
@@ -742,9 +733,7 @@ impl Writer {
                         fx.disabled[i] += 1;
                         continue;
                     }
-                    tables[i]
-                        .insert(event.id, encode(event).as_slice())
-                        .map_err(|e| e.to_string())?;
+                    tables[i].insert(event.id, encode(event).as_slice())?;
                     let (count, max) = &mut fx.added[i];
                     *count += 1;
                     *max = (*max).max(event.id);
@@ -755,14 +744,14 @@ impl Writer {
                 match op {
                     Op::Wake => {}
                     Op::Remove(i, id) => {
-                        if let Some(v) = tables[*i].remove(id).map_err(|e| e.to_string())? {
+                        if let Some(v) = tables[*i].remove(id)? {
                             fx.removed[*i] += 1;
                             fx.bytes[*i] -= (v.value().len() as u64 + 8).min(fx.bytes[*i]);
                         }
                     }
                     Op::Clear(i) => {
-                        fx.disabled[*i] += tables[*i].len().map_err(|e| e.to_string())?;
-                        tables[*i].retain(|_, _| false).map_err(|e| e.to_string())?;
+                        fx.disabled[*i] += tables[*i].len()?;
+                        tables[*i].retain(|_, _| false)?;
                         fx.added[*i].0 = 0;
                         fx.removed[*i] = 0;
                         fx.trimmed[*i].0 = 0;
@@ -775,7 +764,7 @@ impl Writer {
             // The backlog bound: the oldest go.
             for (i, slot) in slots.iter().enumerate() {
                 while fx.bytes[i] > slot.max_bytes {
-                    let Some((id, v)) = tables[i].pop_first().map_err(|e| e.to_string())? else {
+                    let Some((id, v)) = tables[i].pop_first()? else {
                         fx.bytes[i] = 0;
                         break;
                     };
@@ -785,7 +774,7 @@ impl Writer {
                 }
             }
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit()?;
         Ok(fx)
     }
 
@@ -820,39 +809,12 @@ impl Writer {
         let mut closed = false;
         for op in batch {
             if let Op::Close(done) = op {
-                *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.shared.db.close();
                 let _ = done.send(());
                 closed = true;
             }
         }
         closed
-    }
-
-    fn failed(&mut self, e: &str) {
-        // redb refuses every later write on a database that saw an I/O error: close it (it is
-        // reopened before the retry, once no reader holds it).
-        *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.shared.health.set_failure(Some(e.to_string()));
-        self.failures_since_report += 1;
-        if self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            error!(
-                path = %self.shared.path.display(),
-                error = %e,
-                failures = self.failures_since_report,
-                "the webhook outbox cannot commit; retrying every second (new events wait in \
-                 memory up to a bound, then are dropped; /readyz answers 503)"
-            );
-            self.reported = Some(Instant::now());
-            self.failures_since_report = 0;
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.reported.take().is_some() {
-            info!(path = %self.shared.path.display(), "the webhook outbox commits again");
-            self.failures_since_report = 0;
-        }
-        self.shared.health.set_failure(None);
     }
 }
 
