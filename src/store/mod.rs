@@ -107,6 +107,59 @@ pub enum StoreError {
     Closed,
 }
 
+/// Why a record cannot be read (a damaged record).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The show code is none of the known ones.
+    #[error("unknown show code {0}")]
+    UnknownShow(u8),
+    /// The status text is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// The status text fails the model's check.
+    #[error(transparent)]
+    BadText(#[from] crate::model::InvalidStatus),
+    /// A record under a source key that is not a format-2 source record.
+    #[error("not a format-2 source record")]
+    NotSource,
+    /// A record of an unknown kind.
+    #[error("unknown record kind")]
+    UnknownKind,
+}
+
+/// Why a store file cannot be read or upgraded (also the webhook outbox's [`written_format`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// redb failed.
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// `meta.format` is not 4 bytes.
+    #[error("damaged meta.format")]
+    DamagedFormat,
+    /// A record's key is not a full JID.
+    #[error("bad key {0:?}: {1}")]
+    BadKey(String, jid::Error),
+    /// A record cannot be read.
+    #[error("bad record {0:?}: {1}")]
+    BadRecord(String, RecordError),
+}
+
+macro_rules! redb_into_file_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for FileError {
+            fn from(e: $t) -> FileError {
+                FileError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_into_file_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
 /// What a source holds, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSource {
@@ -231,14 +284,14 @@ fn show_code(show: Option<Show>) -> u8 {
     }
 }
 
-fn show_of(code: u8) -> Result<Option<Show>, String> {
+fn show_of(code: u8) -> Result<Option<Show>, RecordError> {
     Ok(match code {
         0 => None,
         1 => Some(Show::Chat),
         2 => Some(Show::Away),
         3 => Some(Show::Xa),
         4 => Some(Show::Dnd),
-        other => return Err(format!("unknown show code {other}")),
+        other => return Err(RecordError::UnknownShow(other)),
     })
 }
 
@@ -257,16 +310,16 @@ fn encode(stored: &StoredSource) -> Vec<u8> {
     v
 }
 
-fn text_of(bytes: &[u8]) -> Result<Option<String>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+fn text_of(bytes: &[u8]) -> Result<Option<String>, RecordError> {
+    let text = std::str::from_utf8(bytes)?;
     // Only checked text is ever stored; a record that fails the check is damaged, and its text
     // would corrupt the XML stream every time it is replayed.
-    crate::model::validate_stored_text(text).map_err(|e| e.to_string())?;
+    crate::model::validate_stored_text(text)?;
     Ok((!text.is_empty()).then(|| text.to_string()))
 }
 
 /// A source record (format 2).
-fn decode(bytes: &[u8]) -> Result<StoredSource, String> {
+fn decode(bytes: &[u8]) -> Result<StoredSource, RecordError> {
     match bytes {
         [3, priority, show, rest @ ..] if rest.len() >= 16 => {
             let (updated, rest) = rest.split_at(8);
@@ -282,12 +335,12 @@ fn decode(bytes: &[u8]) -> Result<StoredSource, String> {
                 expires_at: (expires != 0).then_some(expires),
             })
         }
-        _ => Err("not a format-2 source record".into()),
+        _ => Err(RecordError::NotSource),
     }
 }
 
 /// A format-1 record of an available resource: the status, as source `default` set now.
-fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
+fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, RecordError> {
     match bytes {
         [1, priority, show, text @ ..] => Ok(StoredSource {
             status: Status {
@@ -298,67 +351,59 @@ fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
             updated_at: now,
             expires_at: None,
         }),
-        _ => Err("unknown record kind".into()),
+        _ => Err(RecordError::UnknownKind),
     }
 }
 
 /// `meta.format` as stored, read without writing (`None`: no meta table or no format in it).
 /// Also the webhook outbox's (`webhooks/outbox.rs`), which versions its file the same way.
-pub(crate) fn written_format(db: &Database) -> Result<Option<u32>, String> {
-    let read = db.begin_read().map_err(|e| e.to_string())?;
+pub(crate) fn written_format(db: &Database) -> Result<Option<u32>, FileError> {
+    let read = db.begin_read()?;
     let meta = match read.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let Some(v) = meta.get("format").map_err(|e| e.to_string())? else {
+    let Some(v) = meta.get("format")? else {
         return Ok(None);
     };
-    let bytes: [u8; 4] = v
-        .value()
-        .try_into()
-        .map_err(|_| "damaged meta.format".to_string())?;
+    let bytes: [u8; 4] = v.value().try_into().map_err(|_| FileError::DamagedFormat)?;
     Ok(Some(u32::from_le_bytes(bytes)))
 }
 
 /// The format a store was written in: `meta.format`, or 1 for a store without it (a store
 /// without either table is new: this version's).
-fn format_of(txn: &redb::WriteTransaction) -> Result<u32, String> {
-    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
-    if let Some(v) = meta.get("format").map_err(|e| e.to_string())? {
-        let bytes: [u8; 4] = v
-            .value()
-            .try_into()
-            .map_err(|_| "damaged meta.format".to_string())?;
+fn format_of(txn: &redb::WriteTransaction) -> Result<u32, FileError> {
+    let meta = txn.open_table(META)?;
+    if let Some(v) = meta.get("format")? {
+        let bytes: [u8; 4] = v.value().try_into().map_err(|_| FileError::DamagedFormat)?;
         return Ok(u32::from_le_bytes(bytes));
     }
-    let statuses = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
-    let empty = statuses.is_empty().map_err(|e| e.to_string())?;
+    let statuses = txn.open_table(STATUSES)?;
+    let empty = statuses.is_empty()?;
     Ok(if empty { FORMAT } else { 1 })
 }
 
 /// Upgrade a format-1 store to format 2 in `txn`: every available resource becomes source
 /// `default`; tombstones stay. Returns how many records were rewritten.
-fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<usize, String> {
-    let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<usize, FileError> {
+    let mut table = txn.open_table(STATUSES)?;
     let mut old = Vec::new();
-    for row in table.iter().map_err(|e| e.to_string())? {
-        let (k, v) = row.map_err(|e| e.to_string())?;
+    for row in table.iter()? {
+        let (k, v) = row?;
         if v.value().first() == Some(&1) {
             old.push((k.value().to_string(), v.value().to_vec()));
         }
     }
     let now = now_ms();
     for (key, value) in &old {
-        let jid = FullJid::new(key).map_err(|e| format!("bad key {key:?}: {e}"))?;
-        let stored = decode_v1(value, now).map_err(|e| format!("bad record {key:?}: {e}"))?;
-        table
-            .insert(
-                source_key(&jid, Source::DEFAULT).as_str(),
-                encode(&stored).as_slice(),
-            )
-            .map_err(|e| e.to_string())?;
-        table.remove(key.as_str()).map_err(|e| e.to_string())?;
+        let jid = FullJid::new(key).map_err(|e| FileError::BadKey(key.clone(), e))?;
+        let stored = decode_v1(value, now).map_err(|e| FileError::BadRecord(key.clone(), e))?;
+        table.insert(
+            source_key(&jid, Source::DEFAULT).as_str(),
+            encode(&stored).as_slice(),
+        )?;
+        table.remove(key.as_str())?;
     }
     Ok(old.len())
 }
@@ -379,7 +424,7 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         // A store of a newer format is refused before anything is written to it.
         if let Some(newer) = written_format(&db)
-            .map_err(open_err)?
+            .map_err(|e| open_err(e.to_string()))?
             .filter(|f| *f > FORMAT)
         {
             return Err(open_err(format!(
@@ -391,10 +436,10 @@ impl Store {
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(STATUSES)
             .map_err(|e| open_err(e.to_string()))?;
-        match format_of(&txn).map_err(open_err)? {
+        match format_of(&txn).map_err(|e| open_err(e.to_string()))? {
             FORMAT => {}
             1 => {
-                let n = upgrade_from_1(&txn).map_err(open_err)?;
+                let n = upgrade_from_1(&txn).map_err(|e| open_err(e.to_string()))?;
                 info!(path = %path.display(), statuses = n, "status store upgraded from format 1 to {FORMAT}");
             }
             newer => {
@@ -426,7 +471,7 @@ impl Store {
                     Some((jid, source)) => Record::Source(
                         FullJid::new(jid).map_err(|e| bad(e.to_string()))?,
                         Source::load(source).map_err(|e| bad(e.to_string()))?,
-                        decode(v.value()).map_err(bad)?,
+                        decode(v.value()).map_err(|e| bad(e.to_string()))?,
                     ),
                     None => match tombstone_seq(v.value()) {
                         Some(seq) => Record::Tombstone(

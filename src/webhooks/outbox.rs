@@ -54,7 +54,7 @@ use tracing::{error, info};
 use super::stats::{DropReason, EndpointStats, OutboxHealth};
 use crate::events::Event;
 use crate::store::writer::{Committer, Db, Next, Texts, Writer};
-use crate::store::written_format;
+use crate::store::{written_format, FileError};
 
 /// The format this version writes (see the module doc).
 pub const FORMAT: u32 = 1;
@@ -118,16 +118,62 @@ fn encode(event: &Event) -> Vec<u8> {
     v
 }
 
-fn decode(id: u64, bytes: &[u8]) -> Result<Entry, String> {
-    let (at, rest) = bytes.split_at_checked(8).ok_or("record too short")?;
-    let (len, rest) = rest.split_at_checked(2).ok_or("record too short")?;
+/// Why an outbox record cannot be read (a damaged record).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Shorter than its lengths say.
+    #[error("record too short")]
+    TooShort,
+    /// The user or the data is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] std::str::Utf8Error),
+}
+
+/// Why the outbox cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// Creating its directory or its writer thread failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// redb failed.
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// Its format cannot be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Written by a newer version.
+    #[error(
+        "the webhook outbox is in format {0}, newer than the format {FORMAT} this extpresence \
+         reads: run the newer extpresence that wrote it (nothing was changed)"
+    )]
+    Newer(u32),
+    /// Closed by a failed commit, not yet reopened (by the writer).
+    #[error("the webhook outbox is being reopened")]
+    Reopening,
+}
+
+macro_rules! redb_into_outbox_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for OutboxError {
+            fn from(e: $t) -> OutboxError {
+                OutboxError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_into_outbox_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn decode(id: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
+    let (at, rest) = bytes.split_at_checked(8).ok_or(EntryError::TooShort)?;
+    let (len, rest) = rest.split_at_checked(2).ok_or(EntryError::TooShort)?;
     let len = u16::from_le_bytes(len.try_into().expect("2 bytes")) as usize;
-    let (user, data) = rest.split_at_checked(len).ok_or("record too short")?;
-    let text = |b: &[u8]| {
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|e| e.to_string())
-    };
+    let (user, data) = rest.split_at_checked(len).ok_or(EntryError::TooShort)?;
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string);
     Ok(Entry {
         id,
         user: text(user)?,
@@ -341,16 +387,13 @@ impl Outbox {
         path: &Path,
         endpoints: Vec<Endpoint>,
         health: Arc<OutboxHealth>,
-    ) -> Result<Outbox, String> {
+    ) -> Result<Outbox, OutboxError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir)?;
         }
-        let db = open_db(path).map_err(|e| e.to_string())?;
+        let db = open_db(path)?;
         if let Some(newer) = written_format(&db)?.filter(|f| *f > FORMAT) {
-            return Err(format!(
-                "the webhook outbox is in format {newer}, newer than the format {FORMAT} this \
-                 extpresence reads: run the newer extpresence that wrote it (nothing was changed)"
-            ));
+            return Err(OutboxError::Newer(newer));
         }
         let legacy: Vec<Option<String>> = endpoints
             .iter()
@@ -369,18 +412,13 @@ impl Outbox {
                 stats: e.stats,
             })
             .collect();
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let txn = db.begin_write()?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert("format", FORMAT.to_le_bytes().as_slice())
-                .map_err(|e| e.to_string())?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
         }
         let configured: HashSet<&str> = slots.iter().map(|s| s.table.as_str()).collect();
-        let existing: HashSet<String> = txn
-            .list_tables()
-            .map_err(|e| e.to_string())?
-            .map(|t| t.name().to_string())
-            .collect();
+        let existing: HashSet<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
         // An unnamed endpoint's default name was its URL's host before 0.2: its pending events
         // move to its new name (the first such endpoint takes them).
         for (slot, old) in slots.iter().zip(&legacy) {
@@ -389,7 +427,7 @@ impl Outbox {
                 continue;
             }
             let old_def: TableDefinition<u64, &[u8]> = TableDefinition::new(old);
-            let moved = move_table(&txn, old_def, slot.definition()).map_err(|e| e.to_string())?;
+            let moved = move_table(&txn, old_def, slot.definition())?;
             info!(
                 endpoint = %slot.stats.name,
                 former = &old[TABLE_PREFIX.len()..],
@@ -398,18 +436,14 @@ impl Outbox {
             );
         }
         let stale: Vec<String> = txn
-            .list_tables()
-            .map_err(|e| e.to_string())?
+            .list_tables()?
             .map(|t| t.name().to_string())
             .filter(|n| n.starts_with(TABLE_PREFIX) && !configured.contains(n.as_str()))
             .collect();
         for name in stale {
             let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
-            let n = txn
-                .open_table(def)
-                .and_then(|t| Ok(t.len()?))
-                .map_err(|e| e.to_string())?;
-            txn.delete_table(def).map_err(|e| e.to_string())?;
+            let n = txn.open_table(def).and_then(|t| Ok(t.len()?))?;
+            txn.delete_table(def)?;
             info!(
                 endpoint = &name[TABLE_PREFIX.len()..],
                 dropped = n,
@@ -418,25 +452,20 @@ impl Outbox {
         }
         let mut trimmed = vec![0; slots.len()];
         for (i, slot) in slots.iter().enumerate() {
-            let mut table = txn
-                .open_table(slot.definition())
-                .map_err(|e| e.to_string())?;
+            let mut table = txn.open_table(slot.definition())?;
             let mut bytes = 0u64;
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (_, v) = row.map_err(|e| e.to_string())?;
+            for row in table.iter()? {
+                let (_, v) = row?;
                 bytes += v.value().len() as u64 + 8;
             }
-            let mut pending = table.len().map_err(|e| e.to_string())?;
-            let last = table
-                .last()
-                .map_err(|e| e.to_string())?
-                .map(|(id, _)| id.value());
+            let mut pending = table.len()?;
+            let last = table.last()?.map(|(id, _)| id.value());
             if let Some(id) = last {
                 slot.committed.send_replace(id);
             }
             // A bound lowered since, or an outbox of a version without bounds.
             while bytes > slot.max_bytes {
-                let Some((id, v)) = table.pop_first().map_err(|e| e.to_string())? else {
+                let Some((id, v)) = table.pop_first()? else {
                     break;
                 };
                 bytes -= (v.value().len() as u64 + 8).min(bytes);
@@ -447,7 +476,7 @@ impl Outbox {
             slot.stats.pending.store(pending, Relaxed);
             slot.stats.backlog_bytes.store(bytes, Relaxed);
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit()?;
         for (slot, n) in slots.iter().zip(trimmed) {
             slot.dropped(DropReason::Backlog, n);
         }
@@ -478,8 +507,7 @@ impl Outbox {
             health,
             &TEXTS,
             MAX_BATCH,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(Outbox { ops: tx, shared })
     }
 
@@ -542,23 +570,25 @@ impl Outbox {
 
     /// Up to `limit` events of `slot` with ids above `after`, in id order (blocking: call it
     /// from a blocking thread). A damaged record is logged, removed and skipped.
-    pub fn read_after(&self, slot: usize, after: u64, limit: usize) -> Result<Vec<Entry>, String> {
+    pub fn read_after(
+        &self,
+        slot: usize,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, OutboxError> {
         let Some(after) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let db = self
-            .shared
-            .db()
-            .ok_or("the webhook outbox is being reopened")?;
-        let read = db.begin_read().map_err(|e| e.to_string())?;
+        let db = self.shared.db().ok_or(OutboxError::Reopening)?;
+        let read = db.begin_read()?;
         let table = match read.open_table(self.shared.slots[slot].definition()) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let mut entries = Vec::new();
-        for row in table.range(after..).map_err(|e| e.to_string())? {
-            let (k, v) = row.map_err(|e| e.to_string())?;
+        for row in table.range(after..)? {
+            let (k, v) = row?;
             let id = k.value();
             match decode(id, v.value()) {
                 Ok(entry) => entries.push(entry),
@@ -828,7 +858,7 @@ mod tests {
     }
 
     /// Open with the default bound and no former names.
-    fn open(path: &Path, stats: Vec<Arc<EndpointStats>>) -> Result<Outbox, String> {
+    fn open(path: &Path, stats: Vec<Arc<EndpointStats>>) -> Result<Outbox, OutboxError> {
         let endpoints = stats
             .into_iter()
             .map(|stats| Endpoint {
@@ -1037,7 +1067,7 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let e = open(&path, vec![stats("a")]).unwrap_err();
+        let e = open(&path, vec![stats("a")]).unwrap_err().to_string();
         assert!(e.contains("format 2"), "{e}");
     }
 
