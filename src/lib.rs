@@ -27,9 +27,9 @@
 //!                            held.rs: sources per resource, effective presence; commit.rs:
 //!                            commit order through the store; expiry.rs: heap + task;
 //!                            lanes.rs: change lanes, delivery marks, roster cache)
-//!              ─► store/     the durable copy (redb, group commit, format 2 + upgrade; side
-//!                            tables: tokens, subscriptions); reloaded at start; reopened after
-//!                            a failed commit
+//!              ─► store/     the durable copy (redb, format 2 + upgrade; side tables: tokens,
+//!                            subscriptions); reloaded at start; writer.rs: the one group-commit
+//!                            writer (also the webhook outbox's), reopened after a failed commit
 //!              ─► delivery/  fanout/: rosters via XEP-0356, one directed presence per contact
 //!                            (mod.rs the task's loop; inbound.rs, deliver.rs, rosters.rs,
 //!                            exchanges.rs, reconcile.rs: routing, delivery, roster cache, the

@@ -763,6 +763,7 @@ impl Agent {
                         h.lang.as_deref(),
                         &children,
                     )
+                    .map_err(ElementsError::from)
                 });
                 match rendered {
                     Ok(b) => {
@@ -956,13 +957,47 @@ impl Drop for OutcomeGuard<'_> {
     }
 }
 
+/// Why XML elements sent in a user's name cannot be taken ([`parse_elements`],
+/// [`parse_custom_xml`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ElementsError {
+    /// Not well-formed, or refused by the XML checks.
+    #[error("not well-formed XML: {0}")]
+    NotWellFormed(stanzas::XmlError),
+    /// Text beside the elements.
+    #[error("text outside of an element")]
+    TextOutside,
+    /// An element in one of the [`REFUSED_NAMESPACES`].
+    #[error("<{name}> in the namespace {ns} is not allowed (README \"Acting in a user's name\")")]
+    RefusedNamespace {
+        /// The element's name.
+        name: String,
+        /// Its namespace.
+        ns: String,
+    },
+    /// An element cannot be written (or read back as one element).
+    #[error(transparent)]
+    Unwritable(#[from] stanzas::XmlError),
+    /// Written, it does not read back as one element.
+    #[error("it cannot be written as XML")]
+    NotOneElement,
+}
+
+/// Why a contact is refused ([`check_contact`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    /// A domain (no localpart).
+    #[error("{0} is a domain, not a user's JID (user@domain)")]
+    Domain(BareJid),
+}
+
 /// Parse XML elements (a subscription request's custom XML, a presence's other children):
 /// elements only (whitespace between them allowed), unprefixed ones in `jabber:client`.
-pub fn parse_elements(xml: &str) -> Result<Vec<Element>, String> {
-    let root = stanzas::parse_fragment(xml, "jabber:client")
-        .map_err(|e| format!("not well-formed XML: {e}"))?;
+pub fn parse_elements(xml: &str) -> Result<Vec<Element>, ElementsError> {
+    let root =
+        stanzas::parse_fragment(xml, "jabber:client").map_err(ElementsError::NotWellFormed)?;
     if root.texts().any(|t| !t.trim().is_empty()) {
-        return Err("text outside of an element".into());
+        return Err(ElementsError::TextOutside);
     }
     Ok(root.children().cloned().collect())
 }
@@ -997,16 +1032,15 @@ pub const REFUSED_NAMESPACES: &[&str] = &[
 /// Check a subscription request's custom XML: [`parse_elements`], no element in
 /// [`REFUSED_NAMESPACES`] at any depth, and each element written once and read back (so that
 /// what is accepted is known to render, well-formed, when it is sent).
-pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
+pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, ElementsError> {
     let elements = parse_elements(xml)?;
     let mut stack: Vec<&Element> = elements.iter().collect();
     while let Some(el) = stack.pop() {
         if REFUSED_NAMESPACES.contains(&el.ns().as_str()) {
-            return Err(format!(
-                "<{}> in the namespace {} is not allowed (README \"Acting in a user's name\")",
-                el.name(),
-                el.ns()
-            ));
+            return Err(ElementsError::RefusedNamespace {
+                name: el.name().to_string(),
+                ns: el.ns(),
+            });
         }
         stack.extend(el.children());
     }
@@ -1014,7 +1048,7 @@ pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
     for el in &elements {
         let written = stanzas::render(el)?;
         if parse_elements(&written)?.len() != 1 {
-            return Err("it cannot be written as XML".into());
+            return Err(ElementsError::NotOneElement);
         }
     }
     Ok(elements)
@@ -1022,10 +1056,10 @@ pub fn parse_custom_xml(xml: &str) -> Result<Vec<Element>, String> {
 
 /// Check a contact a request is sent to: a user's JID (with a localpart), not a server or a
 /// service domain.
-pub fn check_contact(jid: &BareJid) -> Result<(), String> {
+pub fn check_contact(jid: &BareJid) -> Result<(), ContactError> {
     match jid.node() {
         Some(_) => Ok(()),
-        None => Err(format!("{jid} is a domain, not a user's JID (user@domain)")),
+        None => Err(ContactError::Domain(jid.clone())),
     }
 }
 
@@ -1071,7 +1105,7 @@ mod tests {
             "<a xmlns='urn:a'><b><c><d><origin-id xmlns='urn:xmpp:sid:0' id='1'/></d></c></b></a>",
             "<p:x xmlns:p='urn:xmpp:delay'/>",
         ] {
-            let e = parse_custom_xml(xml).expect_err(xml);
+            let e = parse_custom_xml(xml).expect_err(xml).to_string();
             assert!(e.contains("is not allowed"), "{xml}: {e}");
         }
         let ok = "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick><a xmlns='urn:a'><b/><c xmlns=''/></a>";
@@ -1085,7 +1119,9 @@ mod tests {
     #[test]
     fn a_contact_is_a_users_jid() {
         assert!(check_contact(&BareJid::new("bob@example.com").unwrap()).is_ok());
-        let e = check_contact(&BareJid::new("example.com").unwrap()).unwrap_err();
+        let e = check_contact(&BareJid::new("example.com").unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a domain"), "{e}");
     }
 

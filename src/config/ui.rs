@@ -18,6 +18,6 @@ pub struct RawUi {
 pub(super) fn validate(raw: RawUi) -> Result<Option<PublicOrigin>, ConfigError> {
     raw.public_origin
         .as_deref()
-        .map(|o| PublicOrigin::parse(o).map_err(|e| invalid("ui.public_origin", e)))
+        .map(|o| PublicOrigin::parse(o).map_err(|e| invalid("ui.public_origin", e.to_string())))
         .transpose()
 }

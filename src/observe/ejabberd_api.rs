@@ -61,10 +61,38 @@ struct Row {
     uptime: u64,
 }
 
+/// Why a call of ejabberd's admin API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `connected_users_info` answered something that is not its list.
+    #[error("connected_users_info answered something else: {0}")]
+    NotSessions(serde_json::Error),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(reqwest::Error),
+    /// The request failed (no answer, or no whole body).
+    #[error("{url}: {error}")]
+    Request {
+        /// The command's URL.
+        url: String,
+        /// What failed.
+        error: reqwest::Error,
+    },
+    /// The command answered, but not with success.
+    #[error("{url} answered {code}: {text}")]
+    Refused {
+        /// The command's URL.
+        url: String,
+        /// The HTTP status.
+        code: reqwest::StatusCode,
+        /// The start of the answer's body (200 bytes or characters).
+        text: String,
+    },
+}
+
 /// Parse a `connected_users_info` answer; rows that do not parse are skipped.
-pub fn parse(body: &[u8]) -> Result<Vec<ApiSession>, String> {
-    let rows: Vec<Row> = serde_json::from_slice(body)
-        .map_err(|e| format!("connected_users_info answered something else: {e}"))?;
+pub fn parse(body: &[u8]) -> Result<Vec<ApiSession>, ApiError> {
+    let rows: Vec<Row> = serde_json::from_slice(body).map_err(ApiError::NotSessions)?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {
@@ -128,18 +156,26 @@ pub async fn run(
                 .body("{}")
                 .send()
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|error| ApiError::Request {
+                    url: url.clone(),
+                    error,
+                })?;
             let code = answer.status();
-            let body = answer.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            let body = answer.bytes().await.map_err(|error| ApiError::Request {
+                url: url.clone(),
+                error,
+            })?;
             if !code.is_success() {
-                return Err(format!(
-                    "{url} answered {code}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                ));
+                return Err(ApiError::Refused {
+                    url: url.clone(),
+                    code,
+                    text: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                });
             }
             parse(&body)
         }
-        .await;
+        .await
+        .map_err(|e| e.to_string());
         if polls.send(Polled { started, result }).await.is_err() {
             return;
         }
@@ -154,11 +190,11 @@ pub async fn add_rosteritem(
     user: &jid::BareJid,
     item: &RosterItem,
     subscription: &str,
-) -> Result<(), String> {
+) -> Result<(), ApiError> {
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(ApiError::Client)?;
     let url = format!("{}/add_rosteritem", base.as_str().trim_end_matches('/'));
     let body = serde_json::json!({
         "localuser": user.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -175,17 +211,21 @@ pub async fn add_rosteritem(
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|error| ApiError::Request {
+            url: url.clone(),
+            error,
+        })?;
     let code = answer.status();
     let text = answer.text().await.unwrap_or_default();
     // Success is 200 with `0` (the command's result code).
     if code.is_success() && text.trim() == "0" {
         Ok(())
     } else {
-        Err(format!(
-            "{url} answered {code}: {}",
-            text.chars().take(200).collect::<String>()
-        ))
+        Err(ApiError::Refused {
+            url,
+            code,
+            text: text.chars().take(200).collect(),
+        })
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! The store keeps model values (`model/`) and knows nothing of the layers above it (the table,
 //! HTTP, XMPP); the status table (`status::StatusTable`, which imports the store) is its only
-//! writer. Writes go to one writer thread through a channel in the order the table made them; the
-//! thread commits whatever has queued up in one transaction (group commit, fsync'd by redb's
+//! writer. Writes go to one writer thread ([`writer`], the group-commit writer also used by the
+//! webhook outbox) through a channel in the order the table made them; the thread commits whatever has queued up in one transaction (group commit, fsync'd by redb's
 //! default durability) and only then acknowledges each write (a callback run on the writer
 //! thread, in commit order), so a caller that awaited its acknowledgement knows the change
 //! survives a crash. [`Store::open`] returns everything held, for the table to reload at start.
@@ -39,18 +39,19 @@
 //! newer format is refused, never misread.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jid::FullJid;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
-use tracing::{debug, error, info};
+use tracing::info;
 
 use crate::base::clock::now_ms;
 use crate::model::{Show, Source, Status};
+use writer::{Committer, Db, Health, Next, Texts, Writer};
+
+pub mod writer;
 
 const STATUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("statuses");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -62,8 +63,6 @@ pub const FORMAT: u32 = 2;
 const SOURCE_SEPARATOR: char = '\0';
 /// Scratch table of the probe commit that checks a failed store can commit again.
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
-/// How often a failed store is reopened and probed while no write comes.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Encoding of a tombstone record of format 1 (and the start of one of format 2, which adds the
 /// number of the change that made it).
 const TOMBSTONE: [u8; 3] = [2, 0, 0];
@@ -107,6 +106,59 @@ pub enum StoreError {
     #[error("the status store is closed")]
     Closed,
 }
+
+/// Why a record cannot be read (a damaged record).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The show code is none of the known ones.
+    #[error("unknown show code {0}")]
+    UnknownShow(u8),
+    /// The status text is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// The status text fails the model's check.
+    #[error(transparent)]
+    BadText(#[from] crate::model::InvalidStatus),
+    /// A record under a source key that is not a format-2 source record.
+    #[error("not a format-2 source record")]
+    NotSource,
+    /// A record of an unknown kind.
+    #[error("unknown record kind")]
+    UnknownKind,
+}
+
+/// Why a store file cannot be read or upgraded (also the webhook outbox's [`written_format`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// redb failed.
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// `meta.format` is not 4 bytes.
+    #[error("damaged meta.format")]
+    DamagedFormat,
+    /// A record's key is not a full JID.
+    #[error("bad key {0:?}: {1}")]
+    BadKey(String, jid::Error),
+    /// A record cannot be read.
+    #[error("bad record {0:?}: {1}")]
+    BadRecord(String, RecordError),
+}
+
+macro_rules! redb_into_file_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for FileError {
+            fn from(e: $t) -> FileError {
+                FileError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_into_file_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// What a source holds, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,15 +235,6 @@ enum Op {
     Delete(String, u64),
 }
 
-/// Whether the store can commit, shared by the writer thread and the handles.
-#[derive(Debug, Default)]
-struct Health {
-    /// Why the last commit (or reopen) failed; `None` while commits succeed.
-    failure: Mutex<Option<String>>,
-    /// Commits (or reopens before one) that failed, since start.
-    failed_commits: AtomicU64,
-}
-
 /// A side table's record as stored: its key and its encoded record.
 pub type SideRecord = (String, Vec<u8>);
 
@@ -241,14 +284,14 @@ fn show_code(show: Option<Show>) -> u8 {
     }
 }
 
-fn show_of(code: u8) -> Result<Option<Show>, String> {
+fn show_of(code: u8) -> Result<Option<Show>, RecordError> {
     Ok(match code {
         0 => None,
         1 => Some(Show::Chat),
         2 => Some(Show::Away),
         3 => Some(Show::Xa),
         4 => Some(Show::Dnd),
-        other => return Err(format!("unknown show code {other}")),
+        other => return Err(RecordError::UnknownShow(other)),
     })
 }
 
@@ -267,16 +310,16 @@ fn encode(stored: &StoredSource) -> Vec<u8> {
     v
 }
 
-fn text_of(bytes: &[u8]) -> Result<Option<String>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+fn text_of(bytes: &[u8]) -> Result<Option<String>, RecordError> {
+    let text = std::str::from_utf8(bytes)?;
     // Only checked text is ever stored; a record that fails the check is damaged, and its text
     // would corrupt the XML stream every time it is replayed.
-    crate::model::validate_stored_text(text).map_err(|e| e.to_string())?;
+    crate::model::validate_stored_text(text)?;
     Ok((!text.is_empty()).then(|| text.to_string()))
 }
 
 /// A source record (format 2).
-fn decode(bytes: &[u8]) -> Result<StoredSource, String> {
+fn decode(bytes: &[u8]) -> Result<StoredSource, RecordError> {
     match bytes {
         [3, priority, show, rest @ ..] if rest.len() >= 16 => {
             let (updated, rest) = rest.split_at(8);
@@ -292,12 +335,12 @@ fn decode(bytes: &[u8]) -> Result<StoredSource, String> {
                 expires_at: (expires != 0).then_some(expires),
             })
         }
-        _ => Err("not a format-2 source record".into()),
+        _ => Err(RecordError::NotSource),
     }
 }
 
 /// A format-1 record of an available resource: the status, as source `default` set now.
-fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
+fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, RecordError> {
     match bytes {
         [1, priority, show, text @ ..] => Ok(StoredSource {
             status: Status {
@@ -308,67 +351,59 @@ fn decode_v1(bytes: &[u8], now: u64) -> Result<StoredSource, String> {
             updated_at: now,
             expires_at: None,
         }),
-        _ => Err("unknown record kind".into()),
+        _ => Err(RecordError::UnknownKind),
     }
 }
 
 /// `meta.format` as stored, read without writing (`None`: no meta table or no format in it).
 /// Also the webhook outbox's (`webhooks/outbox.rs`), which versions its file the same way.
-pub(crate) fn written_format(db: &Database) -> Result<Option<u32>, String> {
-    let read = db.begin_read().map_err(|e| e.to_string())?;
+pub(crate) fn written_format(db: &Database) -> Result<Option<u32>, FileError> {
+    let read = db.begin_read()?;
     let meta = match read.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let Some(v) = meta.get("format").map_err(|e| e.to_string())? else {
+    let Some(v) = meta.get("format")? else {
         return Ok(None);
     };
-    let bytes: [u8; 4] = v
-        .value()
-        .try_into()
-        .map_err(|_| "damaged meta.format".to_string())?;
+    let bytes: [u8; 4] = v.value().try_into().map_err(|_| FileError::DamagedFormat)?;
     Ok(Some(u32::from_le_bytes(bytes)))
 }
 
 /// The format a store was written in: `meta.format`, or 1 for a store without it (a store
 /// without either table is new: this version's).
-fn format_of(txn: &redb::WriteTransaction) -> Result<u32, String> {
-    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
-    if let Some(v) = meta.get("format").map_err(|e| e.to_string())? {
-        let bytes: [u8; 4] = v
-            .value()
-            .try_into()
-            .map_err(|_| "damaged meta.format".to_string())?;
+fn format_of(txn: &redb::WriteTransaction) -> Result<u32, FileError> {
+    let meta = txn.open_table(META)?;
+    if let Some(v) = meta.get("format")? {
+        let bytes: [u8; 4] = v.value().try_into().map_err(|_| FileError::DamagedFormat)?;
         return Ok(u32::from_le_bytes(bytes));
     }
-    let statuses = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
-    let empty = statuses.is_empty().map_err(|e| e.to_string())?;
+    let statuses = txn.open_table(STATUSES)?;
+    let empty = statuses.is_empty()?;
     Ok(if empty { FORMAT } else { 1 })
 }
 
 /// Upgrade a format-1 store to format 2 in `txn`: every available resource becomes source
 /// `default`; tombstones stay. Returns how many records were rewritten.
-fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<usize, String> {
-    let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
+fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<usize, FileError> {
+    let mut table = txn.open_table(STATUSES)?;
     let mut old = Vec::new();
-    for row in table.iter().map_err(|e| e.to_string())? {
-        let (k, v) = row.map_err(|e| e.to_string())?;
+    for row in table.iter()? {
+        let (k, v) = row?;
         if v.value().first() == Some(&1) {
             old.push((k.value().to_string(), v.value().to_vec()));
         }
     }
     let now = now_ms();
     for (key, value) in &old {
-        let jid = FullJid::new(key).map_err(|e| format!("bad key {key:?}: {e}"))?;
-        let stored = decode_v1(value, now).map_err(|e| format!("bad record {key:?}: {e}"))?;
-        table
-            .insert(
-                source_key(&jid, Source::DEFAULT).as_str(),
-                encode(&stored).as_slice(),
-            )
-            .map_err(|e| e.to_string())?;
-        table.remove(key.as_str()).map_err(|e| e.to_string())?;
+        let jid = FullJid::new(key).map_err(|e| FileError::BadKey(key.clone(), e))?;
+        let stored = decode_v1(value, now).map_err(|e| FileError::BadRecord(key.clone(), e))?;
+        table.insert(
+            source_key(&jid, Source::DEFAULT).as_str(),
+            encode(&stored).as_slice(),
+        )?;
+        table.remove(key.as_str())?;
     }
     Ok(old.len())
 }
@@ -389,7 +424,7 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         // A store of a newer format is refused before anything is written to it.
         if let Some(newer) = written_format(&db)
-            .map_err(open_err)?
+            .map_err(|e| open_err(e.to_string()))?
             .filter(|f| *f > FORMAT)
         {
             return Err(open_err(format!(
@@ -401,10 +436,10 @@ impl Store {
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(STATUSES)
             .map_err(|e| open_err(e.to_string()))?;
-        match format_of(&txn).map_err(open_err)? {
+        match format_of(&txn).map_err(|e| open_err(e.to_string()))? {
             FORMAT => {}
             1 => {
-                let n = upgrade_from_1(&txn).map_err(open_err)?;
+                let n = upgrade_from_1(&txn).map_err(|e| open_err(e.to_string()))?;
                 info!(path = %path.display(), statuses = n, "status store upgraded from format 1 to {FORMAT}");
             }
             newer => {
@@ -436,7 +471,7 @@ impl Store {
                     Some((jid, source)) => Record::Source(
                         FullJid::new(jid).map_err(|e| bad(e.to_string()))?,
                         Source::load(source).map_err(|e| bad(e.to_string()))?,
-                        decode(v.value()).map_err(bad)?,
+                        decode(v.value()).map_err(|e| bad(e.to_string()))?,
                     ),
                     None => match tombstone_seq(v.value()) {
                         Some(seq) => Record::Tombstone(
@@ -473,23 +508,16 @@ impl Store {
             "status store open"
         );
 
-        let (tx, rx) = std_mpsc::channel();
         let health = Arc::new(Health::default());
-        let writer_health = health.clone();
-        let writer_path = path.to_path_buf();
-        std::thread::Builder::new()
-            .name("extpresence-store".into())
-            .spawn(move || {
-                Writer {
-                    db: Some(db),
-                    path: writer_path,
-                    health: writer_health,
-                    reported: None,
-                    failures_since_report: 0,
-                }
-                .run(rx)
-            })
-            .map_err(|e| open_err(e.to_string()))?;
+        let tx = Writer::spawn(
+            "extpresence-store",
+            StatusCommitter,
+            Arc::new(Db::new(path, db, open_db)),
+            health.clone(),
+            &TEXTS,
+            MAX_BATCH,
+        )
+        .map_err(|e| open_err(e.to_string()))?;
         Ok((
             Store {
                 ops: tx,
@@ -535,266 +563,147 @@ impl Store {
 
     /// Why the store cannot commit, while it cannot (`None` when the last commit succeeded).
     pub fn failure(&self) -> Option<String> {
-        self.health
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health.failure()
     }
 
     /// Commits that failed since start.
     pub fn failed_commits(&self) -> u64 {
-        self.health.failed_commits.load(Ordering::Relaxed)
+        self.health.failed_commits()
     }
 }
 
 /// Open (or create) the database and make sure its tables exist, so reads of a fresh store work.
-fn open_db(path: &Path) -> Result<Database, String> {
+fn open_db(path: &Path) -> Result<Database, redb::Error> {
     let db = redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|e| e.to_string())?;
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.open_table(STATUSES).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())?;
+        .create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(STATUSES)?;
+    txn.commit()?;
     Ok(db)
 }
 
-/// The writer thread's state.
-struct Writer {
-    /// The open database; `None` after a failed commit until it is reopened.
-    db: Option<Database>,
-    /// The file, to reopen it.
-    path: PathBuf,
-    health: Arc<Health>,
-    /// When the last ERROR line about failing commits was written, and the failures since: a
-    /// store that flaps (a nearly full disk: some commits fit, some do not) is reported once per
-    /// [`REPORT_EVERY`], not once per flap.
-    reported: Option<std::time::Instant>,
-    failures_since_report: u64,
-}
+/// The log lines of the status store's writer.
+static TEXTS: Texts = Texts {
+    failing: "status store cannot commit: updates are refused with 503 and /readyz answers 503 \
+              until it can; it is reopened and retried every second (failures since the last \
+              such line: extpresence_store_failed_commits_total)",
+    still_failing: "status store still cannot commit",
+    again: "status store commits again; writes are accepted",
+    again_quiet: "status store commits again",
+};
 
-/// At most one ERROR line about failing commits per this period.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The status store's side of the writer: its transaction, and the acknowledgements.
+struct StatusCommitter;
 
-impl Writer {
-    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
-        // An op taken from the channel that did not fit the last batch.
-        let mut pending: Option<Op> = None;
-        loop {
-            let first = if let Some(op) = pending.take() {
-                op
-            } else if self.failing() {
-                match rx.recv_timeout(PROBE_EVERY) {
-                    Ok(op) => op,
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                        let probe = self.database().and_then(probe);
-                        self.settle(probe.as_ref().map(|_| ()), 0);
-                        continue;
-                    }
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(op) => op,
-                    Err(_) => break,
-                }
-            };
-            let weight = |op: &Op| match op {
-                Op::Writes(w, _) => w.len().max(1),
-                Op::Delete(..) => 1,
-            };
-            let mut size = weight(&first);
-            let mut batch = vec![first];
-            let mut next = None;
-            while size < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) if size + weight(&op) > MAX_BATCH => {
-                        next = Some(op);
-                        break;
-                    }
-                    Ok(op) => {
-                        size += weight(&op);
-                        batch.push(op);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let result = self.database().and_then(|db| commit(db, &batch));
-            self.settle(result.as_ref().map(|_| ()), batch.len());
-            for op in batch {
-                if let Op::Writes(_, ack) = op {
-                    ack(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(StoreError::Commit(e.clone())),
-                    });
-                }
-            }
-            if let Some(op) = next {
-                pending = Some(op);
-            }
+impl Committer for StatusCommitter {
+    type Op = Op;
+    type Output = ();
+    const PROBES: bool = true;
+
+    fn weight(op: &Op) -> usize {
+        match op {
+            Op::Writes(w, _) => w.len().max(1),
+            Op::Delete(..) => 1,
         }
-        // Every Store handle is gone: the database is closed on drop.
     }
 
-    fn failing(&self) -> bool {
-        self.health
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+    fn commit(&mut self, db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+        commit(db, batch)
     }
 
-    /// The open database, reopened first if a failure closed it.
-    fn database(&mut self) -> Result<&Database, String> {
-        if self.db.is_none() {
-            self.db = Some(open_db(&self.path).map_err(|e| format!("reopening: {e}"))?);
+    /// Acknowledge every write of the batch; a failed one leaves no trace and is not retried.
+    fn settle(&mut self, batch: Vec<Op>, result: Result<(), &str>) -> Next<Op> {
+        for op in batch {
+            if let Op::Writes(_, ack) = op {
+                ack(result.map_err(|e| StoreError::Commit(e.to_string())));
+            }
         }
-        Ok(self.db.as_ref().expect("just opened"))
+        Next::Go
     }
 
-    /// Record the outcome of a commit of `writes` writes (0: a probe): the first failure is
-    /// logged at ERROR and closes the database (redb refuses every later write on it); the
-    /// first success after failures is logged too. Nothing is logged per failed request.
-    fn settle(&mut self, result: Result<(), &String>, writes: usize) {
-        let mut failure = self
-            .health
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match result {
-            Ok(()) => {
-                if let Some(was) = failure.take() {
-                    // Once per report period too (a flapping store would write one per flap).
-                    if self.failures_since_report == 0 {
-                        info!(path = %self.path.display(), after = %was, "status store commits again; writes are accepted");
-                    } else {
-                        debug!(after = %was, "status store commits again");
-                    }
-                }
-            }
-            Err(e) => {
-                self.health.failed_commits.fetch_add(1, Ordering::Relaxed);
-                self.db = None;
-                self.failures_since_report += 1;
-                let due = self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
-                if due {
-                    error!(
-                        path = %self.path.display(),
-                        error = %e,
-                        writes,
-                        failures = self.failures_since_report,
-                        "status store cannot commit: updates are refused with 503 and /readyz \
-                         answers 503 until it can; it is reopened and retried every second \
-                         (failures since the last such line: extpresence_store_failed_commits_total)"
-                    );
-                    self.reported = Some(std::time::Instant::now());
-                    self.failures_since_report = 0;
-                } else {
-                    debug!(error = %e, writes, "status store still cannot commit");
-                }
-                *failure = Some(e.clone());
-            }
-        }
+    fn probe(&mut self, db: &Database) -> Result<(), redb::Error> {
+        probe(db)
     }
 }
 
-fn commit(db: &Database, batch: &[Op]) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     {
-        let mut table = txn.open_table(STATUSES).map_err(|e| e.to_string())?;
-        let mut sides = [
-            txn.open_table(TOKENS).map_err(|e| e.to_string())?,
-            txn.open_table(SUBSCRIPTIONS).map_err(|e| e.to_string())?,
-        ];
-        let e = |e: redb::StorageError| e.to_string();
+        let mut table = txn.open_table(STATUSES)?;
+        let mut sides = [txn.open_table(TOKENS)?, txn.open_table(SUBSCRIPTIONS)?];
         for op in batch {
             match op {
                 Op::Writes(writes, _) => {
                     for w in writes {
                         match w {
                             Write::Set(jid, source, stored) => {
-                                table
-                                    .insert(
-                                        source_key(jid, *source).as_str(),
-                                        encode(stored).as_slice(),
-                                    )
-                                    .map_err(e)?;
+                                table.insert(
+                                    source_key(jid, *source).as_str(),
+                                    encode(stored).as_slice(),
+                                )?;
                             }
                             Write::Clear(jid, source, seq) => {
-                                table.remove(source_key(jid, *source).as_str()).map_err(e)?;
-                                table
-                                    .insert(jid.as_str(), tombstone(*seq).as_slice())
-                                    .map_err(e)?;
+                                table.remove(source_key(jid, *source).as_str())?;
+                                table.insert(jid.as_str(), tombstone(*seq).as_slice())?;
                             }
                             Write::Expire(jid, source, at, seq) => {
                                 let key = source_key(jid, *source);
                                 let due = table
-                                    .get(key.as_str())
-                                    .map_err(e)?
+                                    .get(key.as_str())?
                                     .and_then(|v| decode(v.value()).ok())
                                     .is_some_and(|s| s.expires_at == Some(*at));
                                 if due {
-                                    table.remove(key.as_str()).map_err(e)?;
-                                    table
-                                        .insert(jid.as_str(), tombstone(*seq).as_slice())
-                                        .map_err(e)?;
+                                    table.remove(key.as_str())?;
+                                    table.insert(jid.as_str(), tombstone(*seq).as_slice())?;
                                 }
                             }
                             Write::Put(side, key, record) => {
-                                sides[side.index()]
-                                    .insert(key.as_str(), record.as_slice())
-                                    .map_err(e)?;
+                                sides[side.index()].insert(key.as_str(), record.as_slice())?;
                             }
                             Write::Remove(side, key) => {
-                                sides[side.index()].remove(key.as_str()).map_err(e)?;
+                                sides[side.index()].remove(key.as_str())?;
                             }
                             Write::ClearAll(jid, seq) => {
                                 let start = format!("{jid}{SOURCE_SEPARATOR}");
                                 let end = format!("{jid}\u{1}");
-                                table
-                                    .retain_in(start.as_str()..end.as_str(), |_, _| false)
-                                    .map_err(e)?;
-                                table
-                                    .insert(jid.as_str(), tombstone(*seq).as_slice())
-                                    .map_err(e)?;
+                                table.retain_in(start.as_str()..end.as_str(), |_, _| false)?;
+                                table.insert(jid.as_str(), tombstone(*seq).as_slice())?;
                             }
                         }
                     }
                 }
                 Op::Delete(k, seq) => {
                     let same = table
-                        .get(k.as_str())
-                        .map_err(e)?
+                        .get(k.as_str())?
                         .and_then(|v| tombstone_seq(v.value()))
                         .is_some_and(|stored| stored == *seq || stored == 0);
                     if same {
-                        table.remove(k.as_str()).map_err(e)?;
+                        table.remove(k.as_str())?;
                     }
                 }
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    Ok(txn.commit()?)
 }
 
 /// A commit that writes (and removes) a page-sized record: succeeds only if the store can
 /// really commit again (an empty commit could succeed on a full disk).
-fn probe(db: &Database) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+fn probe(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     {
-        let mut table = txn.open_table(PROBE).map_err(|e| e.to_string())?;
-        table
-            .insert("probe", [0u8; 4096].as_slice())
-            .map_err(|e| e.to_string())?;
-        table.remove("probe").map_err(|e| e.to_string())?;
+        let mut table = txn.open_table(PROBE)?;
+        table.insert("probe", [0u8; 4096].as_slice())?;
+        table.remove("probe")?;
     }
-    txn.commit().map_err(|e| e.to_string())
+    Ok(txn.commit()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn stored(show: Option<Show>, text: Option<&str>, priority: i8) -> StoredSource {
         StoredSource {

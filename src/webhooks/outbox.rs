@@ -2,7 +2,8 @@
 //! until it is delivered or dropped, in a redb file beside the status store
 //! (`<store.path>.webhooks`).
 //!
-//! One writer thread commits what is queued in one transaction (group commit, fsync'd): the
+//! One writer thread (the store's group-commit writer, `store::writer`) commits what is queued
+//! in one transaction (group commit, fsync'd): the
 //! events the router queued per endpoint since the last commit, and the removals the senders
 //! ask for after each delivery. Only after an insert's commit does the endpoint's sender see the event
 //! (it reads the outbox, never a copy in memory), so what was delivered was durable first, and
@@ -21,7 +22,8 @@
 //! `reason="disk"` otherwise (the outbox cannot commit, or not as fast). Memory does not grow
 //! while the disk cannot take the events.
 //!
-//! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s), shows in
+//! A commit that fails (disk full, I/O error) is logged at ERROR (once per 10 s, also when a
+//! nearly full disk makes commits fail and succeed in turn), shows in
 //! `/readyz` and `/metrics` ([`OutboxHealth`]), the database is closed (redb refuses writes
 //! after an I/O error) and reopened, and the same batch is retried every second (its events
 //! back at the front of their queues, where the bound holds): what the bound keeps is not lost
@@ -37,7 +39,7 @@
 //!   unnamed endpoint's former default name (its URL's host) is first moved to its new name.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -51,7 +53,8 @@ use tracing::{error, info};
 
 use super::stats::{DropReason, EndpointStats, OutboxHealth};
 use crate::events::Event;
-use crate::store::written_format;
+use crate::store::writer::{Committer, Db, Next, Texts, Writer};
+use crate::store::{written_format, FileError};
 
 /// The format this version writes (see the module doc).
 pub const FORMAT: u32 = 1;
@@ -62,10 +65,8 @@ const TABLE_PREFIX: &str = "outbox/";
 const CACHE_BYTES: usize = 4 << 20;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 4096;
-/// Wait between retries of a failed commit.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
-/// At most one ERROR line about failing commits, and one per endpoint about dropped events,
-/// per this period.
+/// At most one ERROR line per endpoint about dropped events per this period (and one about
+/// failing commits: `store::writer`).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Most events of one endpoint waiting in memory for a commit.
 pub const QUEUE_EVENTS: u64 = 65_536;
@@ -117,16 +118,62 @@ fn encode(event: &Event) -> Vec<u8> {
     v
 }
 
-fn decode(id: u64, bytes: &[u8]) -> Result<Entry, String> {
-    let (at, rest) = bytes.split_at_checked(8).ok_or("record too short")?;
-    let (len, rest) = rest.split_at_checked(2).ok_or("record too short")?;
+/// Why an outbox record cannot be read (a damaged record).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Shorter than its lengths say.
+    #[error("record too short")]
+    TooShort,
+    /// The user or the data is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] std::str::Utf8Error),
+}
+
+/// Why the outbox cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// Creating its directory or its writer thread failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// redb failed.
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// Its format cannot be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Written by a newer version.
+    #[error(
+        "the webhook outbox is in format {0}, newer than the format {FORMAT} this extpresence \
+         reads: run the newer extpresence that wrote it (nothing was changed)"
+    )]
+    Newer(u32),
+    /// Closed by a failed commit, not yet reopened (by the writer).
+    #[error("the webhook outbox is being reopened")]
+    Reopening,
+}
+
+macro_rules! redb_into_outbox_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for OutboxError {
+            fn from(e: $t) -> OutboxError {
+                OutboxError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_into_outbox_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn decode(id: u64, bytes: &[u8]) -> Result<Entry, EntryError> {
+    let (at, rest) = bytes.split_at_checked(8).ok_or(EntryError::TooShort)?;
+    let (len, rest) = rest.split_at_checked(2).ok_or(EntryError::TooShort)?;
     let len = u16::from_le_bytes(len.try_into().expect("2 bytes")) as usize;
-    let (user, data) = rest.split_at_checked(len).ok_or("record too short")?;
-    let text = |b: &[u8]| {
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|e| e.to_string())
-    };
+    let (user, data) = rest.split_at_checked(len).ok_or(EntryError::TooShort)?;
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string);
     Ok(Entry {
         id,
         user: text(user)?,
@@ -290,11 +337,10 @@ enum Op {
 
 #[derive(Debug)]
 struct Shared {
-    /// The open database; `None` while a failed one is being reopened. Readers hold a clone
-    /// only for one read.
-    db: Mutex<Option<Arc<Database>>>,
+    /// The database, closed by a failed commit until the writer reopens it. Readers hold a
+    /// clone only for one read.
+    db: Arc<Db>,
     slots: Vec<Slot>,
-    path: PathBuf,
     /// Whether it can commit (for `/readyz`, `/metrics`).
     health: Arc<OutboxHealth>,
     /// Set by [`Outbox::close`]: a failing commit is then given up after [`CLOSE_TRIES`].
@@ -305,7 +351,7 @@ struct Shared {
 
 impl Shared {
     fn db(&self) -> Option<Arc<Database>> {
-        self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.db.get()
     }
 }
 
@@ -327,11 +373,10 @@ impl std::fmt::Debug for Op {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, String> {
-    redb::Builder::new()
+fn open_db(path: &Path) -> Result<Database, redb::Error> {
+    Ok(redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|e| e.to_string())
+        .create(path)?)
 }
 
 impl Outbox {
@@ -342,16 +387,13 @@ impl Outbox {
         path: &Path,
         endpoints: Vec<Endpoint>,
         health: Arc<OutboxHealth>,
-    ) -> Result<Outbox, String> {
+    ) -> Result<Outbox, OutboxError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir)?;
         }
         let db = open_db(path)?;
         if let Some(newer) = written_format(&db)?.filter(|f| *f > FORMAT) {
-            return Err(format!(
-                "the webhook outbox is in format {newer}, newer than the format {FORMAT} this \
-                 extpresence reads: run the newer extpresence that wrote it (nothing was changed)"
-            ));
+            return Err(OutboxError::Newer(newer));
         }
         let legacy: Vec<Option<String>> = endpoints
             .iter()
@@ -370,18 +412,13 @@ impl Outbox {
                 stats: e.stats,
             })
             .collect();
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let txn = db.begin_write()?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert("format", FORMAT.to_le_bytes().as_slice())
-                .map_err(|e| e.to_string())?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
         }
         let configured: HashSet<&str> = slots.iter().map(|s| s.table.as_str()).collect();
-        let existing: HashSet<String> = txn
-            .list_tables()
-            .map_err(|e| e.to_string())?
-            .map(|t| t.name().to_string())
-            .collect();
+        let existing: HashSet<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
         // An unnamed endpoint's default name was its URL's host before 0.2: its pending events
         // move to its new name (the first such endpoint takes them).
         for (slot, old) in slots.iter().zip(&legacy) {
@@ -390,7 +427,7 @@ impl Outbox {
                 continue;
             }
             let old_def: TableDefinition<u64, &[u8]> = TableDefinition::new(old);
-            let moved = move_table(&txn, old_def, slot.definition()).map_err(|e| e.to_string())?;
+            let moved = move_table(&txn, old_def, slot.definition())?;
             info!(
                 endpoint = %slot.stats.name,
                 former = &old[TABLE_PREFIX.len()..],
@@ -399,18 +436,14 @@ impl Outbox {
             );
         }
         let stale: Vec<String> = txn
-            .list_tables()
-            .map_err(|e| e.to_string())?
+            .list_tables()?
             .map(|t| t.name().to_string())
             .filter(|n| n.starts_with(TABLE_PREFIX) && !configured.contains(n.as_str()))
             .collect();
         for name in stale {
             let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
-            let n = txn
-                .open_table(def)
-                .and_then(|t| Ok(t.len()?))
-                .map_err(|e| e.to_string())?;
-            txn.delete_table(def).map_err(|e| e.to_string())?;
+            let n = txn.open_table(def).and_then(|t| Ok(t.len()?))?;
+            txn.delete_table(def)?;
             info!(
                 endpoint = &name[TABLE_PREFIX.len()..],
                 dropped = n,
@@ -419,25 +452,20 @@ impl Outbox {
         }
         let mut trimmed = vec![0; slots.len()];
         for (i, slot) in slots.iter().enumerate() {
-            let mut table = txn
-                .open_table(slot.definition())
-                .map_err(|e| e.to_string())?;
+            let mut table = txn.open_table(slot.definition())?;
             let mut bytes = 0u64;
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (_, v) = row.map_err(|e| e.to_string())?;
+            for row in table.iter()? {
+                let (_, v) = row?;
                 bytes += v.value().len() as u64 + 8;
             }
-            let mut pending = table.len().map_err(|e| e.to_string())?;
-            let last = table
-                .last()
-                .map_err(|e| e.to_string())?
-                .map(|(id, _)| id.value());
+            let mut pending = table.len()?;
+            let last = table.last()?.map(|(id, _)| id.value());
             if let Some(id) = last {
                 slot.committed.send_replace(id);
             }
             // A bound lowered since, or an outbox of a version without bounds.
             while bytes > slot.max_bytes {
-                let Some((id, v)) = table.pop_first().map_err(|e| e.to_string())? else {
+                let Some((id, v)) = table.pop_first()? else {
                     break;
                 };
                 bytes -= (v.value().len() as u64 + 8).min(bytes);
@@ -448,7 +476,7 @@ impl Outbox {
             slot.stats.pending.store(pending, Relaxed);
             slot.stats.backlog_bytes.store(bytes, Relaxed);
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit()?;
         for (slot, n) in slots.iter().zip(trimmed) {
             slot.dropped(DropReason::Backlog, n);
         }
@@ -459,24 +487,27 @@ impl Outbox {
             }
         }
 
+        let db = Arc::new(Db::new(path, db, open_db));
         let shared = Arc::new(Shared {
-            db: Mutex::new(Some(Arc::new(db))),
+            db: db.clone(),
             slots,
-            path: path.to_path_buf(),
-            health,
+            health: health.clone(),
             closing: Default::default(),
             woken: Default::default(),
         });
-        let (tx, rx) = std_mpsc::channel();
-        let writer = Writer {
+        let committer = OutboxCommitter {
             shared: shared.clone(),
-            reported: None,
-            failures_since_report: 0,
+            inserts: Vec::new(),
+            close_failures: 0,
         };
-        std::thread::Builder::new()
-            .name("extpresence-webhooks".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| e.to_string())?;
+        let tx = Writer::spawn(
+            "extpresence-webhooks",
+            committer,
+            db,
+            health,
+            &TEXTS,
+            MAX_BATCH,
+        )?;
         Ok(Outbox { ops: tx, shared })
     }
 
@@ -539,23 +570,25 @@ impl Outbox {
 
     /// Up to `limit` events of `slot` with ids above `after`, in id order (blocking: call it
     /// from a blocking thread). A damaged record is logged, removed and skipped.
-    pub fn read_after(&self, slot: usize, after: u64, limit: usize) -> Result<Vec<Entry>, String> {
+    pub fn read_after(
+        &self,
+        slot: usize,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, OutboxError> {
         let Some(after) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let db = self
-            .shared
-            .db()
-            .ok_or("the webhook outbox is being reopened")?;
-        let read = db.begin_read().map_err(|e| e.to_string())?;
+        let db = self.shared.db().ok_or(OutboxError::Reopening)?;
+        let read = db.begin_read()?;
         let table = match read.open_table(self.shared.slots[slot].definition()) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let mut entries = Vec::new();
-        for row in table.range(after..).map_err(|e| e.to_string())? {
-            let (k, v) = row.map_err(|e| e.to_string())?;
+        for row in table.range(after..)? {
+            let (k, v) = row?;
             let id = k.value();
             match decode(id, v.value()) {
                 Ok(entry) => entries.push(entry),
@@ -610,70 +643,69 @@ struct Effects {
     cleared: Vec<bool>,
 }
 
-struct Writer {
+/// The log lines of the outbox's writer.
+static TEXTS: Texts = Texts {
+    failing: "the webhook outbox cannot commit; retrying every second (new events wait in \
+              memory up to a bound, then are dropped; /readyz answers 503)",
+    still_failing: "the webhook outbox still cannot commit",
+    again: "the webhook outbox commits again",
+    again_quiet: "the webhook outbox commits again",
+};
+
+/// The outbox's side of the writer (`store::writer`): the queued events and the operations of
+/// a batch in one transaction, then the counters and the senders' view.
+struct OutboxCommitter {
     shared: Arc<Shared>,
-    /// When the last ERROR line about failing commits was written, and the failures since.
-    reported: Option<Instant>,
-    failures_since_report: u64,
+    /// The events taken from the slots' queues for the commit under way (per slot).
+    inserts: Vec<Vec<Arc<Event>>>,
+    /// Commits failed since [`Outbox::close`] asked to close.
+    close_failures: u32,
 }
 
-impl Writer {
-    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
-        let mut batch: Vec<Op> = Vec::new();
-        let mut close_failures = 0;
-        loop {
-            if batch.is_empty() {
-                match rx.recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+impl Committer for OutboxCommitter {
+    type Op = Op;
+    type Output = Effects;
+
+    fn commit(&mut self, db: &Database, batch: &[Op]) -> Result<Effects, redb::Error> {
+        // Events queued from now on need a new wake-up.
+        self.shared
+            .woken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.inserts = self.shared.slots.iter().map(Slot::take_queue).collect();
+        self.write(db, batch)
+    }
+
+    fn settle(&mut self, batch: Vec<Op>, result: Result<Effects, &str>) -> Next<Op> {
+        let inserts = std::mem::take(&mut self.inserts);
+        match result {
+            Ok(effects) => {
+                if self.apply(effects, batch) {
+                    Next::Stop
+                } else {
+                    Next::Go
                 }
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            Err(_) => {
+                // The events go back to the front of their queues, where the bound holds.
+                for (slot, events) in self.shared.slots.iter().zip(inserts) {
+                    slot.enqueue(events, true, true);
                 }
-            }
-            // Events queued from now on need a new wake-up.
-            self.shared
-                .woken
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            let shared = self.shared.clone();
-            let slots = &shared.slots;
-            let inserts: Vec<Vec<Arc<Event>>> = slots.iter().map(Slot::take_queue).collect();
-            match self.commit(&batch, &inserts) {
-                Ok(effects) => {
-                    self.recovered();
-                    if self.apply(effects, std::mem::take(&mut batch)) {
-                        return;
+                if self.shared.closing.load(Relaxed) {
+                    self.close_failures += 1;
+                    if self.close_failures >= CLOSE_TRIES {
+                        return Next::Abandon(batch);
                     }
                 }
-                Err(e) => {
-                    self.failed(&e);
-                    // The events go back to the front of their queues, where the bound holds.
-                    for (slot, events) in slots.iter().zip(inserts) {
-                        slot.enqueue(events, true, true);
-                    }
-                    if self.shared.closing.load(Relaxed) {
-                        close_failures += 1;
-                        if close_failures >= CLOSE_TRIES {
-                            self.give_up(batch, rx, &e);
-                            return;
-                        }
-                    }
-                    // Keep the batch and try again; the database is reopened first.
-                    std::thread::sleep(RETRY_EVERY);
-                }
+                // Keep the batch and try again; the database is reopened first.
+                Next::Retry(batch)
             }
         }
-        // Every handle is gone: the database closes when the last reader lets it go.
     }
 
     /// At shutdown, with the disk still refusing: count what is queued as dropped, log it,
     /// and answer the close.
-    fn give_up(&self, mut batch: Vec<Op>, rx: std_mpsc::Receiver<Op>, e: &str) {
+    fn abandon(&mut self, batch: Vec<Op>, e: &str) {
         let slots = &self.shared.slots;
-        batch.extend(rx.try_iter());
         for slot in slots {
             let n = slot.take_queue().len() as u64;
             slot.stats.queued.store(0, Relaxed);
@@ -689,26 +721,19 @@ impl Writer {
                 );
             }
         }
-        *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.db.close();
         for op in batch {
             if let Op::Close(done) = op {
                 let _ = done.send(());
             }
         }
     }
+}
 
-    /// The open database, reopened first if a failure closed it.
-    fn database(&self) -> Result<Arc<Database>, String> {
-        let mut db = self.shared.db.lock().unwrap_or_else(|e| e.into_inner());
-        if db.is_none() {
-            *db = Some(Arc::new(
-                open_db(&self.shared.path).map_err(|e| format!("reopening: {e}"))?,
-            ));
-        }
-        Ok(db.clone().expect("just opened"))
-    }
-
-    fn commit(&self, batch: &[Op], inserts: &[Vec<Arc<Event>>]) -> Result<Effects, String> {
+impl OutboxCommitter {
+    /// The transaction: the taken events, the batch's operations, the backlog bound.
+    fn write(&self, db: &Database, batch: &[Op]) -> Result<Effects, redb::Error> {
+        let inserts = &self.inserts;
         let slots = &self.shared.slots;
         let n = slots.len();
         let mut fx = Effects {
@@ -723,15 +748,11 @@ impl Writer {
                 .collect(),
             cleared: vec![false; n],
         };
-        let db = self.database()?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let txn = db.begin_write()?;
         {
             let mut tables = Vec::with_capacity(n);
             for slot in slots {
-                tables.push(
-                    txn.open_table(slot.definition())
-                        .map_err(|e| e.to_string())?,
-                );
+                tables.push(txn.open_table(slot.definition())?);
             }
             for (i, events) in inserts.iter().enumerate() {
                 for event in events {
@@ -742,9 +763,7 @@ impl Writer {
                         fx.disabled[i] += 1;
                         continue;
                     }
-                    tables[i]
-                        .insert(event.id, encode(event).as_slice())
-                        .map_err(|e| e.to_string())?;
+                    tables[i].insert(event.id, encode(event).as_slice())?;
                     let (count, max) = &mut fx.added[i];
                     *count += 1;
                     *max = (*max).max(event.id);
@@ -755,14 +774,14 @@ impl Writer {
                 match op {
                     Op::Wake => {}
                     Op::Remove(i, id) => {
-                        if let Some(v) = tables[*i].remove(id).map_err(|e| e.to_string())? {
+                        if let Some(v) = tables[*i].remove(id)? {
                             fx.removed[*i] += 1;
                             fx.bytes[*i] -= (v.value().len() as u64 + 8).min(fx.bytes[*i]);
                         }
                     }
                     Op::Clear(i) => {
-                        fx.disabled[*i] += tables[*i].len().map_err(|e| e.to_string())?;
-                        tables[*i].retain(|_, _| false).map_err(|e| e.to_string())?;
+                        fx.disabled[*i] += tables[*i].len()?;
+                        tables[*i].retain(|_, _| false)?;
                         fx.added[*i].0 = 0;
                         fx.removed[*i] = 0;
                         fx.trimmed[*i].0 = 0;
@@ -775,7 +794,7 @@ impl Writer {
             // The backlog bound: the oldest go.
             for (i, slot) in slots.iter().enumerate() {
                 while fx.bytes[i] > slot.max_bytes {
-                    let Some((id, v)) = tables[i].pop_first().map_err(|e| e.to_string())? else {
+                    let Some((id, v)) = tables[i].pop_first()? else {
                         fx.bytes[i] = 0;
                         break;
                     };
@@ -785,7 +804,7 @@ impl Writer {
                 }
             }
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit()?;
         Ok(fx)
     }
 
@@ -820,39 +839,12 @@ impl Writer {
         let mut closed = false;
         for op in batch {
             if let Op::Close(done) = op {
-                *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.shared.db.close();
                 let _ = done.send(());
                 closed = true;
             }
         }
         closed
-    }
-
-    fn failed(&mut self, e: &str) {
-        // redb refuses every later write on a database that saw an I/O error: close it (it is
-        // reopened before the retry, once no reader holds it).
-        *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.shared.health.set_failure(Some(e.to_string()));
-        self.failures_since_report += 1;
-        if self.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            error!(
-                path = %self.shared.path.display(),
-                error = %e,
-                failures = self.failures_since_report,
-                "the webhook outbox cannot commit; retrying every second (new events wait in \
-                 memory up to a bound, then are dropped; /readyz answers 503)"
-            );
-            self.reported = Some(Instant::now());
-            self.failures_since_report = 0;
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.reported.take().is_some() {
-            info!(path = %self.shared.path.display(), "the webhook outbox commits again");
-            self.failures_since_report = 0;
-        }
-        self.shared.health.set_failure(None);
     }
 }
 
@@ -866,7 +858,7 @@ mod tests {
     }
 
     /// Open with the default bound and no former names.
-    fn open(path: &Path, stats: Vec<Arc<EndpointStats>>) -> Result<Outbox, String> {
+    fn open(path: &Path, stats: Vec<Arc<EndpointStats>>) -> Result<Outbox, OutboxError> {
         let endpoints = stats
             .into_iter()
             .map(|stats| Endpoint {
@@ -1075,7 +1067,7 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let e = open(&path, vec![stats("a")]).unwrap_err();
+        let e = open(&path, vec![stats("a")]).unwrap_err().to_string();
         assert!(e.contains("format 2"), "{e}");
     }
 

@@ -23,6 +23,27 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// What is wrong with a signing secret (never the secret itself).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No `whsec_` prefix.
+    #[error(
+        "the secret does not start with {PREFIX:?} (Standard Webhooks secrets are whsec_<base64>)"
+    )]
+    Prefix,
+    /// The part after the prefix is not base64.
+    #[error("the part after {PREFIX:?} is not base64: {0}")]
+    Base64(base64::DecodeError),
+    /// The key's length (bytes) is out of range.
+    #[error(
+        "the key is {0} bytes; Standard Webhooks keys are {min} to {max} bytes \
+         (make one with: echo \"whsec_$(head -c 32 /dev/urandom | base64)\")",
+        min = KEY_BYTES.start(),
+        max = KEY_BYTES.end()
+    )]
+    Length(usize),
+}
+
 /// An endpoint's signing key. `Debug` prints `MASKED`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningKey(Vec<u8>);
@@ -35,21 +56,11 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// The key of a `whsec_<base64>` secret, or what is wrong with it (never the secret itself).
-    pub fn parse(secret: &str) -> Result<SigningKey, String> {
-        let encoded = secret.trim().strip_prefix(PREFIX).ok_or_else(|| {
-            format!("the secret does not start with {PREFIX:?} (Standard Webhooks secrets are whsec_<base64>)")
-        })?;
-        let key = LENIENT
-            .decode(encoded)
-            .map_err(|e| format!("the part after {PREFIX:?} is not base64: {e}"))?;
+    pub fn parse(secret: &str) -> Result<SigningKey, KeyError> {
+        let encoded = secret.trim().strip_prefix(PREFIX).ok_or(KeyError::Prefix)?;
+        let key = LENIENT.decode(encoded).map_err(KeyError::Base64)?;
         if !KEY_BYTES.contains(&key.len()) {
-            return Err(format!(
-                "the key is {} bytes; Standard Webhooks keys are {} to {} bytes \
-                 (make one with: echo \"whsec_$(head -c 32 /dev/urandom | base64)\")",
-                key.len(),
-                KEY_BYTES.start(),
-                KEY_BYTES.end()
-            ));
+            return Err(KeyError::Length(key.len()));
         }
         Ok(SigningKey(key))
     }
@@ -118,7 +129,7 @@ mod tests {
             ("whsec_not base64!", "not base64"),
             ("whsec_c2hvcnQ=", "5 bytes"),
         ] {
-            let e = SigningKey::parse(bad).unwrap_err();
+            let e = SigningKey::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
             assert!(!e.contains(&bad[6..]), "the secret is in the message: {e}");
         }

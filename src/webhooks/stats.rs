@@ -82,32 +82,9 @@ impl EndpointStats {
     }
 }
 
-/// Whether the outbox can commit, for `/readyz` and `/metrics` (written by its writer thread).
-#[derive(Debug, Default)]
-pub struct OutboxHealth {
-    /// Why the last commit failed, while it does.
-    failure: Mutex<Option<String>>,
-    /// Commits that failed (each is retried).
-    pub failed_commits: AtomicU64,
-}
-
-impl OutboxHealth {
-    /// Why the outbox cannot commit, or `None` when it can.
-    pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Record a failed commit (`Some`) or a successful one (`None`).
-    pub fn set_failure(&self, why: Option<String>) {
-        if why.is_some() {
-            self.failed_commits.fetch_add(1, Relaxed);
-        }
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
-    }
-}
+/// Whether the outbox can commit, for `/readyz` and `/metrics` (written by its writer thread):
+/// the health of the store's group-commit writer, which the outbox uses.
+pub type OutboxHealth = crate::store::writer::Health;
 
 /// Every endpoint's counters; part of [`crate::metrics::Metrics`].
 #[derive(Debug, Default)]

@@ -206,7 +206,7 @@ impl PresenceBatch {
         id: &str,
         lang: Option<&str>,
         children: &[Element],
-    ) -> Result<PresenceBatch, String> {
+    ) -> Result<PresenceBatch, XmlError> {
         let mut xml = String::with_capacity(160);
         xml.push_str("<presence xmlns='jabber:component:accept' type='");
         escape_into(&mut xml, type_, true);
@@ -564,12 +564,12 @@ pub fn parse_privileges(message: &Message) -> Option<Privileges> {
 }
 
 /// Contacts of a roster result that receive the user's presence (subscription `from` or `both`).
-pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, String> {
+pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, RosterError> {
     let Some(payload) = payload else {
         // An empty result means an empty roster.
         return Ok(Vec::new());
     };
-    let roster = Roster::try_from(payload.clone()).map_err(|e| e.to_string())?;
+    let roster = Roster::try_from(payload.clone()).map_err(|e| RosterError(e.to_string()))?;
     Ok(roster
         .items
         .into_iter()
@@ -579,11 +579,11 @@ pub fn presence_subscribers(payload: Option<&Element>) -> Result<Vec<BareJid>, S
 }
 
 /// Every item of a roster result (a `remove` item is skipped: it is no item).
-pub fn roster_items(payload: Option<&Element>) -> Result<Vec<RosterItem>, String> {
+pub fn roster_items(payload: Option<&Element>) -> Result<Vec<RosterItem>, RosterError> {
     let Some(payload) = payload else {
         return Ok(Vec::new());
     };
-    let roster = Roster::try_from(payload.clone()).map_err(|e| e.to_string())?;
+    let roster = Roster::try_from(payload.clone()).map_err(|e| RosterError(e.to_string()))?;
     Ok(roster
         .items
         .into_iter()
@@ -679,29 +679,66 @@ pub fn announced(p: &Presence, now: u64) -> Option<Announced> {
 /// element, so whatever follows it is only seen (and refused) inside a wrapper.
 const WRAPPER: &str = "extpresence-body";
 
+/// Why XML given by a client cannot be taken, or an element cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// `<!` in the text.
+    #[error("DOCTYPE, entity declarations, CDATA and comments are not allowed")]
+    Declarations,
+    /// The wrapper's name in the text.
+    #[error("<{WRAPPER}> is not allowed")]
+    Wrapper,
+    /// `<?xml` without `?>`.
+    #[error("unterminated XML declaration")]
+    UnterminatedDeclaration,
+    /// The reserved prefixes or namespaces declared, or used for elements.
+    #[error("the reserved prefixes xml and xmlns and their namespaces may not be declared or used for elements")]
+    Reserved,
+    /// An attribute twice on one element.
+    #[error("duplicate attribute {0}")]
+    DuplicateAttribute(String),
+    /// Not well-formed (the parser's message).
+    #[error("{0}")]
+    Malformed(String),
+    /// The writer failed.
+    #[error("it cannot be written as XML: {0}")]
+    Unwritable(String),
+    /// The writer panicked (e.g. a reserved namespace).
+    #[error("it cannot be written as XML")]
+    WriterPanicked,
+    /// The writer wrote something that is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] std::string::FromUtf8Error),
+}
+
+/// A roster result that cannot be parsed (the parser's message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RosterError(String);
+
 /// Parse XML content (elements and text) given by an API client: inside a wrapper element whose
 /// default namespace is `ns` (returned; its children and texts are the content). An XML
 /// declaration at the start is skipped; `<!` (DOCTYPE, entity declarations, CDATA, comments) is
 /// refused, and so is the wrapper's name; so are duplicate attributes and the reserved prefixes
 /// and namespaces ([`check_well_formed`]).
-pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
+pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, XmlError> {
     if text.contains("<!") {
-        return Err("DOCTYPE, entity declarations, CDATA and comments are not allowed".into());
+        return Err(XmlError::Declarations);
     }
     if text.contains(WRAPPER) {
-        return Err(format!("<{WRAPPER}> is not allowed"));
+        return Err(XmlError::Wrapper);
     }
     let content = match text.trim_start().strip_prefix("<?xml") {
         Some(rest) => match rest.split_once("?>") {
             Some((_, content)) => content,
-            None => return Err("unterminated XML declaration".into()),
+            None => return Err(XmlError::UnterminatedDeclaration),
         },
         None => text,
     };
     let wrapped = format!("<{WRAPPER}>{content}</{WRAPPER}>");
     check_well_formed(&wrapped)?;
     Element::from_reader_with_prefixes(wrapped.as_bytes(), ns.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| XmlError::Malformed(e.to_string()))
 }
 
 /// What minidom's tree builder does not check, checked with the tokenizer it uses (rxml): the
@@ -710,12 +747,11 @@ pub fn parse_fragment(text: &str, ns: &str) -> Result<Element, String> {
 /// reserved bindings it knows; the raw pass refuses what it lets through: a second default
 /// `xmlns`, and any declaration of the reserved prefixes `xml` and `xmlns` or of their namespaces
 /// (minidom's writer panics on them). Elements in those namespaces are refused too.
-fn check_well_formed(wrapped: &str) -> Result<(), String> {
+fn check_well_formed(wrapped: &str) -> Result<(), XmlError> {
     use minidom::rxml::{Event, RawEvent, RawReader, Reader, XMLNS_XML, XMLNS_XMLNS};
-    const RESERVED: &str = "the reserved prefixes xml and xmlns and their namespaces may not be declared or used for elements";
     let mut raw = RawReader::new(wrapped.as_bytes());
     let mut seen: Vec<(Option<String>, String)> = Vec::new();
-    while let Some(ev) = raw.read().map_err(|e| e.to_string())? {
+    while let Some(ev) = raw.read().map_err(|e| XmlError::Malformed(e.to_string()))? {
         match ev {
             RawEvent::ElementHeadOpen(..) => seen.clear(),
             RawEvent::Attribute(_, (prefix, local), value) => {
@@ -724,7 +760,7 @@ fn check_well_formed(wrapped: &str) -> Result<(), String> {
                 let declares = match prefix.as_deref() {
                     Some("xmlns") => {
                         if local == "xml" || local == "xmlns" {
-                            return Err(RESERVED.into());
+                            return Err(XmlError::Reserved);
                         }
                         true
                     }
@@ -732,7 +768,7 @@ fn check_well_formed(wrapped: &str) -> Result<(), String> {
                     Some(_) => false,
                 };
                 if declares && (value == XMLNS_XML || value == XMLNS_XMLNS) {
-                    return Err(RESERVED.into());
+                    return Err(XmlError::Reserved);
                 }
                 let key = (prefix, local);
                 if seen.contains(&key) {
@@ -740,7 +776,7 @@ fn check_well_formed(wrapped: &str) -> Result<(), String> {
                         Some(p) => format!("{p}:{}", key.1),
                         None => key.1,
                     };
-                    return Err(format!("duplicate attribute {name}"));
+                    return Err(XmlError::DuplicateAttribute(name));
                 }
                 seen.push(key);
             }
@@ -748,13 +784,16 @@ fn check_well_formed(wrapped: &str) -> Result<(), String> {
         }
     }
     let mut reader = Reader::new(wrapped.as_bytes());
-    while let Some(ev) = reader.read().map_err(|e| e.to_string())? {
+    while let Some(ev) = reader
+        .read()
+        .map_err(|e| XmlError::Malformed(e.to_string()))?
+    {
         if let Event::StartElement(_, (ns, _), attrs) = ev {
             if ns == XMLNS_XML
                 || ns == XMLNS_XMLNS
                 || attrs.iter().any(|((ns, _), _)| ns == XMLNS_XMLNS)
             {
-                return Err(RESERVED.into());
+                return Err(XmlError::Reserved);
             }
         }
     }
@@ -764,15 +803,15 @@ fn check_well_formed(wrapped: &str) -> Result<(), String> {
 /// Serialise an element, or say why it cannot be: minidom's writer panics on what it cannot
 /// write (e.g. a reserved namespace); the panic is caught here so that it never ends a task.
 /// Content from clients is rendered once when it is accepted, so what was accepted renders.
-pub fn render(el: &Element) -> Result<String, String> {
+pub fn render(el: &Element) -> Result<String, XmlError> {
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut out = Vec::new();
         el.write_to(&mut out).map(|()| out)
     }));
     match written {
-        Ok(Ok(bytes)) => String::from_utf8(bytes).map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(format!("it cannot be written as XML: {e}")),
-        Err(_) => Err("it cannot be written as XML".into()),
+        Ok(Ok(bytes)) => Ok(String::from_utf8(bytes)?),
+        Ok(Err(e)) => Err(XmlError::Unwritable(e.to_string())),
+        Err(_) => Err(XmlError::WriterPanicked),
     }
 }
 
@@ -1098,7 +1137,9 @@ mod tests {
             // Two prefixes of one namespace: the same attribute (Namespaces "Attributes Unique").
             "<a xmlns:p='urn:x' xmlns:q='urn:x' p:b='1' q:b='2'/>",
         ] {
-            let e = parse_fragment(xml, "jabber:client").expect_err(xml);
+            let e = parse_fragment(xml, "jabber:client")
+                .expect_err(xml)
+                .to_string();
             assert!(e.contains("duplicate attribute"), "{xml}: {e}");
         }
         let el = parse_fragment("<a xmlns='urn:a' b='1' c='2'/>", "").unwrap();

@@ -65,7 +65,8 @@ fn malformed(format: &'static str, message: impl Into<String>) -> ApiError {
 /// but white space after it.
 pub fn parse_xml(body: &[u8]) -> Result<Command, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| malformed("XML", "not UTF-8"))?;
-    let wrapper = stanzas::parse_fragment(text, NS_BODY).map_err(|e| malformed("XML", e))?;
+    let wrapper =
+        stanzas::parse_fragment(text, NS_BODY).map_err(|e| malformed("XML", e.to_string()))?;
     let mut roots = wrapper.children();
     let (Some(root), None) = (roots.next(), roots.next()) else {
         return Err(malformed(

@@ -99,12 +99,22 @@ pub struct PublicOrigin {
     https: bool,
 }
 
+/// Why `[ui] public_origin` is refused ([`PublicOrigin::parse`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// Not a URL.
+    #[error("{0:?} is not a URL ({1}); e.g. \"https://presence.example.com\"")]
+    NotUrl(String, String),
+    /// A URL, but not `http(s)://host[:port]`.
+    #[error("{0:?} is not an origin: only http(s)://host[:port], no path; e.g. \"https://presence.example.com\"")]
+    NotOrigin(String),
+}
+
 impl PublicOrigin {
     /// Parse `scheme://host[:port]` (http or https; nothing else).
-    pub fn parse(text: &str) -> Result<PublicOrigin, String> {
-        let example = "e.g. \"https://presence.example.com\"";
+    pub fn parse(text: &str) -> Result<PublicOrigin, OriginError> {
         let u = reqwest::Url::parse(text.trim())
-            .map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
+            .map_err(|e| OriginError::NotUrl(text.to_string(), e.to_string()))?;
         let host = u
             .host_str()
             .filter(|_| matches!(u.scheme(), "http" | "https"));
@@ -116,9 +126,7 @@ impl PublicOrigin {
                 && u.query().is_none()
                 && u.fragment().is_none(),
         ) else {
-            return Err(format!(
-                "{text:?} is not an origin: only http(s)://host[:port], no path; {example}"
-            ));
+            return Err(OriginError::NotOrigin(text.to_string()));
         };
         let default = u.port_or_known_default().unwrap_or(80);
         Ok(PublicOrigin {

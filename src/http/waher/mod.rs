@@ -675,7 +675,7 @@ impl Request {
                 let custom = el
                     .children()
                     .map(stanzas::render)
-                    .collect::<Result<String, String>>()
+                    .collect::<Result<String, stanzas::XmlError>>()
                     .map_err(|e| bad(format!("customXml: {e}")))?;
                 Request::Subscribe(SubscribeRequest {
                     to: contact_field("to", &required("to")?)?,
