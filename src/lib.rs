@@ -7,16 +7,18 @@
 //! # Layout
 //! ```text
 //! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap,
-//!                            write stall), server.rs (AppState, routing, the answer to a
-//!                            refusal), ops.rs (/healthz, /readyz, /metrics), tigase/ and v1.rs
-//!                            (dialects; tigase/mod.rs: its pipeline, command.rs: its wire
-//!                            format; v1.rs also the OpenAPI document),
-//!                            read.rs (v1's read side: presence, contacts, SSE events),
-//!                            tokens.rs (v1's /v1/tokens), matrix.rs (the Matrix dialect),
-//!                            waher/ (the Agent API calls; xml_json.rs: stanzas as JSON),
-//!                            ui/ (the live status page: sign-in cookie, its JSON, assets),
-//!                            input.rs (JIDs, domains, bodies), auth.rs (credential → grant,
-//!                            rate limit), error.rs, log.rs (escaped, rate-limited)
+//!                            write stall), server.rs (AppState, the router), pipeline.rs (what
+//!                            every request of every dialect goes through: dialect, span,
+//!                            requests/refusals/latency recorded in one place, the refusal log;
+//!                            may_read, require_json, not_allowed), auth.rs (credential → grant,
+//!                            rate limit), input.rs (JIDs, domains, bodies), error.rs (ApiError
+//!                            → answer), log.rs (escaped, rate-limited), ops.rs (/healthz,
+//!                            /readyz, /metrics), sse.rs (the event stream over HTTP, for v1/
+//!                            and ui/); the dialects, which only translate: tigase/ (mod.rs:
+//!                            its order of steps, command.rs: its wire format), v1/ (status.rs,
+//!                            read.rs, tokens.rs, openapi.rs, common.rs), matrix.rs, waher/ (the
+//!                            Agent API calls; xml_json.rs: stanzas as JSON), ui/ (the live
+//!                            status page: sign-in cookie, its JSON, assets)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
 //!                            tokens, hashed in the store), limits.rs (token buckets;
 //!                            failed authentications per client address)
@@ -46,7 +48,7 @@
 //!                         presence
 //!              events/    one event per change of a served user's presence (fed by the table's
 //!                         commits and fanout/): numbered, buffered for resuming, fanned out
-//!                         to SSE subscribers (http/read.rs) and durable taps
+//!                         to SSE subscribers (http/sse.rs) and durable taps
 //!              webhooks/  a tap: every event POSTed to the `[[webhooks]]` endpoints, signed
 //!                         (Standard Webhooks), at least once and in order, from a durable
 //!                         outbox beside the store (outbox.rs, sender.rs, sign.rs)

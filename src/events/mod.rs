@@ -11,7 +11,7 @@
 //!   (subscribers are indexed by user and domain, so an event costs only its own subscribers,
 //!   and a subscriber costs one index entry per user or domain it follows, at most
 //!   [`MAX_FOLLOWED`] users; it is registered a few entries per taking of the lock, so a large
-//!   filter never holds up publishing). Each subscriber (an SSE stream, `http/read.rs`) has a
+//!   filter never holds up publishing). Each subscriber (an SSE stream, `http/sse.rs`) has a
 //!   queue bounded to [`SUBSCRIBER_QUEUE`] events and [`SUBSCRIBER_QUEUE_BYTES`] of event data;
 //!   one that falls that far behind has its queue ended and is sent `reset`: publishing never
 //!   waits, so a slow client never slows the others or this task.
@@ -109,7 +109,7 @@ pub struct Event {
     /// The presence object (`GET /v1/users/{jid}/presence`) plus `"at"` and `"cause"`, as JSON.
     pub data: Arc<str>,
     /// The event as a Server-Sent Events frame, rendered once by the first stream that sends it
-    /// and shared by every other (`http/read.rs`; BENCHMARKS.md P9).
+    /// and shared by every other (`http/sse.rs`; BENCHMARKS.md P9).
     pub sse_frame: std::sync::OnceLock<bytes::Bytes>,
 }
 
