@@ -7,18 +7,20 @@
 //! # Layout
 //! ```text
 //! HTTP request ─► http/      listener.rs (accept loop: header/idle timeout, connection cap,
-//!                            write stall), server.rs (AppState, the router), pipeline.rs (what
-//!                            every request of every dialect goes through: dialect, span,
-//!                            requests/refusals/latency recorded in one place, the refusal log;
-//!                            may_read, require_json, not_allowed), auth.rs (credential → grant,
-//!                            rate limit), input.rs (JIDs, domains, bodies), error.rs (ApiError
-//!                            → answer), log.rs (escaped, rate-limited), ops.rs (/healthz,
+//!                            write stall), router.rs (the top: every route, the fallback, the
+//!                            layers), pipeline.rs (what every request of every dialect goes
+//!                            through: dialect, span, requests/refusals/latency recorded in one
+//!                            place, the refusal log; may_read, require_json, not_allowed),
+//!                            state.rs (AppState), auth.rs (credential → grant, rate limit),
+//!                            input.rs (JIDs, domains, bodies), error.rs (ApiError → answer;
+//!                            Refusal), log.rs (escaped, rate-limited), ops.rs (/healthz,
 //!                            /readyz, /metrics), sse.rs (the event stream over HTTP, for v1/
-//!                            and ui/); the dialects, which only translate: tigase/ (mod.rs:
-//!                            its order of steps, command.rs: its wire format), v1/ (status.rs,
-//!                            read.rs, tokens.rs, openapi.rs, common.rs), matrix.rs, waher/ (the
-//!                            Agent API calls; xml_json.rs: stanzas as JSON), ui/ (the live
-//!                            status page: sign-in cookie, its JSON, assets)
+//!                            and ui/), openapi.rs (the document of v1/ and tigase/); the
+//!                            dialects, which only translate and import no other dialect:
+//!                            tigase/ (mod.rs: its order of steps, command.rs: its wire format),
+//!                            v1/ (status.rs, read.rs, tokens.rs, common.rs), matrix.rs, waher/
+//!                            (the Agent API calls; xml_json.rs: stanzas as JSON), ui/ (the
+//!                            live status page: sign-in cookie, its JSON, assets)
 //!              ─► access/    who may do what: Grant (scope, access), tokens.rs (per-user
 //!                            tokens, hashed in the store), limits.rs (token buckets;
 //!                            failed authentications per client address)
@@ -290,9 +292,7 @@ pub async fn run(
         observed,
         rosters,
         agent,
-        ui,
         hub: hub.clone(),
-        matrix: settings.matrix.clone(),
         policy: settings.policy.clone(),
         domains: settings.domains.clone(),
         keys: http::auth::ApiKeys::new(
@@ -325,7 +325,7 @@ pub async fn run(
     sdnotify::notify("READY=1");
     let server_task = tokio::spawn(http::listener::serve(
         http,
-        http::router(state),
+        http::router(state, settings.matrix.clone(), ui),
         limits,
         connections,
         shutdown.clone(),

@@ -10,6 +10,11 @@
 //! [`KNOWN_CYCLE_EDGES`]. An edge on a cycle that is not listed fails the test (no new cycle), and
 //! so does a listed edge that is no longer on a cycle (the list only shrinks: remove it).
 //! Test modules (`#[cfg(test)] mod tests` to the end of a file) are not counted.
+//!
+//! Inside `http/` the same holds one level down, between its parts (`pipeline`, `auth`, `state`,
+//! `router`, each dialect, …, a folder counting as one part): no cycle (the router ↔ dialects
+//! cycle is what one request pipeline removed), no dialect imports another dialect (a dialect
+//! only translates, over the shared parts), and nothing imports the router (the top).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -73,6 +78,80 @@ fn import_graph(src: &Path) -> Graph {
                 }
             }
         }
+    }
+    graph
+}
+
+/// The dialects of `http/`: parts that only translate, and import no other dialect.
+const DIALECTS: &[&str] = &["tigase", "v1", "matrix", "waher", "ui"];
+
+/// The import graph between the parts of `http/` (a file, or a folder as one part), from
+/// `crate::http::<part>` and `super::<part>` references (resolved from the file's place).
+fn http_graph(src: &Path) -> Graph {
+    let http = src.join("http");
+    let mut graph = Graph::new();
+    let mut stack = vec![http.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src/http") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&http).unwrap();
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().to_string())
+                .collect();
+            if parts == ["mod.rs"] {
+                continue; // http's root: it only declares the parts
+            }
+            let part = parts[0].trim_end_matches(".rs").to_string();
+            // What `super::` names from this file: http itself (a file in http/, or a folder's
+            // mod.rs), or the folder (a file inside one).
+            let super_is_http = parts.len() == 1 || parts.last().unwrap() == "mod.rs";
+            let text = std::fs::read_to_string(&path).expect("read source");
+            let code = match text.find("#[cfg(test)]\nmod tests") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            let imports = graph.entry(part.clone()).or_default();
+            let name_after = |line: &str, at: usize| -> String {
+                line[at..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect()
+            };
+            for line in code.lines() {
+                let line = line.split("//").next().unwrap_or("");
+                for (i, m) in line.match_indices("crate::http::") {
+                    imports.insert(name_after(line, i + m.len()));
+                }
+                // `super::x` from a file of http/ (or a folder's mod.rs), `super::super::x` from
+                // a file inside a folder, name a part of http/.
+                let prefix = if super_is_http {
+                    "super::"
+                } else {
+                    "super::super::"
+                };
+                for (i, m) in line.match_indices(prefix) {
+                    let after = &line[i + m.len()..];
+                    let before = &line[..i];
+                    if after.starts_with("super::") || before.ends_with("super::") {
+                        continue; // a longer chain: outside http/ or counted at its own length
+                    }
+                    imports.insert(name_after(line, i + m.len()));
+                }
+            }
+            imports.retain(|m| !m.is_empty() && *m != part);
+        }
+    }
+    // Items re-exported by http's root (`AppState`) are not parts.
+    for imports in graph.values_mut() {
+        imports.retain(|m| m.chars().next().is_some_and(|c| c.is_lowercase()));
     }
     graph
 }
@@ -151,6 +230,44 @@ fn layers_have_no_cycle_and_the_ground_floor_imports_nothing_above() {
     assert!(
         gone.is_empty(),
         "no longer on a cycle, remove from KNOWN_CYCLE_EDGES: {gone:?}"
+    );
+}
+
+#[test]
+fn http_parts_have_no_cycle_and_dialects_import_no_dialect() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = http_graph(&src);
+    assert!(
+        ["pipeline", "router", "state", "tigase", "v1", "matrix"]
+            .iter()
+            .all(|p| graph.contains_key(*p)),
+        "the http/ tree was read:\n{}",
+        render(&graph)
+    );
+    let cycles = cycle_edges(&graph);
+    assert!(
+        cycles.is_empty(),
+        "http/ parts importing each other: {cycles:?}\ngraph:\n{}",
+        render(&graph)
+    );
+    for d in DIALECTS {
+        let other: Vec<_> = graph[*d]
+            .iter()
+            .filter(|m| DIALECTS.contains(&m.as_str()))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "dialect {d} imports dialect(s) {other:?}: move what they share into a shared part"
+        );
+    }
+    let into_router: Vec<_> = graph
+        .iter()
+        .filter(|(_, tos)| tos.contains("router"))
+        .map(|(m, _)| m)
+        .collect();
+    assert!(
+        into_router.is_empty(),
+        "the router is the top of http/: {into_router:?} import it"
     );
 }
 

@@ -4,6 +4,8 @@
 //! machine-readable body in the request's format ([`Format`]): JSON
 //! `{"error":{"status":400,"code":"invalid_show","message":"…"}}` or XML
 //! `<error><status>400</status><code>invalid_show</code><message>…</message></error>`.
+//! Every dialect's refusal, whatever its body, carries a [`Refusal`] for the pipeline to count
+//! and log.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +74,27 @@ pub struct ErrorDetail {
     pub code: String,
     /// What is wrong, for people.
     pub message: String,
+}
+
+/// Why a request was refused or failed, attached to its answer by the dialect's error rendering
+/// and read by [`record`](super::pipeline::record): the code for `extpresence_http_refused_total`, the message for the log.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The machine-readable code (`missing_api_key`, Matrix's `M_FORBIDDEN`, …).
+    pub code: &'static str,
+    /// What went wrong, as the client was told (escaped when logged).
+    pub message: String,
+}
+
+impl Refusal {
+    /// Attach a refusal to an answer.
+    pub fn attach(mut resp: Response, code: &'static str, message: impl Into<String>) -> Response {
+        resp.extensions_mut().insert(Refusal {
+            code,
+            message: message.into(),
+        });
+        resp
+    }
 }
 
 /// Why a request was refused.
@@ -275,7 +298,7 @@ impl ApiError {
             }
             _ => {}
         }
-        super::pipeline::Refusal::attach(resp, self.code(), message)
+        Refusal::attach(resp, self.code(), message)
     }
 }
 

@@ -21,14 +21,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
+use axum::{Extension, Router};
 use jid::BareJid;
 use serde_json::{json, Map, Value};
 
+use super::error::Refusal;
 use super::error::{retry_after, ApiError};
 use super::input;
-use super::pipeline::Refusal;
-use super::server::{AppState, MAX_BODY_BYTES};
+use super::state::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need};
 use crate::base::clock::now_ms;
 use crate::metrics::Outcome;
@@ -127,8 +127,8 @@ impl From<ApiError> for MatrixError {
     }
 }
 
-/// The Matrix routes.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The Matrix routes, with the dialect's settings.
+pub fn routes(settings: MatrixSettings) -> Router<Arc<AppState>> {
     Router::new()
         .route("/_matrix/client/versions", get(versions))
         .route(
@@ -137,6 +137,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/_matrix/{*rest}", any(unrecognized))
         .route("/_matrix", any(unrecognized))
+        .layer(Extension(Arc::new(settings)))
 }
 
 async fn unrecognized() -> Response {
@@ -232,6 +233,7 @@ fn user_of(settings: &MatrixSettings, state: &AppState, id: &str) -> Result<Bare
 /// `PUT`/`GET` of a user's presence.
 async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(settings): Extension<Arc<MatrixSettings>>,
     method: Method,
     Path((version, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -241,7 +243,6 @@ async fn status(
     if version != "r0" && version != "v3" {
         return unrecognized().await;
     }
-    let settings = state.matrix.clone();
     let r = match method {
         Method::PUT => {
             let r = put(&state, &settings, &id, query.as_deref(), &headers, body).await;
@@ -391,7 +392,7 @@ async fn get_presence(
 ) -> Result<Response, MatrixError> {
     let grant = grant(state, query, headers)?;
     let user = user_of(settings, state, id)?;
-    super::pipeline::may_read(state, &grant, &user)
+    super::pipeline::may_read(&state.rosters, &grant, &user)
         .await
         .map_err(|e| match e {
             ApiError::Forbidden(_) => err(

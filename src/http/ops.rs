@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::pipeline::not_allowed;
-use super::server::AppState;
+use super::state::AppState;
 use crate::metrics::{self, Gauges};
 use crate::xmpp::LinkState;
 

@@ -30,12 +30,12 @@ use axum::response::Response;
 use jid::BareJid;
 use tracing::{debug, Instrument};
 
-use super::error::{ApiError, Format};
+use super::error::{ApiError, Format, Refusal};
 use super::log::{Kind, Line, RequestLog};
-use super::server::AppState;
 use crate::access::{Grant, Need};
 use crate::base::escape::Escaped;
 use crate::metrics::Metrics;
+use crate::observe::Rosters;
 
 /// Which API a request spoke: the `dialect` label of every request metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,27 +88,6 @@ impl Dialect {
         } else {
             Dialect::Ui
         }
-    }
-}
-
-/// Why a request was refused or failed, attached to its answer by the dialect's error rendering
-/// and read by [`record`]: the code for `extpresence_http_refused_total`, the message for the log.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// The machine-readable code (`missing_api_key`, Matrix's `M_FORBIDDEN`, …).
-    pub code: &'static str,
-    /// What went wrong, as the client was told (escaped when logged).
-    pub message: String,
-}
-
-impl Refusal {
-    /// Attach a refusal to an answer.
-    pub fn attach(mut resp: Response, code: &'static str, message: impl Into<String>) -> Response {
-        resp.extensions_mut().insert(Refusal {
-            code,
-            message: message.into(),
-        });
-        resp
     }
 }
 
@@ -184,15 +163,14 @@ pub const ROSTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `grant` may read `user`: directly, or (a user's own credential) because `user` is in
 /// its user's roster with subscription `to` or `both`.
-pub async fn may_read(state: &AppState, grant: &Grant, user: &BareJid) -> Result<(), ApiError> {
+pub async fn may_read(rosters: &Rosters, grant: &Grant, user: &BareJid) -> Result<(), ApiError> {
     let Err(denied) = grant.allows(Need::Read, user) else {
         return Ok(());
     };
     let Some(own) = grant.reads_through_roster(user) else {
         return Err(denied.into());
     };
-    let roster = state
-        .rosters
+    let roster = rosters
         .get(own, ROSTER_WAIT)
         .await
         .map_err(|e| ApiError::Roster(e.to_string()))?;

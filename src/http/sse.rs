@@ -16,7 +16,7 @@ use futures::Stream;
 use super::error::ApiError;
 use super::input;
 use super::pipeline::{may_read, ROSTER_WAIT};
-use super::server::AppState;
+use super::state::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
 use crate::events::{Event, Filter, Subscription, MAX_FOLLOWED};
@@ -66,7 +66,7 @@ async fn scope_filter(state: &AppState, grant: &Grant, f: &mut Filter) -> Result
         }
     }
     for u in &f.users {
-        may_read(state, grant, u).await?;
+        may_read(&state.rosters, grant, u).await?;
     }
     if !f.users.is_empty() || !f.domains.is_empty() {
         return Ok(());

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::error::{self, ApiError, Format};
 use super::input;
 use super::pipeline::{refuse, reply_format};
-use super::server::{AppState, MAX_BODY_BYTES};
+use super::state::{AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::metrics::Outcome;
 use crate::model::Source;

@@ -32,15 +32,17 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::Format;
+use super::error::Refusal;
 use super::input;
-use super::pipeline::{not_allowed, Refusal};
-use super::server::AppState;
+use super::pipeline::not_allowed;
+use super::state::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
 use crate::base::clock::now_ms;
@@ -352,8 +354,8 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// The routes of the page.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The routes of the page, with its state.
+pub fn routes(ui: Arc<UiState>) -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/",
@@ -369,20 +371,25 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route(
             "/ui/app.js",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                s.ui.misdirected(&h)
-                    .unwrap_or_else(|| asset(APP_JS, "text/javascript; charset=utf-8"))
-            }),
+            get(
+                |Extension(ui): Extension<Arc<UiState>>, h: HeaderMap| async move {
+                    ui.misdirected(&h)
+                        .unwrap_or_else(|| asset(APP_JS, "text/javascript; charset=utf-8"))
+                },
+            ),
         )
         .route(
             "/ui/app.css",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                s.ui.misdirected(&h)
-                    .unwrap_or_else(|| asset(APP_CSS, "text/css; charset=utf-8"))
-            }),
+            get(
+                |Extension(ui): Extension<Arc<UiState>>, h: HeaderMap| async move {
+                    ui.misdirected(&h)
+                        .unwrap_or_else(|| asset(APP_CSS, "text/css; charset=utf-8"))
+                },
+            ),
         )
         .route("/ui/status.json", get(status_json))
         .route("/ui/events", get(events))
+        .layer(Extension(ui))
 }
 
 /// The headers every answer of the page carries.
@@ -433,11 +440,11 @@ fn refused_page(status: StatusCode, code: &'static str, message: &str) -> Respon
     Refusal::attach(login_page(status, message), code, message)
 }
 
-async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = state.ui.misdirected(&headers) {
+async fn index(Extension(ui): Extension<Arc<UiState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
-    match state.ui.grant(&headers) {
+    match ui.grant(&headers) {
         Some(_) => html(StatusCode::OK, PAGE_HTML.to_string()),
         None => login_page(StatusCode::OK, ""),
     }
@@ -452,11 +459,16 @@ fn cookie_flags(ui: &UiState) -> &'static str {
     }
 }
 
-async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(r) = state.ui.misdirected(&headers) {
+async fn login(
+    State(state): State<Arc<AppState>>,
+    Extension(ui): Extension<Arc<UiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
-    if !state.ui.same_origin(&headers) {
+    if !ui.same_origin(&headers) {
         return refused_page(
             StatusCode::FORBIDDEN,
             "cross_origin",
@@ -516,13 +528,13 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
             "This key may not see the status page: use an admin key or a domain key with read access.",
         );
     }
-    let value = state.ui.open(grant);
+    let value = ui.open(grant);
     let mut r = StatusCode::SEE_OTHER.into_response();
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
     let cookie = format!(
         "{COOKIE}={value}; {}; Max-Age={}",
-        cookie_flags(&state.ui),
+        cookie_flags(&ui),
         SESSION_MS / 1000
     );
     h.insert(
@@ -532,23 +544,23 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     secure(r)
 }
 
-async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = state.ui.misdirected(&headers) {
+async fn logout(Extension(ui): Extension<Arc<UiState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
     // From another origin: refused, and the browser keeps its cookie.
-    if !state.ui.same_origin(&headers) {
+    if !ui.same_origin(&headers) {
         return refused_page(
             StatusCode::FORBIDDEN,
             "cross_origin",
             "Sign out from this page.",
         );
     }
-    state.ui.close(&headers);
+    ui.close(&headers);
     let mut r = StatusCode::SEE_OTHER.into_response();
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
-    let cookie = format!("{COOKIE}=; {}; Max-Age=0", cookie_flags(&state.ui));
+    let cookie = format!("{COOKIE}=; {}; Max-Age=0", cookie_flags(&ui));
     h.insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).expect("a valid header"),
@@ -578,13 +590,14 @@ fn unauthorized() -> Response {
 
 async fn status_json(
     State(state): State<Arc<AppState>>,
+    Extension(ui): Extension<Arc<UiState>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = state.ui.misdirected(&headers) {
+    if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
-    let Some(grant) = state.ui.grant(&headers) else {
+    let Some(grant) = ui.grant(&headers) else {
         return unauthorized();
     };
     let search: String = q
@@ -631,8 +644,7 @@ async fn status_json(
         .iter()
         .filter(|e| {
             admin
-                || state
-                    .ui
+                || ui
                     .webhooks
                     .iter()
                     .any(|(name, f)| *name == e.name && UiState::within(&grant, f))
@@ -669,9 +681,9 @@ async fn status_json(
         json!({})
     };
     let body = json!({
-        "link": {"state": link, "since": rfc3339(state.ui.link_since.load(Ordering::Relaxed))},
-        "server": state.ui.server,
-        "component": state.ui.component,
+        "link": {"state": link, "since": rfc3339(ui.link_since.load(Ordering::Relaxed))},
+        "server": ui.server,
+        "component": ui.component,
         "observed_sessions": observed_sessions,
         "complete": state.observed.complete(),
         "held_total": held_total,
@@ -701,13 +713,14 @@ fn global_counters(state: &AppState) -> Value {
 
 async fn events(
     State(state): State<Arc<AppState>>,
+    Extension(ui): Extension<Arc<UiState>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = state.ui.misdirected(&headers) {
+    if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
-    let Some((grant, lifetime)) = state.ui.session(&headers) else {
+    let Some((grant, lifetime)) = ui.session(&headers) else {
         return unauthorized();
     };
     match super::sse::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::http::error::{ApiError, Format};
 use crate::http::input;
 use crate::http::pipeline::refuse;
-use crate::http::server::AppState;
+use crate::http::state::AppState;
 
 /// Most updates in one bulk request.
 pub const MAX_BULK_UPDATES: usize = 1000;

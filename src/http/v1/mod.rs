@@ -1,11 +1,9 @@
 //! The native API `/v1` (JSON): presence in one word, several sources per resource, expiry, bulk
-//! updates, the read side, tokens, and its OpenAPI contract.
+//! updates, the read side and tokens (its OpenAPI document is `http/openapi.rs`).
 //!
 //! - `status`: `PUT`/`DELETE`/`GET /v1/users/{jid}/status`, `POST /v1/statuses` (bulk);
 //! - `read`: presence, presence queries, contacts and the event stream;
 //! - `tokens`: `POST`/`GET /v1/tokens`, `DELETE /v1/tokens/{id}`;
-//! - `openapi`: `GET /v1/openapi.json`, the OpenAPI 3.1 document of `/v1` and the Tigase dialect,
-//!   derived from the types and handlers (utoipa), so it cannot drift;
 //! - `common`: what the routes share (limits, the 405, JSON answers, the `{jid}` user).
 //!
 //! This file only assembles the routes: the parts import `common` and nothing of each other.
@@ -13,14 +11,13 @@
 use std::sync::Arc;
 
 use axum::http::Method;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{post, MethodRouter};
 use axum::Router;
 
 use crate::http::pipeline::not_allowed;
-use crate::http::server::AppState;
+use crate::http::state::AppState;
 
 pub mod common;
-pub mod openapi;
 pub mod read;
 pub mod status;
 pub mod tokens;
@@ -42,9 +39,5 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/v1/statuses",
             post(status::bulk).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
-        .route(
-            "/v1/openapi.json",
-            get(openapi::openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
         )
 }

@@ -33,8 +33,8 @@ use crate::base::clock::now_ms;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
 use crate::http::pipeline::{may_read, not_allowed, require_json, ROSTER_WAIT};
-use crate::http::server::AppState;
 use crate::http::sse::event_stream;
+use crate::http::state::AppState;
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
 
 /// Most users in one presence query.
@@ -95,7 +95,7 @@ pub async fn get_presence(
     let r = async {
         let grant = state.keys.check(q.as_deref(), &headers)?;
         let user = user_of(&state, &path)?;
-        may_read(&state, &grant, &user).await?;
+        may_read(&state.rosters, &grant, &user).await?;
         Ok(json(StatusCode::OK, &presence_of(&state, &user)))
     }
     .await;
@@ -177,7 +177,7 @@ pub async fn query(
             }
         }
         for u in &users {
-            may_read(&state, &grant, u).await?;
+            may_read(&state.rosters, &grant, u).await?;
         }
         let mut out = Vec::with_capacity(64 * users.len());
         out.extend_from_slice(b"{\"presence\":[");

@@ -25,7 +25,7 @@ use crate::base::clock::{now_ms, rfc3339};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
 use crate::http::pipeline::require_json;
-use crate::http::server::{AppState, MAX_BODY_BYTES};
+use crate::http::state::{AppState, MAX_BODY_BYTES};
 use crate::metrics::Outcome;
 use crate::model::{
     validate_text, InvalidStatus, Source, SourceRef, Status, Word, MAX_EXPIRY_SECS,

@@ -24,7 +24,7 @@ use crate::access::Access;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
 use crate::http::pipeline::{not_allowed, require_json};
-use crate::http::server::{AppState, MAX_BODY_BYTES};
+use crate::http::state::{AppState, MAX_BODY_BYTES};
 
 /// Longest lifetime of a token: 10 years.
 const MAX_EXPIRES_IN: u64 = 10 * 366 * 24 * 3600;

@@ -26,10 +26,10 @@ use minidom::Element;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::error::Refusal;
 use super::error::{retry_after, ApiError};
 use super::input;
-use super::pipeline::Refusal;
-use super::server::{AppState, MAX_BODY_BYTES};
+use super::state::{AppState, MAX_BODY_BYTES};
 use crate::access::{Grant, Need, Scope};
 use crate::agent::{self, AgentError, Contact, SubscribeRequest, MAX_CUSTOM_XML};
 use crate::base::clock::rfc3339;

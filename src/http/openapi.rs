@@ -1,12 +1,27 @@
 //! `GET /v1/openapi.json`: the OpenAPI 3.1 document of `/v1` and the Tigase dialect, derived
-//! from the handlers and types (utoipa), with the key scheme and the 429 of every keyed
+//! from the handlers and types (utoipa), so it cannot drift; above both dialects (it reads their
+//! handlers' annotations), with the key scheme and the 429 of every keyed
 //! operation added once for all.
 
-use axum::http::{header, HeaderValue};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use utoipa::OpenApi;
 
-use crate::http::error::{ErrorBody, ErrorDetail};
+use super::error::{ErrorBody, ErrorDetail};
+use super::pipeline::not_allowed;
+use super::state::AppState;
+
+/// `GET /v1/openapi.json`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route(
+        "/v1/openapi.json",
+        get(openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
+    )
+}
 
 /// This document.
 #[utoipa::path(
@@ -108,26 +123,26 @@ impl utoipa::Modify for RateLimited {
                        credentials are refused with 400 `ambiguous_credentials`)."
     ),
     paths(
-        super::status::put_status,
-        super::status::delete_status,
-        super::status::get_status,
-        super::status::bulk,
+        crate::http::v1::status::put_status,
+        crate::http::v1::status::delete_status,
+        crate::http::v1::status::get_status,
+        crate::http::v1::status::bulk,
         openapi,
-        super::read::get_presence,
-        super::read::query,
-        super::read::get_contacts,
-        super::read::events,
-        super::tokens::mint,
-        super::tokens::list,
-        super::tokens::revoke,
+        crate::http::v1::read::get_presence,
+        crate::http::v1::read::query,
+        crate::http::v1::read::get_contacts,
+        crate::http::v1::read::events,
+        crate::http::v1::tokens::mint,
+        crate::http::v1::tokens::list,
+        crate::http::v1::tokens::revoke,
         crate::http::tigase::status_default,
         crate::http::tigase::status_resource
     ),
     components(schemas(
-        super::status::Presence,
+        crate::http::v1::status::Presence,
         ErrorBody,
         ErrorDetail,
-        super::status::BulkItem,
+        crate::http::v1::status::BulkItem,
         crate::http::tigase::command::StatusResponse,
         crate::http::tigase::command::StatusResponseBody
     )),
