@@ -57,7 +57,8 @@
 //! ground floor: base/     helpers every layer may use, importing nothing of ours: clock.rs
 //!                         (now_ms, rfc3339), config_error.rs (ConfigError, read_secret_file),
 //!                         domain.rs (normalize_domain), escape.rs (Escaped: outside text as
-//!                         logged), secret.rs (Secret, MASKED)
+//!                         logged), exposition.rs (scrape-time values as Prometheus
+//!                         series), secret.rs (Secret, MASKED)
 //!              model/     the model, importing only base/: Status, Show, Word, Source,
 //!                         StatusPolicy and their validation; observed.rs: what the server
 //!                         announces (Announced: a session's presence; RosterItem)

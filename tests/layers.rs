@@ -27,12 +27,13 @@ const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-/// Every `crate::<module>` reference of each top-level module's files outside their tests.
-fn import_graph(src: &Path) -> Graph {
-    let mut graph = Graph::new();
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read src") {
+/// The `.rs` files under `dir` (recursively), each with its path relative to `dir` as components
+/// and its code outside its test module (`#[cfg(test)] mod tests` to the end of the file).
+fn sources(dir: &Path) -> Vec<(Vec<String>, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read the source tree") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
                 stack.push(path);
@@ -41,41 +42,48 @@ fn import_graph(src: &Path) -> Graph {
             if path.extension().is_none_or(|e| e != "rs") {
                 continue;
             }
-            let rel = path.strip_prefix(src).unwrap();
-            let first = rel
-                .components()
-                .next()
+            let rel = path
+                .strip_prefix(dir)
                 .unwrap()
-                .as_os_str()
-                .to_string_lossy();
-            let module = first.trim_end_matches(".rs").to_string();
-            if module == "lib" || module == "main" {
-                continue;
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().to_string())
+                .collect();
+            let mut text = std::fs::read_to_string(&path).expect("read source");
+            if let Some(i) = text.find("#[cfg(test)]\nmod tests") {
+                text.truncate(i);
             }
-            let text = std::fs::read_to_string(&path).expect("read source");
-            let code = match text.find("#[cfg(test)]\nmod tests") {
-                Some(i) => &text[..i],
-                None => &text[..],
-            };
-            let imports = graph.entry(module.clone()).or_default();
-            for line in code.lines() {
-                let line = line.split("//").next().unwrap_or("");
-                for (i, _) in line.match_indices("crate::") {
-                    // Not `some_crate::`.
-                    if line[..i]
-                        .chars()
-                        .last()
-                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
-                    {
-                        continue;
-                    }
-                    let name: String = line[i + "crate::".len()..]
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != module && name != "VERSION" {
-                        imports.insert(name);
-                    }
+            out.push((rel, text));
+        }
+    }
+    out
+}
+
+/// Every `crate::<module>` reference of each top-level module's files outside their tests.
+fn import_graph(src: &Path) -> Graph {
+    let mut graph = Graph::new();
+    for (rel, code) in sources(src) {
+        let module = rel[0].trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let imports = graph.entry(module.clone()).or_default();
+        for line in code.lines() {
+            let line = line.split("//").next().unwrap_or("");
+            for (i, _) in line.match_indices("crate::") {
+                // Not `some_crate::`.
+                if line[..i]
+                    .chars()
+                    .last()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                {
+                    continue;
+                }
+                let name: String = line[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module && name != "VERSION" {
+                    imports.insert(name);
                 }
             }
         }
@@ -108,66 +116,44 @@ const DIALECTS: &[&str] = &["tigase", "v1", "matrix", "waher", "ui"];
 /// The import graph between the parts of `http/` (a file, or a folder as one part), from
 /// `crate::http::<part>` and `super::<part>` references (resolved from the file's place).
 fn http_graph(src: &Path) -> Graph {
-    let http = src.join("http");
     let mut graph = Graph::new();
-    let mut stack = vec![http.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read src/http") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let rel = path.strip_prefix(&http).unwrap();
-            let parts: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().to_string())
-                .collect();
-            if parts == ["mod.rs"] {
-                continue; // http's root: it only declares the parts
-            }
-            let part = parts[0].trim_end_matches(".rs").to_string();
-            // What `super::` names from this file: http itself (a file in http/, or a folder's
-            // mod.rs), or the folder (a file inside one).
-            let super_is_http = parts.len() == 1 || parts.last().unwrap() == "mod.rs";
-            let text = std::fs::read_to_string(&path).expect("read source");
-            let code = match text.find("#[cfg(test)]\nmod tests") {
-                Some(i) => &text[..i],
-                None => &text[..],
-            };
-            let imports = graph.entry(part.clone()).or_default();
-            let name_after = |line: &str, at: usize| -> String {
-                line[at..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect()
-            };
-            for line in code.lines() {
-                let line = line.split("//").next().unwrap_or("");
-                for (i, m) in line.match_indices("crate::http::") {
-                    imports.insert(name_after(line, i + m.len()));
-                }
-                // `super::x` from a file of http/ (or a folder's mod.rs), `super::super::x` from
-                // a file inside a folder, name a part of http/.
-                let prefix = if super_is_http {
-                    "super::"
-                } else {
-                    "super::super::"
-                };
-                for (i, m) in line.match_indices(prefix) {
-                    let after = &line[i + m.len()..];
-                    let before = &line[..i];
-                    if after.starts_with("super::") || before.ends_with("super::") {
-                        continue; // a longer chain: outside http/ or counted at its own length
-                    }
-                    imports.insert(name_after(line, i + m.len()));
-                }
-            }
-            imports.retain(|m| !m.is_empty() && *m != part);
+    for (parts, code) in sources(&src.join("http")) {
+        if parts == ["mod.rs"] {
+            continue; // http's root: it only declares the parts
         }
+        let part = parts[0].trim_end_matches(".rs").to_string();
+        // What `super::` names from this file: http itself (a file in http/, or a folder's
+        // mod.rs), or the folder (a file inside one).
+        let super_is_http = parts.len() == 1 || parts.last().unwrap() == "mod.rs";
+        let imports = graph.entry(part.clone()).or_default();
+        let name_after = |line: &str, at: usize| -> String {
+            line[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        for line in code.lines() {
+            let line = line.split("//").next().unwrap_or("");
+            for (i, m) in line.match_indices("crate::http::") {
+                imports.insert(name_after(line, i + m.len()));
+            }
+            // `super::x` from a file of http/ (or a folder's mod.rs), `super::super::x` from
+            // a file inside a folder, name a part of http/.
+            let prefix = if super_is_http {
+                "super::"
+            } else {
+                "super::super::"
+            };
+            for (i, m) in line.match_indices(prefix) {
+                let after = &line[i + m.len()..];
+                let before = &line[..i];
+                if after.starts_with("super::") || before.ends_with("super::") {
+                    continue; // a longer chain: outside http/ or counted at its own length
+                }
+                imports.insert(name_after(line, i + m.len()));
+            }
+        }
+        imports.retain(|m| !m.is_empty() && *m != part);
     }
     // Items re-exported by http's root (`AppState`) are not parts.
     for imports in graph.values_mut() {

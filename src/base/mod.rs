@@ -5,6 +5,8 @@
 //!   validation returns, and [`read_secret_file`](config_error::read_secret_file);
 //! - `domain.rs`: [`normalize_domain`](domain::normalize_domain), for every domain configured or
 //!   asked for;
+//! - `exposition.rs`: writing scrape-time values as Prometheus series (for `metrics/` and
+//!   `webhooks/`);
 //! - `escape.rs`: [`Escaped`](escape::Escaped), outside text as it may reach the log;
 //! - `secret.rs`: [`Secret`](secret::Secret), which prints as `MASKED`.
 
@@ -12,4 +14,5 @@ pub mod clock;
 pub mod config_error;
 pub mod domain;
 pub mod escape;
+pub mod exposition;
 pub mod secret;

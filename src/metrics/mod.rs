@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::base::exposition::{const_counter, const_gauge, labelled};
 use histogram::LatencyHistogram;
 pub use histogram::LATENCY_BUCKETS;
 
@@ -294,40 +294,6 @@ impl Metrics {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// A counter without labels, of value `v`.
-fn const_counter(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    v: u64,
-) -> std::fmt::Result {
-    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
-/// A gauge without labels, of value `v`.
-fn const_gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-/// One series per label set of `samples`, all of `kind` (counter or gauge).
-fn labelled<L: EncodeLabelSet>(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> std::fmt::Result {
-    let mut m = e.encode_descriptor(name, help, None, kind)?;
-    for (labels, v) in samples {
-        let series = m.encode_family(&labels)?;
-        match kind {
-            MetricType::Counter => ConstCounter::new(v).encode(series)?,
-            _ => ConstGauge::new(v).encode(series)?,
-        }
-    }
-    Ok(())
 }
 
 /// Encodes the latest scrape's [`Gauges`] (names without `_total`: the encoder adds it to

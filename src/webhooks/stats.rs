@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
+
+use crate::base::exposition::labelled;
 
 /// Counters of one endpoint.
 #[derive(Debug)]
@@ -247,26 +249,6 @@ impl Collector for WebhookCollector {
             }),
         )
     }
-}
-
-/// One series per label set of `samples`, all of `kind` (counter or gauge; names without
-/// `_total`: the encoder adds it to counters).
-fn labelled<L: EncodeLabelSet>(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> std::fmt::Result {
-    let mut m = e.encode_descriptor(name, help, None, kind)?;
-    for (labels, v) in samples {
-        let series = m.encode_family(&labels)?;
-        match kind {
-            MetricType::Counter => ConstCounter::new(v).encode(series)?,
-            _ => ConstGauge::new(v).encode(series)?,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
