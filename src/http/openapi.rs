@@ -5,22 +5,19 @@
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use utoipa::OpenApi;
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::pipeline::not_allowed;
+use super::pipeline::others;
 use super::state::AppState;
 
 /// `GET /v1/openapi.json`.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/v1/openapi.json",
-        get(openapi).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-    )
+    Router::new().route("/v1/openapi.json", get(openapi).fallback(others("GET")))
 }
 
 /// This document.

@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::pipeline::not_allowed;
+use super::pipeline::others;
 use super::state::AppState;
 use crate::metrics::{self, Gauges};
 use crate::xmpp::LinkState;
@@ -19,18 +19,9 @@ use crate::xmpp::LinkState;
 /// The operations routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route(
-            "/healthz",
-            get(healthz).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
-        .route(
-            "/readyz",
-            get(readyz).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
-        .route(
-            "/metrics",
-            get(metrics).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
+        .route("/healthz", get(healthz).fallback(others("GET")))
+        .route("/readyz", get(readyz).fallback(others("GET")))
+        .route("/metrics", get(metrics).fallback(others("GET")))
 }
 
 async fn healthz() -> &'static str {

@@ -194,6 +194,13 @@ pub fn not_allowed(method: Method, allow: &'static str) -> Response {
     ApiError::Method(method.to_string(), allow).into_response(Format::Json)
 }
 
+/// The handler of a route's other methods: its 405 naming `allow` (`.fallback(others("GET"))`).
+pub fn others(
+    allow: &'static str,
+) -> impl Fn(Method) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move |m| std::future::ready(not_allowed(m, allow))
+}
+
 /// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.
 pub fn reply_format(headers: &HeaderMap) -> Format {
     let get = |h| {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use super::error::Format;
 use super::error::Refusal;
 use super::input;
-use super::pipeline::not_allowed;
+use super::pipeline::others;
 use super::state::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
@@ -357,18 +357,9 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 /// The routes of the page, with its state.
 pub fn routes(ui: Arc<UiState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route(
-            "/",
-            get(index).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
-        .route(
-            "/login",
-            post(login).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
-        .route(
-            "/logout",
-            post(logout).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
+        .route("/", get(index).fallback(others("GET")))
+        .route("/login", post(login).fallback(others("POST")))
+        .route("/logout", post(logout).fallback(others("POST")))
         .route(
             "/ui/app.js",
             get(

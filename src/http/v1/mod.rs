@@ -10,11 +10,10 @@
 
 use std::sync::Arc;
 
-use axum::http::Method;
 use axum::routing::{post, MethodRouter};
 use axum::Router;
 
-use crate::http::pipeline::not_allowed;
+use crate::http::pipeline::others;
 use crate::http::state::AppState;
 
 pub mod common;
@@ -34,10 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
                 .get(status::get_status)
                 .put(status::put_status)
                 .delete(status::delete_status)
-                .fallback(|m: Method| async move { not_allowed(m, "GET, PUT, DELETE") }),
+                .fallback(others("GET, PUT, DELETE")),
         )
-        .route(
-            "/v1/statuses",
-            post(status::bulk).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
+        .route("/v1/statuses", post(status::bulk).fallback(others("POST")))
 }

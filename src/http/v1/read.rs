@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
@@ -32,7 +32,7 @@ use crate::access::Need;
 use crate::base::clock::now_ms;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
-use crate::http::pipeline::{may_read, not_allowed, require_json, ROSTER_WAIT};
+use crate::http::pipeline::{may_read, others, require_json, ROSTER_WAIT};
 use crate::http::sse::event_stream;
 use crate::http::state::AppState;
 use crate::observe::{self, ResourcePresence, RosterError, UserPresence};
@@ -51,22 +51,16 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/v1/users/{jid}/presence",
             MethodRouter::new()
                 .get(get_presence)
-                .fallback(|m: Method| async move { not_allowed(m, "GET") }),
+                .fallback(others("GET")),
         )
         .route(
             "/v1/users/{jid}/contacts",
             MethodRouter::new()
                 .get(get_contacts)
-                .fallback(|m: Method| async move { not_allowed(m, "GET") }),
+                .fallback(others("GET")),
         )
-        .route(
-            "/v1/presence/query",
-            post(query).fallback(|m: Method| async move { not_allowed(m, "POST") }),
-        )
-        .route(
-            "/v1/events",
-            get(events).fallback(|m: Method| async move { not_allowed(m, "GET") }),
-        )
+        .route("/v1/presence/query", post(query).fallback(others("POST")))
+        .route("/v1/events", get(events).fallback(others("GET")))
 }
 
 /// A user's presence: what an XMPP client would show, and every real and synthetic resource.

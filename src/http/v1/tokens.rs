@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, MethodRouter};
 use axum::Router;
@@ -23,7 +23,7 @@ use crate::access::tokens::TokenInfo;
 use crate::access::Access;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
-use crate::http::pipeline::{not_allowed, require_json};
+use crate::http::pipeline::{others, require_json};
 use crate::http::state::{AppState, MAX_BODY_BYTES};
 
 /// Longest lifetime of a token: 10 years.
@@ -37,12 +37,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             MethodRouter::new()
                 .get(list)
                 .post(mint)
-                .fallback(|m: Method| async move { not_allowed(m, "GET, POST") }),
+                .fallback(others("GET, POST")),
         )
-        .route(
-            "/v1/tokens/{id}",
-            delete(revoke).fallback(|m: Method| async move { not_allowed(m, "DELETE") }),
-        )
+        .route("/v1/tokens/{id}", delete(revoke).fallback(others("DELETE")))
 }
 
 /// A token to mint.
