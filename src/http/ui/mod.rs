@@ -38,8 +38,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::error::Format;
-use super::error::Refusal;
+use super::error::{Format, Refusal};
 use super::input;
 use super::pipeline::others;
 use super::state::AppState;
