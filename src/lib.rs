@@ -10,7 +10,7 @@
 //!                            write stall), router.rs (the top: every route, the fallback, the
 //!                            layers), pipeline.rs (what every request of every dialect goes
 //!                            through: dialect, span, requests/refusals/latency recorded in one
-//!                            place, the refusal log; may_read, require_json, not_allowed),
+//!                            place, the refusal log; may_read, require_json, others),
 //!                            state.rs (AppState), auth.rs (credential → grant, rate limit),
 //!                            input.rs (JIDs, domains, bodies), error.rs (ApiError → answer;
 //!                            Refusal), log.rs (escaped, rate-limited), ops.rs (/healthz,
