@@ -6,10 +6,10 @@
 //! - `extpresence_http_requests_total{dialect,status}` and the latency histogram
 //!   `extpresence_http_request_duration_seconds{dialect}`;
 //! - for a refused (4xx) or failed (5xx) request whose answer carries a [`Refusal`] (every
-//!   dialect's error rendering attaches one: [`ApiError`](super::error::ApiError), Matrix's
+//!   dialect's error rendering attaches one: [`ApiError`], Matrix's
 //!   `{"errcode"}`, the Agent API's plain text, the status page's sign-in form),
 //!   `extpresence_http_refused_total{dialect,code}` and a log line, rate-limited by
-//!   [`RequestLog`](super::log::RequestLog) so a flood cannot flood the journal.
+//!   [`RequestLog`] so a flood cannot flood the journal.
 //!
 //! The steps before a dialect's translation are one function each, which every dialect calls in
 //! its documented order (the order decides which refusal wins, part of each dialect's contract):

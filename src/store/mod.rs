@@ -127,7 +127,7 @@ pub enum RecordError {
     UnknownKind,
 }
 
-/// Why a store file cannot be read or upgraded (also the webhook outbox's [`written_format`]).
+/// Why a store file cannot be read or upgraded (also the webhook outbox's `written_format`).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// redb failed.

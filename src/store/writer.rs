@@ -13,7 +13,7 @@
 //! The owner decides what happens to the failed batch: give it up (the status store fails its
 //! writes, then probes every [`RETRY_EVERY`] while idle), or retry it every [`RETRY_EVERY`] (the
 //! outbox). The first commit that succeeds again ends the failure. Failures are logged at ERROR
-//! once per [`REPORT_EVERY`] at most, also when a nearly full disk makes commits fail and
+//! once per `REPORT_EVERY` at most, also when a nearly full disk makes commits fail and
 //! succeed in turn; everything else at DEBUG, and the recovery at INFO.
 
 use std::path::{Path, PathBuf};
@@ -170,7 +170,7 @@ pub trait Committer: Send + 'static {
 /// The log lines of one writer (what is failing, for whom).
 #[derive(Debug)]
 pub struct Texts {
-    /// ERROR, at most once per [`REPORT_EVERY`]: commits fail.
+    /// ERROR, at most once per `REPORT_EVERY`: commits fail.
     pub failing: &'static str,
     /// DEBUG: still failing (within the report period).
     pub still_failing: &'static str,
@@ -191,7 +191,7 @@ pub struct Writer<C: Committer> {
     max_batch: usize,
     /// When the last ERROR line about failing commits was written, and the failures since: a
     /// database that flaps (a nearly full disk: some commits fit, some do not) is reported once
-    /// per [`REPORT_EVERY`], not once per flap.
+    /// per `REPORT_EVERY`, not once per flap.
     reported: Option<Instant>,
     failures_since_report: u64,
 }

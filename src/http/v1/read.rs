@@ -7,7 +7,7 @@
 //! - `GET /v1/users/{jid}/contacts` — the user's roster, with each contact's presence as the user
 //!   sees it (subscription `to` or `both`);
 //! - `GET /v1/events` — Server-Sent Events: one `presence` event per change of a served user's
-//!   presence, filtered by `?user=` / `?domain=` (at most [`MAX_FOLLOWED`] users), resumable
+//!   presence, filtered by `?user=` / `?domain=` (at most [`MAX_FOLLOWED`](crate::events::MAX_FOLLOWED) users), resumable
 //!   with `Last-Event-ID` (`reset` when not), a keepalive comment every 15 s; it ends when its
 //!   token is revoked or expires.
 //!
