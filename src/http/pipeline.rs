@@ -181,24 +181,13 @@ pub async fn may_read(rosters: &Rosters, grant: &Grant, user: &BareJid) -> Resul
     }
 }
 
-/// The answer to a refused or failed request of the dialects that answer with [`ApiError`]
-/// bodies, in `format` (its [`Refusal`] attached).
-pub fn refuse(e: ApiError, format: Format) -> Response {
-    e.into_response(format)
-}
-
-/// The 405 of a path (every dialect answering [`ApiError`] bodies, the status page and the
-/// operations endpoints): names the method given and, in the body and the `Allow` header, the
-/// methods the path serves.
-pub fn not_allowed(method: Method, allow: &'static str) -> Response {
-    ApiError::Method(method.to_string(), allow).into_response(Format::Json)
-}
-
-/// The handler of a route's other methods: its 405 naming `allow` (`.fallback(others("GET"))`).
+/// The handler of a route's other methods (`.fallback(others("GET"))`): a 405 naming the method
+/// given and, in the body and the `Allow` header, the methods the path serves (every route of
+/// every dialect answering [`ApiError`] bodies, the status page and the operations endpoints).
 pub fn others(
     allow: &'static str,
 ) -> impl Fn(Method) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
-    move |m| std::future::ready(not_allowed(m, allow))
+    move |m| std::future::ready(ApiError::Method(m.to_string(), allow).into_response(Format::Json))
 }
 
 /// The format to answer in when the request's own Content-Type is not usable: Accept, else JSON.

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::error::{self, ApiError, Format};
 use super::input;
-use super::pipeline::{refuse, reply_format};
+use super::pipeline::reply_format;
 use super::state::{AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::metrics::Outcome;
@@ -153,7 +153,7 @@ async fn handle(
             );
             r
         }
-        Err(e) => refuse(e, reply_format(&headers)),
+        Err(e) => e.into_response(reply_format(&headers)),
     }
 }
 

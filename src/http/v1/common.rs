@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::http::error::{ApiError, Format};
 use crate::http::input;
-use crate::http::pipeline::refuse;
 use crate::http::state::AppState;
 
 /// Most updates in one bulk request.
@@ -41,7 +40,7 @@ pub fn malformed(e: serde_json::Error) -> ApiError {
 
 /// Answer an error the dialect's way (its refusal recorded by the pipeline).
 pub fn finish(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(|e| refuse(e, Format::Json))
+    r.unwrap_or_else(|e| e.into_response(Format::Json))
 }
 
 /// The served user named by the `{jid}` path segment.
