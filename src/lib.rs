@@ -173,6 +173,11 @@ pub async fn run(
     )
     .await?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // What delivery depends on: the link, and (fan-out) each served domain's privileges.
+    let health = base::health::Health::new(
+        settings.domains.iter().map(String::as_str),
+        settings.backend == BackendKind::Fanout,
+    );
     let ping_to: Jid = jid::BareJid::new(
         settings
             .domains
@@ -192,6 +197,7 @@ pub async fn run(
             reconnect_max: settings.reconnect_max,
             ping_to: ping_to.clone(),
             metrics: metrics.clone(),
+            health: health.clone(),
         },
         events_tx,
     );
@@ -224,6 +230,7 @@ pub async fn run(
                         (rx, now)
                     }),
                     agent: Some((exchanges, agent_ready)),
+                    health: health.clone(),
                 },
                 table.clone(),
                 changes,
@@ -305,6 +312,9 @@ pub async fn run(
         delivery,
         metrics,
         link: link.clone(),
+        health,
+        server: settings.server.to_string(),
+        component: settings.component.to_string(),
         connections: connections.clone(),
         max_connections: limits.max_connections,
         body_timeout: settings.body_timeout,

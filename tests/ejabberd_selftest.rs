@@ -42,6 +42,7 @@ fn link_config(server: &Ejabberd) -> LinkConfig {
         reconnect_max: Duration::from_secs(5),
         ping_to: BareJid::new(DOMAIN).expect("domain jid").into(),
         metrics: Default::default(),
+        health: extpresence::base::health::Health::new([DOMAIN], true),
     }
 }
 

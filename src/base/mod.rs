@@ -7,6 +7,8 @@
 //!   asked for;
 //! - `exposition.rs`: writing scrape-time values as Prometheus series (for `metrics/` and
 //!   `webhooks/`);
+//! - `health.rs`: [`Health`](health::Health), what delivery depends on (the link, each served
+//!   domain's privileges) as the parts that know it report it;
 //! - `escape.rs`: [`Escaped`](escape::Escaped), outside text as it may reach the log;
 //! - `secret.rs`: [`Secret`](secret::Secret), which prints as `MASKED`.
 
@@ -15,4 +17,5 @@ pub mod config_error;
 pub mod domain;
 pub mod escape;
 pub mod exposition;
+pub mod health;
 pub mod secret;

@@ -782,6 +782,7 @@ mod tests {
                 reconnect_max: Duration::from_secs(30),
                 ping_to: BareJid::new("example.com").unwrap().into(),
                 metrics: Default::default(),
+                health: crate::base::health::Health::new(["example.com"], false),
             },
             mpsc::unbounded_channel().0,
         );

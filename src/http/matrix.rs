@@ -380,7 +380,12 @@ async fn put(
         .write(&user, &resource, edit)
         .await
         .map_err(|e| MatrixError::from(ApiError::Storage(e.to_string())))?;
-    Ok((ok_json(json!({})), set))
+    // The spec's answer is `{}`: a change held for later is said in a header only.
+    let pending = state.pending(user.domain().as_str());
+    Ok((
+        super::readiness::mark_pending(ok_json(json!({})), pending),
+        set,
+    ))
 }
 
 async fn get_presence(

@@ -18,6 +18,7 @@ pub mod matrix;
 pub mod openapi;
 pub mod ops;
 pub mod pipeline;
+pub mod readiness;
 pub mod router;
 pub mod sse;
 pub mod state;

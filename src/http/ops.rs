@@ -1,12 +1,12 @@
-//! The operations endpoints, without an API key: `/healthz` (the process answers), `/readyz`
-//! (the store and the webhook outbox can commit and the XMPP link is up) and `/metrics` (the
-//! Prometheus text of [`crate::metrics`], with the values read at scrape time).
+//! The operations endpoints, without an API key: `/healthz` (the process answers: liveness),
+//! `/readyz` (a change would reach contacts now: the report of [`super::readiness`]) and
+//! `/metrics` (the Prometheus text of [`crate::metrics`], with the values read at scrape time).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -28,27 +28,30 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store and the webhook outbox can commit and the XMPP link is up; else 503
-/// with the reason.
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
-    if let Some(why) = state.table.store_failure() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the status store cannot commit: {why}\n"),
+/// 200 when a change would reach contacts now (see [`super::readiness`]); else 503 naming each
+/// failing condition and its fix. Plain text, or the whole report as JSON when the request
+/// accepts `application/json` (what `extpresence status` reads).
+async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let report = state.readiness(&state.server, &state.component);
+    let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    if json {
+        let body = serde_json::to_string(&report).expect("the report serialises");
+        let mut r = (code, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
         );
-    }
-    if let Some(why) = state.metrics.webhooks.outbox_failure() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the webhook outbox cannot commit: {why}\n"),
-        );
-    }
-    match state.link.state() {
-        LinkState::Up => (StatusCode::OK, "ready\n".into()),
-        LinkState::Down => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the XMPP component link is down\n".into(),
-        ),
+        r
+    } else {
+        (code, report.text()).into_response()
     }
 }
 
@@ -58,6 +61,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         held: state.table.len(),
         link_up: state.link.state() == LinkState::Up,
         store_ok: state.table.store_failure().is_none(),
+        privileges: state
+            .health
+            .privileges()
+            .into_iter()
+            .map(|(d, p)| (d, p.granted()))
+            .collect(),
         store_failed_commits: state.table.store_failed_commits(),
         http_open: state.connections.open.load(Relaxed),
         http_max: state.max_connections as u64,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::auth::ApiKeys;
 use super::listener::ConnStats;
 use super::log::RequestLog;
+use crate::base::health::Health;
 use crate::delivery::Delivery;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -43,8 +44,15 @@ pub struct AppState {
     pub delivery: Delivery,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The XMPP link, for `/readyz` and `/metrics`.
+    /// The XMPP link, for `/metrics`.
     pub link: LinkHandle,
+    /// What delivery depends on (the link, each domain's privileges), for `/readyz`, the
+    /// status page and every write's answer.
+    pub health: Health,
+    /// `[xmpp] server`, as configured.
+    pub server: String,
+    /// `[xmpp] component`.
+    pub component: String,
     /// The listener's connection counters, for `/metrics`.
     pub connections: Arc<ConnStats>,
     /// The effective cap on concurrent connections, for `/metrics`.

@@ -55,6 +55,9 @@ pub struct Gauges {
     pub link_up: bool,
     /// The status store can commit.
     pub store_ok: bool,
+    /// Each served domain and whether the server grants its XEP-0356 roster privilege (empty
+    /// for the Tigase backend, which needs none).
+    pub privileges: Vec<(String, bool)>,
     /// Store commits that failed since start.
     pub store_failed_commits: u64,
     /// HTTP connections open now.
@@ -118,6 +121,12 @@ struct DialectLabels {
     dialect: &'static str,
 }
 
+/// `extpresence_link_attempts_total{result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+}
+
 /// `extpresence_http_refused_total{dialect,code}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
@@ -143,6 +152,8 @@ pub struct Metrics {
     pub stanzas_received: SharedCounter,
     /// Successful handshakes after the first.
     pub reconnects: SharedCounter,
+    /// Connection attempts of the component link, by result.
+    link_attempts: Family<AttemptLabels, Counter>,
     /// Updates delivered from a cached roster.
     pub roster_hits: SharedCounter,
     /// Updates that had to wait for a roster fetch.
@@ -213,6 +224,13 @@ impl Default for Metrics {
             "extpresence_link_reconnects",
             "Successful component handshakes after the first",
         );
+        let link_attempts = Family::default();
+        registry.register(
+            "extpresence_link_attempts",
+            "Connection attempts of the XMPP component link, by result (`ok`, or what failed: \
+             `connect`, `wrong_port`, `auth`, `stream_error`, `timeout`, `closed`, `io`)",
+            link_attempts.clone(),
+        );
         let roster_hits = counter(
             &mut registry,
             "extpresence_roster_cache_hits",
@@ -236,6 +254,7 @@ impl Default for Metrics {
             stanzas_sent,
             stanzas_received,
             reconnects,
+            link_attempts,
             roster_hits,
             roster_misses,
             webhooks,
@@ -265,6 +284,20 @@ impl Metrics {
         self.durations
             .get_or_create(&DialectLabels { dialect })
             .observe(elapsed);
+    }
+
+    /// Count one connection attempt of the component link by its result.
+    pub fn link_attempt(&self, result: &'static str) {
+        self.link_attempts
+            .get_or_create(&AttemptLabels { result })
+            .inc();
+    }
+
+    /// Connection attempts of the component link with `result` since start.
+    pub fn link_attempts(&self, result: &'static str) -> u64 {
+        self.link_attempts
+            .get_or_create(&AttemptLabels { result })
+            .get()
     }
 
     /// Count one refused or failed request of `dialect` by its error code.
@@ -373,6 +406,18 @@ impl Collector for GaugesCollector {
             "1 while the XMPP component link is established.",
             u64::from(g.link_up),
         )?;
+        if !g.privileges.is_empty() {
+            labelled(
+                e,
+                "extpresence_privileges_granted",
+                "1 while the server grants the XEP-0356 roster privilege for the served domain \
+                 (fan-out backend), else 0: without it nothing reaches that domain's contacts.",
+                MetricType::Gauge,
+                g.privileges
+                    .iter()
+                    .map(|(domain, ok)| ([("domain", domain.as_str())], u64::from(*ok))),
+            )?;
+        }
         const_gauge(
             e,
             "extpresence_store_ok",

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use jid::{BareJid, Jid};
 use rand::Rng;
-use tokio::io::BufStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
@@ -37,6 +37,8 @@ use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stream_error::StreamError;
 
 use super::stanzas::{self, Outbound, PresenceBatch};
+use crate::base::clock::now_ms;
+use crate::base::health::{Failure, Health};
 use crate::base::secret::Secret;
 use crate::metrics::Metrics;
 
@@ -77,6 +79,8 @@ pub struct LinkConfig {
     pub ping_to: Jid,
     /// Stanza and reconnect counters.
     pub metrics: std::sync::Arc<Metrics>,
+    /// Where the link's state, last failure and next attempt are reported.
+    pub health: Health,
 }
 
 /// What the link reports to the delivery backend.
@@ -130,12 +134,38 @@ pub enum LinkError {
     /// The server closed the stream or the connection.
     #[error("connection closed by the server: {0}")]
     Closed(String),
+    /// The port answered with a stream of another kind: a client (c2s) or server (s2s)
+    /// listener, or no XMPP at all.
+    #[error("{server} is not a component port: {what}")]
+    WrongPort {
+        /// The configured server.
+        server: String,
+        /// What answered (e.g. "it answered as a client (c2s) listener: jabber:client").
+        what: String,
+    },
+    /// We closed the connection on purpose to connect again (e.g. to be granted privileges
+    /// fixed in the server's config: servers grant them at connect).
+    #[error("reconnecting on purpose: {0}")]
+    Restart(String),
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 }
 
 impl LinkError {
+    /// The `result` label of `extpresence_link_attempts_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinkError::Connect { .. } => "connect",
+            LinkError::WrongPort { .. } => "wrong_port",
+            LinkError::Auth(_) => "auth",
+            LinkError::Stream { .. } => "stream_error",
+            LinkError::Timeout(_) | LinkError::Stalled(_) => "timeout",
+            LinkError::Closed(_) | LinkError::Restart(_) => "closed",
+            LinkError::Io(_) => "io",
+        }
+    }
+
     /// The fix for this error, where we know it.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
@@ -161,6 +191,10 @@ impl LinkError {
                 "conflict" => Some(
                     "another connection already uses this component name (a second extpresence?)",
                 ),
+                "system-shutdown" => Some(
+                    "the XMPP server is shutting down or restarting; extpresence reconnects by \
+                     itself when it is back",
+                ),
                 "improper-addressing" => {
                     Some("a stanza without 'to' was sent (a bug: please report it)")
                 }
@@ -171,6 +205,21 @@ impl LinkError {
                  component_ports, ejabberd: ejabberd_service, Tigase: the port of the \
                  externalComponentItems line)?",
             ),
+            LinkError::WrongPort { .. } => Some(
+                "[xmpp] server must name the server's component port (XEP-0114), not the client \
+                 port 5222 or the server-to-server port 5269: Prosody component_ports (5347 by \
+                 default), ejabberd the ejabberd_service listener, Tigase the port of the \
+                 externalComponentItems line",
+            ),
+            LinkError::Closed(_) => Some(
+                "the XMPP server went away (stopped, restarted, crashed, or a proxy closed the \
+                 connection); extpresence reconnects by itself: if it stays down, check the \
+                 server (systemctl status prosody / ejabberd) and its log",
+            ),
+            LinkError::Timeout(_) | LinkError::Stalled(_) => Some(
+                "the server is not answering: is it overloaded or frozen, or is a firewall \
+                 dropping packets on the way to [xmpp] server?",
+            ),
             _ => None,
         }
     }
@@ -180,6 +229,7 @@ enum Command {
     Send(Outbound),
     SendBatch(PresenceBatch),
     Close(oneshot::Sender<()>),
+    Restart(String),
 }
 
 /// Handle to the link task: send stanzas, close the stream.
@@ -195,6 +245,7 @@ impl std::fmt::Debug for Command {
             Command::Send(o) => write!(f, "Send({})", stanzas::to_xml(o.stanza())),
             Command::SendBatch(b) => write!(f, "SendBatch({} presences)", b.len()),
             Command::Close(_) => f.write_str("Close"),
+            Command::Restart(why) => write!(f, "Restart({why})"),
         }
     }
 }
@@ -221,6 +272,12 @@ impl LinkHandle {
         if self.commands.send(Command::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Close the stream and connect again at once (nothing else changes: no `unavailable` is
+    /// sent, what is held is replayed after the handshake). Ignored while the link is down.
+    pub async fn restart(&self, why: String) {
+        let _ = self.commands.send(Command::Restart(why)).await;
     }
 
     /// The current link state.
@@ -399,17 +456,30 @@ async fn supervise(
     let mut connected_before = false;
     loop {
         attempt += 1;
+        cfg.health.link_attempt();
         let connected = tokio::select! {
             r = timeout(CONNECT_TIMEOUT, connect(&cfg)) => r.unwrap_or(Err(LinkError::Timeout("connect"))),
             done = wait_close(&mut commands) => { let _ = done.send(()); return; }
         };
+        let connected = match connected {
+            Err(e) if before_handshake(&e) => Err(match probe_port(&cfg).await {
+                Some(what) => LinkError::WrongPort {
+                    server: cfg.server.clone(),
+                    what,
+                },
+                None => e,
+            }),
+            other => other,
+        };
         let err = match connected {
             Ok(stream) => {
                 info!(server = %cfg.server, component = %cfg.component, "XMPP component link up");
+                cfg.metrics.link_attempt("ok");
                 if connected_before {
                     Metrics::inc(&cfg.metrics.reconnects);
                 }
                 connected_before = true;
+                cfg.health.link_up();
                 let _ = state.send(LinkState::Up);
                 let _ = events.send(LinkEvent::Up);
                 let started = Instant::now();
@@ -419,22 +489,34 @@ async fn supervise(
                 match outcome {
                     SessionEnd::Closed(done) => {
                         info!("XMPP component link closed");
+                        cfg.health.link_down(None, None);
                         let _ = done.send(());
                         return;
                     }
                     SessionEnd::Failed(e) => {
-                        if started.elapsed() >= HEALTHY_AFTER {
+                        if started.elapsed() >= HEALTHY_AFTER || matches!(e, LinkError::Restart(_))
+                        {
                             attempt = 1;
                         }
                         e
                     }
                 }
             }
-            Err(e) => e,
+            Err(e) => {
+                cfg.metrics.link_attempt(e.kind());
+                e
+            }
         };
         let exp = BACKOFF_BASE.saturating_mul(1u32 << (attempt - 1).min(16));
         let delay = jittered(exp.min(cfg.reconnect_max));
         log_failure(&err, attempt, delay);
+        let failure = (!matches!(err, LinkError::Restart(_))).then(|| Failure {
+            at_ms: now_ms(),
+            error: err.to_string(),
+            hint: err.hint().unwrap_or("").to_string(),
+        });
+        cfg.health
+            .link_down(failure, Some(now_ms() + delay.as_millis() as u64));
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         tokio::select! {
@@ -442,6 +524,73 @@ async fn supervise(
             done = wait_close(&mut commands) => { let _ = done.send(()); return; }
         }
     }
+}
+
+/// Whether `e` ended an attempt before the handshake in a way a port of another kind would
+/// (a refused stream, a closed connection, something that is not XMPP).
+fn before_handshake(e: &LinkError) -> bool {
+    matches!(
+        e,
+        LinkError::Stream { .. } | LinkError::Closed(_) | LinkError::Io(_) | LinkError::Timeout(_)
+    )
+}
+
+/// After a failed attempt: connect once more and look at what the port answers to a component
+/// stream header. `Some(what)` when it is not a component listener: a client (c2s) or server
+/// (s2s) listener (their stream's namespace), or no XMPP at all. Bounded (2 s); only on failures.
+async fn probe_port(cfg: &LinkConfig) -> Option<String> {
+    let probe = async {
+        let mut tcp = connect_tcp(&cfg.server).await.ok()?;
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
+            xmpp_parsers::ns::COMPONENT,
+            cfg.component
+        );
+        tcp.write_all(header.as_bytes()).await.ok()?;
+        let mut seen = Vec::with_capacity(1024);
+        let mut buf = [0u8; 512];
+        while seen.len() < 1024 {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if stream_kind(&seen).is_some() {
+                break;
+            }
+        }
+        Some(seen)
+    };
+    let seen = timeout(Duration::from_secs(2), probe).await.ok()??;
+    match stream_kind(&seen) {
+        Some(ns) if ns == xmpp_parsers::ns::COMPONENT => None,
+        Some(ns) if ns == "jabber:client" => Some(format!(
+            "it answered as a client (c2s) listener (stream namespace {ns})"
+        )),
+        Some(ns) if ns == "jabber:server" => Some(format!(
+            "it answered as a server-to-server (s2s) listener (stream namespace {ns})"
+        )),
+        Some(ns) => Some(format!("it answered with a stream in namespace {ns:?}")),
+        None if seen.is_empty() => None,
+        None => Some(format!(
+            "it did not answer with an XMPP stream (it sent {:?})",
+            crate::base::escape::Escaped(&String::from_utf8_lossy(&seen[..seen.len().min(40)]))
+                .to_string()
+        )),
+    }
+}
+
+/// The default namespace of the stream header in `seen` (the server's first bytes), once the
+/// header's start tag is complete.
+fn stream_kind(seen: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(seen).ok()?;
+    let start = text.find("<stream:stream")?;
+    let tag = &text[start..start + text[start..].find('>')?];
+    let at = tag.find("xmlns=")? + "xmlns=".len();
+    let quote = tag[at..].chars().next()?;
+    let rest = &tag[at + 1..];
+    Some(rest[..rest.find(quote)?].to_string())
 }
 
 /// While the link is down: drop queued stanzas (they are replayed after reconnect) until a
@@ -453,6 +602,7 @@ async fn wait_close(commands: &mut mpsc::Receiver<Command>) -> oneshot::Sender<(
                 trace!(stanza = %stanzas::to_xml(o.stanza()), "link down: dropped")
             }
             Some(Command::SendBatch(b)) => trace!(xml = b.xml(), "link down: dropped"),
+            Some(Command::Restart(_)) => {}
             Some(Command::Close(done)) => return done,
             None => {
                 // Every handle is gone: treat as a close request with nobody waiting.
@@ -560,6 +710,11 @@ async fn session(
                             close(&mut stream).await;
                             return SessionEnd::Closed(done);
                         }
+                        Some(Command::Restart(why)) => {
+                            let _ = within(cfg, write_text(&mut stream, &mut text)).await;
+                            close(&mut stream).await;
+                            return SessionEnd::Failed(LinkError::Restart(why));
+                        }
                         None => {
                             let _ = within(cfg, write_text(&mut stream, &mut text)).await;
                             close(&mut stream).await;
@@ -620,11 +775,27 @@ async fn session(
                 Some(Err(ReadError::HardError(e))) if e.kind() == io::ErrorKind::TimedOut => {
                     return SessionEnd::Failed(LinkError::Timeout("no answer to keepalive ping"));
                 }
-                Some(Err(ReadError::HardError(e))) => return SessionEnd::Failed(e.into()),
-                Some(Err(ReadError::StreamFooterReceived)) => return SessionEnd::Failed(LinkError::Closed("stream closed".into())),
-                None => return SessionEnd::Failed(LinkError::Closed("connection closed".into())),
+                Some(Err(ReadError::HardError(e))) => return SessionEnd::Failed(hard_error(e)),
+                Some(Err(ReadError::StreamFooterReceived)) => return SessionEnd::Failed(LinkError::Closed("it closed the stream".into())),
+                None => return SessionEnd::Failed(LinkError::Closed("it closed the connection".into())),
             }
         }
+    }
+}
+
+/// An I/O error while reading: the end of the connection in the middle of the stream (e.g. a
+/// server that stops without closing its stream: "invalid eof") is the server going away.
+fn hard_error(e: io::Error) -> LinkError {
+    let text = e.to_string();
+    if e.kind() == io::ErrorKind::UnexpectedEof
+        || e.kind() == io::ErrorKind::ConnectionReset
+        || text.contains("eof")
+    {
+        LinkError::Closed(format!(
+            "it closed the connection without closing the stream ({text})"
+        ))
+    } else {
+        LinkError::Io(e)
     }
 }
 
@@ -645,4 +816,36 @@ async fn close(stream: &mut Stream) {
         Ok::<(), io::Error>(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_kind_reads_the_default_namespace() {
+        let c2s = b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' from='x' id='1'><stream:error>";
+        assert_eq!(stream_kind(c2s).as_deref(), Some("jabber:client"));
+        let s2s = b"<stream:stream\n xmlns=\"jabber:server\" xmlns:stream=\"http://etherx.jabber.org/streams\">";
+        assert_eq!(stream_kind(s2s).as_deref(), Some("jabber:server"));
+        assert_eq!(stream_kind(b"<stream:stream xmlns='jabber:cli"), None);
+        assert_eq!(stream_kind(b"HTTP/1.1 400 Bad Request\r\n"), None);
+    }
+
+    #[test]
+    fn every_failure_has_a_result_label_and_the_likely_ones_a_hint() {
+        let eof = hard_error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "invalid eof in text node",
+        ));
+        assert!(matches!(eof, LinkError::Closed(_)), "{eof:?}");
+        assert_eq!(eof.kind(), "closed");
+        assert!(eof.hint().unwrap().contains("went away"));
+        let wrong = LinkError::WrongPort {
+            server: "localhost:5222".into(),
+            what: "c2s".into(),
+        };
+        assert_eq!(wrong.kind(), "wrong_port");
+        assert!(wrong.hint().unwrap().contains("component_ports"));
+    }
 }

@@ -187,6 +187,41 @@ impl Prosody {
         }
     }
 
+    /// Write the config again with `tweak` (e.g. the identity: the config an admin fixed),
+    /// without restarting: apply it with [`shell`](Self::shell) (`config:reload()`, `module
+    /// reload …`) as an admin would.
+    pub fn rewrite_config(&mut self, tweak: fn(String) -> String) {
+        self.tweak = tweak;
+        self.write_config();
+    }
+
+    /// `prosodyctl shell <args>` against this server's admin socket (bounded); returns stdout.
+    /// Panics when it fails.
+    pub async fn shell(&self, args: &[&str]) -> String {
+        let out = timeout(
+            CTL_TIMEOUT,
+            Command::new(PROSODYCTL)
+                .arg("--config")
+                .arg(&self.config)
+                .arg("shell")
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("prosodyctl shell {args:?} took over {CTL_TIMEOUT:?}"))
+        .expect("run prosodyctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && stdout.contains("OK"),
+            "prosodyctl shell {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// Path of the info-level log (a debug-level log is `debug.log` beside it, and Prosody's
     /// console output is `console.log`).
     pub fn log_path(&self) -> PathBuf {

@@ -18,11 +18,21 @@ use xmpp_parsers::stanza::Stanza;
 
 use super::Fanout;
 use crate::base::clock::now_ms;
+use crate::base::health::Privilege;
 use crate::xmpp::stanzas::{self, Privileges};
 use crate::xmpp::LinkEvent;
 
-/// How long to wait for the privilege advertisement after the handshake before warning and going on.
+/// How long to wait for the privilege advertisements after the handshake before reporting the
+/// domains without one and going on.
 const PRIVILEGE_WAIT: Duration = Duration::from_secs(5);
+/// Id prefix of the disco#info query sent to a served domain without privileges: an error
+/// answer says the server does not serve it.
+const DOMAIN_CHECK: &str = "extpresence-domain-";
+/// The first wait before reconnecting to be granted privileges that were missing (servers grant
+/// them at connect: a fixed config takes effect on the next connect); doubled each time.
+pub(super) const PRIVILEGE_RETRY: Duration = Duration::from_secs(10);
+/// The longest wait between such reconnects.
+const PRIVILEGE_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Where the link stands, as the fan-out sees it.
 #[derive(Default)]
@@ -33,8 +43,14 @@ pub(super) struct Readiness {
     pub(super) ready: bool,
     /// End of the wait for the privilege advertisement after the last connect.
     privilege_deadline: Option<Instant>,
-    /// Warned once already that no advertisement arrived.
+    /// When to reconnect to look again for privileges that were missing.
+    retry_at: Option<Instant>,
+    /// The wait before the next such reconnect.
+    retry_wait: Option<Duration>,
+    /// Warned already (since privileges were last complete) that some are missing.
     warned_no_privilege: bool,
+    /// Served domains whose privileges were advertised since the last connect.
+    advertised: std::collections::BTreeSet<String>,
 }
 
 impl Readiness {
@@ -43,22 +59,25 @@ impl Readiness {
         self.privilege_deadline
     }
 
-    /// The wait for the privilege advertisement is over without one: warn, once.
-    fn privilege_wait_over(&mut self, component: &BareJid) {
-        self.privilege_deadline = None;
-        if !self.warned_no_privilege {
-            self.warned_no_privilege = true;
-            warn!(
-                "no XEP-0356 privilege advertisement from the server within {PRIVILEGE_WAIT:?}: \
-                 rosters and contacts' presence are unavailable. Prosody: load \"privilege\" \
-                 globally and on the Component, and set privileged_entities = {{ [\"{c}\"] = \
-                 {{ roster = \"get\"; presence = \"managed_entity\" }} }} on the VirtualHost. \
-                 ejabberd: mod_privilege with roster: {{get: …}} and presence: \
-                 {{managed_entity: …}} for {c}",
-                c = component
-            );
-        }
+    /// When to reconnect to look again for missing privileges, if some are missing.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
     }
+}
+
+/// What to change in the server's config when `domain` grants no privileges to `component`:
+/// the shipped snippets (etc/prosody/extpresence.cfg.lua, etc/ejabberd/extpresence.yml).
+fn privilege_fix(domain: &str, component: &BareJid) -> String {
+    format!(
+        "Prosody: in VirtualHost \"{domain}\" set modules_enabled = {{ \"privilege\" }} and \
+         privileged_entities = {{ [\"{component}\"] = {{ roster = \"both\"; presence = \
+         \"managed_entity\" }} }}, and in Component \"{component}\" modules_enabled = {{ \
+         \"privilege\" }} (etc/prosody/extpresence.cfg.lua); then restart Prosody or run \
+         `prosodyctl shell module reload privilege {domain}` (prosodyctl reload alone does not \
+         apply it; `module load` if it was not loaded). ejabberd: mod_privilege with roster: {{get: privileged}} and presence: \
+         {{managed_entity: privileged}}, the access rule allowing {component} \
+         (etc/ejabberd/extpresence.yml). extpresence reconnects by itself to pick it up"
+    )
 }
 
 impl Fanout {
@@ -73,6 +92,8 @@ impl Fanout {
                 self.state.up = true;
                 self.set_ready(false);
                 self.state.privilege_deadline = Some(Instant::now() + PRIVILEGE_WAIT);
+                self.state.retry_at = None;
+                self.state.advertised.clear();
                 self.sessions.link_up();
             }
             LinkEvent::Down => {
@@ -80,6 +101,7 @@ impl Fanout {
                 self.set_ready(false);
                 self.exchanges.link_down();
                 self.state.privilege_deadline = None;
+                self.state.retry_at = None;
                 // Answers to requests of the old stream never come.
                 self.sessions.link_down();
                 self.rosters.link_down();
@@ -88,10 +110,100 @@ impl Fanout {
         }
     }
 
-    /// No privilege advertisement within [`PRIVILEGE_WAIT`]: warn, and go on without.
+    /// The wait for the privilege advertisements is over: every served domain without one is
+    /// reported (health, one warning per outage), a reconnect to look again is scheduled, and
+    /// delivery goes on for the others.
     pub(super) async fn on_privilege_wait_over(&mut self) {
-        self.state.privilege_wait_over(&self.component);
+        self.state.privilege_deadline = None;
+        let missing: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| !self.state.advertised.contains(*d))
+            .cloned()
+            .collect();
+        for domain in &missing {
+            if let Ok(to) = BareJid::new(domain) {
+                let id = format!("{DOMAIN_CHECK}{domain}");
+                self.link
+                    .send(stanzas::server_info_query(&self.component, &to, id))
+                    .await;
+            }
+            self.missing(
+                domain,
+                format!(
+                    "the server sent no XEP-0356 privilege advertisement for {domain} within \
+                     {PRIVILEGE_WAIT:?} (no privileged_entities for the component, the privilege \
+                     module not loaded on that VirtualHost or on the Component, or {domain} not \
+                     served by this server)"
+                ),
+            );
+        }
         self.become_ready().await;
+    }
+
+    /// `domain` grants no roster privilege: report it, and schedule a reconnect to look again.
+    fn missing(&mut self, domain: &str, reason: String) {
+        let fix = privilege_fix(domain, &self.component);
+        let wait = self.state.retry_wait.unwrap_or(PRIVILEGE_RETRY);
+        if !self.state.warned_no_privilege {
+            self.state.warned_no_privilege = true;
+            warn!(%domain, "{reason}: nothing reaches this domain's contacts; updates are held and delivered once it is fixed. Fix: {fix}");
+        }
+        self.health.set_privilege(
+            domain,
+            Privilege::Missing {
+                reason,
+                fix,
+                retry_at_ms: Some(now_ms() + wait.as_millis() as u64),
+            },
+        );
+        if self.state.retry_at.is_none() {
+            self.state.retry_at = Some(Instant::now() + wait);
+        }
+    }
+
+    /// A served domain without privileges answered our disco#info query with an error: the
+    /// server does not serve it (a typo in `[xmpp] domains`, or the wrong server).
+    fn not_served(&mut self, domain: &str, error: &xmpp_parsers::stanza_error::StanzaError) {
+        if !self.domains.contains(domain) {
+            return;
+        }
+        let reason = format!(
+            "the XMPP server does not serve {domain} (it answered a disco#info query with \
+             {}): check [xmpp] domains, and that the server has this VirtualHost (Prosody) or \
+             host (ejabberd)",
+            minidom::Element::from(error.defined_condition.clone()).name()
+        );
+        warn!(%domain, "{reason}");
+        let fix = format!(
+            "remove {domain} from [xmpp] domains, or add it to the XMPP server (Prosody: \
+             VirtualHost \"{domain}\"; ejabberd: hosts) with the privileges of the shipped \
+             snippet"
+        );
+        let retry_at_ms = match self.health.privileges().get(domain) {
+            Some(Privilege::Missing { retry_at_ms, .. }) => *retry_at_ms,
+            _ => None,
+        };
+        self.health.set_privilege(
+            domain,
+            Privilege::Missing {
+                reason,
+                fix,
+                retry_at_ms,
+            },
+        );
+    }
+
+    /// Time to look again for missing privileges: reconnect (the server grants them at
+    /// connect), and wait longer before the next time.
+    pub(super) async fn on_privilege_retry(&mut self) {
+        self.state.retry_at = None;
+        let wait = self.state.retry_wait.unwrap_or(PRIVILEGE_RETRY);
+        self.state.retry_wait = Some((wait * 2).min(PRIVILEGE_RETRY_MAX));
+        info!("reconnecting to look again for the missing XEP-0356 privileges");
+        self.link
+            .restart("to look again for missing XEP-0356 privileges".into())
+            .await;
     }
 
     /// Start delivering: replay everything held. Every entry counts as undelivered again, and
@@ -101,7 +213,6 @@ impl Fanout {
             return;
         }
         self.set_ready(true);
-        self.state.privilege_deadline = None;
         self.deliverer.forget_deliveries();
         let id = self.sessions.next_sync_id();
         self.link
@@ -128,14 +239,47 @@ impl Fanout {
     }
 
     async fn on_privileges(&mut self, from: Option<&Jid>, p: Privileges) {
-        let from = from.map(|j| j.to_string()).unwrap_or_default();
-        info!(%from, namespace = p.namespace, roster = ?p.roster, presence = ?p.presence, "XEP-0356 privileges granted");
-        if !p.can_get_roster() {
-            warn!(%from, "the server does not let us read rosters: grant roster = \"get\" (Prosody privileged_entities) or mod_privilege roster: {{get: …}} (ejabberd)");
+        let from = from
+            .map(|j| j.domain().as_str().to_string())
+            .unwrap_or_default();
+        if !self.domains.contains(&from) {
+            warn!(%from, served = ?self.domains, "XEP-0356 privileges advertised by a domain that is not served ([xmpp] domains): were privileged_entities set on the wrong VirtualHost?");
+            return;
         }
+        self.state.advertised.insert(from.clone());
+        if p.can_get_roster() {
+            self.health.set_privilege(
+                &from,
+                Privilege::Granted {
+                    roster: p.roster.clone().unwrap_or_default(),
+                    presence: p
+                        .gets_presence()
+                        .then(|| p.presence.clone().unwrap_or_default()),
+                },
+            );
+        } else {
+            self.missing(
+                &from,
+                format!(
+                    "the server's privilege advertisement for {from} grants no roster access \
+                     (roster = {:?}): rosters cannot be read",
+                    p.roster.as_deref().unwrap_or("none")
+                ),
+            );
+        }
+        // After the report: a reader of this line finds the health record up to date.
+        info!(%from, namespace = p.namespace, roster = ?p.roster, presence = ?p.presence, "XEP-0356 privileges granted");
         self.sessions.set_presence_granted(p.gets_presence());
         if !p.gets_presence() {
             warn!(%from, "the server does not forward users' presence: contacts who log in later will not see held statuses; grant presence = \"managed_entity\"");
+        }
+        if self.state.advertised.len() == self.domains.len() {
+            self.state.privilege_deadline = None;
+            if self.health.privileges().values().all(Privilege::granted) {
+                self.state.warned_no_privilege = false;
+                self.state.retry_wait = None;
+                self.state.retry_at = None;
+            }
         }
         self.become_ready().await;
     }
@@ -177,6 +321,9 @@ impl Fanout {
                 }
             }
             Iq::Result { id, payload, .. } => {
+                if id.starts_with(DOMAIN_CHECK) {
+                    return; // the domain exists: the missing privileges' reason stands
+                }
                 if self.sessions.is_sync(id) {
                     self.sessions.synced(stanzas::server_name(payload.as_ref()));
                     return;
@@ -190,6 +337,11 @@ impl Fanout {
                 self.rosters.request_done(user).await;
             }
             Iq::Error { id, error, .. } => {
+                if let Some(domain) = id.strip_prefix(DOMAIN_CHECK) {
+                    let domain = domain.to_string();
+                    self.not_served(&domain, error);
+                    return;
+                }
                 if self.sessions.is_sync(id) {
                     self.sessions.synced(None);
                     return;

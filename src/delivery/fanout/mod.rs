@@ -19,7 +19,9 @@
 //! # Parts
 //! The task ([`run`]) holds one part per job and its `select!` only dispatches:
 //! - `inbound.rs`: the link's events and stanzas, routed to the parts below; the readiness (up,
-//!   the wait for the privilege advertisement, ready) and the replay when ready;
+//!   the wait for the privilege advertisements, ready), each served domain's privileges reported
+//!   to [`Health`] (a reconnect scheduled to look again while one is missing: servers grant them
+//!   at connect), and the replay when ready;
 //! - `deliver.rs`: held presences → directed presences (changes, a fresh roster's difference,
 //!   greeting a contact resource, `unavailable` on shutdown);
 //! - `rosters.rs`: the roster cache, its reverse index, refreshes, requests in flight, and the
@@ -34,6 +36,7 @@ mod inbound;
 mod reconcile;
 mod rosters;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +44,7 @@ use jid::BareJid;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::agent::Exchange;
+use crate::base::health::Health;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::observe::ejabberd_api::Polled;
@@ -72,8 +76,8 @@ pub struct FanoutConfig {
     /// A served domain: the disco query that ends the server's announcement of sessions goes
     /// there.
     pub domain: BareJid,
-    /// Served domains (events are for served users only).
-    pub domains: std::collections::BTreeSet<String>,
+    /// Served domains (events are for served users only; each must grant its privileges).
+    pub domains: BTreeSet<String>,
     /// The read model the forwarded presence feeds.
     pub observed: Observed,
     /// Told of every change of a served user's sessions.
@@ -82,6 +86,8 @@ pub struct FanoutConfig {
     pub api: Option<(mpsc::Receiver<Polled>, Arc<Notify>)>,
     /// The agent's exchanges (stanzas in users' names), and where readiness is told.
     pub agent: Option<(mpsc::Receiver<Exchange>, watch::Sender<bool>)>,
+    /// Where each served domain's privileges are reported.
+    pub health: Health,
 }
 
 /// The fan-out task's parts.
@@ -91,6 +97,10 @@ struct Fanout {
     /// A served domain: the disco query that ends the server's announcement of sessions goes
     /// there.
     domain: BareJid,
+    /// The served domains, each of which must grant its privileges.
+    domains: BTreeSet<String>,
+    /// Where each served domain's privileges are reported.
+    health: Health,
     /// Roster cache counters.
     metrics: Arc<Metrics>,
     /// Where our own queries and answers go.
@@ -126,6 +136,7 @@ pub async fn run(
         hub,
         api,
         agent,
+        health,
     } = cfg;
     let (mut api_polls, api_now) = match api {
         Some((polls, now)) => (Some(polls), Some(now)),
@@ -139,10 +150,12 @@ pub async fn run(
         rosters: rosters::Rosters::new(component.clone(), table.clone(), link.clone()),
         deliverer: deliver::Deliverer::new(table, link.clone()),
         exchanges: exchanges::Exchanges::new(link.clone(), agent_ready),
-        sessions: reconcile::Reconciler::new(observed, hub, domains, api_now),
+        sessions: reconcile::Reconciler::new(observed, hub, domains.clone(), api_now),
         state: inbound::Readiness::default(),
         component,
         domain,
+        domains,
+        health,
         metrics,
         link,
     };
@@ -150,11 +163,15 @@ pub async fn run(
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         let deadline = f.state.privilege_deadline();
+        let retry_at = f.state.retry_at();
         tokio::select! {
             Some(user) = changes.recv() => f.on_change(user).await,
             Some(ev) = events.recv() => f.on_link(ev).await,
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 f.on_privilege_wait_over().await;
+            }
+            _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
+                f.on_privilege_retry().await;
             }
             _ = sweep.tick() => {
                 f.rosters.expire_requests().await;

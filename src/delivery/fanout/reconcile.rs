@@ -124,7 +124,8 @@ impl Reconciler {
     pub(super) fn synced(&mut self, server: Option<String>) {
         self.sync_id = None;
         self.synced = true;
-        let name = server.unwrap_or_default();
+        // No name: the domain asked is not served, or the server names no identity.
+        let name = server.unwrap_or_else(|| "(unnamed)".into());
         // ejabberd 23.01 announces no session at connect and forwards no `unavailable` when a
         // client closes its stream without one (measured; README "What the server tells").
         let is_ejabberd = name.to_ascii_lowercase().contains("ejabberd");

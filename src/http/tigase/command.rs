@@ -235,7 +235,13 @@ pub fn validate(cmd: &Command, policy: &StatusPolicy) -> Result<Request, ApiErro
 }
 
 /// The response: `failure` is `None` when the change took effect, else why not.
-pub fn response(format: Format, user: &str, request: &Request, failure: Option<&str>) -> String {
+pub fn response(
+    format: Format,
+    user: &str,
+    request: &Request,
+    failure: Option<&str>,
+    pending: Option<&str>,
+) -> String {
     let (available, status) = match request {
         Request::Set(s) => ("true", Some(s)),
         Request::Clear => ("false", None),
@@ -266,6 +272,11 @@ pub fn response(format: Format, user: &str, request: &Request, failure: Option<&
                 quoted(&mut out, t);
             }
             match failure {
+                None if pending.is_some() => {
+                    out.push_str(r#","success":true,"delivery":"pending","reason":"#);
+                    quoted(&mut out, pending.unwrap_or_default());
+                    out.push_str("}}");
+                }
                 None => out.push_str(r#","success":true}}"#),
                 Some(reason) => {
                     out.push_str(r#","success":false,"reason":"#);
@@ -290,7 +301,16 @@ pub fn response(format: Format, user: &str, request: &Request, failure: Option<&
                 let _ = write!(out, "<status>{}</status>", xml_escape(t));
             }
             match failure {
-                None => out.push_str("<success>true</success>"),
+                None => {
+                    out.push_str("<success>true</success>");
+                    if let Some(reason) = pending {
+                        let _ = write!(
+                            out,
+                            "<delivery>pending</delivery><reason>{}</reason>",
+                            xml_escape(reason)
+                        );
+                    }
+                }
                 Some(reason) => {
                     let _ = write!(
                         out,
@@ -335,7 +355,13 @@ mod tests {
                 priority: -1
             })
         );
-        let body = response(Format::Json, "test@domain.com/tigase-external", &r, None);
+        let body = response(
+            Format::Json,
+            "test@domain.com/tigase-external",
+            &r,
+            None,
+            None,
+        );
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             v,
@@ -343,7 +369,7 @@ mod tests {
                 "priority":"-1","show":"xa","status":"On the phone","success":true}})
         );
         assert_eq!(
-            response(Format::Xml, "test@domain.com/tigase-external", &r, None),
+            response(Format::Xml, "test@domain.com/tigase-external", &r, None, None),
             "<status><user>test@domain.com/tigase-external</user><available>true</available>\
              <priority>-1</priority><show>xa</show><status>On the phone</status><success>true</success></status>"
         );
@@ -352,16 +378,39 @@ mod tests {
     #[test]
     fn failure_has_success_false_and_reason() {
         let why = "the XMPP server refused it: forbidden: Only trusted entity can do it.";
-        let body = response(Format::Json, "a@b.c/r", &Request::Clear, Some(why));
+        let body = response(Format::Json, "a@b.c/r", &Request::Clear, Some(why), None);
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"status":{"user":"a@b.c/r","available":"false","success":false,"reason":why}})
         );
         assert_eq!(
-            response(Format::Xml, "a@b.c/r", &Request::Clear, Some("no <answer>")),
+            response(
+                Format::Xml,
+                "a@b.c/r",
+                &Request::Clear,
+                Some("no <answer>"),
+                None
+            ),
             "<status><user>a@b.c/r</user><available>false</available>\
              <success>false</success><reason>no &lt;answer&gt;</reason></status>"
+        );
+    }
+
+    #[test]
+    fn success_held_for_later_says_delivery_pending() {
+        let why = "the XMPP component link is down";
+        let body = response(Format::Json, "a@b.c/r", &Request::Clear, None, Some(why));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status":{"user":"a@b.c/r","available":"false","success":true,
+                "delivery":"pending","reason":why}})
+        );
+        assert_eq!(
+            response(Format::Xml, "a@b.c/r", &Request::Clear, None, Some(why)),
+            "<status><user>a@b.c/r</user><available>false</available><success>true</success>\
+             <delivery>pending</delivery><reason>the XMPP component link is down</reason></status>"
         );
     }
 

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use super::error::{self, ApiError, Format};
 use super::input;
 use super::pipeline::reply_format;
+use super::readiness::mark_pending;
 use super::state::{AppState, MAX_BODY_BYTES};
 use crate::access::Need;
 use crate::metrics::Outcome;
@@ -138,20 +139,20 @@ async fn handle(
 ) -> Response {
     let result = set_status(&state, &method, &path, query.as_deref(), &headers, body).await;
     state.metrics.update(match &result {
-        Ok((_, code, _, _)) if *code != StatusCode::OK => Outcome::Failed,
-        Ok((_, _, _, true)) => Outcome::Set,
-        Ok((_, _, _, false)) => Outcome::Cleared,
+        Ok((_, code, _, _, _)) if *code != StatusCode::OK => Outcome::Failed,
+        Ok((_, _, _, true, _)) => Outcome::Set,
+        Ok((_, _, _, false, _)) => Outcome::Cleared,
         Err(e) if e.status().is_server_error() => Outcome::Failed,
         Err(_) => Outcome::Rejected,
     });
     match result {
-        Ok((format, code, body, _)) => {
+        Ok((format, code, body, _, pending)) => {
             let mut r = (code, body).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(format.content_type()),
             );
-            r
+            mark_pending(r, pending)
         }
         Err(e) => e.into_response(reply_format(&headers)),
     }
@@ -164,7 +165,7 @@ async fn set_status(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Format, StatusCode, String, bool), ApiError> {
+) -> Result<(Format, StatusCode, String, bool, Option<&'static str>), ApiError> {
     if method != Method::POST {
         return Err(ApiError::Method(method.to_string(), "POST"));
     }
@@ -226,6 +227,11 @@ async fn set_status(
             (error::delivery_status(&e), Some(e.to_string()))
         }
     };
-    let body = command::response(format, full.as_str(), &request, failure.as_deref());
-    Ok((format, code, body, available))
+    // A success held for later (fan-out: link down, privileges missing) says so.
+    let pending = match &failure {
+        None => state.pending(user.domain().as_str()),
+        Some(_) => None,
+    };
+    let body = command::response(format, full.as_str(), &request, failure.as_deref(), pending);
+    Ok((format, code, body, available, pending))
 }

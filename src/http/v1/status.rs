@@ -25,6 +25,7 @@ use crate::base::clock::{now_ms, rfc3339};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
 use crate::http::pipeline::require_json;
+use crate::http::readiness::mark_pending;
 use crate::http::state::{AppState, MAX_BODY_BYTES};
 use crate::metrics::Outcome;
 use crate::model::{
@@ -150,6 +151,15 @@ pub struct StatusAnswer {
     /// What contacts see of the resource now; absent when no source is left.
     #[serde(skip_serializing_if = "Option::is_none")]
     effective: Option<Effective>,
+    /// `queued`: it goes to contacts now. `pending`: it is held and goes out once the reason
+    /// is fixed (`GET /readyz` names the fix): the link is down, or the server grants no
+    /// XEP-0356 privileges for the user's domain.
+    #[schema(value_type = String, example = "queued")]
+    delivery: &'static str,
+    /// Why delivery is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    delivery_reason: Option<&'static str>,
 }
 
 /// One source's status, as held.
@@ -209,6 +219,10 @@ pub struct BulkResult {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ItemError>,
+    /// For a committed item: `queued` or `pending` (see the single update's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    delivery: Option<&'static str>,
 }
 
 /// The answer to a bulk request.
@@ -365,7 +379,7 @@ fn validate(
     })
 }
 
-fn answer(v: &Valid, applied: &Applied) -> StatusAnswer {
+fn answer(v: &Valid, applied: &Applied, pending: Option<&'static str>) -> StatusAnswer {
     let (presence, status, priority, expires_at) = match &v.edit {
         Edit::Set {
             status, expires_at, ..
@@ -386,6 +400,17 @@ fn answer(v: &Valid, applied: &Applied) -> StatusAnswer {
         priority,
         expires_at,
         effective: applied.effective.as_ref().map(effective),
+        delivery: delivery_word(pending),
+        delivery_reason: pending,
+    }
+}
+
+/// The `delivery` field: `pending` while the change is held for later, else `queued`.
+fn delivery_word(pending: Option<&str>) -> &'static str {
+    if pending.is_some() {
+        "pending"
+    } else {
+        "queued"
     }
 }
 
@@ -446,7 +471,11 @@ pub async fn put_status(
             Edit::Set { .. } => Outcome::Set,
             _ => Outcome::Cleared,
         });
-        Ok(json(StatusCode::OK, &answer(&v, &applied)))
+        let pending = state.pending(v.user.domain().as_str());
+        Ok(mark_pending(
+            json(StatusCode::OK, &answer(&v, &applied, pending)),
+            pending,
+        ))
     }
     .await;
     count_refused_update(&state, &r);
@@ -519,7 +548,11 @@ pub async fn delete_status(
             .await
             .map_err(|e| ApiError::Storage(e.to_string()))?;
         state.metrics.update(Outcome::Cleared);
-        Ok(json(StatusCode::OK, &answer(&v, &applied)))
+        let pending = state.pending(v.user.domain().as_str());
+        Ok(mark_pending(
+            json(StatusCode::OK, &answer(&v, &applied, pending)),
+            pending,
+        ))
     }
     .await;
     count_refused_update(&state, &r);
@@ -639,6 +672,7 @@ pub async fn bulk(
         let mut valid = Vec::new();
         // The uses of source names the valid items hold until they are applied.
         let mut names = Vec::new();
+        let mut any_pending = None;
         for (index, item) in request.updates.into_iter().enumerate() {
             let checked = serde_json::from_str::<BulkItem>(item.get())
                 .map_err(malformed)
@@ -661,12 +695,15 @@ pub async fn bulk(
                 });
             match checked {
                 Ok(v) => {
+                    let pending = state.pending(v.user.domain().as_str());
+                    any_pending = any_pending.or(pending);
                     names.extend(v._name);
                     valid.push((v.user, v.resource, v.edit));
                     results.push(BulkResult {
                         index,
                         ok: true,
                         error: None,
+                        delivery: Some(delivery_word(pending)),
                     });
                 }
                 Err(e) => {
@@ -678,6 +715,7 @@ pub async fn bulk(
                             code: e.code(),
                             message: e.to_string(),
                         }),
+                        delivery: None,
                     })
                 }
             }
@@ -694,7 +732,10 @@ pub async fn bulk(
             }
         }
         drop(names);
-        Ok(json(StatusCode::OK, &BulkAnswer { results }))
+        Ok(mark_pending(
+            json(StatusCode::OK, &BulkAnswer { results }),
+            any_pending,
+        ))
     }
     .await;
     count_refused_update(&state, &r);
