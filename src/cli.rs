@@ -1,5 +1,7 @@
 //! The command-line client (`extpresence set|clear|get|watch|token`): the native API `/v1`
-//! driven from the shell, with human-readable output (`--json` for the raw objects).
+//! driven from the shell, with human-readable output (`--json` for the raw objects); `status`
+//! (the running daemon's readiness report, like `prosodyctl status`) and `check-config
+//! --connect` (one test connection to the XMPP server, or the running daemon asked instead).
 //!
 //! Where the server is: `--url` / `EXTPRESENCE_URL`, the key from `--key-file` /
 //! `EXTPRESENCE_KEY_FILE` / `EXTPRESENCE_KEY`; without them (run on the server host) the daemon's
@@ -573,6 +575,270 @@ pub fn render_tokens(v: &Value) -> String {
         ));
     }
     out
+}
+
+/// The daemon's URL: `--url` / `EXTPRESENCE_URL`, else `[http] listen` of its configuration (a
+/// wildcard address asked on loopback). No key: for `status`, which reads the public `/readyz`.
+pub fn daemon_url(args: &TargetArgs) -> Result<String, Failure> {
+    let url = match &args.url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => listen_url(&daemon_settings(&args.config, "no --url given")?),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(usage(format!(
+            "--url {url:?} is not an http(s) URL (e.g. http://127.0.0.1:8080)"
+        )));
+    }
+    Ok(url)
+}
+
+/// `http://` and the daemon's `[http] listen` (a wildcard address asked on loopback).
+fn listen_url(settings: &Settings) -> String {
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+/// `extpresence status`: the running daemon's readiness report (`GET /readyz` as JSON, which
+/// needs no key). `Err` with [`EXIT_UNREACHABLE`] when nothing answers there.
+pub async fn status(url: &str, wait: Duration) -> Result<Value, Failure> {
+    let not_running = |why: String| Failure {
+        code: EXIT_UNREACHABLE,
+        message: format!(
+            "extpresence is not running at {url} ({why}); start it with systemctl start \
+             extpresence, or give --url"
+        ),
+    };
+    let r = reqwest::Client::builder()
+        .connect_timeout(wait)
+        .timeout(wait)
+        .build()
+        .expect("an HTTP client")
+        .get(format!("{url}/readyz"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| not_running(e.to_string()))?;
+    let text = r.text().await.map_err(|e| not_running(e.to_string()))?;
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .filter(|v| v.get("ready").is_some())
+        .ok_or_else(|| {
+            not_running(format!(
+                "what answers there is not extpresence: {:?}",
+                text.chars().take(80).collect::<String>()
+            ))
+        })
+}
+
+/// The exit code of a readiness report: [`EXIT_OK`] when ready, else [`EXIT_REFUSED`].
+pub fn status_code(report: &Value) -> u8 {
+    if report["ready"] == true {
+        EXIT_OK
+    } else {
+        EXIT_REFUSED
+    }
+}
+
+/// A readiness report for people, like `prosodyctl status`.
+pub fn render_status(r: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut out = String::new();
+    let uptime = Duration::from_secs(r["uptime_secs"].as_u64().unwrap_or(0));
+    let _ = writeln!(
+        out,
+        "extpresence {}: {} (backend {}, up {}, since {})",
+        s(&r["version"]),
+        if r["ready"] == true {
+            "ready"
+        } else {
+            "NOT READY"
+        },
+        s(&r["backend"]),
+        humantime::format_duration(uptime),
+        s(&r["started_at"])
+    );
+    let link = &r["link"];
+    let _ = writeln!(
+        out,
+        "link:        {} since {} ({} as {}; {} attempts)",
+        if link["up"] == true { "up" } else { "DOWN" },
+        link["since"].as_str().unwrap_or("start"),
+        s(&link["server"]),
+        s(&link["component"]),
+        link["attempts"].as_u64().unwrap_or(0)
+    );
+    if let Some(next) = link["next_attempt"].as_str() {
+        let _ = writeln!(out, "             next attempt {next}");
+    }
+    if let Some(e) = link["last_error"].as_object() {
+        let _ = writeln!(
+            out,
+            "last error:  {} at {}",
+            e.get("error").map(s).unwrap_or_default(),
+            e.get("at").map(s).unwrap_or_default()
+        );
+        if let Some(h) = e.get("hint").and_then(Value::as_str) {
+            let _ = writeln!(out, "             hint: {h}");
+        }
+    }
+    if let Some(p) = r["privileges"].as_object() {
+        for (domain, v) in p {
+            let mut what = s(&v["state"]);
+            if let Some(roster) = v["roster"].as_str() {
+                let _ = write!(what, " (roster {roster}");
+                match v["presence"].as_str() {
+                    Some(p) => {
+                        let _ = write!(what, ", presence {p})");
+                    }
+                    None => what.push_str(", no presence)"),
+                }
+            }
+            let _ = writeln!(out, "privileges:  {domain}: {what}");
+        }
+    }
+    let condition = |name: &str| {
+        r["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .map(|c| {
+                if c["ok"] == true {
+                    "ok".to_string()
+                } else {
+                    format!("FAILING: {}", s(&c["reason"]))
+                }
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let _ = writeln!(out, "store:       {}", condition("store"));
+    let _ = writeln!(
+        out,
+        "webhooks:    outbox {}, backlog {} events",
+        condition("webhook_outbox"),
+        r["webhook_backlog"].as_u64().unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "held:        {} statuses; observed sessions: {}",
+        r["held"].as_u64().unwrap_or(0),
+        r["observed_sessions"].as_u64().unwrap_or(0)
+    );
+    let failing: Vec<&Value> = r["conditions"]
+        .as_array()
+        .map(|cs| cs.iter().filter(|c| c["ok"] != true).collect())
+        .unwrap_or_default();
+    if !failing.is_empty() {
+        out.push_str("not ready because:\n");
+        for c in failing {
+            let _ = writeln!(out, "  - {}: {}", s(&c["name"]), s(&c["reason"]));
+            if let Some(fix) = c["fix"].as_str() {
+                let _ = writeln!(out, "    fix: {fix}");
+            }
+            if let Some(at) = c["next_retry"].as_str() {
+                let _ = writeln!(out, "    next retry: {at}");
+            }
+        }
+    }
+    out
+}
+
+/// `extpresence check-config --connect`: test the configured component against the XMPP
+/// server: handshake, and (fan-out) the privileges granted for each served domain. When an
+/// extpresence already answers on `[http] listen`, it is asked instead (a second component
+/// connection would disturb it: Prosody refuses it, and on ejabberd its disconnect removes the
+/// running instance's privileges). Returns the text to print and the exit code.
+pub async fn check_connect(settings: &Settings) -> (String, u8) {
+    use std::fmt::Write;
+    let url = listen_url(settings);
+    if let Ok(report) = status(&url, Duration::from_secs(2)).await {
+        let text = format!(
+            "extpresence already runs at {url}: asked it instead of connecting (a second \
+             component connection would disturb it: Prosody refuses it, and on ejabberd its \
+             disconnect removes the running instance's privileges)\n{}",
+            render_status(&report)
+        );
+        return (text, status_code(&report));
+    }
+    let fanout = settings.backend == crate::config::BackendKind::Fanout;
+    let domains: Vec<String> = settings.domains.iter().cloned().collect();
+    let cfg = crate::xmpp::LinkConfig {
+        component: settings.component.clone(),
+        server: settings.server.clone(),
+        secret: settings.secret.clone(),
+        keepalive: settings.keepalive,
+        write_timeout: settings.write_timeout,
+        reconnect_max: settings.reconnect_max,
+        ping_to: jid::BareJid::new(&domains[0])
+            .expect("validated domain")
+            .into(),
+        metrics: Default::default(),
+        health: crate::base::health::Health::new(domains.iter().map(String::as_str), fanout),
+    };
+    let checked = crate::xmpp::check::connect_once(&cfg, &domains, fanout).await;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "connecting to {} as {}: ",
+        settings.server, settings.component
+    );
+    if let Err(e) = &checked.handshake {
+        let _ = writeln!(out, "FAILED: {e}");
+        if let Some(h) = e.hint() {
+            let _ = writeln!(out, "  hint: {h}");
+        }
+        return (out, EXIT_REFUSED);
+    }
+    out.push_str("handshake ok\n");
+    let mut ok = true;
+    if fanout {
+        for (domain, p) in &checked.privileges {
+            match p {
+                Some((roster, presence)) if matches!(roster.as_deref(), Some("get" | "both")) => {
+                    let _ = writeln!(
+                        out,
+                        "privileges:  {domain}: granted (roster {}, presence {})",
+                        roster.as_deref().unwrap_or("none"),
+                        presence.as_deref().unwrap_or("none")
+                    );
+                }
+                Some((roster, _)) => {
+                    ok = false;
+                    let _ = writeln!(
+                        out,
+                        "privileges:  {domain}: MISSING: roster access is {:?}, rosters cannot \
+                         be read",
+                        roster.as_deref().unwrap_or("none")
+                    );
+                }
+                None => {
+                    ok = false;
+                    let _ = writeln!(
+                        out,
+                        "privileges:  {domain}: MISSING: no XEP-0356 privilege advertisement \
+                         within {:?}: see etc/prosody/extpresence.cfg.lua or \
+                         etc/ejabberd/extpresence.yml (README, \"Setting up the server\")",
+                        crate::xmpp::check::PRIVILEGE_WAIT
+                    );
+                }
+            }
+        }
+        for other in &checked.others {
+            let _ = writeln!(
+                out,
+                "privileges:  advertised by {other}, which is not in [xmpp] domains (the wrong \
+                 VirtualHost?)"
+            );
+        }
+    }
+    out.push_str(if ok {
+        "ok: extpresence can deliver\n"
+    } else {
+        "NOT OK: nothing would reach the contacts of the domains above\n"
+    });
+    (out, if ok { EXIT_OK } else { EXIT_REFUSED })
 }
 
 #[cfg(test)]

@@ -34,7 +34,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration and exit (non-zero with a message when it is invalid).
-    CheckConfig,
+    CheckConfig {
+        /// Also connect to the XMPP server with the configured component: check the handshake
+        /// and the privileges granted for each served domain, then disconnect. When extpresence
+        /// already answers on its HTTP port it is asked instead (a second connection would
+        /// disturb it).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Show the running daemon's state, like `prosodyctl status`: the link and its last error,
+    /// privileges per domain, the store, held statuses, observed sessions, the webhook backlog,
+    /// version and uptime. Exits 0 when ready, 1 when not, 3 when it is not running.
+    Status {
+        /// Print the raw JSON report (GET /readyz).
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a user's status: `set alice@example.com away "On the phone" --expires 45m`.
     Set {
         /// The user, e.g. alice@example.com.
@@ -169,9 +184,10 @@ fn init_tracing(json: bool) {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    let check_only = match cli.command.take() {
-        None => false,
-        Some(Command::CheckConfig) => true,
+    let (check_only, connect) = match cli.command.take() {
+        None => (false, false),
+        Some(Command::CheckConfig { connect }) => (true, connect),
+        Some(Command::Status { json }) => return status(json, &cli),
         Some(Command::GenerateAssets { dir }) => return generate_assets(&dir),
         Some(command) => return client(command, &cli),
     };
@@ -195,7 +211,23 @@ fn main() -> ExitCode {
             settings.domains,
             settings.listen
         );
-        return ExitCode::SUCCESS;
+        if !connect {
+            return ExitCode::SUCCESS;
+        }
+        return match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => {
+                let (text, code) = rt.block_on(extpresence::cli::check_connect(&settings));
+                print!("{text}");
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("extpresence: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     init_tracing(settings.log_json);
 
@@ -235,6 +267,47 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = int.recv() => info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// `extpresence status`: the running daemon's readiness report; 0 ready, 1 not, 3 not running.
+fn status(json: bool, cli: &Cli) -> ExitCode {
+    use extpresence::cli as c;
+    let args = c::TargetArgs {
+        url: cli.url.clone(),
+        key_file: None,
+        config: cli.config.clone(),
+    };
+    let url = match c::daemon_url(&args) {
+        Ok(u) => u,
+        Err(f) => {
+            eprintln!("extpresence: {}", f.message);
+            return ExitCode::from(f.code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("extpresence: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(c::status(&url, std::time::Duration::from_secs(5))) {
+        Ok(report) => {
+            if json {
+                println!("{report}");
+            } else {
+                print!("{}", c::render_status(&report));
+            }
+            ExitCode::from(c::status_code(&report))
+        }
+        Err(f) => {
+            eprintln!("extpresence: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
 }
 
 /// Run a client command; the exit code says how it went (extpresence::cli).
@@ -366,7 +439,9 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
                     println!("token {id} revoked");
                 }
             },
-            Command::CheckConfig | Command::GenerateAssets { .. } => {
+            Command::CheckConfig { .. }
+            | Command::Status { .. }
+            | Command::GenerateAssets { .. } => {
                 unreachable!("handled by main")
             }
         }

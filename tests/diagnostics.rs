@@ -337,3 +337,197 @@ async fn a_domain_the_server_does_not_serve_is_named() {
     let (_, report) = readyz_json(&ext).await;
     assert_eq!(report["privileges"][DOMAIN]["state"], "granted", "{report}");
 }
+
+/// Run the binary with `args`; (exit code, stdout, stderr).
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(common::ext::binary())
+            .args(args)
+            .env_remove("EXTPRESENCE_URL")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the command ends in time")
+    .expect("run extpresence");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A configuration file (in `dir`) for a component at `port` with `secret`, listening on
+/// `listen`.
+fn config_file(dir: &std::path::Path, port: u16, secret: &str, listen: &str) -> String {
+    let path = dir.join("extpresence.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\ncomponent = \"{COMPONENT}\"\nserver = \"127.0.0.1:{port}\"\nsecret = \
+             \"{secret}\"\ndomains = [\"{DOMAIN}\"]\n\n[http]\nlisten = \"{listen}\"\napi_keys = \
+             [\"{API_KEY}\"]\n\n[store]\npath = \"{}\"\n",
+            dir.join("statuses.redb").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// `extpresence status`, like `prosodyctl status`: ready (exit 0), not ready with the reason
+/// (exit 1), not running (exit 3); `--json` is the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_says_ready_not_ready_and_not_running() {
+    let mut prosody = Prosody::start().await;
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    readyz_until(&ext, 200).await;
+    let url = format!("http://{}", ext.http);
+    let (code, out, err) = run(&["status", "--url", &url]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ready (backend fanout"), "{out}");
+    assert!(out.contains("link:        up since"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "privileges:  {DOMAIN}: granted (roster both, presence managed_entity)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("store:       ok"), "{out}");
+    assert!(out.contains("held:        0 statuses"), "{out}");
+    let (code, out, _) = run(&["status", "--json", "--url", &url]).await;
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ready"], true);
+    assert!(report["version"].is_string() && report["uptime_secs"].is_u64());
+
+    prosody.stop().await;
+    readyz_until(&ext, 503).await;
+    let (code, out, _) = run(&["status", "--url", &url]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NOT READY"), "{out}");
+    assert!(out.contains("link:        DOWN"), "{out}");
+    assert!(
+        out.contains("last error:  connection closed by the server"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not ready because:\n  - link: the XMPP component link is down"),
+        "{out}"
+    );
+
+    ext.terminate().await;
+    let (code, _, err) = run(&["status", "--url", &url]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is not running"), "{err}");
+}
+
+/// `check-config --connect` against Prosody: the handshake and the privileges, reported; a
+/// wrong secret and missing privileges fail with the reason. With an extpresence answering on
+/// the configured HTTP port, it is asked instead and its link is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_against_prosody() {
+    let dir = tempfile::tempdir().unwrap();
+    let prosody = Prosody::start().await;
+    let cfg = config_file(dir.path(), prosody.component_port, SECRET, "127.0.0.1:1");
+    let (code, out, err) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("handshake ok"), "{out}");
+    assert!(
+        out.contains(&format!("privileges:  {DOMAIN}: granted (roster both")),
+        "{out}"
+    );
+    assert!(out.contains("ok: extpresence can deliver"), "{out}");
+
+    let cfg = config_file(dir.path(), prosody.component_port, "wrong", "127.0.0.1:1");
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAILED: the server refused the component handshake"),
+        "{out}"
+    );
+    assert!(out.contains("wrong component secret"), "{out}");
+
+    let cfg = config_file(dir.path(), prosody.c2s_port, SECRET, "127.0.0.1:1");
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not a component port"), "{out}");
+
+    let unprivileged = Prosody::start_with(without_privileged_entities).await;
+    let cfg = config_file(
+        dir.path(),
+        unprivileged.component_port,
+        SECRET,
+        "127.0.0.1:1",
+    );
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("privileges:  {DOMAIN}: MISSING")),
+        "{out}"
+    );
+
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    let cfg = config_file(
+        dir.path(),
+        prosody.component_port,
+        SECRET,
+        &ext.http.to_string(),
+    );
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("already runs at"), "{out}");
+    assert!(out.contains("asked it instead of connecting"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !ext.log().contains("XMPP component link failed"),
+        "{}",
+        ext.log()
+    );
+    assert_eq!(readyz(&ext).await.0, 200);
+    ext.terminate().await;
+}
+
+/// The same against ejabberd, where a second connection's disconnect would remove a running
+/// instance's privileges: alone it connects and reports; beside a running extpresence it asks
+/// it, and that instance keeps its privileges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_against_ejabberd() {
+    let dir = tempfile::tempdir().unwrap();
+    let ejabberd = common::ejabberd::Ejabberd::start(DOMAIN, COMPONENT, SECRET).await;
+    let cfg = config_file(dir.path(), ejabberd.component_port, SECRET, "127.0.0.1:1");
+    let (code, out, err) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("handshake ok"), "{out}");
+    assert!(
+        out.contains(&format!("privileges:  {DOMAIN}: granted (roster")),
+        "{out}"
+    );
+
+    let mut ext = Ext::start(ejabberd.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    readyz_until(&ext, 200).await;
+    let url = format!("http://{}", ext.http);
+    let (code, out, _) = run(&["status", "--url", &url]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("privileges:  {DOMAIN}: granted")),
+        "{out}"
+    );
+    let cfg = config_file(
+        dir.path(),
+        ejabberd.component_port,
+        SECRET,
+        &ext.http.to_string(),
+    );
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("asked it instead of connecting"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, report) = readyz_json(&ext).await;
+    assert_eq!(report["privileges"][DOMAIN]["state"], "granted", "{report}");
+    assert_eq!(report["link"]["attempts"], 1, "{report}");
+    ext.terminate().await;
+}

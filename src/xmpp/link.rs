@@ -308,7 +308,8 @@ pub fn spawn(
     )
 }
 
-type Stream = XmppStream<BufStream<TcpStream>>;
+/// The component stream.
+pub type Stream = XmppStream<BufStream<TcpStream>>;
 
 fn timeouts(cfg: &LinkConfig) -> Timeouts {
     Timeouts {
@@ -462,14 +463,8 @@ async fn supervise(
             done = wait_close(&mut commands) => { let _ = done.send(()); return; }
         };
         let connected = match connected {
-            Err(e) if before_handshake(&e) => Err(match probe_port(&cfg).await {
-                Some(what) => LinkError::WrongPort {
-                    server: cfg.server.clone(),
-                    what,
-                },
-                None => e,
-            }),
-            other => other,
+            Err(e) => Err(diagnose(&cfg, e).await),
+            ok => ok,
         };
         let err = match connected {
             Ok(stream) => {
@@ -523,6 +518,21 @@ async fn supervise(
             _ = &mut sleep => {}
             done = wait_close(&mut commands) => { let _ = done.send(()); return; }
         }
+    }
+}
+
+/// A failed attempt's error, made more precise where we can: a refused or odd stream from a
+/// port of another kind (c2s, s2s, not XMPP) becomes [`LinkError::WrongPort`].
+pub async fn diagnose(cfg: &LinkConfig, e: LinkError) -> LinkError {
+    if !before_handshake(&e) {
+        return e;
+    }
+    match probe_port(cfg).await {
+        Some(what) => LinkError::WrongPort {
+            server: cfg.server.clone(),
+            what,
+        },
+        None => e,
     }
 }
 
@@ -707,17 +717,17 @@ async fn session(
                         }
                         Some(Command::Close(done)) => {
                             let _ = within(cfg, write_text(&mut stream, &mut text)).await;
-                            close(&mut stream).await;
+                            close_stream(&mut stream).await;
                             return SessionEnd::Closed(done);
                         }
                         Some(Command::Restart(why)) => {
                             let _ = within(cfg, write_text(&mut stream, &mut text)).await;
-                            close(&mut stream).await;
+                            close_stream(&mut stream).await;
                             return SessionEnd::Failed(LinkError::Restart(why));
                         }
                         None => {
                             let _ = within(cfg, write_text(&mut stream, &mut text)).await;
-                            close(&mut stream).await;
+                            close_stream(&mut stream).await;
                             let (tx, _rx) = oneshot::channel();
                             return SessionEnd::Closed(tx);
                         }
@@ -799,7 +809,8 @@ fn hard_error(e: io::Error) -> LinkError {
     }
 }
 
-async fn close(stream: &mut Stream) {
+/// Send the stream's end and wait (bounded) for the server's.
+pub async fn close_stream(stream: &mut Stream) {
     let _ = timeout(Duration::from_secs(2), async {
         flush(stream).await?;
         if stream.shutdown().await.is_ok() {
