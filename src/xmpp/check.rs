@@ -18,6 +18,9 @@ use super::stanzas;
 /// How long to wait for the privilege advertisements after the handshake.
 pub const PRIVILEGE_WAIT: Duration = Duration::from_secs(5);
 
+/// The roster and presence access one advertisement granted.
+pub type Granted = (Option<String>, Option<String>);
+
 /// What one test connection found.
 #[derive(Debug)]
 pub struct Checked {
@@ -25,7 +28,7 @@ pub struct Checked {
     pub handshake: Result<(), LinkError>,
     /// For each served domain: the roster and presence access its advertisement granted
     /// (`None`: no advertisement within [`PRIVILEGE_WAIT`]).
-    pub privileges: BTreeMap<String, Option<(Option<String>, Option<String>)>>,
+    pub privileges: BTreeMap<String, Option<Granted>>,
     /// Domains that advertised privileges but are not served (the wrong VirtualHost?).
     pub others: Vec<String>,
 }
