@@ -149,6 +149,10 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     NotFound,
+    /// `DELETE /v1/tokens/{id}` names no token held (never minted, revoked already, or purged
+    /// after it expired).
+    #[error("no such token: {0:?} (GET /v1/tokens lists the tokens held)")]
+    NoSuchToken(String),
     /// A query parameter is wrong.
     #[error("malformed query: {0}")]
     MalformedQuery(String),
@@ -202,7 +206,7 @@ impl ApiError {
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchToken(_) => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::Roster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -255,6 +259,7 @@ impl ApiError {
             ) => "too_many_sources",
             ApiError::Invalid(InvalidStatus::Expiry(_)) => "invalid_expiry",
             ApiError::NotFound => "not_found",
+            ApiError::NoSuchToken(_) => "no_such_token",
             ApiError::Storage(_) => "storage_unavailable",
             ApiError::Roster(_) => "roster_unavailable",
             ApiError::Unsupported(_) => "not_supported",
