@@ -104,9 +104,20 @@ pub enum ApiError {
     /// No API key given.
     #[error("an API key is required (?api-key=, Api-Key header or Authorization: Bearer)")]
     MissingKey,
-    /// The API key is not one of ours.
-    #[error("the API key is not valid")]
-    WrongKey,
+    /// The API key is not one of ours. `plus_hint`: it came in the query with a space, which
+    /// is what an unencoded `+` decodes to (base64 keys have them).
+    #[error(
+        "the API key is not valid{}",
+        if *.plus_hint {
+            "; it has a space: a '+' in a query must be percent-encoded as %2B"
+        } else {
+            ""
+        }
+    )]
+    WrongKey {
+        /// Add the hint about `+` in a query.
+        plus_hint: bool,
+    },
     /// More than one credential was given.
     #[error("{0} credentials given; give the API key once: ?api-key=, an Api-Key header or Authorization: Bearer")]
     AmbiguousCredentials(usize),
@@ -199,7 +210,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey => StatusCode::UNAUTHORIZED,
-            ApiError::WrongKey | ApiError::Domain(_) | ApiError::Forbidden(_) => {
+            ApiError::WrongKey { .. } | ApiError::Domain(_) | ApiError::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }
             ApiError::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
@@ -230,7 +241,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MissingKey => "missing_api_key",
-            ApiError::WrongKey => "invalid_api_key",
+            ApiError::WrongKey { .. } => "invalid_api_key",
             ApiError::AmbiguousCredentials(_) => "ambiguous_credentials",
             ApiError::InvalidPath => "invalid_path",
             ApiError::MalformedQuery(_) => "malformed_query",
