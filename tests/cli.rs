@@ -418,3 +418,69 @@ async fn json_logs() {
         "{refusal}"
     );
 }
+
+/// `watch` says "events were missed" once per loss: after a restart of extpresence it is told so
+/// (its `Last-Event-ID` is from the previous process); when its connection then drops (a proxy
+/// in between cuts it) and it resumes from the same process, it is not told again — it used to
+/// be, at every reconnection, as it kept resuming after the id from before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_says_events_were_missed_once() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice"]).await;
+    // A fixed port, so the proxy reaches the restarted process too.
+    let port = common::free_port();
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let alice = format!("alice@{DOMAIN}");
+    let proxy = common::proxy::LinkProxy::start(port).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let (_watch, mut watched) = spawn_watch(&url, &[&alice]);
+    wait_subscribers(&ext, 1).await;
+    let mut lines = Vec::new();
+    // Every line printed until one contains `needle`.
+    async fn until(
+        watched: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        lines: &mut Vec<String>,
+        needle: &str,
+    ) {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no line with {needle:?} within 30 s: {lines:#?}"))
+                .unwrap()
+                .expect("watch runs");
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return;
+            }
+        }
+    }
+    let r = cli(&ext, &["set", &alice, "away", "before the restart"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    until(&mut watched, &mut lines, "before the restart").await;
+
+    ext.terminate().await;
+    ext.restart().await;
+    ext.wait_privileged(1).await;
+    until(&mut watched, &mut lines, "events were missed").await;
+
+    // The connection drops; watch resumes from the same process: nothing was missed.
+    proxy.cut();
+    proxy.restore();
+    let r = cli(&ext, &["set", &alice, "dnd", "after the cut"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    until(&mut watched, &mut lines, "after the cut").await;
+    let missed = lines
+        .iter()
+        .filter(|l| l.contains("events were missed"))
+        .count();
+    assert_eq!(missed, 1, "{lines:#?}");
+    ext.terminate().await;
+}
