@@ -132,6 +132,9 @@ async fn every_subcommand_and_exit_code() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("away \"On the phone\""), "{r:?}");
     assert!(r.stdout.contains("until 20"), "the expiry is shown: {r:?}");
+    let until = r.stdout.trim().split(", ").nth(1).unwrap();
+    let until = until.split(';').next().unwrap().to_string();
+    assert!(until.starts_with("until 20"), "{r:?}");
     bob.expect_presence(WAIT, |p| {
         p.show == Some(Show::Away)
             && p.statuses.values().any(|s| s == "On the phone")
@@ -170,8 +173,19 @@ async fn every_subcommand_and_exit_code() {
     let r = cli(ext, &["get", &alice]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with(&format!("{alice}: ")), "{r:?}");
-    assert!(r.stdout.contains("held by pbx"), "{r:?}");
-    assert!(r.stdout.contains("phone"), "{r:?}");
+    // get shows the expiry as set did (the `phone` resource has none).
+    let line = |r: &Run, resource: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(resource))
+            .unwrap_or_else(|| panic!("no {resource} line: {r:?}"))
+            .to_string()
+    };
+    assert!(
+        line(&r, "tigase-external").ends_with(&format!("held by pbx, {until}")),
+        "{r:?}"
+    );
+    assert!(line(&r, "phone").ends_with("held by default"), "{r:?}");
     let r = cli(ext, &["get", &alice, "--json"]).await;
     let v = json(&r);
     assert_eq!(v["resources"].as_array().unwrap().len(), 2, "{v}");
