@@ -315,6 +315,14 @@ impl Client {
         Ok(self.send(req).await?.body)
     }
 
+    /// `GET /v1/users/{user}/status`: the statuses held, with their expiry.
+    pub async fn held(&self, user: &str) -> Result<Value, Failure> {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/users/{}/status", path_segment(user))));
+        Ok(self.send(req).await?.body)
+    }
+
     /// `POST /v1/tokens`.
     pub async fn token_create(
         &self,
@@ -471,8 +479,25 @@ fn render_event(kind: &str, data: &str) -> String {
     line
 }
 
-/// A user's presence as people read it.
-pub fn render_presence(v: &Value) -> String {
+/// When the winning source of `held`'s `resource` ends (RFC 3339), if it does.
+fn held_until<'a>(held: Option<&'a Value>, resource: &str) -> Option<&'a str> {
+    let r = held?
+        .get("resources")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("resource").and_then(Value::as_str) == Some(resource))?;
+    let winner = r.get("effective")?.get("source")?;
+    r.get("sources")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("source") == Some(winner))?
+        .get("expires_at")?
+        .as_str()
+}
+
+/// A user's presence as people read it; with `held` (the statuses held, when the credential may
+/// read them), a held resource's expiry as `set` shows it (`, until <RFC 3339>`).
+pub fn render_presence(v: &Value, held: Option<&Value>) -> String {
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut out = format!("{}: {}", s(v, "user"), s(v, "presence"));
     if let Some(status) = v.get("status").and_then(Value::as_str) {
@@ -490,17 +515,23 @@ pub fn render_presence(v: &Value) -> String {
     {
         let origin = match s(r, "origin").as_str() {
             "session" => "session".to_string(),
-            _ => format!(
-                "held by {}",
-                r.get("sources")
-                    .and_then(Value::as_array)
-                    .map(|a| a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
-            ),
+            _ => {
+                let mut o = format!(
+                    "held by {}",
+                    r.get("sources")
+                        .and_then(Value::as_array)
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                );
+                if let Some(at) = held_until(held, &s(r, "resource")) {
+                    o.push_str(&format!(", until {at}"));
+                }
+                o
+            }
         };
         let status = r
             .get("status")
@@ -873,11 +904,37 @@ mod tests {
     fn user_text_is_quoted_not_interpreted() {
         let v = json!({"user":"alice@x","presence":"dnd","status":"a\u{1b}[31mred\n","complete":true,
             "resources":[{"resource":"phone","origin":"extpresence","presence":"dnd","status":"x","priority":-1,"since":"t","sources":["pbx"]}]});
-        let text = render_presence(&v);
+        let text = render_presence(&v, None);
         assert!(
             !text.contains('\u{1b}'),
             "escape sequences are quoted: {text}"
         );
         assert!(text.contains("held by pbx"), "{text}");
+    }
+
+    #[test]
+    fn get_shows_the_winning_sources_expiry_as_set_does() {
+        let v = json!({"user":"alice@x","presence":"dnd","complete":true,"resources":[
+            {"resource":"phone","origin":"extpresence","presence":"dnd","priority":-1,"since":"t","sources":["cal","pbx"]},
+            {"resource":"desk","origin":"extpresence","presence":"away","priority":-1,"since":"t","sources":["cal"]}]});
+        let held = json!({"user":"alice@x","resources":[
+            {"resource":"phone","effective":{"presence":"dnd","source":"pbx","priority":-1},"sources":[
+                {"source":"cal","presence":"away","priority":-1,"updated_at":"t","expires_at":"2026-11-29T15:00:00.000Z"},
+                {"source":"pbx","presence":"dnd","priority":-1,"updated_at":"t","expires_at":"2026-11-29T13:05:00.000Z"}]},
+            {"resource":"desk","effective":{"presence":"away","source":"cal","priority":-1},"sources":[
+                {"source":"cal","presence":"away","priority":-1,"updated_at":"t","expires_at":null}]}]});
+        let text = render_presence(&v, Some(&held));
+        let set = render_set(&json!({"user":"alice@x","resource":"phone","source":"pbx",
+            "presence":"dnd","expires_at":"2026-11-29T13:05:00.000Z"}));
+        let until = set.split_once(", ").unwrap().1;
+        assert_eq!(until, "until 2026-11-29T13:05:00.000Z");
+        let phone = text.lines().find(|l| l.contains("phone")).unwrap();
+        assert!(
+            phone.ends_with(&format!("held by cal, pbx, {until}")),
+            "{text}"
+        );
+        let desk = text.lines().find(|l| l.contains("desk")).unwrap();
+        assert!(desk.ends_with("held by cal"), "{text}");
+        assert_eq!(render_presence(&v, None).matches("until").count(), 0);
     }
 }

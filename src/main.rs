@@ -382,7 +382,10 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
                 if json {
                     print(&v);
                 } else {
-                    print!("{}", c::render_presence(&v));
+                    // The expiries are in the held statuses, which a contact's token may not
+                    // read: then none is shown.
+                    let held = client.held(&user).await.ok();
+                    print!("{}", c::render_presence(&v, held.as_ref()));
                 }
             }
             Command::Watch {

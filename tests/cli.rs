@@ -132,6 +132,9 @@ async fn every_subcommand_and_exit_code() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("away \"On the phone\""), "{r:?}");
     assert!(r.stdout.contains("until 20"), "the expiry is shown: {r:?}");
+    let until = r.stdout.trim().split(", ").nth(1).unwrap();
+    let until = until.split(';').next().unwrap().to_string();
+    assert!(until.starts_with("until 20"), "{r:?}");
     bob.expect_presence(WAIT, |p| {
         p.show == Some(Show::Away)
             && p.statuses.values().any(|s| s == "On the phone")
@@ -170,8 +173,19 @@ async fn every_subcommand_and_exit_code() {
     let r = cli(ext, &["get", &alice]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with(&format!("{alice}: ")), "{r:?}");
-    assert!(r.stdout.contains("held by pbx"), "{r:?}");
-    assert!(r.stdout.contains("phone"), "{r:?}");
+    // get shows the expiry as set did (the `phone` resource has none).
+    let line = |r: &Run, resource: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(resource))
+            .unwrap_or_else(|| panic!("no {resource} line: {r:?}"))
+            .to_string()
+    };
+    assert!(
+        line(&r, "tigase-external").ends_with(&format!("held by pbx, {until}")),
+        "{r:?}"
+    );
+    assert!(line(&r, "phone").ends_with("held by default"), "{r:?}");
     let r = cli(ext, &["get", &alice, "--json"]).await;
     let v = json(&r);
     assert_eq!(v["resources"].as_array().unwrap().len(), 2, "{v}");
@@ -417,4 +431,70 @@ async fn json_logs() {
         refusal["span"]["user"], "alice@elsewhere.example",
         "{refusal}"
     );
+}
+
+/// `watch` says "events were missed" once per loss: after a restart of extpresence it is told so
+/// (its `Last-Event-ID` is from the previous process); when its connection then drops (a proxy
+/// in between cuts it) and it resumes from the same process, it is not told again — it used to
+/// be, at every reconnection, as it kept resuming after the id from before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_says_events_were_missed_once() {
+    let server = Server::start(Kind::Prosody).await;
+    server.register(&["alice"]).await;
+    // A fixed port, so the proxy reaches the restarted process too.
+    let port = common::free_port();
+    let mut ext = Ext::start_with(server.component_port(), DOMAIN, COMPONENT, SECRET, |c| {
+        c.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+    })
+    .await;
+    ext.wait_privileged(1).await;
+    let alice = format!("alice@{DOMAIN}");
+    let proxy = common::proxy::LinkProxy::start(port).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let (_watch, mut watched) = spawn_watch(&url, &[&alice]);
+    wait_subscribers(&ext, 1).await;
+    let mut lines = Vec::new();
+    // Every line printed until one contains `needle`.
+    async fn until(
+        watched: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        lines: &mut Vec<String>,
+        needle: &str,
+    ) {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no line with {needle:?} within 30 s: {lines:#?}"))
+                .unwrap()
+                .expect("watch runs");
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return;
+            }
+        }
+    }
+    let r = cli(&ext, &["set", &alice, "away", "before the restart"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    until(&mut watched, &mut lines, "before the restart").await;
+
+    ext.terminate().await;
+    ext.restart().await;
+    ext.wait_privileged(1).await;
+    until(&mut watched, &mut lines, "events were missed").await;
+
+    // The connection drops; watch resumes from the same process: nothing was missed.
+    proxy.cut();
+    proxy.restore();
+    let r = cli(&ext, &["set", &alice, "dnd", "after the cut"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    until(&mut watched, &mut lines, "after the cut").await;
+    let missed = lines
+        .iter()
+        .filter(|l| l.contains("events were missed"))
+        .count();
+    assert_eq!(missed, 1, "{lines:#?}");
+    ext.terminate().await;
 }

@@ -418,6 +418,45 @@ async fn bad_inputs(kind: Kind) {
             "{body}: {v}"
         );
     }
+    // A time in the past is named so (it was "not in the next 2592000 seconds"), in a PUT and in
+    // a bulk item; one too far ahead keeps its own message.
+    let past = json!({"presence": "away", "expires_at": "2001-01-01T00:00:00Z"});
+    let (got, v) = call(&w.ext, "PUT", &user, Some(past.clone())).await;
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        got == 400 && message.contains("\"2001-01-01T00:00:00Z\" is in the past"),
+        "{v}"
+    );
+    let mut item = past.clone();
+    item["user"] = json!(format!("alice@{DOMAIN}"));
+    let (got, v) = call(
+        &w.ext,
+        "POST",
+        "/v1/statuses",
+        Some(json!({"updates": [item]})),
+    )
+    .await;
+    let result = &v["results"][0];
+    assert!(
+        got == 200
+            && result["error"]["code"] == "invalid_expiry"
+            && result["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is in the past")),
+        "{v}"
+    );
+    let (got, v) = call(
+        &w.ext,
+        "PUT",
+        &user,
+        Some(json!({"presence": "away", "expires_at": "2999-01-01T00:00:00Z"})),
+    )
+    .await;
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        got == 400 && message.contains("is not in the next 2592000 seconds"),
+        "{v}"
+    );
     let (got, v) = call(
         &w.ext,
         "PUT",
@@ -576,23 +615,18 @@ async fn openapi_document_holds_against_the_service() {
     ext.terminate().await;
 }
 
-/// The README's `/v1` examples, run as written (address, key, domain and the example date
-/// substituted) against the real service.
+/// The README's `/v1` examples, run as written (address, key and domain substituted; no date:
+/// the calendar's end is computed, so the example does not stop working once a date passes)
+/// against the real service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_examples_work() {
     let w = world(Kind::Prosody, &["alice", "bob"]).await;
     let block = common::readme_code("## Native API `/v1` (JSON)", "sh", 1);
     let block = block.as_str();
-    let future = chrono::DateTime::from_timestamp_millis(
-        extpresence::base::clock::now_ms() as i64 + 3_600_000,
-    )
-    .unwrap()
-    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let script = block
         .replace("http://127.0.0.1:8080", &format!("http://{}", w.ext.http))
         .replace("KEY", API_KEY)
         .replace("example.com", DOMAIN)
-        .replace("2026-12-01T15:00:00Z", &future)
         .replace("curl ", "curl -sS -w '\\n' ");
     let answers = common::run_sh_json(&script).await;
     assert_eq!(answers.len(), 5, "{answers:?}");
@@ -863,4 +897,94 @@ async fn source_names_cannot_be_used_up() {
         .log()
         .contains("panicked")
         .then(|| panic!("{}", w.ext.log()));
+}
+
+/// Token times are RFC 3339 like every other `/v1` time (they were milliseconds since the epoch),
+/// in the mint answer and the list; revoking an id that is not held is 404 `no_such_token`
+/// ("no such token"), not the "no such endpoint" of a path that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_times_are_rfc3339_and_an_unknown_token_is_named() {
+    let server = Server::start(Kind::Prosody).await;
+    let mut ext = Ext::start(server.component_port(), DOMAIN, COMPONENT, SECRET).await;
+    let time = |v: &Value, what: &str| {
+        let text = v
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} {v} is not a string"));
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
+            .timestamp_millis()
+    };
+    let before = extpresence::base::clock::now_ms() as i64;
+    let (code, minted) = call(
+        &ext,
+        "POST",
+        "/v1/tokens",
+        Some(json!({"user": format!("alice@{DOMAIN}"), "access": "read", "expires_in": 3600})),
+    )
+    .await;
+    assert_eq!(code, 201, "{minted}");
+    let created = time(&minted["created_at"], "created_at");
+    assert!(
+        (before - 1000..=before + 60_000).contains(&created),
+        "{minted}"
+    );
+    assert_eq!(
+        time(&minted["expires_at"], "expires_at") - created,
+        3_600_000,
+        "{minted}"
+    );
+    let (code, never) = call(
+        &ext,
+        "POST",
+        "/v1/tokens",
+        Some(json!({"user": format!("alice@{DOMAIN}"), "access": "read"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{never}");
+    assert!(never["expires_at"].is_null(), "{never}");
+    time(&never["created_at"], "created_at");
+    let (code, list) = call(&ext, "GET", "/v1/tokens", None).await;
+    assert_eq!(code, 200, "{list}");
+    let listed = &list["tokens"][0];
+    assert_eq!(listed["id"], minted["id"], "{list}");
+    assert_eq!(
+        (&listed["created_at"], &listed["expires_at"]),
+        (&minted["created_at"], &minted["expires_at"]),
+        "{list}"
+    );
+
+    let (code, v) = call(&ext, "DELETE", "/v1/tokens/0123456789ab", None).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("no_such_token")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("no such token"), "{v}");
+    assert!(message.contains("0123456789ab"), "{v}");
+    // Revoked once: the second revocation names the token too.
+    let id = minted["id"].as_str().unwrap();
+    let (code, text) = request(
+        ext.http,
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        &[("Api-Key", API_KEY)],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 204, "{text}");
+    let (code, v) = call(&ext, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("no_such_token")),
+        "{v}"
+    );
+    // A path that does not exist is still "no such endpoint".
+    let (code, v) = call(&ext, "DELETE", "/v1/tokens/0123456789ab/x", None).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    ext.terminate().await;
 }

@@ -160,6 +160,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The id to resume after to get exactly what this subscription delivers next (the
+    /// `Last-Event-ID` a client told [`reset`](Self::reset) should use from now on).
+    pub fn resume_id(&self) -> u64 {
+        self.seen
+    }
+
     /// Whether the queue was ended because the subscriber fell behind.
     pub fn lagged(&self) -> bool {
         self.queue.lagged.load(Ordering::Relaxed)

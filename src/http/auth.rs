@@ -163,7 +163,7 @@ impl ApiKeys {
                 if let Some(c) = &client {
                     self.failures.failed(c.ip, now);
                 }
-                Err(ApiError::WrongKey)
+                Err(ApiError::WrongKey { plus_hint: false })
             }
         }
     }
@@ -227,7 +227,13 @@ impl ApiKeys {
             None => Err(ApiError::MissingKey),
             Some(k) if k.is_empty() => Err(ApiError::MissingKey),
             Some(k) => {
-                let grant = self.authenticate(&k)?;
+                let grant = self.authenticate(&k).map_err(|e| match e {
+                    // The only credential, so the query's if the query has one.
+                    ApiError::WrongKey { .. } if k.contains(' ') && in_query(query) => {
+                        ApiError::WrongKey { plus_hint: true }
+                    }
+                    e => e,
+                })?;
                 // Before the body is read or anything is stored.
                 self.limits
                     .check(&grant.name)
@@ -236,6 +242,11 @@ impl ApiKeys {
             }
         }
     }
+}
+
+/// Whether the query carries `api-key`.
+fn in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "api-key"))
 }
 
 #[cfg(test)]
@@ -260,7 +271,29 @@ mod tests {
         assert!(keys.check(Some("x=1&api-key=second%20key"), &none).is_ok());
         assert!(matches!(
             keys.check(Some("api-key=k2"), &none),
-            Err(ApiError::WrongKey)
+            Err(ApiError::WrongKey { plus_hint: false })
+        ));
+        // A '+' in a query is a space: a key that then has one is told how to encode it.
+        let plus = ApiKeys::new(
+            &[(Secret::new("a+b/c="), Grant::admin("b64"))],
+            Arc::new(Tokens::load(None)),
+            Arc::new(Limits::new(Default::default())),
+        );
+        assert!(plus.check(Some("api-key=a%2Bb%2Fc%3D"), &none).is_ok());
+        assert!(plus.check(Some("api-key=a%2Bb/c="), &none).is_ok());
+        let e = plus.check(Some("api-key=a+b/c="), &none).unwrap_err();
+        assert!(matches!(e, ApiError::WrongKey { plus_hint: true }), "{e:?}");
+        assert_eq!(e.code(), "invalid_api_key");
+        assert!(
+            e.to_string()
+                .ends_with("a '+' in a query must be percent-encoded as %2B"),
+            "{e}"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("Api-Key", HeaderValue::from_static("a b"));
+        assert!(matches!(
+            plus.check(None, &h),
+            Err(ApiError::WrongKey { plus_hint: false })
         ));
         assert!(matches!(keys.check(None, &none), Err(ApiError::MissingKey)));
         let mut h = HeaderMap::new();

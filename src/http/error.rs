@@ -104,9 +104,20 @@ pub enum ApiError {
     /// No API key given.
     #[error("an API key is required (?api-key=, Api-Key header or Authorization: Bearer)")]
     MissingKey,
-    /// The API key is not one of ours.
-    #[error("the API key is not valid")]
-    WrongKey,
+    /// The API key is not one of ours. `plus_hint`: it came in the query with a space, which
+    /// is what an unencoded `+` decodes to (base64 keys have them).
+    #[error(
+        "the API key is not valid{}",
+        if *.plus_hint {
+            "; it has a space: a '+' in a query must be percent-encoded as %2B"
+        } else {
+            ""
+        }
+    )]
+    WrongKey {
+        /// Add the hint about `+` in a query.
+        plus_hint: bool,
+    },
     /// More than one credential was given.
     #[error("{0} credentials given; give the API key once: ?api-key=, an Api-Key header or Authorization: Bearer")]
     AmbiguousCredentials(usize),
@@ -149,6 +160,10 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     NotFound,
+    /// `DELETE /v1/tokens/{id}` names no token held (never minted, revoked already, or purged
+    /// after it expired).
+    #[error("no such token: {0:?} (GET /v1/tokens lists the tokens held)")]
+    NoSuchToken(String),
     /// A query parameter is wrong.
     #[error("malformed query: {0}")]
     MalformedQuery(String),
@@ -195,14 +210,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey => StatusCode::UNAUTHORIZED,
-            ApiError::WrongKey | ApiError::Domain(_) | ApiError::Forbidden(_) => {
+            ApiError::WrongKey { .. } | ApiError::Domain(_) | ApiError::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }
             ApiError::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchToken(_) => StatusCode::NOT_FOUND,
             ApiError::Storage(_) | ApiError::Roster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -226,7 +241,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MissingKey => "missing_api_key",
-            ApiError::WrongKey => "invalid_api_key",
+            ApiError::WrongKey { .. } => "invalid_api_key",
             ApiError::AmbiguousCredentials(_) => "ambiguous_credentials",
             ApiError::InvalidPath => "invalid_path",
             ApiError::MalformedQuery(_) => "malformed_query",
@@ -255,6 +270,7 @@ impl ApiError {
             ) => "too_many_sources",
             ApiError::Invalid(InvalidStatus::Expiry(_)) => "invalid_expiry",
             ApiError::NotFound => "not_found",
+            ApiError::NoSuchToken(_) => "no_such_token",
             ApiError::Storage(_) => "storage_unavailable",
             ApiError::Roster(_) => "roster_unavailable",
             ApiError::Unsupported(_) => "not_supported",

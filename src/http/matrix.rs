@@ -96,7 +96,7 @@ impl From<ApiError> for MatrixError {
                 "M_MISSING_TOKEN",
                 "Missing access token",
             ),
-            ApiError::WrongKey => err(
+            ApiError::WrongKey { .. } => err(
                 StatusCode::UNAUTHORIZED,
                 "M_UNKNOWN_TOKEN",
                 "Unrecognised access token",

@@ -111,9 +111,11 @@ fn sse(event: &Event) -> Bytes {
         .clone()
 }
 
-fn reset(why: &str) -> Bytes {
+/// A `reset` frame; with `id` (the one to resume after from now on) when the stream goes on.
+fn reset(why: &str, id: Option<u64>) -> Bytes {
+    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
     Bytes::from(format!(
-        "event: reset\ndata: {}\n\n",
+        "{id}event: reset\ndata: {}\n\n",
         serde_json::json!({ "reason": why })
     ))
 }
@@ -161,7 +163,7 @@ fn stream(s: Subscriber) -> impl Stream<Item = Result<Bytes, Infallible>> {
         // Checked before every event: after a lag the queue may go on with a gap.
         if s.sub.lagged() {
             s.done = true;
-            return Some((Ok(reset(LAGGED)), s));
+            return Some((Ok(reset(LAGGED, None)), s));
         }
         let e = next?;
         Some((Ok(sse(&e)), s))
@@ -196,10 +198,13 @@ pub async fn event_stream(
             }
         };
         let mut sub = state.hub.subscribe(filter, last);
+        // With the id to resume after from now on: a client that reconnects later is not told
+        // again of the events it was told it missed.
         let first = sub.reset.then(|| {
             reset(
                 "the events after Last-Event-ID are no longer buffered (too old, or \
                  extpresence restarted); read the presence again with GET",
+                Some(sub.resume_id()),
             )
         });
         let s = Subscriber {

@@ -338,7 +338,13 @@ fn validate(
                 ))
             })?;
             let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-            if ms <= now || ms - now > max_ms {
+            if ms <= now {
+                return Err(expiry_err(format!(
+                    "expires_at {text:?} is in the past (now is {}); give a later time, or expires_in",
+                    rfc3339(now)
+                )));
+            }
+            if ms - now > max_ms {
                 return Err(expiry_err(format!(
                     "expires_at {text:?} is not in the next {MAX_EXPIRY_SECS} seconds"
                 )));

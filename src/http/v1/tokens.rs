@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use super::common::{finish, json, malformed};
 use crate::access::tokens::TokenInfo;
 use crate::access::Access;
+use crate::base::clock::rfc3339;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::input;
 use crate::http::pipeline::{others, require_json};
@@ -79,6 +80,39 @@ pub enum AccessDoc {
     ReadWrite,
 }
 
+/// What a token is, as answered (never its secret): [`TokenInfo`] with its times in RFC 3339,
+/// like every other `/v1` time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenAnswer {
+    /// The public id (12 hex digits): `DELETE /v1/tokens/{id}` revokes it.
+    id: String,
+    /// The user it acts for.
+    user: String,
+    /// `read`, `write` or `read-write`.
+    access: String,
+    /// A name for people.
+    name: Option<String>,
+    /// When it was minted (RFC 3339).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When it stops working (RFC 3339); never when null.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<String>,
+}
+
+impl From<TokenInfo> for TokenAnswer {
+    fn from(t: TokenInfo) -> TokenAnswer {
+        TokenAnswer {
+            id: t.id,
+            user: t.user,
+            access: t.access,
+            name: t.name,
+            created_at: rfc3339(t.created_at),
+            expires_at: t.expires_at.map(rfc3339),
+        }
+    }
+}
+
 /// A minted token.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Minted {
@@ -86,14 +120,14 @@ pub struct Minted {
     token: String,
     /// What it is.
     #[serde(flatten)]
-    info: TokenInfo,
+    info: TokenAnswer,
 }
 
 /// Every token.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenList {
     /// Oldest first.
-    tokens: Vec<TokenInfo>,
+    tokens: Vec<TokenAnswer>,
 }
 
 fn invalid(message: String) -> ApiError {
@@ -168,7 +202,13 @@ pub async fn mint(
             .tokens
             .mint(&user, access, req.name, expires_in)
             .await?;
-        Ok(json(StatusCode::CREATED, &Minted { token, info }))
+        Ok(json(
+            StatusCode::CREATED,
+            &Minted {
+                token,
+                info: info.into(),
+            },
+        ))
     }
     .await;
     finish(r)
@@ -197,7 +237,13 @@ pub async fn list(
         Ok(json(
             StatusCode::OK,
             &TokenList {
-                tokens: state.keys.tokens.list(),
+                tokens: state
+                    .keys
+                    .tokens
+                    .list()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
             },
         ))
     })();
@@ -214,7 +260,7 @@ pub async fn list(
         (status = 204, description = "Revoked"),
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Not an admin credential with write access", body = ErrorBody),
-        (status = 404, description = "No such token", body = ErrorBody),
+        (status = 404, description = "No such token (`no_such_token`)", body = ErrorBody),
         (status = 503, description = "Refused from now on, but the store could not commit the removal", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -233,7 +279,7 @@ pub async fn revoke(
         };
         match state.keys.tokens.revoke(id).await {
             Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Ok(false) => Err(ApiError::NotFound),
+            Ok(false) => Err(ApiError::NoSuchToken(id.chars().take(64).collect())),
             Err(e) => Err(ApiError::Storage(e.to_string())),
         }
     }

@@ -105,7 +105,7 @@ impl From<ApiError> for WaherError {
     fn from(e: ApiError) -> WaherError {
         let code = e.code();
         let mut w = match e {
-            ApiError::MissingKey | ApiError::WrongKey => err(
+            ApiError::MissingKey | ApiError::WrongKey { .. } => err(
                 StatusCode::UNAUTHORIZED,
                 format!("{e}: unauthorized access was prevented"),
             ),
