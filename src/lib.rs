@@ -14,7 +14,9 @@
 //!                            state.rs (AppState), auth.rs (credential → grant, rate limit),
 //!                            input.rs (JIDs, domains, bodies), error.rs (ApiError → answer;
 //!                            Refusal), log.rs (escaped, rate-limited), ops.rs (/healthz,
-//!                            /readyz, /metrics), sse.rs (the event stream over HTTP, for v1/
+//!                            /readyz, /metrics), readiness.rs (the report behind /readyz,
+//!                            the page and `extpresence status`; writes held say "pending"),
+//!                            sse.rs (the event stream over HTTP, for v1/
 //!                            and ui/), openapi.rs (the document of v1/ and tigase/); the
 //!                            dialects, which only translate and import no other dialect:
 //!                            tigase/ (mod.rs: its order of steps, command.rs: its wire format),
@@ -40,7 +42,9 @@
 //!                            agent's exchanges, observed sessions + ejabberd's admin API);
 //!                            tigase.rs: Tigase holds a session per resource (USER_STATUS), and
 //!                            its answer is the HTTP answer (mod.rs: Delivery::confirm)
-//!              ─► xmpp/      link.rs: the supervised component connection; stanzas.rs: build/parse
+//!              ─► xmpp/      link.rs: the supervised component connection (failures classified,
+//!                            counted, hinted; the wrong port named); stanzas.rs: build/parse;
+//!                            check.rs: one test connection (`check-config --connect`)
 //! inbound stanzas ◄─ xmpp/link.rs ─► the backend: delivery/fanout/ (roster results, contact
 //!                                    presence, the agent's iq answers, iqs) or delivery/tigase.rs
 //!                                    (command answers, CHECK_USER_CONNECTION, iqs)
@@ -57,7 +61,8 @@
 //! ground floor: base/     helpers every layer may use, importing nothing of ours: clock.rs
 //!                         (now_ms, rfc3339), config_error.rs (ConfigError, read_secret_file),
 //!                         domain.rs (normalize_domain), escape.rs (Escaped: outside text as
-//!                         logged), exposition.rs (scrape-time values as Prometheus
+//!                         logged), health.rs (what delivery depends on: the link, each
+//!                         served domain's privileges, as reported), exposition.rs (scrape-time values as Prometheus
 //!                         series), secret.rs (Secret, MASKED)
 //!              model/     the model, importing only base/: Status, Show, Word, Source,
 //!                         StatusPolicy and their validation; observed.rs: what the server

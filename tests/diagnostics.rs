@@ -531,3 +531,60 @@ async fn check_connect_against_ejabberd() {
     assert_eq!(report["link"]["attempts"], 1, "{report}");
     ext.terminate().await;
 }
+
+/// The README's "Readiness and diagnostics" examples, run as written (address and domain
+/// substituted) against the real service: not ready without privileges, then ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_work() {
+    let title = "## Readiness and diagnostics";
+    let substitute = |block: String, ext: &Ext| {
+        block
+            .replace("http://127.0.0.1:8080", &format!("http://{}", ext.http))
+            .replace("example.com", DOMAIN)
+            .replace(
+                "extpresence status",
+                &format!(
+                    "{} status --url http://{}",
+                    common::ext::binary().display(),
+                    ext.http
+                ),
+            )
+            .replace("curl -s ", "curl -sS ")
+    };
+    let sh = |script: String| async move {
+        let out = tokio::process::Command::new("bash")
+            .args(["-uo", "pipefail", "-c", &script])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let unprivileged = Prosody::start_with(without_privileged_entities).await;
+    let ext = Ext::start(unprivileged.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_log("no XEP-0356 privilege advertisement").await;
+    let (_, out) = sh(substitute(common::readme_code(title, "sh", 1), &ext)).await;
+    assert!(out.starts_with("not ready\n"), "{out}");
+    assert!(out.contains(&format!("- privileges:{DOMAIN}: ")), "{out}");
+    let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ready"], false);
+    let (code, out) = sh(substitute(common::readme_code(title, "sh", 2), &ext)).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("NOT READY"), "{out}");
+
+    let prosody = Prosody::start().await;
+    let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    readyz_until(&ext, 200).await;
+    let (code, out) = sh(substitute(common::readme_code(title, "sh", 2), &ext)).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(": ready (backend fanout, up "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "privileges:  {DOMAIN}: granted (roster both, presence managed_entity)"
+        )),
+        "{out}"
+    );
+}
