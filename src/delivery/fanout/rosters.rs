@@ -228,9 +228,11 @@ impl Rosters {
             %user,
             condition = ?error.defined_condition,
             text = ?error.texts.values().next(),
-            "the server refused the roster request; check the roster privilege \
-             (Prosody: privileged_entities roster = \"get\" and \"privilege\" in the \
-             Component's modules_enabled; ejabberd: mod_privilege roster: {{get: …}})"
+            "the server refused the roster request; check the roster privilege as in the \
+             shipped snippets (Prosody, etc/prosody/extpresence.cfg.lua: privileged_entities \
+             roster = \"both\" on the VirtualHost, and modules_enabled = {{ \"privilege\" }} on \
+             the VirtualHost and on the Component; ejabberd, etc/ejabberd/extpresence.yml: \
+             mod_privilege roster: {{get: privileged}}); GET /readyz names what is missing"
         );
         self.requests.again.remove(user);
     }
