@@ -1,6 +1,6 @@
 //! What every request of every dialect goes through, recorded in one place.
 //!
-//! One middleware ([`record`]) wraps every route and the 404 fallback. It names the request's
+//! One layer ([`RecordLayer`]) wraps every route and the 404 fallback. It names the request's
 //! [`Dialect`] from the route that matched, opens the request's span (dialect, method, route,
 //! path, and the user a path names), and when the answer is ready records, for every request:
 //! - `extpresence_http_requests_total{dialect,status}` and the latency histogram
@@ -20,15 +20,21 @@
 //! ([`Format::from_media_type`](super::error::Format::from_media_type), [`require_json`]) and the
 //! body limit ([`input::read_body`](super::input::read_body)).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
-use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
+use axum::http::{header, HeaderMap, Method, Uri};
 use axum::response::Response;
+use futures::FutureExt;
 use jid::BareJid;
-use tracing::{debug, Instrument};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::debug;
 
 use super::error::{ApiError, Format, Refusal};
 use super::log::{Kind, Line, RequestLog};
@@ -91,7 +97,7 @@ impl Dialect {
     }
 }
 
-/// What [`record`] needs: where to count and where to log.
+/// What [`RecordLayer`] needs: where to count and where to log.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     /// The counters.
@@ -100,62 +106,157 @@ pub struct Recorder {
     pub requests: Arc<RequestLog>,
 }
 
-/// Middleware: the request's span, and its record once answered (see the module doc).
-pub async fn record(State(rec): State<Recorder>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let dialect = Dialect::of(route.as_ref().map(MatchedPath::as_str));
-    let method = req.method().clone();
-    // The path only (the query may hold a credential); a `Uri` clone shares its bytes.
-    let uri = req.uri().clone();
-    // At DEBUG: at INFO its fields were formatted for every request, needed or not (benchmark
-    // P3); refusals and failures are logged with the path below.
-    let span = tracing::debug_span!(
-        "request",
-        dialect = dialect.name(),
-        %method,
-        route = route.as_ref().map_or("", MatchedPath::as_str),
-        path = %Escaped(uri.path()),
-        user = tracing::field::Empty,
-    );
-    // The user the path names (`{user}`, `{jid}`), decoded, only when the span is recorded.
-    let req = if span.is_disabled() {
-        req
-    } else {
-        let (mut parts, body) = req.into_parts();
-        if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
-            if let Some((_, user)) = params.iter().find(|(k, _)| matches!(*k, "user" | "jid")) {
-                span.record("user", tracing::field::display(Escaped(user)));
-            }
+/// The layer that records every request (see the module doc): on every route and the fallback
+/// (axum applies a router's layer to each route after routing, so the route that matched is
+/// known). A plain tower layer: it calls the route directly and records when the answer is
+/// ready, without boxing or cloning per request (benchmark P3).
+#[derive(Debug, Clone)]
+pub struct RecordLayer(pub Recorder);
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            rec: Arc::new(self.0.clone()),
         }
-        Request::from_parts(parts, body)
-    };
-    let resp = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = resp.status();
-    rec.metrics
-        .request(dialect.name(), status.as_u16(), elapsed);
-    // Inside the request's span, so a refusal's line carries its fields.
-    let _entered = span.enter();
-    if let Some(refusal) = resp.extensions().get::<Refusal>() {
-        rec.metrics.refused(dialect.name(), refusal.code);
-        let kind = if status.is_server_error() {
-            Kind::Failed
-        } else {
-            Kind::Refused
-        };
-        rec.requests.request(&Line {
-            kind,
-            status: status.as_u16(),
-            dialect: dialect.name(),
-            method: &method,
-            path: uri.path(),
-            code: refusal.code,
-            error: &refusal.message,
-        });
     }
-    debug!(status = status.as_u16(), ?elapsed, "request done");
-    resp
+}
+
+/// A route with its request recorded ([`RecordLayer`]).
+#[derive(Debug, Clone)]
+pub struct Record<S> {
+    inner: S,
+    rec: Arc<Recorder>,
+}
+
+/// What is recorded once the answer is ready.
+struct Pending {
+    started: Instant,
+    dialect: Dialect,
+    method: Method,
+    /// The path only is logged (the query may hold a credential); a `Uri` clone shares its
+    /// bytes.
+    uri: Uri,
+    rec: Arc<Recorder>,
+}
+
+impl<S> Service<Request> for Record<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let started = Instant::now();
+        let route = req.extensions().get::<MatchedPath>();
+        let dialect = Dialect::of(route.map(MatchedPath::as_str));
+        // At DEBUG: at INFO its fields were formatted for every request, needed or not (benchmark
+        // P3); refusals and failures are logged with the path when answered.
+        let span = tracing::debug_span!(
+            "request",
+            dialect = dialect.name(),
+            method = %req.method(),
+            route = route.map_or("", MatchedPath::as_str),
+            path = %Escaped(req.uri().path()),
+            user = tracing::field::Empty,
+        );
+        // The user the path names (`{user}`, `{jid}`), decoded, only when the span is recorded.
+        let req = if span.is_disabled() {
+            req
+        } else {
+            let (mut parts, body) = req.into_parts();
+            // Reading the path's parameters never waits.
+            if let Some(Ok(params)) =
+                RawPathParams::from_request_parts(&mut parts, &()).now_or_never()
+            {
+                if let Some((_, user)) = params.iter().find(|(k, _)| matches!(*k, "user" | "jid")) {
+                    span.record("user", tracing::field::display(Escaped(user)));
+                }
+            }
+            Request::from_parts(parts, body)
+        };
+        let pending = Pending {
+            started,
+            dialect,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            rec: self.rec.clone(),
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        RecordFuture {
+            inner,
+            span,
+            pending: Some(pending),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A route's answer, recorded when ready ([`Record`]).
+    pub struct RecordFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Inside the request's span, so what the route logs (and a refusal's line) carries its
+        // fields.
+        let _entered = this.span.enter();
+        let Ok(resp) = ready!(this.inner.poll(cx));
+        if let Some(p) = this.pending.take() {
+            p.record(&resp);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl Pending {
+    /// Count the answer, its latency and its refusal, and log the refusal (rate-limited).
+    fn record(self, resp: &Response) {
+        let elapsed = self.started.elapsed();
+        let status = resp.status();
+        let dialect = self.dialect.name();
+        self.rec.metrics.request(dialect, status.as_u16(), elapsed);
+        if let Some(refusal) = resp.extensions().get::<Refusal>() {
+            self.rec.metrics.refused(dialect, refusal.code);
+            let kind = if status.is_server_error() {
+                Kind::Failed
+            } else {
+                Kind::Refused
+            };
+            self.rec.requests.request(&Line {
+                kind,
+                status: status.as_u16(),
+                dialect,
+                method: &self.method,
+                path: self.uri.path(),
+                code: refusal.code,
+                error: &refusal.message,
+            });
+        }
+        debug!(status = status.as_u16(), ?elapsed, "request done");
+    }
 }
 
 /// Longest wait for a roster from the server.

@@ -11,7 +11,7 @@ use axum::Router;
 
 use super::error::ApiError;
 use super::matrix::MatrixSettings;
-use super::pipeline::{record, reply_format, Recorder};
+use super::pipeline::{reply_format, RecordLayer, Recorder};
 use super::state::AppState;
 use super::ui::UiState;
 
@@ -28,13 +28,10 @@ pub fn router(state: Arc<AppState>, matrix: MatrixSettings, ui: Arc<UiState>) ->
         .fallback(not_found)
         // Inside the client scope, and on every route and the fallback (axum applies a router's
         // layer to each route, after routing: the route that matched is known).
-        .layer(axum::middleware::from_fn_with_state(
-            Recorder {
-                metrics: state.metrics.clone(),
-                requests: state.requests.clone(),
-            },
-            record,
-        ))
+        .layer(RecordLayer(Recorder {
+            metrics: state.metrics.clone(),
+            requests: state.requests.clone(),
+        }))
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),
             super::auth::scope_client,
