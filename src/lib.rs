@@ -64,7 +64,8 @@
 //!                         announces (Announced: a session's presence; RosterItem)
 //! config/: mod.rs assembles Settings from the sections, one file each validating its section
 //! into its module's type (xmpp, status, http, ui, tigase, store, ejabberd, log, agent, matrix;
-//! [[webhooks]] in webhooks/). metrics/: every /metrics series in one prometheus-client
+//! [[webhooks]] in webhooks/); load.rs reads the file strictly, then the environment overrides,
+//! naming the file line or the variable at fault. metrics/: every /metrics series in one prometheus-client
 //! Registry (mod.rs; histogram.rs: the lock-free latency histogram; process.rs: process_*).
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
 //! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,

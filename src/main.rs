@@ -179,10 +179,8 @@ fn main() -> ExitCode {
     let settings = match extpresence::config::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "extpresence: invalid configuration {}: {e}",
-                cli.config.display()
-            );
+            // The error names the file (and line) or the environment variable at fault.
+            eprintln!("extpresence: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
