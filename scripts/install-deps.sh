@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need (Debian): Prosody with prosody-modules (mod_privilege),
 # ejabberd, systemd-analyze (to verify the unit file), Chromium (the status page's browser test),
-# and the Python test tools in target/venv.
+# man and groff (the man page's test), and the Python test tools in target/venv.
 # Does nothing when everything is there already. Needs root (or sudo) when something is missing.
 set -euo pipefail
 need=()
@@ -12,6 +12,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # The status page's test drives a real headless browser.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The man page's test renders it with man and groff, and looks up the pages it refers to.
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v groff >/dev/null 2>&1 || need+=(groff-base)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then

@@ -69,10 +69,12 @@
 //!                         announces (Announced: a session's presence; RosterItem)
 //! config/: mod.rs assembles Settings from the sections, one file each validating its section
 //! into its module's type (xmpp, status, http, ui, tigase, store, ejabberd, log, agent, matrix;
-//! [[webhooks]] in webhooks/). metrics/: every /metrics series in one prometheus-client
+//! [[webhooks]] in webhooks/); load.rs reads the file strictly, then the environment overrides,
+//! naming the file line or the variable at fault. metrics/: every /metrics series in one prometheus-client
 //! Registry (mod.rs; histogram.rs: the lock-free latency histogram; process.rs: process_*).
 //! sdnotify.rs: systemd READY/STOPPING. main.rs: command line (daemon, check-config, the client
-//! commands), tracing (text or JSON), signals. cli.rs: the client (`set`, `clear`, `get`,
+//! commands), tracing (text or JSON), signals. man.rs: the man page, from main.rs's clap
+//! definitions and its written sections. cli.rs: the client (`set`, `clear`, `get`,
 //! `watch`, `token`) of a running extpresence over `/v1`.
 //! ```
 //! [`run`] wires these together on listeners bound by the caller (tests bind port 0).
@@ -85,6 +87,7 @@ pub mod config;
 pub mod delivery;
 pub mod events;
 pub mod http;
+pub mod man;
 pub mod metrics;
 pub mod model;
 pub mod observe;

@@ -8,10 +8,14 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// Set and read the presence of XMPP users over HTTP (XEP-0114 component). Without a command it
-/// runs the daemon; the other commands are a client of a running one.
+/// Set and read the presence of XMPP users over HTTP, via an XEP-0114 component
+///
+/// Without a command, extpresence runs the daemon: it keeps the component link to the XMPP
+/// server, holds the statuses set over HTTP in its store and sends them to the users' contacts.
+/// check-config validates the configuration; the other commands are a client of a running
+/// daemon.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Configuration file (TOML); EXTPRESENCE__SECTION__KEY variables override it. The client
     /// commands read it for the URL and an admin key when --url or a key are not given.
@@ -195,10 +199,8 @@ fn main() -> ExitCode {
     let settings = match extpresence::config::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "extpresence: invalid configuration {}: {e}",
-                cli.config.display()
-            );
+            // The error names the file (and line) or the environment variable at fault.
+            eprintln!("extpresence: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -464,8 +466,11 @@ fn generate_assets(dir: &std::path::Path) -> ExitCode {
     use clap::CommandFactory;
     let result = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let mut man = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut man)?;
+        let exits = extpresence::man::DaemonExits {
+            config: EXIT_CONFIG,
+            bind: EXIT_BIND,
+        };
+        let man = extpresence::man::render(Cli::command(), &exits)?;
         std::fs::write(dir.join("extpresence.1"), man)?;
         for (shell, file) in [
             (clap_complete::Shell::Bash, "extpresence.bash"),

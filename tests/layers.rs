@@ -108,6 +108,7 @@ const FLOORS: &[&[&str]] = &[
     &["http"],
     &["config"],
     &["cli"],
+    &["man"],
 ];
 
 /// The dialects of `http/`: parts that only translate, and import no other dialect.

@@ -2,6 +2,8 @@
 //!
 //! What an admin sees when the server side is set up wrong, and that an idle link stays up: the
 //! real binary against a real Prosody whose config lacks one line, checking the log names the fix.
+//! And what the admin sees when extpresence's own configuration is wrong (no server needed): the
+//! binary run with the mistake, as `check-config` and as the daemon.
 
 mod common;
 
@@ -167,4 +169,167 @@ async fn handshake_digest_never_logged() {
         !logged(&log),
         "the handshake digest {digest} was logged:\n{log}"
     );
+}
+
+/// A minimal valid configuration, and the binary run on it with `args` and `env`: (exit code,
+/// stdout and stderr).
+fn run_with(
+    toml_tweak: impl Fn(String) -> String,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("extpresence.toml");
+    let base = format!(
+        r#"[xmpp]
+component = "{COMPONENT}"
+server = "127.0.0.1:9"
+secret = "s3cret-value"
+domains = ["{DOMAIN}"]
+[http]
+listen = "127.0.0.1:0"
+api_keys = ["key-value"]
+[store]
+path = "{}"
+"#,
+        dir.path().join("statuses.redb").display()
+    );
+    std::fs::write(&path, toml_tweak(base)).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_extpresence"));
+    cmd.args(args).arg("--config").arg(&path);
+    // Only the variables of the case: none inherited from the test's own environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EXTPRESENCE") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .replace(&path.display().to_string(), "FILE");
+    assert!(
+        !text.contains("s3cret-value") && !text.contains("key-value"),
+        "a secret was shown: {text}"
+    );
+    (out.status.code(), text)
+}
+
+/// Each configuration mistake, made for `check-config` and for the daemon itself: exit 64 and
+/// the one line that names where (file line or variable), the setting, and what is accepted.
+#[test]
+fn config_mistakes_are_named() {
+    let in_xmpp =
+        |line: &'static str| move |c: String| c.replace("domains =", &format!("{line}\ndomains ="));
+    type Tweak = Box<dyn Fn(String) -> String>;
+    type Case = (
+        &'static str,
+        Tweak,
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a wrong backend in the file",
+            Box::new(in_xmpp("backend = \"prosody\"")),
+            vec![],
+            "extpresence: invalid configuration: in FILE: line 5: xmpp.backend: \"prosody\" is \
+             not a valid value: use one of \"fanout\", \"tigase\"",
+        ),
+        (
+            "a wrong on_shutdown in the file",
+            Box::new(|c: String| format!("{c}[status]\non_shutdown = \"drop\"\n")),
+            vec![],
+            "extpresence: invalid configuration: in FILE: line 12: status.on_shutdown: \"drop\" \
+             is not a valid value: use one of \"unavailable\", \"keep\"",
+        ),
+        (
+            "a wrong backend in a variable",
+            Box::new(|c| c),
+            vec![("EXTPRESENCE__XMPP__BACKEND", "prosody")],
+            "extpresence: invalid configuration: in the environment variable \
+             EXTPRESENCE__XMPP__BACKEND: xmpp.backend: \"prosody\" is not a valid value: use one \
+             of \"fanout\", \"tigase\"",
+        ),
+        (
+            "a number as a string in the file",
+            Box::new(in_xmpp("keepalive_secs = \"30\"")),
+            vec![],
+            "extpresence: invalid configuration: in FILE: line 5: xmpp.keepalive_secs: a number is \
+             expected, not the string \"30\": write it without quotes (keepalive_secs = 30)",
+        ),
+        (
+            "a typo in a variable's name",
+            Box::new(|c| c),
+            vec![("EXTPRESENCE__HTTP__LISTN", "127.0.0.1:8080")],
+            "extpresence: invalid configuration: in the environment variable \
+             EXTPRESENCE__HTTP__LISTN: http.listn: there is no setting `listn` (the settings \
+             here: `listen`, `api_keys`,",
+        ),
+        (
+            "a typo in a variable's section",
+            Box::new(|c| c),
+            vec![("EXTPRESENCE__HTP__LISTEN", "127.0.0.1:8080")],
+            "extpresence: invalid configuration: in the environment variable \
+             EXTPRESENCE__HTP__LISTEN: htp.listen: there is no setting `htp` (the settings here: \
+             `xmpp`, `status`, `http`,",
+        ),
+        (
+            "a variable that is not a number",
+            Box::new(|c| c),
+            vec![("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "30s")],
+            "extpresence: invalid configuration: in the environment variable \
+             EXTPRESENCE__XMPP__KEEPALIVE_SECS: xmpp.keepalive_secs: a number is expected, not \
+             \"30s\"",
+        ),
+        (
+            "a variable's value refused",
+            Box::new(|c| c),
+            vec![("EXTPRESENCE__HTTP__LISTEN", "localhost")],
+            "extpresence: invalid configuration: in the environment variable \
+             EXTPRESENCE__HTTP__LISTEN: http.listen: \"localhost\" is not ip:port",
+        ),
+    ];
+    // The README shows the first message as the admin sees it.
+    let readme = include_str!("../README.md");
+    let shown = cases[0]
+        .3
+        .replace("FILE", "/etc/extpresence/extpresence.toml");
+    assert!(readme.contains(&shown), "README does not show {shown}");
+    for (what, tweak, env, want) in &cases {
+        for args in [&["check-config"][..], &[][..]] {
+            let (code, text) = run_with(tweak, args, env);
+            assert_eq!(code, Some(64), "{what} ({args:?}): {text}");
+            assert!(
+                text.starts_with(want) && text.lines().count() == 1,
+                "{what} ({args:?}): expected\n{want}\ngot\n{text}"
+            );
+            if !env.is_empty() {
+                assert!(
+                    !text.contains("FILE"),
+                    "{what}: the file was blamed: {text}"
+                );
+            }
+        }
+    }
+}
+
+/// Variables are strings by nature: digits in one are a number, and a list is comma-separated.
+#[test]
+fn variables_still_parse_as_numbers() {
+    let (code, text) = run_with(
+        |c| c,
+        &["check-config"],
+        &[
+            ("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "30"),
+            ("EXTPRESENCE__HTTP__MAX_CONNECTIONS", "100"),
+            ("EXTPRESENCE__XMPP__BACKEND", "tigase"),
+            ("EXTPRESENCE__XMPP__DOMAINS", "a.example,b.example"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("is valid"), "{text}");
+    assert!(text.contains("\"a.example\", \"b.example\""), "{text}");
 }

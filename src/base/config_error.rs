@@ -12,9 +12,25 @@ use super::secret::Secret;
 /// Why a configuration was refused; every message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read or parsed, or has unknown keys.
+    /// The file could not be read.
     #[error("cannot load configuration: {0}")]
     Load(String),
+    /// The file is wrong: unknown keys, a value of the wrong type, or a value refused.
+    #[error("in {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Where (line, setting) and what is wrong.
+        message: String,
+    },
+    /// An override variable is wrong: an unknown setting, or a value of the wrong type or refused.
+    #[error("in the environment variable {var}: {message}")]
+    Env {
+        /// The variable, e.g. `EXTPRESENCE__HTTP__LISTEN`.
+        var: String,
+        /// The setting and what is wrong.
+        message: String,
+    },
     /// A value is wrong.
     #[error("{key}: {message}")]
     Invalid {

@@ -115,9 +115,21 @@ pub struct RawKey {
     /// `"admin"`, `{ domains = [...] }` or `{ user = "alice@example.com" }`.
     pub scope: RawScope,
     /// `"read"`, `"write"` or `"read-write"`.
+    #[serde(deserialize_with = "access")]
     pub access: Access,
     /// Shown in logs and metrics (never the key); default `key-<n>`.
     pub name: Option<String>,
+}
+
+fn access<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Access, D::Error> {
+    super::load::one_of(
+        d,
+        &[
+            ("read", Access::Read),
+            ("write", Access::Write),
+            ("read-write", Access::ReadWrite),
+        ],
+    )
 }
 
 /// A key's scope as written.

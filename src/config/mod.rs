@@ -2,7 +2,8 @@
 //!
 //! This module owns the configuration as a whole: the TOML file layout ([`RawConfig`]: `[xmpp]`,
 //! `[status]`, `[http]`, `[tigase]`, …), environment overrides (`EXTPRESENCE__SECTION__KEY`),
-//! rejection of unknown keys, and [`validate`], which hands each section to its own validation
+//! rejection of unknown keys and of mistyped values (`load.rs`: errors name the file line or the
+//! variable), and [`validate`], which hands each section to its own validation
 //! and assembles what they return, with messages an admin understands. One file per section:
 //! `xmpp.rs`, `status.rs`, `http.rs` (listener, keys, limits), `ui.rs`, `tigase.rs`, `store.rs`,
 //! `ejabberd.rs` (`[ejabberd]` and the older `[observe]`), `log.rs`, `agent.rs`, `matrix.rs`;
@@ -15,6 +16,7 @@
 mod agent;
 mod ejabberd;
 mod http;
+mod load;
 mod log;
 mod matrix;
 mod status;
@@ -25,7 +27,7 @@ mod xmpp;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jid::BareJid;
@@ -42,6 +44,7 @@ use crate::webhooks::{RawWebhook, WebhookSettings};
 pub use agent::RawAgent;
 pub use ejabberd::{RawEjabberd, RawObserve};
 pub use http::{RawHttp, RawKey, RawScope};
+pub use load::{env_name, from_text, load, ENV_PREFIX};
 pub use log::RawLog;
 pub use matrix::RawMatrix;
 pub use status::{OnShutdown, RawStatus};
@@ -144,31 +147,6 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// The status page's public origin (`[ui] public_origin`).
     pub public_origin: Option<PublicOrigin>,
-}
-
-/// Load `path` with environment overrides (`EXTPRESENCE__XMPP__SECRET=…`) and validate it.
-pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    if !path.exists() {
-        return Err(ConfigError::Load(format!(
-            "configuration file {} does not exist",
-            path.display()
-        )));
-    }
-    let env = config::Environment::with_prefix("EXTPRESENCE")
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("xmpp.domains")
-        .with_list_parse_key("http.api_keys")
-        .with_list_parse_key("http.api_key_files");
-    let raw: RawConfig = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(env)
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| ConfigError::Load(e.to_string()))?;
-    validate(raw)
 }
 
 /// Turn raw values into [`Settings`], or say what is wrong: each section in turn, the first

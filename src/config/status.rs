@@ -33,8 +33,18 @@ pub struct RawStatus {
     #[serde(default)]
     pub allow_non_negative_priority: bool,
     /// What contacts see when extpresence stops.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "on_shutdown")]
     pub on_shutdown: OnShutdown,
+}
+
+fn on_shutdown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OnShutdown, D::Error> {
+    super::load::one_of(
+        d,
+        &[
+            ("unavailable", OnShutdown::Unavailable),
+            ("keep", OnShutdown::Keep),
+        ],
+    )
 }
 
 impl Default for RawStatus {

@@ -7,12 +7,16 @@ use jid::BareJid;
 use super::*;
 
 fn parse(text: &str) -> Result<Settings, ConfigError> {
-    let raw: RawConfig = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| ConfigError::Load(e.to_string()))?;
-    validate(raw)
+    from_text("test.toml", text, &[])
+}
+
+/// `text` with the override variables `vars`.
+fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    from_text("test.toml", text, &vars)
 }
 
 const GOOD: &str = r#"
@@ -151,11 +155,14 @@ fn status_page_origin_and_trusted_proxies() {
         ),
         (
             format!("{GOOD}\n[ui]\norigin = \"https://p\"\n"),
-            "cannot load",
+            "ui.origin",
         ),
     ] {
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.starts_with(key), "expected {key}, got {e}");
+        assert!(
+            e.starts_with("in test.toml: ") && e.contains(&format!("{key}: ")),
+            "expected {key} in test.toml, got {e}"
+        );
     }
 }
 
@@ -179,7 +186,7 @@ fn bad_values_named() {
         ),
         (
             GOOD.replace("domains", "backend = \"prosody\"\ndomains"),
-            "cannot load",
+            "xmpp.backend",
         ),
         (
             format!("{GOOD}\n[tigase]\ntimeout_secs = 0\n"),
@@ -189,6 +196,128 @@ fn bad_values_named() {
     ];
     for (text, key) in cases {
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.starts_with(key), "expected {key}, got {e}");
+        assert!(
+            e.starts_with("in test.toml: ") && e.contains(&format!("{key}: ")),
+            "expected {key} in test.toml, got {e}"
+        );
     }
+}
+
+/// Every enum setting refuses an unknown value with the valid ones listed, from the file (with its
+/// line) and from a variable (named).
+#[test]
+fn enum_values_listed() {
+    let keys = GOOD.replace(
+        "[http]",
+        "[[http.keys]]\nkey = \"adm\"\nscope = \"admin\"\naccess = \"write-only\"\n[http]",
+    );
+    let cases = [
+        (
+            GOOD.replace("domains", "backend = \"prosody\"\ndomains"),
+            "line 6: xmpp.backend: \"prosody\" is not a valid value: use one of \"fanout\", \"tigase\"",
+        ),
+        (
+            format!("{GOOD}\n[status]\non_shutdown = \"drop\"\n"),
+            "status.on_shutdown: \"drop\" is not a valid value: use one of \"unavailable\", \"keep\"",
+        ),
+        (
+            keys,
+            "http.keys[0].access: \"write-only\" is not a valid value: use one of \"read\", \"write\", \"read-write\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("in test.toml: ") && e.contains(want), "{e}");
+    }
+    let e = parse_env(GOOD, &[("EXTPRESENCE__XMPP__BACKEND", "prosody")])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "in the environment variable EXTPRESENCE__XMPP__BACKEND: xmpp.backend: \"prosody\" is \
+         not a valid value: use one of \"fanout\", \"tigase\""
+    );
+    let s = parse_env(GOOD, &[("EXTPRESENCE__XMPP__BACKEND", "tigase")]).unwrap();
+    assert_eq!(s.backend, BackendKind::Tigase);
+}
+
+/// (GOOD starts with an empty line: `[xmpp]` is line 2.)
+/// A number written as a string in the file is refused with the setting, its line and the fix;
+/// the same digits from a variable (a string by nature) are a number.
+#[test]
+fn quoted_numbers_refused_in_the_file_only() {
+    let text = GOOD.replace("domains", "keepalive_secs = \"30\"\ndomains");
+    let e = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "in test.toml: line 6: xmpp.keepalive_secs: a number is expected, not the string \"30\": \
+         write it without quotes (keepalive_secs = 30)"
+    );
+    let e = parse(&format!(
+        "{GOOD}\n[status]\nallow_non_negative_priority = \"yes\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("status.allow_non_negative_priority: true or false is expected"),
+        "{e}"
+    );
+    let s = parse_env(GOOD, &[("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "45")]).unwrap();
+    assert_eq!(s.keepalive, Duration::from_secs(45));
+    let e = parse_env(GOOD, &[("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "4x5")])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "in the environment variable EXTPRESENCE__XMPP__KEEPALIVE_SECS: xmpp.keepalive_secs: a \
+         number is expected, not \"4x5\""
+    );
+}
+
+/// A variable with a typo, or whose value is refused, is named; the file is not blamed. A value
+/// refused from the file names the file.
+#[test]
+fn variables_named_not_the_file() {
+    let e = parse_env(GOOD, &[("EXTPRESENCE__HTTP__LISTN", "127.0.0.1:1")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "in the environment variable EXTPRESENCE__HTTP__LISTN: http.listn: there is no \
+             setting `listn` (the settings here: `listen`,"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("test.toml"), "{e}");
+    let e = parse_env(
+        GOOD,
+        &[
+            ("EXTPRESENCE__HTTP__LISTEN", "nowhere"),
+            ("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "5"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("in the environment variable EXTPRESENCE__HTTP__LISTEN: http.listen: "),
+        "{e}"
+    );
+    let e = parse(&GOOD.replace("127.0.0.1:0", "nowhere"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("in test.toml: http.listen: "), "{e}");
+    assert_eq!(
+        env_name("xmpp.keepalive_secs"),
+        "EXTPRESENCE__XMPP__KEEPALIVE_SECS"
+    );
+}
+
+/// A secret of the wrong type is refused without its value being repeated.
+#[test]
+fn wrong_type_secret_not_echoed() {
+    let e = parse(&GOOD.replace("\"s3cret\"", "918273645"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("xmpp.secret: a string is expected"), "{e}");
+    assert!(!e.contains("918273645"), "{e}");
 }

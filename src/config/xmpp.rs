@@ -40,7 +40,7 @@ pub struct RawXmpp {
     #[serde(default)]
     pub domains: Vec<String>,
     /// Delivery backend.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "backend")]
     pub backend: BackendKind,
     /// Seconds of silence on the link before we ping the server.
     #[serde(default = "default_keepalive")]
@@ -51,6 +51,16 @@ pub struct RawXmpp {
     /// Longest wait between reconnect attempts, in seconds.
     #[serde(default = "default_backoff_max")]
     pub reconnect_max_secs: u64,
+}
+
+fn backend<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BackendKind, D::Error> {
+    super::load::one_of(
+        d,
+        &[
+            ("fanout", BackendKind::Fanout),
+            ("tigase", BackendKind::Tigase),
+        ],
+    )
 }
 
 fn default_server() -> String {
