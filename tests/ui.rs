@@ -815,7 +815,78 @@ async fn sessions_capped_logout_same_origin_and_domain_scope() {
     let (_, d) = status_of(&ext, mine.last().unwrap()).await;
     assert_eq!(names(&d), ["mine", "mine-alice"], "{d}");
     assert_eq!(d["counters"], json!({}), "no global counter: {d}");
+    assert_eq!(d["rates_per_minute"], json!({}), "no global rate: {d}");
+    assert_eq!(d["updates_per_sec"], json!([]), "no global sparkline: {d}");
     assert_eq!(d["admin"], false, "{d}");
+
+    // Health: the privilege conditions of the key's own domains only.
+    let conditions = |v: &Value| -> Vec<String> {
+        v["health"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let other = format!("privileges:{OTHER}");
+    assert!(conditions(&a).contains(&other), "{a}");
+    assert!(!conditions(&d).contains(&other), "{d}");
+    assert!(d["health"]["privileges"].get(OTHER).is_none(), "{d}");
+    // The server does not serve OTHER: the admin's page says which condition fails and why.
+    let failing = a["health"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == other.as_str())
+        .unwrap();
+    assert_eq!(failing["ok"], false, "{a}");
+    assert!(!failing["reason"].as_str().unwrap().is_empty(), "{a}");
+    assert_eq!(a["health"]["ready"], false, "{a}");
+
+    // Events and users of another domain: not shown to the domain key.
+    let theirs = format!("alice@{OTHER}");
+    set(&ext, &theirs, "away", "Elsewhere").await;
+    set(&ext, &format!("alice@{DOMAIN}"), "away", "Here").await;
+    let (_, a) = status_of(&ext, &admin).await;
+    let (_, d) = status_of(&ext, mine.last().unwrap()).await;
+    let users = |v: &Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["user"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(users(&a).contains(&theirs), "{a}");
+    assert!(!users(&d).contains(&theirs), "{d}");
+    assert!(users(&d).contains(&format!("alice@{DOMAIN}")), "{d}");
+    let user_json = |session: String, jid: String| {
+        let url = format!("http://{}/ui/user.json?jid={jid}", ext.http);
+        async move {
+            let r = client()
+                .get(url)
+                .header("Cookie", session)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (
+                code,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    let (code, _) = user_json(mine.last().unwrap().clone(), theirs.clone()).await;
+    assert_eq!(code, 403, "a domain key cannot open another domain's user");
+    // The server cannot give the roster of a domain it does not serve: the view says so, and
+    // shows the rest.
+    let (code, u) = user_json(admin.clone(), theirs.clone()).await;
+    assert_eq!(code, 200, "{u}");
+    assert!(
+        u["contacts_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{u}"
+    );
+    assert_eq!(u["held"][0]["status"], "Elsewhere", "{u}");
 }
 
 /// `[ui] public_origin`: a request naming another host is refused (421), sign-in must come from
