@@ -1029,3 +1029,39 @@ async fn events(
         Err(e) => secure(e.into_response(Format::Json)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(updates_set: u64, stanzas: u64) -> [u64; COUNTERS.len()] {
+        let mut v = [0; COUNTERS.len()];
+        v[0] = updates_set;
+        v[4] = stanzas;
+        v
+    }
+
+    #[test]
+    fn rates_per_minute_over_the_last_minute_and_updates_per_second() {
+        let rates = Rates::default();
+        assert!(rates.per_minute().is_none(), "nothing sampled");
+        rates.record(1_000, values(0, 0));
+        assert!(rates.per_minute().is_none(), "one sample");
+        // 30 updates in 30 s: 60/min; stanzas 90 in 30 s: 180/min.
+        rates.record(31_000, values(30, 90));
+        let r = rates.per_minute().unwrap();
+        assert_eq!((r[0], r[4], r[1]), (60.0, 180.0, 0.0));
+        assert_eq!(rates.updates_per_sec(), [1.0]);
+        // Older than a minute no longer counts: from 31 s to 91 s, 60 more updates.
+        rates.record(91_000, values(90, 90));
+        assert_eq!(rates.per_minute().unwrap()[0], 60.0);
+        assert_eq!(rates.updates_per_sec(), [1.0, 1.0]);
+        // Bounded.
+        for i in 0..(SAMPLES as u64 + 10) {
+            rates.record(100_000 + i * 1000, values(100 + i * 2, 0));
+        }
+        assert_eq!(rates.lock().len(), SAMPLES);
+        assert!(rates.updates_per_sec().iter().all(|&x| x == 2.0));
+        assert_eq!(rates.per_minute().unwrap()[0], 120.0);
+    }
+}
