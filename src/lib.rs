@@ -299,10 +299,8 @@ pub async fn run(
     let connections = Arc::new(http::listener::ConnStats::default());
     let requests = Arc::new(http::log::RequestLog::default());
     let ui = Arc::new(
-        http::ui::UiState::new(settings.server.to_string(), settings.component.to_string())
-            .with_settings(settings.public_origin.clone(), &settings.webhooks),
+        http::ui::UiState::new().with_settings(settings.public_origin.clone(), &settings.webhooks),
     );
-    tokio::spawn(http::ui::track_link(ui.clone(), link.watch_state()));
     let state = Arc::new(http::AppState {
         table,
         observed,
@@ -328,6 +326,12 @@ pub async fn run(
         body_timeout: settings.body_timeout,
         requests: requests.clone(),
     });
+    // The status page's rates and sparkline.
+    tokio::spawn(http::ui::sample_rates(
+        ui.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
     // The summary of a flood of refusals is written when its period is over, also if no request
     // comes after it.
     tokio::spawn({

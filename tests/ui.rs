@@ -57,12 +57,17 @@ async fn sign_in_with(client: &reqwest::Client, ext: &Ext, key: &str) -> reqwest
 }
 
 async fn set(ext: &Ext, user: &str, presence: &str, status: &str) {
+    set_from(ext, user, presence, status, "pbx").await
+}
+
+/// Set `user`'s status as `source`.
+async fn set_from(ext: &Ext, user: &str, presence: &str, status: &str, source: &str) {
     let (code, text) = request(
         ext.http,
         "PUT",
         &format!("/v1/users/{user}/status"),
         &[("Api-Key", API_KEY), ("Content-Type", "application/json")],
-        json!({"presence": presence, "status": status, "source": "pbx"})
+        json!({"presence": presence, "status": status, "source": source})
             .to_string()
             .as_bytes(),
     )
@@ -195,6 +200,184 @@ async fn sign_in_cookie_headers_and_data() {
         1
     );
 
+    // Health: the conditions of /readyz, the version and the uptime.
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert!(v["uptime_secs"].is_u64(), "{v}");
+    assert!(v["started_at"].as_str().unwrap().starts_with("20"), "{v}");
+    assert_eq!(v["health"]["ready"], true, "{v}");
+    let names: Vec<&str> = v["health"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "link",
+            &format!("privileges:{DOMAIN}"),
+            "store",
+            "webhook_outbox"
+        ],
+        "{v}"
+    );
+    assert_eq!(v["health"]["privileges"][DOMAIN]["state"], "granted", "{v}");
+    assert_eq!(v["health"]["link"]["up"], true, "{v}");
+
+    // Every source of a resource, the winning one first and marked; counts follow the filter.
+    set_from(ext, &alice, "dnd", "In a meeting", "calendar").await;
+    let bob = format!("bob@{DOMAIN}");
+    set(ext, &bob, "xa", "Gone fishing").await;
+    let v = status("").await;
+    let rows: Vec<(String, String, bool)> = v["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["user"].as_str().unwrap().to_string(),
+                h["source"].as_str().unwrap().to_string(),
+                h["winning"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (alice.clone(), "calendar".into(), true),
+            (alice.clone(), "pbx".into(), false),
+            (bob.clone(), "pbx".into(), true),
+        ],
+        "{v}"
+    );
+    assert_eq!(
+        v["held"][1]["status"], "On the phone",
+        "the losing source's own status: {v}"
+    );
+    assert_eq!(
+        (v["held_total"].as_u64(), v["held_matching"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let f = status("?user=bob").await;
+    assert_eq!(
+        (f["held_total"].as_u64(), f["held_matching"].as_u64()),
+        (Some(2), Some(1)),
+        "{f}"
+    );
+    assert_eq!(f["held"].as_array().unwrap().len(), 1, "{f}");
+
+    // Observed sessions: listed and searchable.
+    let phone =
+        common::TestClient::connect_as(w.server.c2s_port(), "bob", Some("phone"), true).await;
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = status("?user=phone").await;
+        if listed["observed_matching"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["observed"][0]["user"], bob.as_str(), "{listed}");
+    assert_eq!(listed["observed"][0]["resource"], "phone", "{listed}");
+    assert_eq!(listed["observed"][0]["presence"], "online", "{listed}");
+    assert!(listed["observed"][0]["since"]
+        .as_str()
+        .unwrap()
+        .starts_with("20"));
+    assert_eq!(
+        listed["held_matching"], 0,
+        "the filter applies to both: {listed}"
+    );
+    let none = status("?user=nobody-here").await;
+    assert_eq!(
+        (
+            none["observed_matching"].as_u64(),
+            none["observed"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(none["observed_sessions"].as_u64().unwrap() >= 1, "{none}");
+
+    // The last events of the resume buffer, and where the live stream resumes.
+    let events = v["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["user"] == alice.as_str() && e["status"] == "In a meeting"),
+        "{v}"
+    );
+    assert_eq!(v["last_event_id"], events.last().unwrap()["id"], "{v}");
+
+    // Rates per minute and the updates/s sparkline (sampled once per second).
+    let mut rated = Value::Null;
+    for _ in 0..50 {
+        rated = status("").await;
+        let spark: f64 = rated["updates_per_sec"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        if rated["rates_per_minute"]["updates set"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+            && spark > 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rated["rates_per_minute"]["updates set"].as_f64().unwrap() > 0.0,
+        "{rated}"
+    );
+
+    // One user: resources with every source, sessions, contacts, recent events.
+    let user = |jid: String| {
+        let session = session.clone();
+        let base = base.clone();
+        async move {
+            let r = client()
+                .get(format!("{base}/ui/user.json?jid={jid}"))
+                .header("Cookie", session)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (
+                code,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    let (code, u) = user(bob.clone()).await;
+    assert_eq!(code, 200, "{u}");
+    assert_eq!(u["held"][0]["status"], "Gone fishing", "{u}");
+    assert_eq!(u["sessions"][0]["resource"], "phone", "{u}");
+    let contacts = u["contacts"].as_array().unwrap();
+    assert!(
+        contacts.iter().any(|c| c["jid"] == alice.as_str()
+            && c["subscription"] == "both"
+            && c["presence"]["presence"] == "dnd"),
+        "{u}"
+    );
+    assert_eq!(u["contacts_error"], Value::Null, "{u}");
+    assert!(
+        u["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["user"] == bob.as_str())
+            && !u["events"].as_array().unwrap().is_empty(),
+        "{u}"
+    );
+    let (code, u) = user(alice.clone()).await;
+    assert_eq!((code, u["held"].as_array().unwrap().len()), (200, 2), "{u}");
+    assert_eq!(user("not a jid".into()).await.0, 400);
+    assert_eq!(user("carol@elsewhere.example".into()).await.0, 403);
+    phone.disconnect().await;
+
     // Sign out: the session is gone.
     let r = client()
         .post(format!("{base}/logout"))
@@ -225,6 +408,54 @@ async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout
         .expect("browser.py ended early (its error is above)")
 }
 
+/// Send browser.py `command`; its answer.
+async fn ask(
+    stdin: &mut tokio::process::ChildStdin,
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    command: &str,
+) -> Value {
+    stdin
+        .write_all(format!("{command}\n").as_bytes())
+        .await
+        .unwrap();
+    let line = next(lines).await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{command}: {e}: {line}"))
+}
+
+/// The layout at `width` × `height`: no horizontal overflow of the page; every table fits its
+/// container, or (`may_scroll`) scrolls inside it. The screenshot goes to `path`.
+async fn check_layout(
+    stdin: &mut tokio::process::ChildStdin,
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    width: u32,
+    height: u32,
+    path: &str,
+    may_scroll: bool,
+) {
+    let _ = std::fs::remove_file(path);
+    let m = ask(stdin, lines, &format!("layout {width} {height} {path}")).await;
+    assert_eq!(m["inner_width"], width, "{m}");
+    assert!(
+        m["scroll_width"].as_u64().unwrap() <= m["inner_width"].as_u64().unwrap(),
+        "the page overflows sideways at {width} px: {m}"
+    );
+    let tables = m["tables"].as_array().unwrap();
+    assert!(tables.len() >= 5, "every table is measured: {m}");
+    for t in tables {
+        let fits = t["fits"] == true && t["width"].as_u64() <= t["box"].as_u64();
+        assert!(
+            fits || (may_scroll && t["scrolls"] == true),
+            "table {} is cut off at {width} px: {t}",
+            t["id"]
+        );
+    }
+    assert!(std::fs::metadata(path)
+        .map(|m| m.len() > 1000)
+        .unwrap_or(false));
+    println!("screenshot at {width} px: {path}");
+    eprintln!("screenshot at {width} px: {path}");
+}
+
 /// Headless Chromium: sign in, see a status set over HTTP appear within 2 s, user text as text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_real_browser() {
@@ -240,6 +471,10 @@ async fn in_a_real_browser() {
     );
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/status-page.png");
     let _ = std::fs::remove_file(shot);
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    // Set before the page loads: shown from the resume buffer.
+    set(ext, &bob, "away", "Before the page").await;
     let mut child = tokio::process::Command::new(python)
         .args([script, &format!("http://{}", ext.http), API_KEY, shot])
         .stdin(Stdio::piped())
@@ -251,6 +486,15 @@ async fn in_a_real_browser() {
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(next(&mut lines).await, "ready");
+    let shown = ask(&mut stdin, &mut lines, "events").await;
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("Before the page")),
+        "the last events show at load: {shown}"
+    );
 
     // A status set over HTTP shows up live.
     let xss = "<script>alert(1)</script> On the phone";
@@ -326,6 +570,83 @@ async fn in_a_real_browser() {
     set(ext, &alice, "dnd", xss).await;
     let seen: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
     assert!(seen["seen_ms"].is_u64(), "{seen}");
+
+    // Two sources of one resource: the winning one is marked.
+    set_from(ext, &alice, "xa", "Calendar: on leave", "calendar").await;
+    let seen = ask(&mut stdin, &mut lines, "expect Calendar: on leave").await;
+    assert!(seen["seen_ms"].is_u64(), "{seen}");
+    let seen = ask(&mut stdin, &mut lines, "expect ✓ wins").await;
+    assert!(
+        seen["seen_ms"].is_u64(),
+        "the winning source is marked: {seen}"
+    );
+
+    // Times in the browser's local time (Asia/Kolkata, UTC+05:30), the UTC time on hover.
+    let t = ask(&mut stdin, &mut lines, "times").await;
+    assert_eq!(t["offset"], -330, "{t}");
+    let times = t["times"].as_array().unwrap();
+    assert!(!times.is_empty(), "{t}");
+    for time in times {
+        let title = time["title"].as_str().unwrap();
+        let utc = time["datetime"].as_str().unwrap();
+        assert!(title.ends_with("Z (UTC)"), "{time}");
+        // HH:MM:SS of the UTC time, moved by 5:30, as en-US shows it (h:mm:ss AM/PM).
+        let hms: Vec<u32> = title[11..19]
+            .split(':')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let minutes = (hms[0] * 60 + hms[1] + 330) % 1440;
+        let (h, m) = (minutes / 60, minutes % 60);
+        let h12 = if h % 12 == 0 { 12 } else { h % 12 };
+        let local = format!(
+            "{h12}:{m:02}:{:02} {}",
+            hms[2],
+            if h < 12 { "AM" } else { "PM" }
+        );
+        let text = time["text"].as_str().unwrap();
+        assert!(
+            text.contains(&local),
+            "{utc} shows as {text:?}, not {local}"
+        );
+    }
+
+    // One user: held resources with their sources, sessions, contacts, events.
+    let u = ask(&mut stdin, &mut lines, &format!("open {alice}")).await;
+    assert_eq!(u["contacts_error"], "", "{u}");
+    assert!(
+        u["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c[0] == bob.as_str() && c[2] == "both"),
+        "alice's contacts: {u}"
+    );
+    let held = u["held"].as_array().unwrap();
+    assert_eq!(held.len(), 2, "both sources: {u}");
+    assert!(held[0][4].as_str().unwrap().contains("wins"), "{u}");
+    assert!(!u["events"].as_array().unwrap().is_empty(), "{u}");
+
+    // The layout fits a 1280 px screen (every table whole) and a phone (tables scroll inside
+    // their own box), with screenshots.
+    check_layout(
+        &mut stdin,
+        &mut lines,
+        1280,
+        900,
+        &format!("{shots}/status-1280.png"),
+        false,
+    )
+    .await;
+    check_layout(
+        &mut stdin,
+        &mut lines,
+        390,
+        844,
+        &format!("{shots}/status-390.png"),
+        true,
+    )
+    .await;
+    ask(&mut stdin, &mut lines, "layout 1400 1000 /dev/null").await;
 
     stdin.write_all(b"end\n").await.unwrap();
     let end: Value = serde_json::from_str(&next(&mut lines).await).unwrap();
@@ -494,7 +815,78 @@ async fn sessions_capped_logout_same_origin_and_domain_scope() {
     let (_, d) = status_of(&ext, mine.last().unwrap()).await;
     assert_eq!(names(&d), ["mine", "mine-alice"], "{d}");
     assert_eq!(d["counters"], json!({}), "no global counter: {d}");
+    assert_eq!(d["rates_per_minute"], json!({}), "no global rate: {d}");
+    assert_eq!(d["updates_per_sec"], json!([]), "no global sparkline: {d}");
     assert_eq!(d["admin"], false, "{d}");
+
+    // Health: the privilege conditions of the key's own domains only.
+    let conditions = |v: &Value| -> Vec<String> {
+        v["health"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let other = format!("privileges:{OTHER}");
+    assert!(conditions(&a).contains(&other), "{a}");
+    assert!(!conditions(&d).contains(&other), "{d}");
+    assert!(d["health"]["privileges"].get(OTHER).is_none(), "{d}");
+    // The server does not serve OTHER: the admin's page says which condition fails and why.
+    let failing = a["health"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == other.as_str())
+        .unwrap();
+    assert_eq!(failing["ok"], false, "{a}");
+    assert!(!failing["reason"].as_str().unwrap().is_empty(), "{a}");
+    assert_eq!(a["health"]["ready"], false, "{a}");
+
+    // Events and users of another domain: not shown to the domain key.
+    let theirs = format!("alice@{OTHER}");
+    set(&ext, &theirs, "away", "Elsewhere").await;
+    set(&ext, &format!("alice@{DOMAIN}"), "away", "Here").await;
+    let (_, a) = status_of(&ext, &admin).await;
+    let (_, d) = status_of(&ext, mine.last().unwrap()).await;
+    let users = |v: &Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["user"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(users(&a).contains(&theirs), "{a}");
+    assert!(!users(&d).contains(&theirs), "{d}");
+    assert!(users(&d).contains(&format!("alice@{DOMAIN}")), "{d}");
+    let user_json = |session: String, jid: String| {
+        let url = format!("http://{}/ui/user.json?jid={jid}", ext.http);
+        async move {
+            let r = client()
+                .get(url)
+                .header("Cookie", session)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (
+                code,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    let (code, _) = user_json(mine.last().unwrap().clone(), theirs.clone()).await;
+    assert_eq!(code, 403, "a domain key cannot open another domain's user");
+    // The server cannot give the roster of a domain it does not serve: the view says so, and
+    // shows the rest.
+    let (code, u) = user_json(admin.clone(), theirs.clone()).await;
+    assert_eq!(code, 200, "{u}");
+    assert!(
+        u["contacts_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{u}"
+    );
+    assert_eq!(u["held"][0]["status"], "Elsewhere", "{u}");
 }
 
 /// `[ui] public_origin`: a request naming another host is refused (421), sign-in must come from

@@ -467,6 +467,30 @@ impl EventHub {
         }
     }
 
+    /// The last `n` events of the resume buffer that `wants` passes, oldest first (the status
+    /// page shows them at load, and resumes its live stream after the last one). The scan walks
+    /// back from the newest and stops after `n` matches or `scan` events looked at, so a rare user
+    /// never costs a walk over the whole buffer under the lock.
+    pub fn recent(
+        &self,
+        n: usize,
+        scan: usize,
+        wants: impl Fn(&BareJid) -> bool,
+    ) -> (Vec<Arc<Event>>, u64) {
+        let buf = self.lock_buffer();
+        let mut out: Vec<Arc<Event>> = buf
+            .events
+            .iter()
+            .rev()
+            .take(scan)
+            .filter(|e| wants(&e.user))
+            .take(n)
+            .cloned()
+            .collect();
+        out.reverse();
+        (out, buf.last)
+    }
+
     /// Events published since start.
     pub fn published(&self) -> u64 {
         self.inner.published.load(Ordering::Relaxed)
@@ -576,6 +600,29 @@ mod tests {
             out.push(e.user.to_string());
         }
         out
+    }
+
+    #[test]
+    fn recent_gives_the_last_matching_events_oldest_first() {
+        let (hub, _n) = EventHub::new();
+        let mut ids = Vec::new();
+        for u in ["alice@a", "bob@a", "alice@a", "carol@b", "alice@a"] {
+            ids.push(publish(&hub, u));
+        }
+        let (all, last) = hub.recent(3, usize::MAX, |_| true);
+        assert_eq!(last, ids[4]);
+        assert_eq!(
+            all.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [ids[2], ids[3], ids[4]]
+        );
+        let (alice, _) = hub.recent(10, usize::MAX, |u| u == &jid("alice@a"));
+        assert_eq!(
+            alice.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [ids[0], ids[2], ids[4]]
+        );
+        // The scan is bounded: only the last 2 events are looked at.
+        let (bounded, _) = hub.recent(10, 2, |u| u == &jid("alice@a"));
+        assert_eq!(bounded.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[4]]);
     }
 
     #[test]

@@ -12,6 +12,16 @@ then reads commands from stdin, one per line:
   interception), so what changes on the page comes from the event stream; prints {"held": true}.
 - "release": lets the held reads through and stops holding; prints {"released": n}.
 - "count": prints {"status_fetches": n}, the reads of /ui/status.json the page has made so far.
+- "events": prints {"events": [...]}, the texts of the recent events list.
+- "times": prints {"offset": minutes, "times": [{"text":…, "title":…, "datetime":…}]}: the
+  page's <time> elements (the page runs in Asia/Kolkata, UTC+05:30) and the browser's offset.
+- "open <jid>": opens the user's view (#user=<jid>) and waits (at most 10 s) until its contacts
+  (or why they could not be read) show; prints {"held": [[cells]…], "sessions": […],
+  "contacts": […], "contacts_error": text, "events": [texts]}.
+- "layout <width> <height> <path>": resizes the viewport (a phone below 600 px), saves a
+  screenshot of the whole page at <path> and prints {"scroll_width", "inner_width", "tables":
+  [{"id", "width", "box", "scrolls", "fits"}]}: each visible table's width, its container's, and
+  whether the container scrolls sideways.
 On "end" (or EOF) it checks how user text rendered, saves a screenshot and prints
 {"dialogs":…, "script_elements":…, "screenshot":…}.
 Everything printed is one JSON object (or "ready") per line.
@@ -88,7 +98,7 @@ def main():
     proc = subprocess.Popen(
         [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "--window-size=1400,1000", "about:blank"],
+         "--window-size=1400,1000", "--lang=en-US", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         port = None
@@ -108,6 +118,11 @@ def main():
         page.call("Page.enable")
         page.call("Runtime.enable")
         page.call("Network.enable")
+        page.call("Emulation.setTimezoneOverride", timezoneId="Asia/Kolkata")
+        try:
+            page.call("Emulation.setLocaleOverride", locale="en-US")
+        except RuntimeError:
+            pass  # older Chromium: --lang=en-US above
         page.call("Page.navigate", url=base + "/")
         if not page.wait("document.readyState === 'complete' && !!document.getElementById('key')", 15):
             sys.exit("the login form did not show")
@@ -143,6 +158,46 @@ def main():
                 page.paused = []
                 page.call("Fetch.disable")
                 print(json.dumps({"released": n}), flush=True)
+            elif line == "events":
+                print(json.dumps({"events": page.eval("Array.from(document.querySelectorAll('#events li')).map(li => li.textContent)")}), flush=True)
+            elif line == "times":
+                print(json.dumps({"offset": page.eval("new Date().getTimezoneOffset()"), "times": page.eval(
+                    "Array.from(document.querySelectorAll('time')).map(t => ({text: t.textContent, title: t.title, datetime: t.dateTime}))")}), flush=True)
+            elif line.startswith("open "):
+                jid = line[len("open "):]
+                page.eval(f"location.hash = '#user=' + encodeURIComponent({json.dumps(jid)}); true")
+                page.wait("!document.getElementById('user-section').hidden && "
+                          f"document.getElementById('user-name').textContent === {json.dumps(jid)} && "
+                          "(document.querySelectorAll('#user-contacts tr').length > 0 || "
+                          "document.getElementById('user-contacts-error').textContent !== '')", 10)
+                cells = "Array.from(document.querySelectorAll('{} tr')).map(tr => Array.from(tr.cells).map(c => c.textContent))"
+                print(json.dumps({
+                    "held": page.eval(cells.format("#user-held")),
+                    "sessions": page.eval(cells.format("#user-sessions")),
+                    "contacts": page.eval(cells.format("#user-contacts")),
+                    "contacts_error": page.eval("document.getElementById('user-contacts-error').textContent"),
+                    "events": page.eval("Array.from(document.querySelectorAll('#user-events li')).map(li => li.textContent)"),
+                }), flush=True)
+            elif line.startswith("layout "):
+                _, width, height, path = line.split(" ", 3)
+                width, height = int(width), int(height)
+                page.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                          deviceScaleFactor=1, mobile=width < 600)
+                page.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+                measured = page.eval("""(() => {
+                  const tables = Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent !== null).map(t => {
+                    const box = t.parentElement;
+                    const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+                    return {id: t.id, width: Math.ceil(t.getBoundingClientRect().width), box: box.clientWidth, scrolls,
+                            fits: t.getBoundingClientRect().right <= box.getBoundingClientRect().right + 0.5};
+                  });
+                  return {scroll_width: document.documentElement.scrollWidth, inner_width: innerWidth, tables};
+                })()""")
+                png = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+                with open(path, "wb") as f:
+                    f.write(base64.b64decode(png))
+                measured["screenshot"] = path
+                print(json.dumps(measured), flush=True)
             elif line == "count":
                 page.eval("true")  # take in the events that came meanwhile
                 print(json.dumps({"status_fetches": page.status_fetches}), flush=True)

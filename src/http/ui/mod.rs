@@ -1,8 +1,14 @@
 //! The live status page: `GET /` (a login form, then the page), `POST /login` and `/logout`, its
 //! script and style (`/ui/app.js`, `/ui/app.css`, served from the binary: no external assets),
-//! what it shows (`/ui/status.json`: the link and since when, server and component, observed
-//! sessions, held statuses searchable by user, webhook endpoints with their backlog, key
-//! counters) and its live events (`/ui/events`, the event stream of the signed-in key).
+//! what it shows (`/ui/status.json`: health — the conditions of `/readyz` with their reason, fix
+//! and next retry ([`AppState::readiness`]), the link, privileges, version and uptime; held
+//! statuses with every source, the winning one marked; observed sessions; both searchable, with
+//! counts that follow the search; webhook endpoints with their backlog; key counters with their
+//! rates per minute and the updates/s of the last two minutes ([`sample_rates`]); the last events
+//! of the resume buffer), one user (`/ui/user.json?jid=`: resources with every source, real
+//! sessions, contacts from the roster — a failure to read it is told, not fatal — and recent
+//! events) and its live events (`/ui/events`, the event stream of the signed-in key; `?after=`
+//! resumes after the last event `status.json` listed, as `Last-Event-ID` does).
 //!
 //! Signing in takes an admin key or a domain key with read access (never a user's token): the key
 //! is posted once, and a random session id goes into an `HttpOnly; SameSite=Strict` cookie (kept
@@ -15,17 +21,20 @@
 //! logged, rate-limited, like every refusal (`pipeline.rs`).
 //! With `[ui] public_origin` set, a request to the page naming another host is refused (421).
 //!
-//! A domain key sees its own domains only: held statuses, observed sessions, and the webhook
-//! endpoints whose filter lies within its domains; the global counters are the admin's.
+//! A domain key sees its own domains only: held statuses, observed sessions, events, users, the
+//! privilege conditions of its domains, and the webhook endpoints whose filter lies within its
+//! domains; the global counters, rates and sparkline are the admin's.
 //!
 //! The page only reads; every answer has a `Content-Security-Policy` of `default-src 'self'` (no
-//! inline script or style), and the script puts server text into the page as text only. It updates
-//! the held statuses from the events themselves, and reads `status.json` again at most once per
-//! 5 s (after events, and every 15 s for what has no event: the link, webhook backlogs).
+//! inline script or style), and the script puts server text into the page as text only (times in
+//! the browser's local time, the UTC time on hover). It updates the held statuses from the events
+//! themselves, and reads `status.json` again at most once per 5 s (after events, and every 15 s
+//! for what has no event: health, webhook backlogs, rates).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -40,7 +49,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Format, Refusal};
 use super::input;
-use super::pipeline::others;
+use super::pipeline::{may_read, others, ROSTER_WAIT};
 use super::state::AppState;
 use crate::access::tokens::Lifetime;
 use crate::access::{Grant, Need, Scope};
@@ -49,7 +58,9 @@ use crate::base::clock::rfc3339;
 use crate::events::Filter;
 use crate::metrics::{Metrics, Outcome};
 use crate::model::Word;
-use crate::xmpp::LinkState;
+use crate::observe::{self, Origin};
+use jid::BareJid;
+use tokio_util::sync::CancellationToken;
 
 const COOKIE: &str = "extpresence_ui";
 /// A session lasts this long.
@@ -150,12 +161,9 @@ impl PublicOrigin {
 /// What the page shows beside the model, and its sessions.
 #[derive(Debug, Default)]
 pub struct UiState {
-    /// The XMPP server (`[xmpp] server`).
-    pub server: String,
-    /// The component's JID.
-    pub component: String,
-    /// When the link last changed state (ms since the Unix epoch).
-    pub link_since: AtomicU64,
+    /// The counters sampled once per second ([`sample_rates`]): rates per minute and the
+    /// updates/s sparkline.
+    rates: Rates,
     /// `[ui] public_origin`.
     public_origin: Option<PublicOrigin>,
     /// Each webhook endpoint's name and filter: a domain key sees those within its domains.
@@ -164,16 +172,9 @@ pub struct UiState {
 }
 
 impl UiState {
-    /// For `server` and `component`.
-    pub fn new(server: String, component: String) -> UiState {
-        UiState {
-            server,
-            component,
-            link_since: AtomicU64::new(now_ms()),
-            public_origin: None,
-            webhooks: Vec::new(),
-            sessions: Mutex::default(),
-        }
+    /// No session yet, no setting.
+    pub fn new() -> UiState {
+        UiState::default()
     }
 
     /// With `[ui] public_origin` and the webhook endpoints' filters.
@@ -335,10 +336,85 @@ impl UiState {
     }
 }
 
-/// Keep `since` up to date with the link's state changes.
-pub async fn track_link(ui: Arc<UiState>, mut state: tokio::sync::watch::Receiver<LinkState>) {
-    while state.changed().await.is_ok() {
-        ui.link_since.store(now_ms(), Ordering::Relaxed);
+/// A counter's name and how to read it.
+type Counter = (&'static str, fn(&AppState) -> u64);
+
+/// The counters over every domain that only grow (admin keys see them, with their rates).
+const COUNTERS: [Counter; 8] = [
+    ("updates set", |s| s.metrics.updates(Outcome::Set)),
+    ("updates cleared", |s| s.metrics.updates(Outcome::Cleared)),
+    ("updates refused", |s| s.metrics.updates(Outcome::Rejected)),
+    ("updates failed", |s| s.metrics.updates(Outcome::Failed)),
+    ("stanzas sent", |s| {
+        s.metrics.stanzas_sent.load(Ordering::Relaxed)
+    }),
+    ("stanzas received", |s| {
+        s.metrics.stanzas_received.load(Ordering::Relaxed)
+    }),
+    ("link reconnects", |s| {
+        s.metrics.reconnects.load(Ordering::Relaxed)
+    }),
+    ("events published", |s| s.hub.published()),
+];
+/// The first four of [`COUNTERS`] are the updates (the sparkline's series).
+const UPDATES: usize = 4;
+/// How often the counters are sampled.
+pub const RATE_SAMPLE: Duration = Duration::from_secs(1);
+/// Samples kept: two minutes of the sparkline, one of them for the rates per minute.
+const SAMPLES: usize = 121;
+
+/// The counters as sampled: (when, in ms; the values of [`COUNTERS`]), oldest first.
+#[derive(Debug, Default)]
+struct Rates {
+    samples: Mutex<VecDeque<(u64, [u64; COUNTERS.len()])>>,
+}
+
+impl Rates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, [u64; COUNTERS.len()])>> {
+        self.samples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, at: u64, values: [u64; COUNTERS.len()]) {
+        let mut s = self.lock();
+        s.push_back((at, values));
+        while s.len() > SAMPLES {
+            s.pop_front();
+        }
+    }
+
+    /// Each counter's increase per minute over the last minute (or what was sampled of it,
+    /// at least 1 s); `None` before two samples.
+    fn per_minute(&self) -> Option<[f64; COUNTERS.len()]> {
+        let s = self.lock();
+        let &(last_at, last) = s.back()?;
+        let &(first_at, first) = s.iter().find(|(at, _)| last_at - at <= 60_000)?;
+        let ms = last_at.saturating_sub(first_at);
+        (ms >= 1000).then(|| {
+            std::array::from_fn(|i| last[i].saturating_sub(first[i]) as f64 * 60_000.0 / ms as f64)
+        })
+    }
+
+    /// Updates per second between consecutive samples, oldest first.
+    fn updates_per_sec(&self) -> Vec<f64> {
+        let s = self.lock();
+        s.iter()
+            .zip(s.iter().skip(1))
+            .map(|((a_at, a), (b_at, b))| {
+                let n: u64 = (0..UPDATES).map(|i| b[i].saturating_sub(a[i])).sum();
+                let secs = (b_at.saturating_sub(*a_at)).max(1) as f64 / 1000.0;
+                (n as f64 / secs * 10.0).round() / 10.0
+            })
+            .collect()
+    }
+}
+
+/// Sample the counters every [`RATE_SAMPLE`] until `shutdown`.
+pub async fn sample_rates(ui: Arc<UiState>, state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RATE_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        ui.rates
+            .record(now_ms(), COUNTERS.map(|(_, read)| read(&state)));
     }
 }
 
@@ -378,6 +454,7 @@ pub fn routes(ui: Arc<UiState>) -> Router<Arc<AppState>> {
             ),
         )
         .route("/ui/status.json", get(status_json))
+        .route("/ui/user.json", get(user_json))
         .route("/ui/events", get(events))
         .layer(Extension(ui))
 }
@@ -578,6 +655,99 @@ fn unauthorized() -> Response {
     )
 }
 
+/// The query parameter `name`'s value, trimmed.
+fn param(q: Option<&str>, name: &str) -> Option<String> {
+    q.into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Whether `grant` (an admin or domain key) sees what concerns `domain`.
+fn sees_domain(grant: &Grant, domain: &str) -> bool {
+    match &grant.scope {
+        Scope::Admin => true,
+        Scope::Domains(ds) => ds.contains(domain),
+        Scope::User(_) => false,
+    }
+}
+
+/// One row per source of each held resource of `user`, the winning source first and marked.
+fn held_rows(state: &AppState, user: &BareJid) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for r in state.table.statuses(user) {
+        let Some(e) = r.effective else { continue };
+        let others = r.sources.iter().filter(|s| s.source != e.source);
+        for (s, winning) in std::iter::once((&e, true)).chain(others.map(|s| (s, false))) {
+            rows.push(json!({
+                "user": user.as_str(),
+                "resource": r.resource.as_str(),
+                "presence": Word::of(s.status.show).as_str(),
+                "status": s.status.text,
+                "source": s.source.as_str(),
+                "winning": winning,
+                "set_at": rfc3339(s.updated_at),
+                "expires_at": s.expires_at.map(rfc3339),
+            }));
+        }
+    }
+    rows
+}
+
+/// The real sessions of `user`, as the server announced them.
+fn session_rows(state: &AppState, user: &BareJid, now: u64) -> Vec<Value> {
+    observe::presence(&state.table, &state.observed, user, now)
+        .resources
+        .into_iter()
+        .filter(|r| r.origin == Origin::Session)
+        .map(|r| {
+            json!({
+                "user": user.as_str(),
+                "resource": r.resource,
+                "presence": r.presence,
+                "status": r.status,
+                "priority": r.priority,
+                "since": r.since,
+            })
+        })
+        .collect()
+}
+
+/// The events of the resume buffer as the page shows them: each event's object and its id.
+fn event_values(events: &[Arc<crate::events::Event>]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let mut v: Value = serde_json::from_str(&e.data).ok()?;
+            v["id"] = json!(e.id.to_string());
+            Some(v)
+        })
+        .collect()
+}
+
+/// The health panel: the `/readyz` report (its privilege conditions limited to the key's
+/// domains), the version and the uptime.
+fn health(state: &AppState, grant: &Grant) -> Value {
+    let mut report = state.readiness(&state.server, &state.component);
+    report.conditions.retain(|c| {
+        c.name
+            .strip_prefix("privileges:")
+            .is_none_or(|d| sees_domain(grant, d))
+    });
+    report.privileges.retain(|d, _| sees_domain(grant, d));
+    let ready = report.conditions.iter().all(|c| c.ok);
+    json!({
+        "ready": ready,
+        "backend": report.backend,
+        "conditions": report.conditions,
+        "link": report.link,
+        "privileges": report.privileges,
+        "version": report.version,
+        "started_at": report.started_at,
+        "uptime_secs": report.uptime_secs,
+    })
+}
+
 async fn status_json(
     State(state): State<Arc<AppState>>,
     Extension(ui): Extension<Arc<UiState>>,
@@ -590,13 +760,10 @@ async fn status_json(
     let Some(grant) = ui.grant(&headers) else {
         return unauthorized();
     };
-    let search: String = q
-        .as_deref()
-        .into_iter()
-        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-        .find(|(k, _)| k == "user")
-        .map(|(_, v)| v.trim().to_lowercase())
-        .unwrap_or_default();
+    let search = param(q.as_deref(), "user")
+        .unwrap_or_default()
+        .to_lowercase();
+    let now = now_ms();
     let mut users: Vec<_> = state
         .table
         .users()
@@ -604,28 +771,59 @@ async fn status_json(
         .filter(|u| grant.allows(Need::Read, u).is_ok())
         .collect();
     users.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    let held_total: usize = users.iter().map(|u| state.table.statuses(u).len()).sum();
-    let mut held = Vec::new();
-    for user in users
+    let resources = |u: &BareJid| {
+        state
+            .table
+            .statuses(u)
+            .iter()
+            .filter(|r| r.effective.is_some())
+            .count()
+    };
+    let held_total: usize = users.iter().map(resources).sum();
+    let matching: Vec<&BareJid> = users
         .iter()
         .filter(|u| search.is_empty() || u.as_str().contains(&search))
-    {
-        for r in state.table.statuses(user) {
-            let Some(e) = r.effective else { continue };
-            held.push(json!({
-                "user": user.as_str(),
-                "resource": r.resource.as_str(),
-                "presence": Word::of(e.status.show).as_str(),
-                "status": e.status.text,
-                "source": e.source.as_str(),
-                "expires_at": e.expires_at.map(rfc3339),
-            }));
-        }
+        .collect();
+    let held_matching: usize = matching.iter().map(|u| resources(u)).sum();
+    let mut held = Vec::new();
+    for user in &matching {
+        held.extend(held_rows(&state, user));
         if held.len() >= MAX_LISTED {
             held.truncate(MAX_LISTED);
             break;
         }
     }
+    // Observed sessions: those of the key's domains; the search matches the full JID.
+    let mut sessions: Vec<_> = state
+        .observed
+        .session_jids()
+        .into_iter()
+        .filter(|j| grant.allows(Need::Read, &j.to_bare()).is_ok())
+        .collect();
+    sessions.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let observed_total = sessions.len();
+    sessions.retain(|j| search.is_empty() || j.as_str().to_lowercase().contains(&search));
+    let observed_matching = sessions.len();
+    let mut observed = Vec::new();
+    let mut bares: Vec<BareJid> = sessions.iter().map(|j| j.to_bare()).collect();
+    bares.dedup();
+    for user in &bares {
+        observed.extend(session_rows(&state, user, now));
+        if observed.len() >= MAX_LISTED {
+            break;
+        }
+    }
+    observed.retain(|s| {
+        search.is_empty()
+            || format!(
+                "{}/{}",
+                s["user"].as_str().unwrap_or(""),
+                s["resource"].as_str().unwrap_or("")
+            )
+            .to_lowercase()
+            .contains(&search)
+    });
+    observed.truncate(MAX_LISTED);
     let m: &Metrics = &state.metrics;
     let admin = matches!(grant.scope, Scope::Admin);
     let webhooks: Vec<Value> = m
@@ -650,58 +848,73 @@ async fn status_json(
             })
         })
         .collect();
-    let link = match state.link.state() {
-        LinkState::Up => "up",
-        LinkState::Down => "down",
-    };
-    // A domain key: its own domains' sessions, and no global counter.
-    let observed_sessions = if admin {
-        state.observed.sessions()
+    let health = health(&state, &grant);
+    // A domain key: no global counter, rate or sparkline.
+    let (counters, rates, sparkline) = if admin {
+        let rates = ui.rates.per_minute().map(|r| {
+            COUNTERS
+                .iter()
+                .zip(r)
+                .map(|((name, _), v)| (name.to_string(), json!((v * 10.0).round() / 10.0)))
+                .collect::<serde_json::Map<_, _>>()
+        });
+        (
+            global_counters(&state),
+            rates.map_or(json!({}), Value::Object),
+            json!(ui.rates.updates_per_sec()),
+        )
     } else {
-        state
-            .observed
-            .session_jids()
-            .iter()
-            .filter(|j| grant.allows(Need::Read, &j.to_bare()).is_ok())
-            .count()
+        (json!({}), json!({}), json!([]))
     };
-    let counters = if admin {
-        global_counters(&state)
-    } else {
-        json!({})
-    };
+    let (events, last_event_id) = state.hub.recent(RECENT_EVENTS, SCAN_EVENTS, |u| {
+        grant.allows(Need::Read, u).is_ok()
+    });
     let body = json!({
-        "link": {"state": link, "since": rfc3339(ui.link_since.load(Ordering::Relaxed))},
-        "server": ui.server,
-        "component": ui.component,
-        "observed_sessions": observed_sessions,
+        "link": {
+            "state": if health["link"]["up"] == true { "up" } else { "down" },
+            "since": health["link"]["since"],
+        },
+        "server": state.server,
+        "component": state.component,
+        "version": health["version"],
+        "uptime_secs": health["uptime_secs"],
+        "started_at": health["started_at"],
+        "health": health,
+        "observed_sessions": observed_total,
+        "observed_matching": observed_matching,
+        "observed": observed,
         "complete": state.observed.complete(),
         "held_total": held_total,
+        "held_matching": held_matching,
         "held": held,
         "webhooks": webhooks,
         "counters": counters,
+        "rates_per_minute": rates,
+        "updates_per_sec": sparkline,
+        "events": event_values(&events),
+        "last_event_id": last_event_id.to_string(),
         "admin": admin,
     });
     json_answer(StatusCode::OK, &body)
 }
 
-/// The counters over every domain (shown to admin keys only).
-fn global_counters(state: &AppState) -> Value {
-    let m: &Metrics = &state.metrics;
-    json!({
-            "updates set": m.updates(Outcome::Set),
-            "updates cleared": m.updates(Outcome::Cleared),
-            "updates refused": m.updates(Outcome::Rejected),
-            "updates failed": m.updates(Outcome::Failed),
-            "stanzas sent": m.stanzas_sent.load(Ordering::Relaxed),
-            "stanzas received": m.stanzas_received.load(Ordering::Relaxed),
-            "link reconnects": m.reconnects.load(Ordering::Relaxed),
-            "events published": state.hub.published(),
-            "event subscribers": state.hub.subscribers(),
-    })
+/// Events shown at load (the last of the resume buffer the key may read).
+const RECENT_EVENTS: usize = 50;
+/// Events of the resume buffer looked at for them, at most.
+const SCAN_EVENTS: usize = 4096;
+/// Events of one user shown in the per-user view.
+const USER_EVENTS: usize = 20;
+
+/// An error answer of the page's JSON endpoints.
+fn error_answer(status: StatusCode, code: &'static str, message: String) -> Response {
+    let body = json!({"error": {"code": code, "message": message, "status": status.as_u16()}});
+    Refusal::attach(json_answer(status, &body), code, message)
 }
 
-async fn events(
+/// `GET /ui/user.json?jid=`: one user's resources with every source, real sessions, contacts
+/// (their roster, read from the server; a failure to read it is told, not fatal) and recent
+/// events.
+async fn user_json(
     State(state): State<Arc<AppState>>,
     Extension(ui): Extension<Arc<UiState>>,
     RawQuery(q): RawQuery,
@@ -710,11 +923,145 @@ async fn events(
     if let Some(r) = ui.misdirected(&headers) {
         return r;
     }
+    let Some(grant) = ui.grant(&headers) else {
+        return unauthorized();
+    };
+    let text = param(q.as_deref(), "jid").unwrap_or_default();
+    let user = match input::served_user(&text, &state.domains) {
+        Ok(u) => u,
+        Err(e) => return secure(e.into_response(Format::Json)),
+    };
+    if let Err(e) = may_read(&state.rosters, &grant, &user).await {
+        return secure(e.into_response(Format::Json));
+    }
+    let now = now_ms();
+    let p = observe::presence(&state.table, &state.observed, &user, now);
+    let (contacts, contacts_error) = match state.rosters.get(&user, ROSTER_WAIT).await {
+        Ok(items) => (
+            items
+                .iter()
+                .map(|item| {
+                    let seen = item.sees_contact().then(|| {
+                        let c = observe::presence(&state.table, &state.observed, &item.jid, now);
+                        json!({"presence": c.presence, "status": c.status})
+                    });
+                    json!({
+                        "jid": item.jid.as_str(),
+                        "name": item.name,
+                        "subscription": item.subscription,
+                        "presence": seen,
+                    })
+                })
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let (events, _) = state.hub.recent(USER_EVENTS, usize::MAX, |u| u == &user);
+    let body = json!({
+        "user": user.as_str(),
+        "presence": p.presence,
+        "status": p.status,
+        "complete": p.complete,
+        "held": held_rows(&state, &user),
+        "sessions": session_rows(&state, &user, now),
+        "contacts": contacts,
+        "contacts_error": contacts_error,
+        "events": event_values(&events),
+    });
+    json_answer(StatusCode::OK, &body)
+}
+
+/// The counters over every domain (shown to admin keys only).
+fn global_counters(state: &AppState) -> Value {
+    let mut m: serde_json::Map<String, Value> = COUNTERS
+        .iter()
+        .map(|(name, read)| (name.to_string(), json!(read(state))))
+        .collect();
+    m.insert("event subscribers".into(), json!(state.hub.subscribers()));
+    Value::Object(m)
+}
+
+/// `GET /ui/events[?after=<id>]`: the live events of the session's key; `after` resumes after
+/// that event (the last one `status.json` listed: an `EventSource` cannot send `Last-Event-ID`
+/// on its first connection), as `Last-Event-ID` does.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Extension(ui): Extension<Arc<UiState>>,
+    RawQuery(q): RawQuery,
+    mut headers: HeaderMap,
+) -> Response {
+    if let Some(r) = ui.misdirected(&headers) {
+        return r;
+    }
     let Some((grant, lifetime)) = ui.session(&headers) else {
         return unauthorized();
     };
+    let mut rest = Vec::new();
+    let mut after = None;
+    for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        if k == "after" {
+            after = Some(v.into_owned());
+        } else {
+            let enc = |t: &str| form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
+            rest.push(format!("{}={}", enc(&k), enc(&v)));
+        }
+    }
+    if let Some(after) = after {
+        if !headers.contains_key("last-event-id") {
+            match HeaderValue::from_str(&after) {
+                Ok(v) => {
+                    headers.insert("last-event-id", v);
+                }
+                Err(_) => {
+                    return error_answer(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "after= is not an event id".into(),
+                    )
+                }
+            }
+        }
+    }
+    let q = (!rest.is_empty()).then(|| rest.join("&"));
     match super::sse::event_stream(&state, &grant, Some(lifetime), q.as_deref(), &headers).await {
         Ok(r) => secure(r),
         Err(e) => secure(e.into_response(Format::Json)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(updates_set: u64, stanzas: u64) -> [u64; COUNTERS.len()] {
+        let mut v = [0; COUNTERS.len()];
+        v[0] = updates_set;
+        v[4] = stanzas;
+        v
+    }
+
+    #[test]
+    fn rates_per_minute_over_the_last_minute_and_updates_per_second() {
+        let rates = Rates::default();
+        assert!(rates.per_minute().is_none(), "nothing sampled");
+        rates.record(1_000, values(0, 0));
+        assert!(rates.per_minute().is_none(), "one sample");
+        // 30 updates in 30 s: 60/min; stanzas 90 in 30 s: 180/min.
+        rates.record(31_000, values(30, 90));
+        let r = rates.per_minute().unwrap();
+        assert_eq!((r[0], r[4], r[1]), (60.0, 180.0, 0.0));
+        assert_eq!(rates.updates_per_sec(), [1.0]);
+        // Older than a minute no longer counts: from 31 s to 91 s, 60 more updates.
+        rates.record(91_000, values(90, 90));
+        assert_eq!(rates.per_minute().unwrap()[0], 60.0);
+        assert_eq!(rates.updates_per_sec(), [1.0, 1.0]);
+        // Bounded.
+        for i in 0..(SAMPLES as u64 + 10) {
+            rates.record(100_000 + i * 1000, values(100 + i * 2, 0));
+        }
+        assert_eq!(rates.lock().len(), SAMPLES);
+        assert!(rates.updates_per_sec().iter().all(|&x| x == 2.0));
+        assert_eq!(rates.per_minute().unwrap()[0], 120.0);
     }
 }
