@@ -343,6 +343,28 @@ pub async fn run(
             }
         }
     });
+    // SIGHUP: connect the component link again now (servers grant XEP-0356 privileges at connect,
+    // so a fixed server config takes effect without waiting for the next retry). Nothing is
+    // reloaded: the configuration is read at start. Installed before the API listens.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn({
+        let link = link.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            while shutdown
+                .run_until_cancelled(hangup.recv())
+                .await
+                .flatten()
+                .is_some()
+            {
+                info!(
+                    "SIGHUP received: connecting the XMPP component link again (the \
+                     configuration is not reloaded: restart to apply a change)"
+                );
+                link.restart("SIGHUP received".into()).await;
+            }
+        }
+    });
     let addr = http.local_addr()?;
     info!(%addr, max_connections = limits.max_connections, "HTTP API listening");
     sdnotify::notify("READY=1");

@@ -165,7 +165,7 @@ The configuration is invalid (EX_USAGE), for the daemon and \fBcheck\-config\fR:
 \fB{bind}\fR
 The daemon cannot listen on \fB[http] listen\fR (EX_UNAVAILABLE): the address is in use or not local.
 .PP
-Ended by a signal it does not handle (SIGHUP, SIGKILL), the daemon has no exit status: a shell shows 128 plus the signal number, systemd the signal.
+Ended by a signal it does not handle (SIGKILL), the daemon has no exit status: a shell shows 128 plus the signal number, systemd the signal.
 "#,
         config = exits.config,
         bind = exits.bind,
@@ -234,8 +234,9 @@ This is what \fBsystemctl stop\fR sends.
 For \fBwatch\fR, SIGINT (Ctrl\-C) ends the command with 0.
 .TP
 \fBSIGHUP\fR
-Not handled: it ends the daemon at once, like SIGKILL, without the clean stop (no \fIunavailable\fR is sent; contacts see the statuses until the server notices the link is gone).
-There is no reload: the configuration is read only at start; to apply a change, restart the daemon (\fBsystemctl restart extpresence\fR).
+Connects the XMPP component link again at once (what is held is sent again after the handshake; no \fIunavailable\fR is sent).
+Servers grant XEP\-0356 privileges when the component connects: after fixing them in the server's config, this applies them without waiting for the next retry.
+The configuration is not reloaded: it is read only at start; to apply a change, restart the daemon (\fBsystemctl restart extpresence\fR).
 "#;
 
 const EXAMPLES: &str = r#".SH EXAMPLES
