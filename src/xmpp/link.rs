@@ -440,7 +440,9 @@ fn jittered(delay: Duration) -> Duration {
 
 fn log_failure(err: &LinkError, attempt: u32, retry_in: Duration) {
     let hint = err.hint().unwrap_or("");
-    if attempt <= 1 || matches!(err, LinkError::Auth(_) | LinkError::Stream { .. }) {
+    if let LinkError::Restart(why) = err {
+        info!(%why, ?retry_in, "XMPP component link closed to connect again");
+    } else if attempt <= 1 || matches!(err, LinkError::Auth(_) | LinkError::Stream { .. }) {
         error!(error = %err, hint, ?retry_in, attempt, "XMPP component link failed");
     } else {
         warn!(error = %err, hint, ?retry_in, attempt, "XMPP component link still down");
