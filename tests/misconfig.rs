@@ -285,6 +285,12 @@ fn config_mistakes_are_named() {
              \"30s\"",
         ),
         (
+            "a syntax error on the secret's line (its value is not quoted back)",
+            Box::new(|c: String| c.replace("secret = \"s3cret-value\"", "secret = \"s3cret-value\\q\"")),
+            vec![],
+            "extpresence: invalid configuration: in FILE: line 4: ",
+        ),
+        (
             "a variable's value refused",
             Box::new(|c| c),
             vec![("EXTPRESENCE__HTTP__LISTEN", "localhost")],
@@ -332,4 +338,21 @@ fn variables_still_parse_as_numbers() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("is valid"), "{text}");
     assert!(text.contains("\"a.example\", \"b.example\""), "{text}");
+
+    // A required setting given by a variable only (the file leaves the component and the
+    // secret to the environment), with a number from another variable.
+    let (code, text) = run_with(
+        |c| {
+            c.replace(&format!("component = \"{COMPONENT}\"\n"), "")
+                .replace("secret = \"s3cret-value\"\n", "")
+        },
+        &["check-config"],
+        &[
+            ("EXTPRESENCE__XMPP__COMPONENT", COMPONENT),
+            ("EXTPRESENCE__XMPP__SECRET", "s3cret-value"),
+            ("EXTPRESENCE__XMPP__KEEPALIVE_SECS", "30"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("component {COMPONENT}")), "{text}");
 }

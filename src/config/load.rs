@@ -76,10 +76,17 @@ pub fn from_text(
     let mut vars = vars.to_vec();
     vars.sort();
     for var in &vars {
-        merged(text, std::slice::from_ref(var)).map_err(|e| ConfigError::Env {
-            var: var.0.clone(),
-            message: describe_config_error(&var.0, &e),
-        })?;
+        match merged(text, std::slice::from_ref(var)) {
+            // A setting given by another variable only: the pass with all of them decides.
+            Err(e) if is_missing_field(&e.to_string()) => {}
+            Err(e) => {
+                return Err(ConfigError::Env {
+                    var: var.0.clone(),
+                    message: describe_config_error(&var.0, &e),
+                })
+            }
+            Ok(_) => {}
+        }
     }
     let raw = merged(text, &vars).map_err(|e| ConfigError::Load(e.to_string()))?;
     validate(raw).map_err(|e| match e {
@@ -115,9 +122,21 @@ fn strict(origin: &str, text: &str) -> Result<(), ConfigError> {
         path: origin.to_string(),
         message,
     };
-    let de = toml::Deserializer::parse(text).map_err(|e| file_error(e.to_string()))?;
+    // Not the error's Display: it quotes the offending line, which may hold a secret (an
+    // unterminated string or a bad escape in `secret = "…"`).
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        file_error(match line {
+            Some(n) => format!("line {n}: {}", e.message()),
+            None => e.message().to_string(),
+        })
+    })?;
     match serde_path_to_error::deserialize::<_, RawConfig>(de) {
         Ok(_) => Ok(()),
+        // A required setting the file leaves to the environment: the merged pass decides.
+        Err(e) if is_missing_field(e.inner().message()) => Ok(()),
         Err(e) => {
             let key = e.path().to_string();
             let inner = e.into_inner();
@@ -131,6 +150,12 @@ fn strict(origin: &str, text: &str) -> Result<(), ConfigError> {
             }))
         }
     }
+}
+
+/// Whether a serde message says a required setting is absent (it may come from a variable).
+fn is_missing_field(message: &str) -> bool {
+    // serde's wording, and the `config` crate's.
+    message.contains("missing field") || message.contains("missing configuration field")
 }
 
 /// Pass 2: the file with `vars` over it, through the `config` crate.
