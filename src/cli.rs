@@ -569,13 +569,33 @@ pub fn render_set(v: &Value) -> String {
     }
     if let Some(e) = v.get("effective").filter(|e| e.is_object()) {
         let es = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+        let verb = if pending(v).is_some() {
+            "contacts will see"
+        } else {
+            "contacts see"
+        };
         out.push_str(&format!(
-            "; contacts see {} (source {})",
+            "; {verb} {} (source {})",
             es("presence"),
             es("source")
         ));
     }
+    if let Some(why) = pending(v) {
+        out.push_str(&format!(
+            "\ndelivery pending: {why}; it is held and delivered once that is fixed (extpresence \
+             status says what to fix)"
+        ));
+    }
     out
+}
+
+/// Why an answer's change is held for later rather than delivered (`delivery: "pending"`).
+pub fn pending(v: &Value) -> Option<&str> {
+    (v.get("delivery").and_then(Value::as_str) == Some("pending")).then(|| {
+        v.get("delivery_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("not delivered yet")
+    })
 }
 
 /// The token list as a table.
@@ -936,5 +956,21 @@ mod tests {
         let desk = text.lines().find(|l| l.contains("desk")).unwrap();
         assert!(desk.ends_with("held by cal"), "{text}");
         assert_eq!(render_presence(&v, None).matches("until").count(), 0);
+    }
+
+    #[test]
+    fn a_held_set_says_delivery_is_pending() {
+        let v = json!({"user":"alice@x","resource":"r","source":"default","presence":"away",
+            "effective":{"presence":"away","source":"default"},"delivery":"pending",
+            "delivery_reason":"the XMPP component link is down"});
+        let text = render_set(&v);
+        assert!(text.contains("; contacts will see away"), "{text}");
+        assert!(
+            text.ends_with("\ndelivery pending: the XMPP component link is down; it is held and delivered once that is fixed (extpresence status says what to fix)"),
+            "{text}"
+        );
+        let v = json!({"user":"alice@x","resource":"r","source":"default","presence":"away",
+            "effective":{"presence":"away","source":"default"},"delivery":"queued"});
+        assert!(render_set(&v).ends_with("; contacts see away (source default)"));
     }
 }

@@ -129,7 +129,8 @@ const XMPP_DRAIN: Duration = Duration::from_secs(5);
 /// Longest wait for the webhook outbox's last commit at shutdown.
 const WEBHOOKS_DRAIN: Duration = Duration::from_secs(5);
 
-/// Run extpresence until `shutdown` is cancelled, then stop taking requests, send `unavailable`
+/// Run extpresence until `shutdown` is cancelled (each notification of `reconnect` connects the
+/// component link again at once), then stop taking requests, send `unavailable`
 /// for every held resource (unless `on_shutdown = "keep"`), close the XMPP stream and return.
 ///
 /// The store is opened and reloaded first; an error there is returned before anything starts.
@@ -137,6 +138,7 @@ pub async fn run(
     settings: Settings,
     http: TcpListener,
     shutdown: CancellationToken,
+    reconnect: Arc<tokio::sync::Notify>,
 ) -> std::io::Result<()> {
     let path = settings.store_path.clone();
     let (store, records) = tokio::task::spawn_blocking(move || Store::open(&path))
@@ -343,25 +345,17 @@ pub async fn run(
             }
         }
     });
-    // SIGHUP: connect the component link again now (servers grant XEP-0356 privileges at connect,
-    // so a fixed server config takes effect without waiting for the next retry). Nothing is
-    // reloaded: the configuration is read at start. Installed before the API listens.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Asked to connect again (SIGHUP, see main.rs): servers grant XEP-0356 privileges at connect.
     tokio::spawn({
         let link = link.clone();
         let shutdown = shutdown.clone();
         async move {
             while shutdown
-                .run_until_cancelled(hangup.recv())
+                .run_until_cancelled(reconnect.notified())
                 .await
-                .flatten()
                 .is_some()
             {
-                info!(
-                    "SIGHUP received: connecting the XMPP component link again (the \
-                     configuration is not reloaded: restart to apply a change)"
-                );
-                link.restart("SIGHUP received".into()).await;
+                link.restart("asked to connect again (SIGHUP)".into()).await;
             }
         }
     });

@@ -249,8 +249,12 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        match extpresence::run(settings, listener, shutdown).await {
+        let reconnect = std::sync::Arc::new(tokio::sync::Notify::new());
+        // Installed here, before anything can send them a signal (a SIGHUP arriving before its
+        // handler would end the process).
+        let signals = Signals::install();
+        tokio::spawn(signals.wait(shutdown.clone(), reconnect.clone()));
+        match extpresence::run(settings, listener, shutdown, reconnect).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!(error = %e, "extpresence failed");
@@ -260,15 +264,46 @@ fn main() -> ExitCode {
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// The daemon's signal handlers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
     }
-    shutdown.cancel();
+
+    /// SIGTERM and SIGINT: the clean stop. SIGHUP: connect the component link again now
+    /// (servers grant XEP-0356 privileges at connect, so a fixed server config takes effect
+    /// without waiting for the next retry); nothing is reloaded.
+    async fn wait(
+        mut self,
+        shutdown: CancellationToken,
+        reconnect: std::sync::Arc<tokio::sync::Notify>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); break; }
+                _ = self.int.recv() => { info!("SIGINT received"); break; }
+                _ = self.hup.recv() => {
+                    info!(
+                        "SIGHUP received: connecting the XMPP component link again (the \
+                         configuration is not reloaded: restart to apply a change)"
+                    );
+                    reconnect.notify_one();
+                }
+            }
+        }
+        shutdown.cancel();
+    }
 }
 
 /// `extpresence status`: the running daemon's readiness report; 0 ready, 1 not, 3 not running.
@@ -360,6 +395,9 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
                     print(&v);
                 } else if presence == "offline" {
                     println!("{user}: cleared");
+                    if let Some(why) = c::pending(&v) {
+                        println!("delivery pending: {why}; extpresence status says what to fix");
+                    }
                 } else {
                     println!("{}", c::render_set(&v));
                 }
@@ -377,6 +415,9 @@ fn client(command: Command, cli: &Cli) -> ExitCode {
                     print(&v);
                 } else {
                     println!("{user}: cleared");
+                    if let Some(why) = c::pending(&v) {
+                        println!("delivery pending: {why}; extpresence status says what to fix");
+                    }
                 }
             }
             Command::Get { user, json } => {

@@ -336,6 +336,18 @@ async fn a_domain_the_server_does_not_serve_is_named() {
     assert!(!text.contains(&format!("privileges:{DOMAIN}")), "{text}");
     let (_, report) = readyz_json(&ext).await;
     assert_eq!(report["privileges"][DOMAIN]["state"], "granted", "{report}");
+    // No reconnect is imposed on the domain that works: no retry is scheduled (SIGHUP is the
+    // way once it is fixed), and the link stays as it is.
+    let condition = report["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "privileges:nowhere.example")
+        .unwrap()
+        .clone();
+    assert!(condition.get("next_retry").is_none(), "{condition}");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(attempts(&ext).await, 1, "{}", ext.log());
 }
 
 /// Run the binary with `args`; (exit code, stdout, stderr).
@@ -587,4 +599,75 @@ async fn readme_examples_work() {
         )),
         "{out}"
     );
+}
+
+/// The link's attempts so far (`/readyz`'s report).
+async fn attempts(ext: &Ext) -> u64 {
+    readyz_json(ext).await.1["link"]["attempts"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// SIGHUP connects again at once, also while the link waits out a long backoff (a wrong secret,
+/// `reconnect_max_secs = 60`: the 6th attempt would come 8 to 16 s after the 5th).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_connects_again_during_the_backoff() {
+    let prosody = Prosody::start().await;
+    let ext = Ext::start_with(prosody.component_port, DOMAIN, COMPONENT, "wrong", |c| {
+        c.replace("reconnect_max_secs = 2", "reconnect_max_secs = 60")
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while attempts(&ext).await < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "5 attempts not made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = tokio::time::Instant::now();
+    let pid = ext.pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    while attempts(&ext).await < 6 {
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "SIGHUP did not shorten the backoff:\n{}",
+            ext.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ext.log().contains("SIGHUP received"), "{}", ext.log());
+}
+
+/// ejabberd withdraws the component's privileges when another connection of the component
+/// disconnects (here: `check-config --connect` run with a config that does not name the running
+/// instance's HTTP port). The next roster request is refused: `/readyz` says the privilege was
+/// withdrawn, and extpresence (no domain left granted) connects again by itself and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileges_withdrawn_by_ejabberd_are_noticed_and_regained() {
+    let dir = tempfile::tempdir().unwrap();
+    let ejabberd = common::ejabberd::Ejabberd::start(DOMAIN, COMPONENT, SECRET).await;
+    ejabberd.register(&["alice", "bob"], common::PASSWORD).await;
+    let mut ext = Ext::start(ejabberd.component_port, DOMAIN, COMPONENT, SECRET).await;
+    ext.wait_privileged(1).await;
+    readyz_until(&ext, 200).await;
+    let cfg = config_file(dir.path(), ejabberd.component_port, SECRET, "127.0.0.1:1");
+    let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
+    assert_eq!(code, 0, "{out}");
+    // A user whose roster is not cached: the update asks the server for it.
+    ext.post_ok(
+        &format!("/rest/user/alice@{DOMAIN}/status"),
+        "application/json",
+        r#"{"show": "away"}"#,
+    )
+    .await;
+    let text = readyz_until(&ext, 503).await;
+    assert!(text.contains("privilege was withdrawn"), "{text}");
+    assert!(text.contains("next retry"), "{text}");
+    ext.wait_privileged(2).await;
+    readyz_until(&ext, 200).await;
 }

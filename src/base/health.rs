@@ -7,7 +7,7 @@
 //! [`Health::pending`] (an atomic load while everything is fine).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::clock::now_ms;
@@ -81,6 +81,8 @@ struct Inner {
     started_ms: u64,
     /// `link.up` and every privilege granted: the fast answer of [`Health::pending`].
     delivering: AtomicBool,
+    /// When a held-not-delivered warning was last due ([`Health::warning_due`]).
+    last_warning_ms: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -106,6 +108,7 @@ impl Health {
             inner: Arc::new(Inner {
                 started_ms: now_ms(),
                 delivering: AtomicBool::new(false),
+                last_warning_ms: AtomicU64::new(0),
                 state: Mutex::new(State {
                     link: LinkStatus::default(),
                     privileges,
@@ -123,6 +126,19 @@ impl Health {
         f(&mut s);
         let delivering = s.link.up && s.privileges.values().all(Privilege::granted);
         self.inner.delivering.store(delivering, Ordering::Release);
+    }
+
+    /// Whether a warning that may be said once per `every_ms` is due now (then it is not again
+    /// for `every_ms`, whoever asks).
+    pub fn warning_due(&self, every_ms: u64) -> bool {
+        let now = now_ms();
+        let last = self.inner.last_warning_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every_ms
+            && self
+                .inner
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// When the process started (ms since the epoch).
@@ -146,8 +162,10 @@ impl Health {
             s.link.since_ms = now_ms();
             s.link.next_attempt_ms = None;
             for p in s.privileges.values_mut() {
-                if !matches!(p, Privilege::Missing { .. }) {
-                    *p = Privilege::Waiting;
+                match p {
+                    // Still missing until the server says otherwise; the retry just happened.
+                    Privilege::Missing { retry_at_ms, .. } => *retry_at_ms = None,
+                    _ => *p = Privilege::Waiting,
                 }
             }
         });
@@ -165,8 +183,22 @@ impl Health {
             }
             s.link.next_attempt_ms = next_attempt_ms;
             for p in s.privileges.values_mut() {
-                if p.granted() {
-                    *p = Privilege::Waiting;
+                match p {
+                    Privilege::Missing { retry_at_ms, .. } => *retry_at_ms = None,
+                    p if p.granted() => *p = Privilege::Waiting,
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// When the link reconnects to look again for missing privileges (`None`: it does not by
+    /// itself), on every domain whose privileges are missing.
+    pub fn set_privilege_retry(&self, at_ms: Option<u64>) {
+        self.update(|s| {
+            for p in s.privileges.values_mut() {
+                if let Privilege::Missing { retry_at_ms, .. } = p {
+                    *retry_at_ms = at_ms;
                 }
             }
         });

@@ -8,7 +8,7 @@
 //! and delivered once it is fixed (their answers say so: [`AppState::pending`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -165,13 +165,9 @@ impl AppState {
     /// [`PENDING_WARN_EVERY`] says so in the log.
     pub fn pending(&self, domain: &str) -> Option<&'static str> {
         let why = self.health.pending(domain)?;
-        static LAST_WARN: AtomicU64 = AtomicU64::new(0);
-        let now = now_ms();
-        let last = LAST_WARN.load(Relaxed);
-        if now.saturating_sub(last) >= PENDING_WARN_EVERY.as_millis() as u64
-            && LAST_WARN
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
+        if self
+            .health
+            .warning_due(PENDING_WARN_EVERY.as_millis() as u64)
         {
             warn!(
                 %domain,

@@ -465,7 +465,10 @@ async fn supervise(
             done = wait_close(&mut commands) => { let _ = done.send(()); return; }
         };
         let connected = match connected {
-            Err(e) => Err(diagnose(&cfg, e).await),
+            Err(e) => tokio::select! {
+                e = diagnose(&cfg, e) => Err(e),
+                done = wait_close(&mut commands) => { let _ = done.send(()); return; }
+            },
             ok => ok,
         };
         let err = match connected {
@@ -518,7 +521,13 @@ async fn supervise(
         tokio::pin!(sleep);
         tokio::select! {
             _ = &mut sleep => {}
-            done = wait_close(&mut commands) => { let _ = done.send(()); return; }
+            woken = wait_down(&mut commands) => match woken {
+                Woken::Close(done) => { let _ = done.send(()); return; }
+                Woken::Restart => {
+                    info!("connecting again now (asked), not after the backoff");
+                    attempt = 0;
+                }
+            }
         }
     }
 }
@@ -609,17 +618,36 @@ fn stream_kind(seen: &[u8]) -> Option<String> {
 /// close request arrives. Never returns otherwise.
 async fn wait_close(commands: &mut mpsc::Receiver<Command>) -> oneshot::Sender<()> {
     loop {
+        match wait_down(commands).await {
+            Woken::Close(done) => return done,
+            Woken::Restart => {} // connecting already
+        }
+    }
+}
+
+/// What ends a wait while the link is down.
+enum Woken {
+    /// Stop the link.
+    Close(oneshot::Sender<()>),
+    /// Connect again now (SIGHUP), not after the backoff.
+    Restart,
+}
+
+/// While the link is down: drop queued stanzas (they are replayed after reconnect) until a
+/// close or a restart request arrives.
+async fn wait_down(commands: &mut mpsc::Receiver<Command>) -> Woken {
+    loop {
         match commands.recv().await {
             Some(Command::Send(o)) => {
                 trace!(stanza = %stanzas::to_xml(o.stanza()), "link down: dropped")
             }
             Some(Command::SendBatch(b)) => trace!(xml = b.xml(), "link down: dropped"),
-            Some(Command::Restart(_)) => {}
-            Some(Command::Close(done)) => return done,
+            Some(Command::Restart(_)) => return Woken::Restart,
+            Some(Command::Close(done)) => return Woken::Close(done),
             None => {
                 // Every handle is gone: treat as a close request with nobody waiting.
                 let (tx, _rx) = oneshot::channel();
-                return tx;
+                return Woken::Close(tx);
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jid::{BareJid, Jid};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
@@ -76,7 +76,8 @@ fn privilege_fix(domain: &str, component: &BareJid) -> String {
          `prosodyctl shell module reload privilege {domain}` (prosodyctl reload alone does not \
          apply it; `module load` if it was not loaded). ejabberd: mod_privilege with roster: {{get: privileged}} and presence: \
          {{managed_entity: privileged}}, the access rule allowing {component} \
-         (etc/ejabberd/extpresence.yml). extpresence reconnects by itself to pick it up"
+         (etc/ejabberd/extpresence.yml). Then send extpresence SIGHUP (systemctl kill -s HUP \
+         extpresence) to connect again at once; it also does by itself while no served domain works"
     )
 }
 
@@ -141,10 +142,10 @@ impl Fanout {
         self.become_ready().await;
     }
 
-    /// `domain` grants no roster privilege: report it, and schedule a reconnect to look again.
+    /// `domain` grants no roster privilege: report it, and reschedule the reconnect that looks
+    /// again ([`reschedule`](Self::reschedule)).
     fn missing(&mut self, domain: &str, reason: String) {
         let fix = privilege_fix(domain, &self.component);
-        let wait = self.state.retry_wait.unwrap_or(PRIVILEGE_RETRY);
         if !self.state.warned_no_privilege {
             self.state.warned_no_privilege = true;
             warn!(%domain, "{reason}: nothing reaches this domain's contacts; updates are held and delivered once it is fixed. Fix: {fix}");
@@ -154,19 +155,83 @@ impl Fanout {
             Privilege::Missing {
                 reason,
                 fix,
-                retry_at_ms: Some(now_ms() + wait.as_millis() as u64),
+                retry_at_ms: None,
             },
         );
-        if self.state.retry_at.is_none() {
-            self.state.retry_at = Some(Instant::now() + wait);
+        self.reschedule();
+    }
+
+    /// Decide the reconnect that looks again for missing privileges. Only while no served domain
+    /// is granted: a reconnect replays everything held and interrupts the agent's exchanges, so
+    /// it is not imposed on domains that work for the sake of one that does not (a typo in
+    /// `[xmpp] domains`, a domain left without privileges); there SIGHUP connects again once the
+    /// admin has fixed it.
+    fn reschedule(&mut self) {
+        let privileges = self.health.privileges();
+        let any_missing = privileges
+            .values()
+            .any(|p| matches!(p, Privilege::Missing { .. }));
+        let any_granted = privileges.values().any(Privilege::granted);
+        if any_missing && !any_granted {
+            let wait = self.state.retry_wait.unwrap_or(PRIVILEGE_RETRY);
+            let at = *self
+                .state
+                .retry_at
+                .get_or_insert_with(|| Instant::now() + wait);
+            let in_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+            self.health.set_privilege_retry(Some(now_ms() + in_ms));
+        } else {
+            self.state.retry_at = None;
+            self.health.set_privilege_retry(None);
+        }
+    }
+
+    /// A roster request refused as forbidden for a domain whose privileges were granted: they
+    /// were withdrawn (ejabberd drops them when another connection of the component
+    /// disconnects). Reported, and the retry scheduled, like privileges missing at connect.
+    fn on_roster_refused(
+        &mut self,
+        user: &BareJid,
+        error: &xmpp_parsers::stanza_error::StanzaError,
+    ) {
+        use xmpp_parsers::stanza_error::DefinedCondition as C;
+        let domain = user.domain().as_str().to_string();
+        if matches!(error.defined_condition, C::Forbidden | C::NotAuthorized)
+            && self
+                .health
+                .privileges()
+                .get(&domain)
+                .is_some_and(Privilege::granted)
+        {
+            self.missing(
+                &domain,
+                format!(
+                    "the server refused a roster request for {domain}: the XEP-0356 roster \
+                     privilege was withdrawn (on ejabberd, another connection of this component \
+                     disconnected?)"
+                ),
+            );
         }
     }
 
     /// A served domain without privileges answered our disco#info query with an error: the
     /// server does not serve it (a typo in `[xmpp] domains`, or the wrong server).
     fn not_served(&mut self, domain: &str, error: &xmpp_parsers::stanza_error::StanzaError) {
-        if !self.domains.contains(domain) {
-            return;
+        use xmpp_parsers::stanza_error::DefinedCondition as C;
+        debug!(%domain, condition = ?error.defined_condition, "a served domain's disco#info answer");
+        if !self.domains.contains(domain)
+            || !matches!(
+                error.defined_condition,
+                C::RemoteServerNotFound
+                    | C::RemoteServerTimeout
+                    | C::ItemNotFound
+                    | C::ServiceUnavailable
+                    // Prosody 0.12 (without s2s) for a host it does not have: measured by
+                    // tests/diagnostics.rs.
+                    | C::NotAllowed
+            )
+        {
+            return; // another error says nothing about the domain: the reason given stands
         }
         let reason = format!(
             "the XMPP server does not serve {domain} (it answered a disco#info query with \
@@ -248,6 +313,7 @@ impl Fanout {
         }
         self.state.advertised.insert(from.clone());
         if p.can_get_roster() {
+            let was = self.health.privileges().get(&from).cloned();
             self.health.set_privilege(
                 &from,
                 Privilege::Granted {
@@ -257,6 +323,20 @@ impl Fanout {
                         .then(|| p.presence.clone().unwrap_or_default()),
                 },
             );
+            self.reschedule();
+            // After the report: a reader of this line finds the health record up to date.
+            info!(%from, namespace = p.namespace, roster = ?p.roster, presence = ?p.presence, "XEP-0356 privileges granted");
+            // Granted after we became ready (late, or again after a refusal): its users' held
+            // statuses go out now.
+            if self.state.ready && !was.as_ref().is_some_and(Privilege::granted) {
+                let users: Vec<BareJid> = self
+                    .deliverer
+                    .users()
+                    .into_iter()
+                    .filter(|u| u.domain().as_str() == from)
+                    .collect();
+                self.rosters.replay_more(users).await;
+            }
         } else {
             self.missing(
                 &from,
@@ -267,8 +347,6 @@ impl Fanout {
                 ),
             );
         }
-        // After the report: a reader of this line finds the health record up to date.
-        info!(%from, namespace = p.namespace, roster = ?p.roster, presence = ?p.presence, "XEP-0356 privileges granted");
         self.sessions.set_presence_granted(p.gets_presence());
         if !p.gets_presence() {
             warn!(%from, "the server does not forward users' presence: contacts who log in later will not see held statuses; grant presence = \"managed_entity\"");
@@ -350,6 +428,7 @@ impl Fanout {
                     return;
                 };
                 self.rosters.on_refused(&user, error);
+                self.on_roster_refused(&user, error);
                 self.rosters.request_done(user).await;
             }
         }

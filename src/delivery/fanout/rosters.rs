@@ -135,6 +135,16 @@ impl Rosters {
         self.next_requests().await;
     }
 
+    /// Add `users` to the replay under way (or start one): a domain whose privileges came late.
+    pub(super) async fn replay_more(&mut self, users: Vec<BareJid>) {
+        info!(
+            users = users.len(),
+            "replaying held statuses of a domain granted late"
+        );
+        self.replay.extend(users);
+        self.next_requests().await;
+    }
+
     /// The agent changed `user`'s roster: the full roster read for the API is stale.
     pub(super) fn forget_contacts(&mut self, user: &BareJid) {
         self.contacts.remove(user);

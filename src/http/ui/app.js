@@ -323,7 +323,7 @@ function listen(after) {
     try { e = JSON.parse(m.data); } catch (_) { return; }
     showEvent(list, e, m.lastEventId);
     applyEvent(e);
-    if (openUser && e.user === openUser) showUser(openUser);
+    if (openUser && e.user === openUser) showUserSoon();
     refreshSoon(SETTLE_MS);
   });
   es.addEventListener("reset", () => refreshSoon(0));
@@ -331,6 +331,17 @@ function listen(after) {
 
 // The per-user view (#user=<jid>).
 let openUser = null;
+// The open user's view is fetched again at most once per SETTLE_MS however many of its events
+// arrive (each fetch asks the server for the roster).
+let userTimer = null;
+function showUserSoon() {
+  if (userTimer) return;
+  userTimer = setTimeout(() => {
+    userTimer = null;
+    if (openUser) showUser(openUser);
+  }, SETTLE_MS);
+}
+
 async function showUser(jid) {
   const section = document.getElementById("user-section");
   if (!jid) { openUser = null; section.hidden = true; return; }

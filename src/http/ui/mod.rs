@@ -760,6 +760,10 @@ async fn status_json(
     let Some(grant) = ui.grant(&headers) else {
         return unauthorized();
     };
+    // The page's polls count toward its key's rate limit, as every dialect's requests do.
+    if let Err(wait) = state.keys.limits.check(&grant.name) {
+        return secure(super::error::ApiError::RateLimited(wait).into_response(Format::Json));
+    }
     let search = param(q.as_deref(), "user")
         .unwrap_or_default()
         .to_lowercase();
@@ -807,22 +811,22 @@ async fn status_json(
     let mut observed = Vec::new();
     let mut bares: Vec<BareJid> = sessions.iter().map(|j| j.to_bare()).collect();
     bares.dedup();
+    // Filtered before the cap, so the rows listed are the first matching ones.
     for user in &bares {
-        observed.extend(session_rows(&state, user, now));
+        observed.extend(session_rows(&state, user, now).into_iter().filter(|s| {
+            search.is_empty()
+                || format!(
+                    "{}/{}",
+                    s["user"].as_str().unwrap_or(""),
+                    s["resource"].as_str().unwrap_or("")
+                )
+                .to_lowercase()
+                .contains(&search)
+        }));
         if observed.len() >= MAX_LISTED {
             break;
         }
     }
-    observed.retain(|s| {
-        search.is_empty()
-            || format!(
-                "{}/{}",
-                s["user"].as_str().unwrap_or(""),
-                s["resource"].as_str().unwrap_or("")
-            )
-            .to_lowercase()
-            .contains(&search)
-    });
     observed.truncate(MAX_LISTED);
     let m: &Metrics = &state.metrics;
     let admin = matches!(grant.scope, Scope::Admin);
@@ -926,6 +930,10 @@ async fn user_json(
     let Some(grant) = ui.grant(&headers) else {
         return unauthorized();
     };
+    // The page's polls count toward its key's rate limit, as every dialect's requests do.
+    if let Err(wait) = state.keys.limits.check(&grant.name) {
+        return secure(super::error::ApiError::RateLimited(wait).into_response(Format::Json));
+    }
     let text = param(q.as_deref(), "jid").unwrap_or_default();
     let user = match input::served_user(&text, &state.domains) {
         Ok(u) => u,
@@ -957,7 +965,7 @@ async fn user_json(
         ),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let (events, _) = state.hub.recent(USER_EVENTS, usize::MAX, |u| u == &user);
+    let (events, _) = state.hub.recent(USER_EVENTS, SCAN_EVENTS, |u| u == &user);
     let body = json!({
         "user": user.as_str(),
         "presence": p.presence,
