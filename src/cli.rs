@@ -815,19 +815,10 @@ pub async fn check_connect(settings: &Settings) -> (String, u8) {
     }
     let fanout = settings.backend == crate::config::BackendKind::Fanout;
     let domains: Vec<String> = settings.domains.iter().cloned().collect();
-    let cfg = crate::xmpp::LinkConfig {
-        component: settings.component.clone(),
-        server: settings.server.clone(),
-        secret: settings.secret.clone(),
-        keepalive: settings.keepalive,
-        write_timeout: settings.write_timeout,
-        reconnect_max: settings.reconnect_max,
-        ping_to: jid::BareJid::new(&domains[0])
-            .expect("validated domain")
-            .into(),
-        metrics: Default::default(),
-        health: crate::base::health::Health::new(domains.iter().map(String::as_str), fanout),
-    };
+    let cfg = settings.link_config(
+        Default::default(),
+        crate::base::health::Health::new(domains.iter().map(String::as_str), fanout),
+    );
     let checked = crate::xmpp::check::connect_once(&cfg, &domains, fanout).await;
     let mut out = String::new();
     let _ = write!(

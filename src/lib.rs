@@ -100,7 +100,6 @@ pub mod xmpp;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jid::Jid;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +115,6 @@ use metrics::Metrics;
 use observe::{Observed, Rosters};
 use status::StatusTable;
 use store::Store;
-use xmpp::LinkConfig;
 
 /// Longest wait for in-flight HTTP requests at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -188,27 +186,8 @@ pub async fn run(
         settings.domains.iter().map(String::as_str),
         settings.backend == BackendKind::Fanout,
     );
-    let ping_to: Jid = jid::BareJid::new(
-        settings
-            .domains
-            .iter()
-            .next()
-            .expect("validated: at least one domain"),
-    )
-    .expect("validated domain")
-    .into();
     let (link, link_task) = xmpp::link::spawn(
-        LinkConfig {
-            component: settings.component.clone(),
-            server: settings.server.clone(),
-            secret: settings.secret.clone(),
-            keepalive: settings.keepalive,
-            write_timeout: settings.write_timeout,
-            reconnect_max: settings.reconnect_max,
-            ping_to: ping_to.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
+        settings.link_config(metrics.clone(), health.clone()),
         events_tx,
     );
     let (control_tx, control_rx) = mpsc::channel(4);
@@ -223,7 +202,7 @@ pub async fn run(
                 FanoutConfig {
                     component: settings.component.clone(),
                     metrics: metrics.clone(),
-                    domain: ping_to.to_bare(),
+                    domain: settings.first_domain(),
                     domains: settings.domains.clone(),
                     observed: observed.clone(),
                     hub: hub.clone(),

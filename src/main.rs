@@ -216,20 +216,12 @@ fn main() -> ExitCode {
         if !connect {
             return ExitCode::SUCCESS;
         }
-        return match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => {
-                let (text, code) = rt.block_on(extpresence::cli::check_connect(&settings));
-                print!("{text}");
-                ExitCode::from(code)
-            }
-            Err(e) => {
-                eprintln!("extpresence: cannot start the runtime: {e}");
-                ExitCode::FAILURE
-            }
+        let Some(rt) = client_runtime() else {
+            return ExitCode::FAILURE;
         };
+        let (text, code) = rt.block_on(extpresence::cli::check_connect(&settings));
+        print!("{text}");
+        return ExitCode::from(code);
     }
     init_tracing(settings.log_json);
 
@@ -306,6 +298,15 @@ impl Signals {
     }
 }
 
+/// The single-threaded runtime of a client command (the error said on stderr).
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("extpresence: cannot start the runtime: {e}"))
+        .ok()
+}
+
 /// `extpresence status`: the running daemon's readiness report; 0 ready, 1 not, 3 not running.
 fn status(json: bool, cli: &Cli) -> ExitCode {
     use extpresence::cli as c;
@@ -321,15 +322,8 @@ fn status(json: bool, cli: &Cli) -> ExitCode {
             return ExitCode::from(f.code);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("extpresence: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(c::status(&url, std::time::Duration::from_secs(5))) {
         Ok(report) => {
@@ -350,15 +344,8 @@ fn status(json: bool, cli: &Cli) -> ExitCode {
 /// Run a client command; the exit code says how it went (extpresence::cli).
 fn client(command: Command, cli: &Cli) -> ExitCode {
     use extpresence::cli::{self as c, Client, Failure, Target, TargetArgs};
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("extpresence: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     let args = TargetArgs {
         url: cli.url.clone(),

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::ext::{request, Ext, API_KEY};
-use common::{subscribe_mutual, Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
+use common::{Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
 use serde_json::Value;
 use xmpp_parsers::presence::Show;
 
@@ -63,16 +63,6 @@ async fn readyz_until(ext: &Ext, code: u16) -> String {
     }
 }
 
-/// alice and bob are mutual contacts on `prosody`.
-async fn with_contacts(prosody: &Prosody) {
-    prosody.register(&["alice", "bob"]).await;
-    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
-    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
-}
-
 /// The generated config without the VirtualHost's `privileged_entities` table.
 fn without_privileged_entities(c: String) -> String {
     let start = c
@@ -89,7 +79,7 @@ fn without_privileged_entities(c: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_privileges_are_not_ready_and_fixing_them_delivers() {
     let mut prosody = Prosody::start_with(without_privileged_entities).await;
-    with_contacts(&prosody).await;
+    common::alice_and_bob_contacts(&prosody).await;
     let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
     let ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
     ext.wait_log("no XEP-0356 privilege advertisement").await;

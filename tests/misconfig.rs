@@ -10,24 +10,14 @@ mod common;
 use std::time::Duration;
 
 use common::ext::Ext;
-use common::{subscribe_mutual, Prosody, TestClient, COMPONENT, DOMAIN, SECRET};
-
-/// alice and bob are mutual contacts on `prosody`; extpresence runs against it.
-async fn with_contacts(prosody: &Prosody) {
-    prosody.register(&["alice", "bob"]).await;
-    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
-    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
-    subscribe_mutual(&mut alice, &mut bob).await;
-    alice.disconnect().await;
-    bob.disconnect().await;
-}
+use common::{Prosody, COMPONENT, DOMAIN, SECRET};
 
 /// Without `validate_from_addresses = false` Prosody closes the stream with `invalid-from` on the
 /// first presence; extpresence logs the server's text and the fix, and keeps the status held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_from_names_the_fix() {
     let prosody = Prosody::start_with(|c| c.replace("validate_from_addresses = false", "")).await;
-    with_contacts(&prosody).await;
+    common::alice_and_bob_contacts(&prosody).await;
     let mut ext = Ext::start(prosody.component_port, DOMAIN, COMPONENT, SECRET).await;
     ext.wait_privileged(1).await;
     ext.post_ok(

@@ -149,6 +149,38 @@ pub struct Settings {
     pub public_origin: Option<PublicOrigin>,
 }
 
+impl Settings {
+    /// The component link's settings (the first served domain answers the keepalive pings).
+    pub fn link_config(
+        &self,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        health: crate::base::health::Health,
+    ) -> crate::xmpp::LinkConfig {
+        crate::xmpp::LinkConfig {
+            component: self.component.clone(),
+            server: self.server.clone(),
+            secret: self.secret.clone(),
+            keepalive: self.keepalive,
+            write_timeout: self.write_timeout,
+            reconnect_max: self.reconnect_max,
+            ping_to: self.first_domain().into(),
+            metrics,
+            health,
+        }
+    }
+
+    /// The first served domain (validated: there is one).
+    pub fn first_domain(&self) -> BareJid {
+        BareJid::new(
+            self.domains
+                .iter()
+                .next()
+                .expect("validated: at least one domain"),
+        )
+        .expect("validated domain")
+    }
+}
+
 /// Turn raw values into [`Settings`], or say what is wrong: each section in turn, the first
 /// error found is the answer.
 pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {

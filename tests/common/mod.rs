@@ -140,6 +140,16 @@ pub fn presence(
     p
 }
 
+/// Register alice and bob on `prosody` and make them mutual contacts (both then log out).
+pub async fn alice_and_bob_contacts(prosody: &Prosody) {
+    prosody.register(&["alice", "bob"]).await;
+    let mut alice = TestClient::connect(prosody.c2s_port, "alice", true).await;
+    let mut bob = TestClient::connect(prosody.c2s_port, "bob", true).await;
+    subscribe_mutual(&mut alice, &mut bob).await;
+    alice.disconnect().await;
+    bob.disconnect().await;
+}
+
 /// Start a [`World`].
 pub async fn world(kind: server::Kind, users: &[&str]) -> World {
     let server = server::Server::start(kind).await;

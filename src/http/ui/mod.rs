@@ -748,22 +748,37 @@ fn health(state: &AppState, grant: &Grant) -> Value {
     })
 }
 
+/// The page's JSON endpoints' first steps: the public origin, the sign-in cookie's grant, and
+/// the key's rate limit (the page's polls count toward it, as every dialect's requests do).
+fn signed_in(
+    state: &AppState,
+    ui: &UiState,
+    headers: &HeaderMap,
+) -> Result<Arc<Grant>, Box<Response>> {
+    if let Some(r) = ui.misdirected(headers) {
+        return Err(Box::new(r));
+    }
+    let Some(grant) = ui.grant(headers) else {
+        return Err(Box::new(unauthorized()));
+    };
+    if let Err(wait) = state.keys.limits.check(&grant.name) {
+        return Err(Box::new(secure(
+            super::error::ApiError::RateLimited(wait).into_response(Format::Json),
+        )));
+    }
+    Ok(grant)
+}
+
 async fn status_json(
     State(state): State<Arc<AppState>>,
     Extension(ui): Extension<Arc<UiState>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = ui.misdirected(&headers) {
-        return r;
-    }
-    let Some(grant) = ui.grant(&headers) else {
-        return unauthorized();
+    let grant = match signed_in(&state, &ui, &headers) {
+        Ok(g) => g,
+        Err(r) => return *r,
     };
-    // The page's polls count toward its key's rate limit, as every dialect's requests do.
-    if let Err(wait) = state.keys.limits.check(&grant.name) {
-        return secure(super::error::ApiError::RateLimited(wait).into_response(Format::Json));
-    }
     let search = param(q.as_deref(), "user")
         .unwrap_or_default()
         .to_lowercase();
@@ -924,16 +939,10 @@ async fn user_json(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = ui.misdirected(&headers) {
-        return r;
-    }
-    let Some(grant) = ui.grant(&headers) else {
-        return unauthorized();
+    let grant = match signed_in(&state, &ui, &headers) {
+        Ok(g) => g,
+        Err(r) => return *r,
     };
-    // The page's polls count toward its key's rate limit, as every dialect's requests do.
-    if let Err(wait) = state.keys.limits.check(&grant.name) {
-        return secure(super::error::ApiError::RateLimited(wait).into_response(Format::Json));
-    }
     let text = param(q.as_deref(), "jid").unwrap_or_default();
     let user = match input::served_user(&text, &state.domains) {
         Ok(u) => u,
