@@ -1,11 +1,14 @@
 //! Inbound routing: what the link tells the fan-out, to the part it concerns.
 //!
 //! The link's events set the readiness ([`Readiness`]: up, the wait for the privilege
-//! advertisement, ready) and reset the parts on a connect or a loss. Its stanzas go where they
-//! belong: the privilege advertisement makes us ready (which replays everything held); a
+//! advertisements, ready) and reset the parts on a connect or a loss. Its stanzas go where they
+//! belong: a privilege advertisement makes us ready (which replays everything held) and is
+//! reported per served domain to [`Health`](crate::base::health::Health), as are domains without
+//! one, domains the server does not serve, and privileges withdrawn (a refused roster request);
+//! while no domain works a reconnect looks again (servers grant privileges at connect). A
 //! presence feeds the read model and greets a contact resource that comes online; an iq is the
-//! answer to an agent's exchange, to the sync disco query, or to a roster request (whose roster
-//! the delivery then uses), or a request we answer.
+//! answer to an agent's exchange, to the sync or a domain's disco query, or to a roster request
+//! (whose roster the delivery then uses), or a request we answer.
 
 use std::time::Duration;
 
@@ -112,8 +115,9 @@ impl Fanout {
     }
 
     /// The wait for the privilege advertisements is over: every served domain without one is
-    /// reported (health, one warning per outage), a reconnect to look again is scheduled, and
-    /// delivery goes on for the others.
+    /// reported (health, one warning per outage; a disco#info query asks whether the server
+    /// serves it), a reconnect to look again is scheduled while no domain works
+    /// ([`reschedule`](Self::reschedule)), and delivery goes on for the others.
     pub(super) async fn on_privilege_wait_over(&mut self) {
         self.state.privilege_deadline = None;
         let missing: Vec<String> = self
