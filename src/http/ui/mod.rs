@@ -87,6 +87,9 @@ struct Session {
     grant: Arc<Grant>,
     /// Ends (ms since the Unix epoch).
     until: u64,
+    /// The order of opening: several sessions opened within one millisecond have the same
+    /// `until`, and the oldest must still go first.
+    opened: u64,
     /// Cancelled when the session is closed (sign-out, or evicted for a newer one); its
     /// `expires_at` is `until`. Open `/ui/events` streams end with it.
     lifetime: Lifetime,
@@ -292,18 +295,20 @@ impl UiState {
             if let Some(oldest) = map
                 .iter()
                 .filter(|(_, session)| session.grant.name == name)
-                .min_by_key(|(_, session)| session.until)
+                .min_by_key(|(_, session)| (session.until, session.opened))
                 .map(|(k, _)| *k)
             {
                 map.remove(&oldest);
             }
         }
         let until = now + SESSION_MS;
+        let opened = map.values().map(|s| s.opened + 1).max().unwrap_or(0);
         map.insert(
             Sha256::digest(value.as_bytes()).into(),
             Session {
                 grant,
                 until,
+                opened,
                 lifetime: Lifetime {
                     revoked: Default::default(),
                     expires_at: Some(until),
