@@ -647,7 +647,11 @@ async fn privileges_withdrawn_by_ejabberd_are_noticed_and_regained() {
     readyz_until(&ext, 200).await;
     let cfg = config_file(dir.path(), ejabberd.component_port, SECRET, "127.0.0.1:1");
     let (code, out, _) = run(&["check-config", "--connect", "--config", &cfg]).await;
-    assert_eq!(code, 0, "{out}");
+    // ejabberd sends its privilege advertisement to one of the component's connections only
+    // (servers.md): this second one may or may not get it; either way its disconnect withdraws
+    // the running instance's privileges.
+    assert!(matches!(code, 0 | 1), "{code}: {out}");
+    assert!(out.contains("handshake ok"), "{out}");
     // A user whose roster is not cached: the update asks the server for it.
     ext.post_ok(
         &format!("/rest/user/alice@{DOMAIN}/status"),
