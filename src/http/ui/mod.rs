@@ -392,7 +392,9 @@ impl Rates {
     fn per_minute(&self) -> Option<[f64; COUNTERS.len()]> {
         let s = self.lock();
         let &(last_at, last) = s.back()?;
-        let &(first_at, first) = s.iter().find(|(at, _)| last_at - at <= 60_000)?;
+        let &(first_at, first) = s
+            .iter()
+            .find(|(at, _)| last_at.saturating_sub(*at) <= 60_000)?;
         let ms = last_at.saturating_sub(first_at);
         (ms >= 1000).then(|| {
             std::array::from_fn(|i| last[i].saturating_sub(first[i]) as f64 * 60_000.0 / ms as f64)
