@@ -19,7 +19,8 @@
 //!
 //! Event ids are unique and increasing, also across restarts: an id is the time in microseconds
 //! since the Unix epoch, or the previous id + 1 if that is not larger. A `Last-Event-ID` from
-//! before this process started (or older than the buffer) cannot be resumed: [`Resume::Reset`].
+//! before this process started (or older than the buffer) cannot be resumed: the subscriber is told
+//! so (the event stream's `reset`), with the id to resume after from then on.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -161,7 +162,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// The id to resume after to get exactly what this subscription delivers next (the
-    /// `Last-Event-ID` a client told [`reset`](Self::reset) should use from now on).
+    /// `Last-Event-ID` a client told of a `reset` should use from now on).
     pub fn resume_id(&self) -> u64 {
         self.seen
     }
