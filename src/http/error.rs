@@ -77,7 +77,7 @@ pub struct ErrorDetail {
 }
 
 /// Why a request was refused or failed, attached to its answer by the dialect's error rendering
-/// and read by [`record`](super::pipeline::record): the code for
+/// and read by [`RecordLayer`](super::pipeline::RecordLayer): the code for
 /// `extpresence_http_refused_total`, the message for the log.
 #[derive(Debug, Clone)]
 pub struct Refusal {
