@@ -89,11 +89,7 @@ impl Target {
                 if key.is_none() {
                     key = admin_key(&settings);
                 }
-                let mut addr = settings.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{addr}")
+                listen_url(&settings)
             }
         };
         let key = match key {
@@ -109,13 +105,10 @@ impl Target {
                 })?
             }
         };
-        let url = url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(usage(format!(
-                "--url {url:?} is not an http(s) URL (e.g. http://127.0.0.1:8080)"
-            )));
-        }
-        Ok(Target { url, key })
+        Ok(Target {
+            url: http_url(&url)?,
+            key,
+        })
     }
 }
 
@@ -631,16 +624,24 @@ pub fn render_tokens(v: &Value) -> String {
 /// The daemon's URL: `--url` / `EXTPRESENCE_URL`, else `[http] listen` of its configuration (a
 /// wildcard address asked on loopback). No key: for `status`, which reads the public `/readyz`.
 pub fn daemon_url(args: &TargetArgs) -> Result<String, Failure> {
-    let url = match &args.url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => listen_url(&daemon_settings(&args.config, "no --url given")?),
-    };
+    match &args.url {
+        Some(u) => http_url(u),
+        None => Ok(listen_url(&daemon_settings(
+            &args.config,
+            "no --url given",
+        )?)),
+    }
+}
+
+/// `url` without a trailing slash, if it is an http(s) URL.
+fn http_url(url: &str) -> Result<String, Failure> {
+    let url = url.trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(usage(format!(
             "--url {url:?} is not an http(s) URL (e.g. http://127.0.0.1:8080)"
         )));
     }
-    Ok(url)
+    Ok(url.to_string())
 }
 
 /// `http://` and the daemon's `[http] listen` (a wildcard address asked on loopback).
