@@ -32,7 +32,7 @@ async fn healthz() -> &'static str {
 /// failing condition and its fix. Plain text, or the whole report as JSON when the request
 /// accepts `application/json` (what `extpresence status` reads).
 async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let report = state.readiness(&state.server, &state.component);
+    let report = state.readiness();
     let code = if report.ready {
         StatusCode::OK
     } else {

@@ -179,7 +179,7 @@ impl AppState {
     }
 
     /// The readiness report, read now.
-    pub fn readiness(&self, server: &str, component: &str) -> Report {
+    pub fn readiness(&self) -> Report {
         let link = self.health.link();
         let mut conditions = Vec::new();
         conditions.push(condition(
@@ -255,8 +255,8 @@ impl AppState {
             },
             conditions,
             link: LinkReport {
-                server: server.to_string(),
-                component: component.to_string(),
+                server: self.server.clone(),
+                component: self.component.clone(),
                 up: link.up,
                 since: (link.since_ms > 0).then(|| rfc3339(link.since_ms)),
                 last_error: link.last_error.map(LastError::from),

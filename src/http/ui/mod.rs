@@ -735,7 +735,7 @@ fn event_values(events: &[Arc<crate::events::Event>]) -> Vec<Value> {
 /// The health panel: the `/readyz` report (its privilege conditions limited to the key's
 /// domains), the version and the uptime.
 fn health(state: &AppState, grant: &Grant) -> Value {
-    let mut report = state.readiness(&state.server, &state.component);
+    let mut report = state.readiness();
     report.conditions.retain(|c| {
         c.name
             .strip_prefix("privileges:")
